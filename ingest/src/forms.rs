@@ -1,0 +1,613 @@
+//! Form definitions: their API shape, their validation, and the in-memory view the gateway serves
+//! them from.
+//!
+//! Invariant: the view only ever moves a form forward (a record with fewer versions than the one
+//! held is ignored), and it reports ready only after it has read every partition of the forms topic
+//! up to the end it had when it started.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::Duration;
+
+use formstream_schemas::{Choice, Codec, Form, FormVersion, Question, QuestionType};
+use rdkafka::Message;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::watch;
+
+use crate::config::KafkaArgs;
+use crate::error::FieldProblem;
+use crate::kafka::{client_config, partition_count};
+use crate::metrics::Metrics;
+
+static FORM_ID: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$").expect("valid regex"));
+static QUESTION_KEY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z][a-z0-9_]{0,63}$").expect("valid regex"));
+static CHOICE_KEY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$").expect("valid regex"));
+
+const MAX_QUESTIONS: usize = 500;
+const MAX_CHOICES: usize = 500;
+const MAX_TITLE_CHARS: usize = 500;
+const MAX_DESCRIPTION_CHARS: usize = 10_000;
+
+/// A question as the API takes and shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuestionBody {
+    pub key: String,
+    pub text: String,
+    #[serde(rename = "type")]
+    pub kind: ApiQuestionType,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub choices: Vec<ChoiceBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiQuestionType {
+    Text,
+    SingleChoice,
+    MultipleChoice,
+    Number,
+    Phone,
+}
+
+impl From<ApiQuestionType> for QuestionType {
+    fn from(t: ApiQuestionType) -> Self {
+        match t {
+            ApiQuestionType::Text => QuestionType::Text,
+            ApiQuestionType::SingleChoice => QuestionType::SingleChoice,
+            ApiQuestionType::MultipleChoice => QuestionType::MultipleChoice,
+            ApiQuestionType::Number => QuestionType::Number,
+            ApiQuestionType::Phone => QuestionType::Phone,
+        }
+    }
+}
+
+impl From<QuestionType> for ApiQuestionType {
+    fn from(t: QuestionType) -> Self {
+        match t {
+            QuestionType::Text => ApiQuestionType::Text,
+            QuestionType::SingleChoice => ApiQuestionType::SingleChoice,
+            QuestionType::MultipleChoice => ApiQuestionType::MultipleChoice,
+            QuestionType::Number => ApiQuestionType::Number,
+            QuestionType::Phone => ApiQuestionType::Phone,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChoiceBody {
+    pub key: String,
+    pub text: String,
+}
+
+/// The body of `POST /v1/forms` and `PUT /v1/forms/{id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormBody {
+    /// Only on create; generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub default_region: Option<String>,
+    pub questions: Vec<QuestionBody>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A form version as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FormView {
+    pub id: String,
+    pub organisation: String,
+    pub version: i32,
+    pub title: String,
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_region: Option<String>,
+    pub questions: Vec<QuestionBody>,
+    pub metadata: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl FormView {
+    pub fn of(form: &Form, version: &FormVersion) -> Self {
+        FormView {
+            id: form.id.clone(),
+            organisation: form.organisation.clone(),
+            version: version.version,
+            title: version.title.clone(),
+            description: version.description.clone(),
+            default_region: version.default_region.clone(),
+            questions: version
+                .questions
+                .iter()
+                .map(|q| QuestionBody {
+                    key: q.key.clone(),
+                    text: q.text.clone(),
+                    kind: q.kind.into(),
+                    required: q.required,
+                    choices: q
+                        .choices
+                        .iter()
+                        .map(|c| ChoiceBody {
+                            key: c.key.clone(),
+                            text: c.text.clone(),
+                        })
+                        .collect(),
+                    max_length: q.max_length,
+                })
+                .collect(),
+            metadata: serde_json::from_str(&version.metadata_json)
+                .unwrap_or_else(|_| serde_json::Value::Object(Default::default())),
+            created_at: rfc3339(form.created_at),
+            updated_at: rfc3339(version.created_at),
+        }
+    }
+}
+
+pub fn rfc3339(millis: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+pub fn now_millis() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Checks a form body and, when it is valid, builds version `version` of the form.
+/// Every problem is reported, not just the first.
+pub fn build_version(
+    body: &FormBody,
+    version: i32,
+    now: i64,
+) -> Result<FormVersion, Vec<FieldProblem>> {
+    let mut problems = Vec::new();
+    if let Some(id) = &body.id
+        && !FORM_ID.is_match(id)
+    {
+        problems.push(FieldProblem::new(
+            "/id",
+            "invalid_id",
+            "form ids are 1 to 64 letters, digits, '-' or '_', starting with a letter or digit",
+        ));
+    }
+    if body.title.trim().is_empty() {
+        problems.push(FieldProblem::new(
+            "/title",
+            "required",
+            "a form needs a title",
+        ));
+    } else if body.title.chars().count() > MAX_TITLE_CHARS {
+        problems.push(FieldProblem::new(
+            "/title",
+            "too_long",
+            format!("at most {MAX_TITLE_CHARS} characters"),
+        ));
+    }
+    if body.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        problems.push(FieldProblem::new(
+            "/description",
+            "too_long",
+            format!("at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    if let Some(region) = &body.default_region
+        && region
+            .to_ascii_uppercase()
+            .parse::<phonenumber::country::Id>()
+            .is_err()
+    {
+        problems.push(FieldProblem::new(
+            "/default_region",
+            "invalid_region",
+            format!("{region:?} is not an ISO 3166 region code such as IN or KE"),
+        ));
+    }
+    if body.questions.is_empty() {
+        problems.push(FieldProblem::new(
+            "/questions",
+            "required",
+            "a form needs at least one question",
+        ));
+    }
+    if body.questions.len() > MAX_QUESTIONS {
+        problems.push(FieldProblem::new(
+            "/questions",
+            "too_many",
+            format!("at most {MAX_QUESTIONS} questions"),
+        ));
+    }
+    let mut keys = HashSet::new();
+    for (i, q) in body.questions.iter().enumerate() {
+        let at = |field: &str| format!("/questions/{i}/{field}");
+        if !QUESTION_KEY.is_match(&q.key) {
+            problems.push(FieldProblem::new(
+                at("key"),
+                "invalid_key",
+                "question keys are 1 to 64 lower-case letters, digits or '_', starting with a letter",
+            ));
+        } else if !keys.insert(q.key.as_str()) {
+            problems.push(FieldProblem::new(
+                at("key"),
+                "duplicate_key",
+                format!("key {:?} is used twice", q.key),
+            ));
+        }
+        if q.text.trim().is_empty() {
+            problems.push(FieldProblem::new(
+                at("text"),
+                "required",
+                "a question needs its text",
+            ));
+        }
+        let kind = QuestionType::from(q.kind);
+        if kind.has_choices() {
+            if q.choices.is_empty() {
+                problems.push(FieldProblem::new(
+                    at("choices"),
+                    "required",
+                    "a choice question needs choices",
+                ));
+            }
+            if q.choices.len() > MAX_CHOICES {
+                problems.push(FieldProblem::new(
+                    at("choices"),
+                    "too_many",
+                    format!("at most {MAX_CHOICES} choices"),
+                ));
+            }
+            let mut choice_keys = HashSet::new();
+            for (j, c) in q.choices.iter().enumerate() {
+                if !CHOICE_KEY.is_match(&c.key) {
+                    problems.push(FieldProblem::new(
+                        format!("/questions/{i}/choices/{j}/key"),
+                        "invalid_key",
+                        "choice keys are 1 to 64 letters, digits, '_', '.' or '-'",
+                    ));
+                } else if !choice_keys.insert(c.key.as_str()) {
+                    problems.push(FieldProblem::new(
+                        format!("/questions/{i}/choices/{j}/key"),
+                        "duplicate_key",
+                        format!("choice key {:?} is used twice", c.key),
+                    ));
+                }
+                if c.text.trim().is_empty() {
+                    problems.push(FieldProblem::new(
+                        format!("/questions/{i}/choices/{j}/text"),
+                        "required",
+                        "a choice needs its text",
+                    ));
+                }
+            }
+        } else if !q.choices.is_empty() {
+            problems.push(FieldProblem::new(
+                at("choices"),
+                "not_allowed",
+                "only choice questions have choices",
+            ));
+        }
+        match q.max_length {
+            Some(n) if n < 1 => problems.push(FieldProblem::new(
+                at("max_length"),
+                "invalid",
+                "must be at least 1",
+            )),
+            Some(_) if kind != QuestionType::Text => problems.push(FieldProblem::new(
+                at("max_length"),
+                "not_allowed",
+                "only text questions have max_length",
+            )),
+            _ => {}
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(FormVersion {
+        version,
+        title: body.title.trim().to_owned(),
+        description: body.description.clone(),
+        default_region: body.default_region.as_ref().map(|r| r.to_ascii_uppercase()),
+        questions: body
+            .questions
+            .iter()
+            .map(|q| Question {
+                key: q.key.clone(),
+                text: q.text.clone(),
+                kind: q.kind.into(),
+                required: q.required,
+                choices: q
+                    .choices
+                    .iter()
+                    .map(|c| Choice {
+                        key: c.key.clone(),
+                        text: c.text.clone(),
+                    })
+                    .collect(),
+                max_length: q.max_length,
+            })
+            .collect(),
+        metadata_json: serde_json::Value::Object(body.metadata.clone().unwrap_or_default())
+            .to_string(),
+        created_at: now,
+    })
+}
+
+/// Every form the gateway knows, as read from the forms topic (plus its own acknowledged writes).
+#[derive(Default)]
+pub struct FormsView {
+    forms: RwLock<HashMap<String, Arc<Form>>>,
+    ready: AtomicBool,
+}
+
+impl FormsView {
+    pub fn get(&self, id: &str) -> Option<Arc<Form>> {
+        self.forms.read().ok()?.get(id).cloned()
+    }
+
+    /// The forms of one organisation, ordered by id.
+    pub fn list(&self, organisation: &str) -> Vec<Arc<Form>> {
+        let Ok(forms) = self.forms.read() else {
+            return Vec::new();
+        };
+        let mut list: Vec<_> = forms
+            .values()
+            .filter(|f| f.organisation == organisation)
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    pub fn len(&self) -> usize {
+        self.forms.read().map(|f| f.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies a form read from the topic or just acknowledged by it. Older states are ignored.
+    pub fn apply(&self, form: Form) {
+        let Ok(mut forms) = self.forms.write() else {
+            return;
+        };
+        let newer = forms
+            .get(&form.id)
+            .is_none_or(|held| held.versions.len() <= form.versions.len());
+        if newer {
+            forms.insert(form.id.clone(), Arc::new(form));
+        }
+    }
+
+    /// A tombstone removes the form.
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut forms) = self.forms.write() {
+            forms.remove(id);
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+}
+
+/// The view consumer's context: end-of-partition is how the view learns it has caught up, so it is
+/// not an error worth logging; everything else is logged as librdkafka reports it.
+struct ViewContext;
+
+impl ClientContext for ViewContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_))
+            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            tracing::error!(%error, reason, "Kafka error in the forms view consumer.");
+        }
+    }
+}
+
+impl ConsumerContext for ViewContext {}
+
+/// Reads the whole forms topic into `view`, marks it ready once caught up, then follows new records
+/// until `shutdown` changes.
+pub async fn follow_forms_topic(
+    kafka: KafkaArgs,
+    topic: String,
+    codec: Codec,
+    view: Arc<FormsView>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), KafkaError> {
+    let consumer: StreamConsumer<ViewContext> = client_config(&kafka)
+        // Every instance reads every partition itself, so no group coordination is wanted: the
+        // group id is only a librdkafka requirement and nothing is ever committed.
+        .set(
+            "group.id",
+            format!("formstream-gateway-view-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(ViewContext)?;
+
+    // Wait for the topic's metadata: the broker may still be starting.
+    let partitions = loop {
+        match partition_count(consumer.client(), &topic, Duration::from_secs(5)) {
+            Ok(count) if count > 0 => break count as i32,
+            Ok(_) => tracing::warn!(%topic, "Forms topic not found yet; retrying."),
+            Err(error) => {
+                tracing::warn!(%topic, %error, "Could not read forms topic metadata; retrying.")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut at_end: HashSet<i32> = HashSet::new();
+    tracing::info!(%topic, partitions, "Loading forms view.");
+
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => match message.payload() {
+                None => {
+                    if let Some(Ok(id)) = message.key_view::<str>() {
+                        view.remove(id);
+                    }
+                }
+                Some(payload) => match codec.decode::<Form>(payload).await {
+                    Ok(form) => view.apply(form),
+                    Err(error) => {
+                        metrics.forms_view_decode_error(&topic);
+                        tracing::error!(
+                            %topic,
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            %error,
+                            "Skipped a forms record that could not be decoded."
+                        );
+                    }
+                },
+            },
+            Err(KafkaError::PartitionEOF(partition)) => {
+                if !view.is_ready()
+                    && at_end.insert(partition)
+                    && at_end.len() == partitions as usize
+                {
+                    view.set_ready();
+                    tracing::info!(%topic, forms = view.len(), "Forms view caught up; ready.");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%topic, %error, "Error while following the forms topic.");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        metrics.forms_view(view.is_ready(), view.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: serde_json::Value) -> FormBody {
+        serde_json::from_value(json).expect("valid body shape")
+    }
+
+    #[test]
+    fn a_good_form_builds() {
+        let version = build_version(
+            &body(serde_json::json!({
+                "title": "Household survey",
+                "default_region": "in",
+                "questions": [
+                    {"key": "income", "text": "Monthly income", "type": "number", "required": true},
+                    {"key": "city", "text": "City", "type": "single_choice", "choices": [{"key": "pune", "text": "Pune"}]}
+                ]
+            })),
+            1,
+            0,
+        )
+        .expect("valid");
+        assert_eq!(version.default_region.as_deref(), Some("IN"));
+        assert_eq!(version.questions[1].kind, QuestionType::SingleChoice);
+        assert_eq!(version.metadata_json, "{}");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let problems = build_version(
+            &body(serde_json::json!({
+                "id": "bad id!",
+                "title": " ",
+                "default_region": "XX",
+                "questions": [
+                    {"key": "Income", "text": "x", "type": "number"},
+                    {"key": "city", "text": "", "type": "single_choice"},
+                    {"key": "city", "text": "again", "type": "text", "choices": [{"key": "a", "text": "A"}]}
+                ]
+            })),
+            1,
+            0,
+        )
+        .expect_err("invalid");
+        let pointers: Vec<_> = problems
+            .iter()
+            .map(|p| (p.pointer.as_str(), p.code))
+            .collect();
+        assert_eq!(
+            pointers,
+            vec![
+                ("/id", "invalid_id"),
+                ("/title", "required"),
+                ("/default_region", "invalid_region"),
+                ("/questions/0/key", "invalid_key"),
+                ("/questions/1/text", "required"),
+                ("/questions/1/choices", "required"),
+                ("/questions/2/key", "duplicate_key"),
+                ("/questions/2/choices", "not_allowed"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_view_never_goes_back() {
+        let view = FormsView::default();
+        let v = |n| FormVersion {
+            version: n,
+            title: "t".into(),
+            description: String::new(),
+            default_region: None,
+            questions: vec![],
+            metadata_json: "{}".into(),
+            created_at: 0,
+        };
+        let form = |versions| Form {
+            id: "f".into(),
+            organisation: "o".into(),
+            created_at: 0,
+            versions,
+        };
+        view.apply(form(vec![v(1), v(2)]));
+        view.apply(form(vec![v(1)]));
+        assert_eq!(view.get("f").expect("held").versions.len(), 2);
+        assert!(view.list("other").is_empty());
+    }
+}

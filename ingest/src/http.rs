@@ -1,0 +1,678 @@
+//! The gateway's HTTP API: routes, handlers and the JSON extractor.
+//!
+//! Invariant: a handler answers 2xx for a response only after Kafka acknowledged its record; every
+//! other outcome is a problem+json error, and nothing invalid is published.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use formstream_schemas::{Encoder, Form, FormVersion, Response};
+use futures::future::join_all;
+use lru::LruCache;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::auth::{ApiKeys, Caller, HasApiKeys};
+use crate::error::{ApiError, FieldProblem};
+use crate::forms::{FormBody, FormView, FormsView, build_version, now_millis};
+use crate::kafka::{Delivered, PublishError, Publisher};
+use crate::metrics::{Metrics, ResponseOutcome};
+use crate::responses::{ResponseBody, Submission, validate};
+
+/// (response id, revision) -> (digest of the submitted body, the answer given).
+pub type IdempotencyCache = LruCache<(Uuid, i32), ([u8; 32], Accepted)>;
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub keys: ApiKeys,
+    pub view: Arc<FormsView>,
+    pub publisher: Publisher,
+    pub forms_topic: String,
+    pub responses_topic: String,
+    pub form_encoder: Encoder<Form>,
+    pub response_encoder: Encoder<Response>,
+    pub metrics: Metrics,
+    pub max_text_chars: usize,
+    pub max_batch_items: usize,
+    pub retry_after_secs: u64,
+    /// Recently accepted (response id, revision) with the digest of what was submitted: a retry
+    /// to this instance is answered from here instead of being published again.
+    pub idempotency: Mutex<IdempotencyCache>,
+    /// Form writes are rare; one at a time per instance keeps version numbers gap-free here.
+    pub form_writes: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+impl HasApiKeys for AppState {
+    fn api_keys(&self) -> &ApiKeys {
+        &self.inner.keys
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let metrics = state.inner.metrics.clone();
+    Router::new()
+        .route("/v1/forms", post(create_form).get(list_forms))
+        .route("/v1/forms/{form_id}", get(get_form).put(update_form))
+        .route("/v1/forms/{form_id}/responses", post(submit_response))
+        .route(
+            "/v1/forms/{form_id}/responses/{response_id}",
+            axum::routing::put(correct_response),
+        )
+        .route("/v1/responses/batch", post(submit_batch))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(metrics, track))
+        .with_state(state)
+}
+
+/// Counts and times every request by its route template.
+async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> HttpResponse {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+    metrics.request_started();
+    let response = next.run(request).await;
+    metrics.request_finished(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn readyz(State(state): State<AppState>) -> HttpResponse {
+    if state.inner.view.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        ApiError::NotReady {
+            retry_after_secs: 1,
+        }
+        .into_response()
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> HttpResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `Json` with problem+json rejections: 415 for a wrong content type, 413 for an oversized body,
+/// 400 for malformed JSON and 422 for JSON of the wrong shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection {
+                    BytesRejection::FailedToBufferBody(e)
+                        if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+                    {
+                        ApiError::TooLarge
+                    }
+                    other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+                    other => ApiError::MalformedJson(other.body_text()),
+                })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let inner = error.inner();
+            if inner.is_syntax() || inner.is_eof() {
+                ApiError::MalformedJson(inner.to_string())
+            } else {
+                let path = error.path().to_string();
+                let pointer = if path == "." {
+                    String::new()
+                } else {
+                    format!("/{}", path.replace(['.', '['], "/").replace(']', ""))
+                };
+                ApiError::Invalid(vec![FieldProblem::new(
+                    pointer,
+                    "invalid_shape",
+                    inner.to_string(),
+                )])
+            }
+        })?;
+        deserializer
+            .end()
+            .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        Ok(ApiJson(value))
+    }
+}
+
+fn require_ready(state: &AppState) -> Result<(), ApiError> {
+    if state.inner.view.is_ready() {
+        Ok(())
+    } else {
+        Err(ApiError::NotReady {
+            retry_after_secs: state.inner.retry_after_secs,
+        })
+    }
+}
+
+/// The caller's form, or 404: another organisation's form is indistinguishable from a missing one.
+fn own_form(state: &AppState, caller: &Caller, form_id: &str) -> Result<Arc<Form>, ApiError> {
+    state
+        .inner
+        .view
+        .get(form_id)
+        .filter(|f| *f.organisation == *caller.organisation)
+        .ok_or(ApiError::NotFound("form"))
+}
+
+fn unavailable(state: &AppState, error: PublishError) -> ApiError {
+    ApiError::Unavailable {
+        retry_after_secs: state.inner.retry_after_secs,
+        cause: error.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forms
+
+#[derive(Debug, Deserialize)]
+pub struct VersionQuery {
+    version: Option<i32>,
+}
+
+async fn create_form(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<FormBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_ready(&state)?;
+    let now = now_millis();
+    let version = build_version(&body, 1, now).map_err(ApiError::Invalid)?;
+    let _guard = state.inner.form_writes.lock().await;
+    let id = body
+        .id
+        .clone()
+        .unwrap_or_else(|| Uuid::now_v7().simple().to_string());
+    if state.inner.view.get(&id).is_some() {
+        return Err(ApiError::Conflict(format!(
+            "form id {id:?} is already taken"
+        )));
+    }
+    let form = Form {
+        id,
+        organisation: caller.organisation.to_string(),
+        created_at: now,
+        versions: vec![version],
+    };
+    let view = publish_form(&state, form).await?;
+    tracing::info!(form_id = %view.id, organisation = %caller.organisation, "Form created.");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/forms/{}", view.id))],
+        axum::Json(view),
+    )
+        .into_response())
+}
+
+async fn update_form(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(form_id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<FormBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_ready(&state)?;
+    let _guard = state.inner.form_writes.lock().await;
+    let held = own_form(&state, &caller, &form_id)?;
+    let current = held.current().map(|v| v.version).unwrap_or(0);
+    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        let expected = expected.trim().trim_matches('"');
+        if expected != "*" && expected != current.to_string() {
+            return Err(ApiError::PreconditionFailed(format!(
+                "the form is at version {current}, not {expected}"
+            )));
+        }
+    }
+    if body.id.as_ref().is_some_and(|id| *id != form_id) {
+        return Err(ApiError::Invalid(vec![FieldProblem::new(
+            "/id",
+            "immutable",
+            "a form's id cannot change",
+        )]));
+    }
+    let version = build_version(&body, current + 1, now_millis()).map_err(ApiError::Invalid)?;
+    let mut form = (*held).clone();
+    form.versions.push(version);
+    let view = publish_form(&state, form).await?;
+    tracing::info!(%form_id, version = view.version, "Form updated.");
+    Ok(axum::Json(view).into_response())
+}
+
+/// Publishes a form and, once Kafka acknowledged it, applies it to this instance's view, so that
+/// the caller can use it at once.
+async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError> {
+    let payload = state
+        .inner
+        .form_encoder
+        .encode(&form)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    state
+        .inner
+        .publisher
+        .publish(&state.inner.forms_topic, &form.id, &payload, &[])
+        .await
+        .map_err(|error| {
+            tracing::warn!(form_id = %form.id, %error, "Kafka did not acknowledge the form; answering 503.");
+            unavailable(state, error)
+        })?;
+    let current = form
+        .current()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("form without versions")))?;
+    let view = FormView::of(&form, &current);
+    state.inner.view.apply(form);
+    Ok(view)
+}
+
+async fn get_form(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(form_id): Path<String>,
+    Query(query): Query<VersionQuery>,
+) -> Result<axum::Json<FormView>, ApiError> {
+    require_ready(&state)?;
+    let form = own_form(&state, &caller, &form_id)?;
+    let version = match query.version {
+        None => form.current(),
+        Some(n) => form.version(n),
+    }
+    .ok_or(ApiError::NotFound("form version"))?;
+    Ok(axum::Json(FormView::of(&form, version)))
+}
+
+#[derive(Serialize)]
+struct FormList {
+    forms: Vec<FormView>,
+}
+
+async fn list_forms(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<FormList>, ApiError> {
+    require_ready(&state)?;
+    let forms = state
+        .inner
+        .view
+        .list(&caller.organisation)
+        .iter()
+        .filter_map(|f| f.current().map(|v| FormView::of(f, v)))
+        .collect();
+    Ok(axum::Json(FormList { forms }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// What the gateway answers for an accepted response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub response_id: String,
+    pub revision: i32,
+    pub form_id: String,
+    pub form_version: i32,
+    pub partition: i32,
+    pub offset: i64,
+    /// True when this answers a retry of a submission already accepted.
+    pub duplicate: bool,
+}
+
+async fn submit_response(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(form_id): Path<String>,
+    ApiJson(body): ApiJson<ResponseBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_ready(&state)?;
+    if body.form_id.is_some() || body.revision.is_some() {
+        return Err(ApiError::Invalid(vec![FieldProblem::new(
+            if body.form_id.is_some() {
+                "/form_id"
+            } else {
+                "/revision"
+            },
+            "not_allowed",
+            "form_id is taken from the path, and corrections use PUT .../responses/{response_id}",
+        )]));
+    }
+    let accepted = accept(&state, &caller, &form_id, &body, 0, "").await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
+}
+
+async fn correct_response(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((form_id, response_id)): Path<(String, String)>,
+    ApiJson(mut body): ApiJson<ResponseBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_ready(&state)?;
+    let mut problems = Vec::new();
+    let path_id = Uuid::parse_str(&response_id).ok().filter(|u| !u.is_nil());
+    if path_id.is_none() {
+        return Err(ApiError::NotFound("response"));
+    }
+    if body.form_id.is_some() {
+        problems.push(FieldProblem::new(
+            "/form_id",
+            "not_allowed",
+            "form_id is taken from the path",
+        ));
+    }
+    if body
+        .response_id
+        .as_deref()
+        .is_some_and(|id| Uuid::parse_str(id).ok() != path_id)
+    {
+        problems.push(FieldProblem::new(
+            "/response_id",
+            "mismatch",
+            "response_id differs from the path",
+        ));
+    }
+    let revision = match body.revision {
+        Some(r) if r >= 1 => r,
+        _ => {
+            problems.push(FieldProblem::new(
+                "/revision",
+                "required",
+                "a correction states the revision it publishes: 1 for the first correction, then 2, ...",
+            ));
+            0
+        }
+    };
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    body.response_id = Some(response_id);
+    let accepted = accept(&state, &caller, &form_id, &body, revision, "").await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
+}
+
+/// Validates, publishes and remembers one response revision.
+async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    form_id: &str,
+    body: &ResponseBody,
+    revision: i32,
+    pointer_prefix: &str,
+) -> Result<Accepted, ApiError> {
+    let inner = &state.inner;
+    let form = own_form(state, caller, form_id)?;
+    let version: &FormVersion = form
+        .current()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("form {form_id} has no versions")))?;
+
+    // A retry of what this instance already accepted is answered without publishing again.
+    let client_id = body
+        .response_id
+        .as_deref()
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let digest = client_id.map(|_| body.digest());
+    if let (Some(id), Some(digest)) = (client_id, digest)
+        && let Some(answer) = remembered(state, id, revision, &digest)?
+    {
+        inner.metrics.response(ResponseOutcome::Duplicate);
+        return Ok(answer);
+    }
+
+    let response = validate(
+        body,
+        &Submission {
+            organisation: &caller.organisation,
+            form_id,
+            form: version,
+            revision,
+            received_at: now_millis(),
+            max_text_chars: inner.max_text_chars,
+            pointer_prefix,
+        },
+    )
+    .map_err(|problems| {
+        inner.metrics.response(ResponseOutcome::Invalid);
+        ApiError::Invalid(problems)
+    })?;
+
+    let span =
+        tracing::debug_span!("publish", response_id = %response.response_id, revision, %form_id);
+    async {
+        let payload = inner
+            .response_encoder
+            .encode(&response)
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let revision_text = revision.to_string();
+        let delivered: Delivered = inner
+            .publisher
+            .publish(
+                &inner.responses_topic,
+                form_id,
+                &payload,
+                &[
+                    ("response_id", &response.response_id),
+                    ("revision", &revision_text),
+                ],
+            )
+            .await
+            .map_err(|error| {
+                inner.metrics.response(ResponseOutcome::Unavailable);
+                tracing::warn!(
+                    response_id = %response.response_id,
+                    revision,
+                    %form_id,
+                    %error,
+                    "Kafka did not acknowledge the response; answering 503."
+                );
+                unavailable(state, error)
+            })?;
+        inner.metrics.response(ResponseOutcome::Accepted);
+        tracing::debug!(
+            partition = delivered.partition,
+            offset = delivered.offset,
+            "Response accepted."
+        );
+        let accepted = Accepted {
+            response_id: response.response_id.clone(),
+            revision,
+            form_id: form_id.to_owned(),
+            form_version: response.form_version,
+            partition: delivered.partition,
+            offset: delivered.offset,
+            duplicate: false,
+        };
+        if let (Some(id), Some(digest)) = (client_id, digest)
+            && let Ok(mut cache) = inner.idempotency.lock()
+        {
+            cache.put(
+                (id, revision),
+                (
+                    digest,
+                    Accepted {
+                        duplicate: true,
+                        ..accepted.clone()
+                    },
+                ),
+            );
+        }
+        Ok(accepted)
+    }
+    .instrument(span)
+    .await
+}
+
+/// The remembered answer to the same submission, or a conflict if the id was used for different content.
+fn remembered(
+    state: &AppState,
+    id: Uuid,
+    revision: i32,
+    digest: &[u8; 32],
+) -> Result<Option<Accepted>, ApiError> {
+    let Ok(mut cache) = state.inner.idempotency.lock() else {
+        return Ok(None);
+    };
+    match cache.get(&(id, revision)) {
+        None => Ok(None),
+        Some((held, answer)) if held == digest => Ok(Some(answer.clone())),
+        Some(_) => Err(ApiError::Conflict(format!(
+            "response {id} revision {revision} was already accepted with different content; \
+             corrections use PUT .../responses/{id} with the next revision"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    pub items: Vec<serde_json::Value>,
+}
+
+/// One item's outcome in a batch.
+#[derive(Debug, Serialize)]
+pub struct ItemResult {
+    pub index: usize,
+    pub status: u16,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<Accepted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<crate::error::Problem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchResult {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub results: Vec<ItemResult>,
+}
+
+/// Many responses, possibly to several forms, in one request (collectors syncing after being
+/// offline). Each item is validated and published on its own and gets its own result; the answer is
+/// 207 unless Kafka acknowledged none of the valid items (503).
+async fn submit_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<HttpResponse, ApiError> {
+    require_ready(&state)?;
+    let max = state.inner.max_batch_items;
+    if body.items.is_empty() || body.items.len() > max {
+        return Err(ApiError::Invalid(vec![FieldProblem::new(
+            "/items",
+            "invalid_count",
+            format!("a batch holds 1 to {max} items"),
+        )]));
+    }
+    let futures = body.items.into_iter().enumerate().map(|(index, item)| {
+        let state = state.clone();
+        let caller = caller.clone();
+        async move {
+            let prefix = format!("/items/{index}");
+            let outcome = async {
+                let item: ResponseBody = serde_json::from_value(item).map_err(|e| {
+                    ApiError::Invalid(vec![FieldProblem::new(
+                        prefix.clone(),
+                        "invalid_shape",
+                        e.to_string(),
+                    )])
+                })?;
+                let Some(form_id) = item.form_id.clone() else {
+                    return Err(ApiError::Invalid(vec![FieldProblem::new(
+                        format!("{prefix}/form_id"),
+                        "required",
+                        "each batch item names its form_id",
+                    )]));
+                };
+                if item.revision.is_some() {
+                    return Err(ApiError::Invalid(vec![FieldProblem::new(
+                        format!("{prefix}/revision"),
+                        "not_allowed",
+                        "corrections use PUT .../responses/{response_id}",
+                    )]));
+                }
+                accept(&state, &caller, &form_id, &item, 0, &prefix).await
+            }
+            .await;
+            match outcome {
+                Ok(accepted) => ItemResult {
+                    index,
+                    status: 202,
+                    accepted: Some(accepted),
+                    problem: None,
+                },
+                Err(error) => ItemResult {
+                    index,
+                    status: error.status().as_u16(),
+                    accepted: None,
+                    problem: Some(error.problem()),
+                },
+            }
+        }
+    });
+    let results = join_all(futures).await;
+    let accepted = results.iter().filter(|r| r.status == 202).count();
+    let unavailable = results.iter().filter(|r| r.status == 503).count();
+    if accepted == 0 && unavailable > 0 {
+        return Err(ApiError::Unavailable {
+            retry_after_secs: state.inner.retry_after_secs,
+            cause: format!("{unavailable} batch items not acknowledged"),
+        });
+    }
+    let summary = BatchResult {
+        accepted,
+        rejected: results.len() - accepted,
+        results,
+    };
+    Ok((StatusCode::MULTI_STATUS, axum::Json(summary)).into_response())
+}

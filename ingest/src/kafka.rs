@@ -1,0 +1,297 @@
+//! Kafka plumbing shared by the gateway and the admin commands: client configuration, the durable
+//! producer and topic creation.
+//!
+//! Invariant: `Publisher::publish` returns `Ok` only after the broker acknowledged the record with
+//! acks=all on an idempotent producer, and returns within `produce_timeout` (plus scheduling) either way.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::config::{KafkaArgs, TopicNames, TopicSettings};
+use crate::metrics::Metrics;
+
+/// A base librdkafka configuration: bootstrap servers plus every `-X key=value`.
+pub fn client_config(kafka: &KafkaArgs) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Why a record was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("Kafka did not acknowledge the record within {0:?}")]
+    Timeout(Duration),
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("Kafka rejected the record: {0}")]
+    Kafka(#[source] KafkaError),
+}
+
+impl PublishError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PublishError::Timeout(_) => "timeout",
+            PublishError::QueueFull => "queue_full",
+            PublishError::Kafka(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut,
+            )) => "timeout",
+            PublishError::Kafka(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge,
+            )) => "too_large",
+            PublishError::Kafka(_) => "broker",
+        }
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The gateway's durable producer: idempotent, acks=all, bounded waits.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Publisher {
+    pub fn new(
+        kafka: &KafkaArgs,
+        linger_ms: u64,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, KafkaError> {
+        let timeout_ms = timeout.as_millis().max(1).to_string();
+        let producer = client_config(kafka)
+            // Idempotence implies acks=all, retries and per-partition ordering: promise 1.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", linger_ms.to_string())
+            .set("compression.type", "lz4")
+            // librdkafka gives up on a record after this, so it does not deliver minutes after the
+            // client was told 503 (it may still land shortly after; the client's retry with the
+            // same response id is then a harmless duplicate).
+            .set("message.timeout.ms", &timeout_ms)
+            .set("request.timeout.ms", &timeout_ms)
+            // Bounded so that a slow broker costs a quick 503 (queue full), not memory: 32 MiB is
+            // seconds of traffic at the gateway's target rates, and keeps its RSS under 100 MB.
+            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.kbytes", "32768")
+            .create()?;
+        Ok(Publisher {
+            producer,
+            timeout,
+            metrics,
+        })
+    }
+
+    /// Publishes one record and waits for its acknowledgement, at most `timeout`.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<Delivered, PublishError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(owned);
+        let started = Instant::now();
+        // Never wait for queue space: a full queue means Kafka is not keeping up, and the client
+        // is better served by a quick 503 than by a request that hangs.
+        let outcome = match self.producer.send_result(record) {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(PublishError::QueueFull)
+            }
+            Err((error, _)) => Err(PublishError::Kafka(error)),
+            Ok(delivery) => match tokio::time::timeout(self.timeout, delivery).await {
+                Err(_) => Err(PublishError::Timeout(self.timeout)),
+                // The delivery future is cancelled only if the producer is dropped.
+                Ok(Err(_cancelled)) => Err(PublishError::Timeout(self.timeout)),
+                Ok(Ok(Err((error, _)))) => Err(PublishError::Kafka(error)),
+                Ok(Ok(Ok(delivery))) => Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+            },
+        };
+        self.metrics
+            .observe_produce(topic, started.elapsed(), outcome.as_ref().err());
+        outcome
+    }
+
+    /// Waits until every queued record is acknowledged or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(Timeout::After(timeout))
+    }
+}
+
+/// The number of partitions of `topic`, or 0 when the broker does not know the topic (yet).
+pub fn partition_count<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), Timeout::After(timeout))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0))
+}
+
+/// One topic the project needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub config: Vec<(&'static str, String)>,
+}
+
+/// The topics the gateway writes, with their configuration.
+pub fn spine_topics(names: &TopicNames, settings: &TopicSettings) -> Vec<TopicSpec> {
+    let min_isr = settings.min_insync_replicas.to_string();
+    let retention = settings.responses_retention_ms.to_string();
+    vec![
+        TopicSpec {
+            name: names.forms_topic.clone(),
+            partitions: settings.forms_partitions,
+            replication_factor: settings.replication_factor,
+            config: vec![
+                // Compaction keeps the newest record per form id, which carries every version.
+                ("cleanup.policy", "compact".into()),
+                ("min.insync.replicas", min_isr.clone()),
+                // A form with its whole history can outgrow the 1 MB default.
+                ("max.message.bytes", (8 * 1024 * 1024).to_string()),
+            ],
+        },
+        TopicSpec {
+            name: names.responses_topic.clone(),
+            partitions: settings.responses_partitions,
+            replication_factor: settings.replication_factor,
+            config: vec![
+                ("retention.ms", retention.clone()),
+                ("min.insync.replicas", min_isr.clone()),
+            ],
+        },
+        TopicSpec {
+            name: names.flags_topic.clone(),
+            partitions: settings.responses_partitions,
+            replication_factor: settings.replication_factor,
+            config: vec![
+                ("retention.ms", retention),
+                ("min.insync.replicas", min_isr),
+            ],
+        },
+    ]
+}
+
+/// What `ensure_topics` did with each topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    Existed { partitions: usize },
+}
+
+/// Creates each topic that does not exist yet; existing topics are left as they are.
+pub async fn ensure_topics(
+    kafka: &KafkaArgs,
+    specs: &[TopicSpec],
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, TopicOutcome)>> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|spec| {
+            let mut topic = NewTopic::new(
+                &spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(spec.replication_factor),
+            );
+            for (key, value) in &spec.config {
+                topic = topic.set(key, value);
+            }
+            topic
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout)));
+    let results = tokio::time::timeout(timeout, admin.create_topics(&new_topics, &options))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "Kafka at {} did not answer within {timeout:?}",
+                kafka.bootstrap
+            )
+        })??;
+
+    let mut existing: HashMap<String, usize> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(name) => outcomes.push((name, TopicOutcome::Created)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                if existing.is_empty() {
+                    existing = partition_counts(&admin, timeout)?;
+                }
+                let partitions = existing.get(&name).copied().unwrap_or(0);
+                outcomes.push((name, TopicOutcome::Existed { partitions }));
+            }
+            Err((name, code)) => anyhow::bail!("could not create topic {name}: {code}"),
+        }
+    }
+    for (name, outcome) in &outcomes {
+        let wanted = specs.iter().find(|s| &s.name == name).map(|s| s.partitions);
+        if let (TopicOutcome::Existed { partitions }, Some(wanted)) = (outcome, wanted)
+            && *partitions != wanted as usize
+        {
+            tracing::warn!(
+                topic = %name,
+                partitions,
+                configured = wanted,
+                "Topic exists with a different partition count; it was left as it is."
+            );
+        }
+    }
+    Ok(outcomes)
+}
+
+fn partition_counts(
+    admin: &AdminClient<DefaultClientContext>,
+    timeout: Duration,
+) -> anyhow::Result<HashMap<String, usize>> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Timeout::After(timeout))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_owned(), t.partitions().len()))
+        .collect())
+}

@@ -1,0 +1,152 @@
+//! The formstream ingest gateway: a forms API, and validated, durable submission of responses to
+//! Kafka.
+//!
+//! Invariant (DESIGN.md promises 1 and 7): a response is answered 2xx only after Kafka acknowledged
+//! it (idempotent producer, acks=all), and only valid responses are published.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod forms;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod responses;
+pub mod tail;
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use formstream_schemas::{Codec, Form, RegistryConfig, Response};
+use lru::LruCache;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::ApiKeys;
+use crate::config::{GatewayConfig, RegistryArgs};
+use crate::forms::FormsView;
+use crate::http::{AppState, Inner};
+use crate::kafka::{Publisher, ensure_topics, spine_topics};
+use crate::metrics::Metrics;
+
+/// The codec the configuration asks for: Confluent wire format with a registry, single-object
+/// encoding without.
+pub fn codec(registry: &RegistryArgs) -> anyhow::Result<Codec> {
+    match &registry.schema_registry_url {
+        None => Ok(Codec::single_object()),
+        Some(url) => Ok(Codec::with_registry(RegistryConfig {
+            url: url.clone(),
+            username: registry.schema_registry_username.clone(),
+            password: registry
+                .schema_registry_password
+                .clone()
+                .map(formstream_schemas::Secret::new),
+            timeout: Duration::from_secs(10),
+        })?),
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes, then stops accepting requests, lets
+/// those in flight finish (bounded by the configured shutdown timeout) and flushes the producer.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let keys = ApiKeys::load(&config.api_keys_file)?;
+    if keys.is_empty() {
+        tracing::warn!(file = %config.api_keys_file.display(), "No API keys configured: every API call will get 401.");
+    }
+    let metrics = Metrics::new();
+    let codec = codec(&config.registry)?;
+
+    if config.create_topics {
+        let specs = spine_topics(&config.topics, &config.topic_settings);
+        for (topic, outcome) in ensure_topics(&config.kafka, &specs, Duration::from_secs(30))
+            .await
+            .context("creating topics")?
+        {
+            tracing::info!(%topic, ?outcome, "Topic checked.");
+        }
+    }
+
+    let publisher = Publisher::new(
+        &config.kafka,
+        config.linger_ms,
+        config.produce_timeout,
+        metrics.clone(),
+    )
+    .context("creating the Kafka producer")?;
+    let form_encoder = codec.encoder::<Form>(&config.topics.forms_topic).await?;
+    let response_encoder = codec
+        .encoder::<Response>(&config.topics.responses_topic)
+        .await?;
+
+    let view = Arc::new(FormsView::default());
+    let (stop_view, view_stopped) = watch::channel(false);
+    let follower = tokio::spawn(forms::follow_forms_topic(
+        config.kafka.clone(),
+        config.topics.forms_topic.clone(),
+        codec.clone(),
+        view.clone(),
+        metrics.clone(),
+        view_stopped,
+    ));
+
+    let cache_size = NonZeroUsize::new(config.idempotency_cache).unwrap_or(NonZeroUsize::MIN);
+    let state = AppState::new(Inner {
+        keys,
+        view,
+        publisher: publisher.clone(),
+        forms_topic: config.topics.forms_topic.clone(),
+        responses_topic: config.topics.responses_topic.clone(),
+        form_encoder,
+        response_encoder,
+        metrics,
+        max_text_chars: config.max_text_chars,
+        max_batch_items: config.max_batch_items,
+        retry_after_secs: config.retry_after_secs,
+        idempotency: Mutex::new(LruCache::new(cache_size)),
+        form_writes: tokio::sync::Mutex::new(()),
+    });
+    let app = http::router(state, config.max_body_bytes);
+
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        kafka = %config.kafka.bootstrap,
+        codec = %codec.describe(),
+        "Gateway listening."
+    );
+
+    // Graceful shutdown: stop accepting, drain in-flight requests for at most shutdown_timeout.
+    let (signalled_tx, mut signalled_rx) = watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("Shutting down: no new requests; draining those in flight.");
+        let _ = signalled_tx.send(true);
+    });
+    let drain = config.shutdown_timeout;
+    tokio::select! {
+        served = server.into_future() => served.context("serving HTTP")?,
+        _ = async {
+            let _ = signalled_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(drain).await;
+        } => tracing::warn!(?drain, "In-flight requests did not finish in time; stopping anyway."),
+    }
+
+    let _ = stop_view.send(true);
+    let flushed = tokio::task::spawn_blocking(move || publisher.flush(drain)).await?;
+    if let Err(error) = flushed {
+        tracing::warn!(%error, "Producer flush did not complete.");
+    }
+    match follower.await {
+        Ok(Err(error)) => tracing::warn!(%error, "Forms view follower stopped with an error."),
+        Err(error) => tracing::warn!(%error, "Forms view follower panicked."),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("Gateway stopped.");
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Rust twins of the Avro records in `schemas/avro/*.avsc`.
+//!
+//! Invariant: every field here has a field of the same name and type in the matching `.avsc`, and
+//! nothing else; the codec's round-trip tests fail if the two drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch (Avro `timestamp-millis`).
+pub type TimestampMillis = i64;
+
+/// A form with its whole version history: the value of the compacted `forms` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Form {
+    pub id: String,
+    pub organisation: String,
+    pub created_at: TimestampMillis,
+    /// Oldest first; never empty. The last one is the current version.
+    pub versions: Vec<FormVersion>,
+}
+
+impl Form {
+    /// The newest version. Forms are never published without one.
+    pub fn current(&self) -> Option<&FormVersion> {
+        self.versions.last()
+    }
+
+    /// The version a response answered, if the form has it.
+    pub fn version(&self, version: i32) -> Option<&FormVersion> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormVersion {
+    pub version: i32,
+    pub title: String,
+    pub description: String,
+    pub default_region: Option<String>,
+    pub questions: Vec<Question>,
+    pub metadata_json: String,
+    pub created_at: TimestampMillis,
+}
+
+impl FormVersion {
+    pub fn question(&self, key: &str) -> Option<&Question> {
+        self.questions.iter().find(|q| q.key == key)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Question {
+    pub key: String,
+    pub text: String,
+    #[serde(rename = "type")]
+    pub kind: QuestionType,
+    pub required: bool,
+    pub choices: Vec<Choice>,
+    pub max_length: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum QuestionType {
+    Text,
+    SingleChoice,
+    MultipleChoice,
+    Number,
+    Phone,
+}
+
+impl QuestionType {
+    pub fn has_choices(self) -> bool {
+        matches!(
+            self,
+            QuestionType::SingleChoice | QuestionType::MultipleChoice
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    pub key: String,
+    pub text: String,
+}
+
+/// One revision of one response: the value of the `responses` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub response_id: String,
+    pub form_id: String,
+    pub form_version: i32,
+    pub organisation: String,
+    pub revision: i32,
+    pub submitted_at: TimestampMillis,
+    pub received_at: TimestampMillis,
+    pub collector: Collector,
+    pub answers: Vec<Answer>,
+    pub metadata_json: String,
+}
+
+impl Response {
+    pub fn answer(&self, key: &str) -> Option<&Answer> {
+        self.answers.iter().find(|a| a.question_key == key)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collector {
+    pub id: String,
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub question_key: String,
+    pub text: Option<String>,
+    pub number: Option<f64>,
+    pub choices: Vec<String>,
+}
+
+/// The validation outcome of one (response, revision): the value of the `response-flags` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFlag {
+    pub response_id: String,
+    pub form_id: String,
+    pub form_version: i32,
+    pub organisation: String,
+    pub revision: i32,
+    pub collector_id: String,
+    pub status: FlagStatus,
+    pub violations: Vec<Violation>,
+    pub evaluated_at: TimestampMillis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FlagStatus {
+    Clean,
+    Flagged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    pub rule_id: String,
+    pub message: String,
+    pub question_keys: Vec<String>,
+    pub error: Option<String>,
+}

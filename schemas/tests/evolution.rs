@@ -1,0 +1,123 @@
+//! Schema evolution: `Response` v2 (fixture `response-v2.avsc`) adds `channel` with default "app".
+//!
+//! Invariant checked: BACKWARD (a v2 reader reads v1 data and sees the default) and FORWARD (the
+//! current v1 reader reads v2 data and ignores the new field), in both wire formats.
+
+mod helpers;
+
+use formstream_schemas::*;
+use helpers::*;
+
+fn v1() -> Response {
+    responses()[1].clone()
+}
+
+#[tokio::test]
+async fn single_object_backward_new_reader_reads_old_data_with_the_default() {
+    let producer = Codec::single_object();
+    let old = producer
+        .encoder::<Response>("responses")
+        .await
+        .unwrap()
+        .encode(&v1())
+        .unwrap();
+
+    let consumer = Codec::single_object();
+    let read: ResponseV2 = consumer.decode(&old).await.unwrap();
+    assert_eq!(read, ResponseV2::from_v1(v1(), "app"));
+}
+
+#[tokio::test]
+async fn single_object_forward_old_reader_reads_new_data_ignoring_the_field() {
+    let producer = Codec::single_object();
+    let new = producer
+        .encoder::<ResponseV2>("responses")
+        .await
+        .unwrap()
+        .encode(&ResponseV2::from_v1(v1(), "web"))
+        .unwrap();
+
+    // A consumer that only has the compiled-in schemas cannot know v2's fingerprint...
+    let err = Codec::single_object()
+        .decode::<Response>(&new)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CodecError::UnknownSchema(SchemaId::Fingerprint(_))),
+        "{err}"
+    );
+
+    // ...and one told about v2 reads it as v1.
+    let consumer = Codec::single_object_with_writers(vec![RESPONSE_V2.clone()]);
+    let read: Response = consumer.decode(&new).await.unwrap();
+    assert_eq!(read, v1());
+}
+
+#[tokio::test]
+async fn confluent_backward_new_reader_reads_old_data_with_the_default() {
+    let fake = FakeRegistry::start(None).await;
+    let producer = Codec::with_registry(fake.config()).unwrap();
+    let old = producer
+        .encoder::<Response>("responses")
+        .await
+        .unwrap()
+        .encode(&v1())
+        .unwrap();
+
+    let consumer = Codec::with_registry(fake.config()).unwrap();
+    let read: ResponseV2 = consumer.decode(&old).await.unwrap();
+    assert_eq!(read, ResponseV2::from_v1(v1(), "app"));
+}
+
+#[tokio::test]
+async fn confluent_forward_old_reader_reads_new_data_ignoring_the_field() {
+    let fake = FakeRegistry::start(None).await;
+    // v1 is registered first, as in production; v2 is then accepted as a BACKWARD-compatible version.
+    let v1_id = fake
+        .register("responses-value", Response::SCHEMA_JSON)
+        .await;
+    let producer = Codec::with_registry(fake.config()).unwrap();
+    let new = producer
+        .encoder::<ResponseV2>("responses")
+        .await
+        .unwrap()
+        .encode(&ResponseV2::from_v1(v1(), "sms"))
+        .unwrap();
+    let v2_id = u32::from_be_bytes(new[1..5].try_into().unwrap());
+    assert_ne!(v1_id, v2_id);
+    assert_eq!(
+        fake.state.lock().unwrap().subjects["responses-value"],
+        [v1_id, v2_id]
+    );
+
+    let consumer = Codec::with_registry(fake.config()).unwrap();
+    let read: Response = consumer.decode(&new).await.unwrap();
+    assert_eq!(read, v1());
+}
+
+#[tokio::test]
+async fn an_incompatible_schema_is_refused_with_a_clear_permanent_registry_error() {
+    let fake = FakeRegistry::start(None).await;
+    // Someone registered a Response whose `revision` is a string: v1 cannot read that data, so
+    // registering v1 as the next version breaks BACKWARD compatibility.
+    let mut other: serde_json::Value = serde_json::from_str(Response::SCHEMA_JSON).unwrap();
+    for field in other["fields"].as_array_mut().unwrap() {
+        if field["name"] == "revision" {
+            field["type"] = "string".into();
+        }
+    }
+    fake.register("responses-value", &other.to_string()).await;
+
+    let codec = Codec::with_registry(fake.config()).unwrap();
+    let err = codec.encoder::<Response>("responses").await.unwrap_err();
+    let CodecError::Registry(RegistryError::Status { status: 409, .. }) = &err else {
+        panic!("expected a 409 from the registry, got {err:?}");
+    };
+    assert!(!err.is_retriable());
+    assert!(err.to_string().contains("incompatible"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/subjects/responses-value/versions"),
+        "{err}"
+    );
+}
