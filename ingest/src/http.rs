@@ -3,7 +3,7 @@
 //! Invariant: a handler answers 2xx for a response only after Kafka acknowledged its record; every
 //! other outcome is a problem+json error, and nothing invalid is published.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use formstream_schemas::{Encoder, Form, FormVersion, Response};
 use futures::future::join_all;
-use lru::LruCache;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -25,12 +24,10 @@ use uuid::Uuid;
 use crate::auth::{ApiKeys, Caller, HasApiKeys};
 use crate::error::{ApiError, FieldProblem};
 use crate::forms::{FormBody, FormView, FormsView, build_version, now_millis};
+use crate::idempotency::{Claim, Key, Submissions};
 use crate::kafka::{Delivered, PublishError, Publisher};
 use crate::metrics::{Metrics, ResponseOutcome};
 use crate::responses::{ResponseBody, Submission, validate};
-
-/// (response id, revision) -> (digest of the submitted body, the answer given).
-pub type IdempotencyCache = LruCache<(Uuid, i32), ([u8; 32], Accepted)>;
 
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -50,9 +47,8 @@ pub struct Inner {
     pub max_text_chars: usize,
     pub max_batch_items: usize,
     pub retry_after_secs: u64,
-    /// Recently accepted (response id, revision) with the digest of what was submitted: a retry
-    /// to this instance is answered from here instead of being published again.
-    pub idempotency: Mutex<IdempotencyCache>,
+    /// Recent submissions with a client-supplied id, to answer retries without publishing again.
+    pub submissions: Submissions<Accepted>,
     /// Form writes are rare; one at a time per instance keeps version numbers gap-free here.
     pub form_writes: tokio::sync::Mutex<()>,
 }
@@ -457,19 +453,74 @@ async fn accept(
         .current()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("form {form_id} has no versions")))?;
 
-    // A retry of what this instance already accepted is answered without publishing again.
-    let client_id = body
+    // A retry of what this instance already accepted is answered without publishing again, and
+    // a key is claimed before publishing, so that conflicting content never goes out twice.
+    let claim = body
         .response_id
         .as_deref()
-        .and_then(|id| Uuid::parse_str(id).ok());
-    let digest = client_id.map(|_| body.digest());
-    if let (Some(id), Some(digest)) = (client_id, digest)
-        && let Some(answer) = remembered(state, id, revision, &digest)?
-    {
-        inner.metrics.response(ResponseOutcome::Duplicate);
-        return Ok(answer);
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .map(|response_id| {
+            let key = Key {
+                organisation: caller.organisation.clone(),
+                response_id,
+                revision,
+            };
+            (key, body.digest(form_id))
+        });
+    let mut owned = false;
+    if let Some((key, digest)) = &claim {
+        match inner.submissions.claim(key, digest) {
+            Claim::Repeat(answer) => {
+                inner.metrics.response(ResponseOutcome::Duplicate);
+                return Ok(answer);
+            }
+            Claim::Conflict => {
+                return Err(ApiError::Conflict(format!(
+                    "response {} revision {revision} was already submitted with different content; \
+                     corrections use PUT .../responses/{{response_id}} with the next revision",
+                    key.response_id
+                )));
+            }
+            Claim::InFlight => {}
+            Claim::Fresh => owned = true,
+        }
     }
+    let outcome = validate_and_publish(
+        state,
+        caller,
+        form_id,
+        version,
+        body,
+        revision,
+        pointer_prefix,
+    )
+    .await;
+    if let (true, Some((key, digest))) = (owned, claim) {
+        match &outcome {
+            Ok(accepted) => inner.submissions.accepted(
+                key,
+                digest,
+                Accepted {
+                    duplicate: true,
+                    ..accepted.clone()
+                },
+            ),
+            Err(_) => inner.submissions.release(&key, &digest),
+        }
+    }
+    outcome
+}
 
+async fn validate_and_publish(
+    state: &AppState,
+    caller: &Caller,
+    form_id: &str,
+    version: &FormVersion,
+    body: &ResponseBody,
+    revision: i32,
+    pointer_prefix: &str,
+) -> Result<Accepted, ApiError> {
+    let inner = &state.inner;
     let response = validate(
         body,
         &Submission {
@@ -533,44 +584,10 @@ async fn accept(
             offset: delivered.offset,
             duplicate: false,
         };
-        if let (Some(id), Some(digest)) = (client_id, digest)
-            && let Ok(mut cache) = inner.idempotency.lock()
-        {
-            cache.put(
-                (id, revision),
-                (
-                    digest,
-                    Accepted {
-                        duplicate: true,
-                        ..accepted.clone()
-                    },
-                ),
-            );
-        }
         Ok(accepted)
     }
     .instrument(span)
     .await
-}
-
-/// The remembered answer to the same submission, or a conflict if the id was used for different content.
-fn remembered(
-    state: &AppState,
-    id: Uuid,
-    revision: i32,
-    digest: &[u8; 32],
-) -> Result<Option<Accepted>, ApiError> {
-    let Ok(mut cache) = state.inner.idempotency.lock() else {
-        return Ok(None);
-    };
-    match cache.get(&(id, revision)) {
-        None => Ok(None),
-        Some((held, answer)) if held == digest => Ok(Some(answer.clone())),
-        Some(_) => Err(ApiError::Conflict(format!(
-            "response {id} revision {revision} was already accepted with different content; \
-             corrections use PUT .../responses/{id} with the next revision"
-        ))),
-    }
 }
 
 #[derive(Debug, Deserialize)]

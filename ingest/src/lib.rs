@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod forms;
 pub mod http;
+pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
 pub mod responses;
@@ -16,12 +17,11 @@ pub mod tail;
 
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use formstream_schemas::{Codec, Form, RegistryConfig, Response};
-use lru::LruCache;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -109,7 +109,7 @@ pub async fn run(
         max_text_chars: config.max_text_chars,
         max_batch_items: config.max_batch_items,
         retry_after_secs: config.retry_after_secs,
-        idempotency: Mutex::new(LruCache::new(cache_size)),
+        submissions: idempotency::Submissions::new(cache_size),
         form_writes: tokio::sync::Mutex::new(()),
     });
     let app = http::router(state, config.max_body_bytes);

@@ -49,13 +49,17 @@ pub struct CollectorBody {
 }
 
 impl ResponseBody {
-    /// A digest of what the client said, to tell a retry of the same submission from a different
-    /// submission that reuses its id.
-    pub fn digest(&self) -> [u8; 32] {
+    /// A digest of what the client said to which form, to tell a retry of the same submission
+    /// from a different submission that reuses its id.
+    pub fn digest(&self, form_id: &str) -> [u8; 32] {
         let mut canonical = self.clone();
         canonical.form_id = None;
         let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-        Sha256::digest(&bytes).into()
+        let mut hasher = Sha256::new();
+        hasher.update(form_id.as_bytes());
+        hasher.update([0]);
+        hasher.update(&bytes);
+        hasher.finalize().into()
     }
 }
 
@@ -437,7 +441,12 @@ mod tests {
             serde_json::from_str(r#"{"answers":{"b":2,"a":1},"collector":{"id":"c"}}"#).expect("b");
         let c: ResponseBody =
             serde_json::from_str(r#"{"answers":{"b":3,"a":1},"collector":{"id":"c"}}"#).expect("c");
-        assert_eq!(a.digest(), b.digest());
-        assert_ne!(a.digest(), c.digest());
+        assert_eq!(a.digest("f"), b.digest("f"));
+        assert_ne!(a.digest("f"), c.digest("f"));
+        assert_ne!(
+            a.digest("f"),
+            a.digest("g"),
+            "the form is part of the submission"
+        );
     }
 }

@@ -1,0 +1,412 @@
+//! The broker stopped in the middle of a test (DESIGN.md promise 1: acknowledged means durable).
+//!
+//! A private broker instance (its own name, ports and data, started and stopped with the project's
+//! `deploy/local/kafka.sh`) is stopped while clients keep submitting, so the shared broker and the
+//! other tests are not disturbed.
+//!
+//! Invariant proved here: while Kafka is away the gateway answers 503 with Retry-After within a
+//! bounded time and never 2xx; once Kafka is back it accepts again; and every response that got a
+//! 2xx is on the topic, where the gateway said.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use formstream_tests::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most any request may take: the produce timeout plus slack for scheduling on a busy machine.
+const REQUEST_BOUND: Duration = Duration::from_secs(4);
+/// `kafka.sh start` waits for the broker itself; this bounds the whole command.
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(180);
+
+/// A broker instance of this test only. Dropping it stops the broker and deletes its files, even
+/// when the test failed.
+struct PrivateBroker {
+    instance: String,
+    port: u16,
+    controller_port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateBroker {
+    fn new() -> Self {
+        let instance = format!("outage-{}", &unique()[..12]);
+        let home = std::env::var_os("FORMSTREAM_KAFKA_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                    .join(".cache/formstream/kafka")
+            });
+        let dir = home.join("instances").join(&instance);
+        PrivateBroker {
+            instance,
+            port: free_port(),
+            controller_port: free_port(),
+            dir,
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+
+    fn script(&self, command: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(kafka_script())
+            .arg(command)
+            .env("FORMSTREAM_KAFKA_INSTANCE", &self.instance)
+            .env("FORMSTREAM_KAFKA_PORT", self.port.to_string())
+            .env(
+                "FORMSTREAM_KAFKA_CONTROLLER_PORT",
+                self.controller_port.to_string(),
+            )
+            .env("FORMSTREAM_KAFKA_HEAP", "-Xms128m -Xmx512m")
+            .env("FORMSTREAM_KAFKA_STOP_TIMEOUT", "30")
+            // This instance keeps its data in its own directory, whatever the caller's shell says.
+            .env_remove("FORMSTREAM_KAFKA_DATA_DIR")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    async fn run(&self, command: &str) {
+        let mut cmd = tokio::process::Command::from(self.script(command));
+        cmd.kill_on_drop(true);
+        let output = tokio::time::timeout(SCRIPT_DEADLINE, cmd.output())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "kafka.sh {command} ({}) did not finish within {SCRIPT_DEADLINE:?}",
+                    self.instance
+                )
+            })
+            .unwrap_or_else(|e| panic!("running kafka.sh {command}: {e}"));
+        assert!(
+            output.status.success(),
+            "kafka.sh {command} ({}) failed: {}\n{}",
+            self.instance,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    async fn start(&self) {
+        self.run("start").await;
+    }
+
+    async fn stop(&self) {
+        self.run("stop").await;
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        match self
+            .script("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Ok(status) if status.success() => {}
+            other => eprintln!(
+                "could not stop the private broker {}: {other:?}",
+                self.instance
+            ),
+        }
+        if let Err(error) = std::fs::remove_dir_all(&self.dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("could not delete {}: {error}", self.dir.display());
+        }
+    }
+}
+
+/// A port nothing listens on right now (the OS picks it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding port 0 to find a free port")
+}
+
+/// What one submission was told.
+#[derive(Debug, Clone)]
+struct Outcome {
+    response_id: String,
+    started: Instant,
+    elapsed: Duration,
+    /// 0 when the HTTP request itself failed.
+    status: u16,
+    retry_after: Option<String>,
+    content_type: Option<String>,
+    body: Value,
+}
+
+type Log = Arc<Mutex<Vec<Outcome>>>;
+
+fn count(log: &Log, since: Instant, status: u16) -> usize {
+    log.lock()
+        .expect("outcome log")
+        .iter()
+        .filter(|o| o.started >= since && o.status == status)
+        .count()
+}
+
+async fn submit_until_stopped(
+    app_url: String,
+    client: reqwest::Client,
+    form: String,
+    log: Log,
+    stop: Arc<AtomicBool>,
+) {
+    let url = format!("{app_url}/v1/forms/{form}/responses");
+    while !stop.load(Ordering::Relaxed) {
+        let response_id = uuid::Uuid::new_v4().to_string();
+        let mut body = valid_response("During an outage");
+        body["response_id"] = json!(response_id);
+        let started = Instant::now();
+        let outcome = match client
+            .post(&url)
+            .bearer_auth(ACME_KEY)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                let header = |name: &str| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                let status = response.status().as_u16();
+                let retry_after = header("retry-after");
+                let content_type = header("content-type");
+                let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                Outcome {
+                    response_id,
+                    started,
+                    elapsed: started.elapsed(),
+                    status,
+                    retry_after,
+                    content_type,
+                    body,
+                }
+            }
+            Err(error) => Outcome {
+                response_id,
+                started,
+                elapsed: started.elapsed(),
+                status: 0,
+                retry_after: None,
+                content_type: None,
+                body: json!({"client_error": error.to_string()}),
+            },
+        };
+        let pause = outcome.status == 503;
+        log.lock().expect("outcome log").push(outcome);
+        if pause {
+            // A well-behaved client backs off a little (not the full Retry-After, to keep the test short).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_broker_gets_503_with_retry_after_and_nothing_acknowledged_is_lost() {
+    let broker = PrivateBroker::new();
+    broker.start().await;
+    let app = spawn_gateway(
+        GatewayOptions {
+            bootstrap: broker.bootstrap(),
+            responses_partitions: 3,
+            ..GatewayOptions::default()
+        }
+        .arg(
+            "--produce-timeout",
+            format!("{}ms", PRODUCE_TIMEOUT.as_millis()),
+        )
+        .arg("--retry-after-secs", 1),
+    )
+    .await;
+    let form = app.create_typical_form().await;
+
+    let log: Log = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client");
+    let submitters: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(submit_until_stopped(
+                app.address.clone(),
+                client.clone(),
+                form.clone(),
+                log.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    let test_start = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            count(&log, test_start, 202) >= 30
+        })
+        .await,
+        "the gateway accepts responses while the broker is up: {:?}",
+        log.lock().expect("log").last()
+    );
+
+    broker.stop().await;
+    let stopped = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            count(&log, stopped, 503) >= 6
+        })
+        .await,
+        "with the broker stopped, the gateway answers 503: {:?}",
+        log.lock().expect("log").last()
+    );
+    assert_eq!(
+        count(&log, stopped, 202),
+        0,
+        "no 2xx while the broker is down"
+    );
+
+    // A batch whose items all go unacknowledged is a 503 as a whole.
+    let batch_started = Instant::now();
+    let batch = app
+        .acme(Method::POST, "/v1/responses/batch")
+        .json(&json!({"items": [
+            {"form_id": form, "collector": {"id": "c"}, "answers": {"name": "Batch", "income": 1}},
+            {"form_id": form, "collector": {"id": "c"}, "answers": {"name": "Batch", "income": 2}},
+        ]}))
+        .send()
+        .await
+        .expect("POST batch during the outage");
+    assert!(
+        batch_started.elapsed() <= REQUEST_BOUND,
+        "a batch is answered in bounded time too"
+    );
+    assert!(
+        batch.headers().contains_key("retry-after"),
+        "a 503 batch says when to retry"
+    );
+    assert_problem(batch, 503).await;
+    assert_eq!(
+        count(&log, stopped, 202),
+        0,
+        "no 2xx while the broker is down"
+    );
+
+    broker.start().await;
+    let restarted = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(90), || async {
+            count(&log, restarted, 202) >= 10
+        })
+        .await,
+        "once the broker is back, the gateway accepts responses again: {:?}",
+        log.lock().expect("log").last()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for submitter in submitters {
+        submitter.await.expect("a submitter task panicked");
+    }
+
+    let outcomes = log.lock().expect("log").clone();
+    let unexpected: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.status != 202 && o.status != 503)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "every answer is 202 or 503: {unexpected:#?}"
+    );
+    let slow: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.elapsed > REQUEST_BOUND)
+        .collect();
+    assert!(
+        slow.is_empty(),
+        "every request is answered within {REQUEST_BOUND:?}: {slow:#?}"
+    );
+    for outcome in outcomes.iter().filter(|o| o.status == 503) {
+        let retry_after: u64 = outcome
+            .retry_after
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("a 503 carries Retry-After in seconds: {outcome:#?}"));
+        assert!(retry_after >= 1, "{outcome:#?}");
+        assert_eq!(
+            outcome.content_type.as_deref(),
+            Some("application/problem+json"),
+            "{outcome:#?}"
+        );
+        assert_eq!(outcome.body["status"], 503, "{outcome:#?}");
+    }
+
+    // Every acknowledged response is on the topic, where the gateway said.
+    let accepted: HashMap<&str, &Outcome> = outcomes
+        .iter()
+        .filter(|o| o.status == 202)
+        .map(|o| (o.response_id.as_str(), o))
+        .collect();
+    let landed = read_responses(
+        &broker.bootstrap(),
+        &app.topics.responses,
+        accepted.len(),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("reading the private broker's responses topic");
+    let on_topic: HashMap<&str, &Landed> = landed
+        .iter()
+        .map(|r| (r.response.response_id.as_str(), r))
+        .collect();
+    let missing: Vec<&&Outcome> = accepted
+        .iter()
+        .filter(|(id, _)| !on_topic.contains_key(*id))
+        .map(|(_, o)| o)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged responses are missing from the topic: {missing:#?}",
+        missing.len(),
+        accepted.len()
+    );
+    for (id, outcome) in &accepted {
+        let record = on_topic[id];
+        assert_eq!(
+            Some(i64::from(record.partition)),
+            outcome.body["partition"].as_i64(),
+            "{outcome:#?}"
+        );
+        assert_eq!(
+            Some(record.offset),
+            outcome.body["offset"].as_i64(),
+            "{outcome:#?}"
+        );
+        assert_eq!(record.key.as_deref(), Some(form.as_str()));
+    }
+    let unacknowledged_but_landed = landed.len() - accepted.len();
+    eprintln!(
+        "outage test: {} requests, {} accepted, {} answered 503, {} records on the topic \
+         ({unacknowledged_but_landed} landed after a 503: allowed, a retry with the same id is a duplicate)",
+        outcomes.len(),
+        accepted.len(),
+        outcomes.iter().filter(|o| o.status == 503).count(),
+        landed.len(),
+    );
+
+    app.stop().await.expect("the gateway stops cleanly");
+    drop(broker);
+}
