@@ -11,6 +11,11 @@ use formstream_ingest::config::{
 use formstream_ingest::kafka::{TopicOutcome, ensure_topics, spine_topics};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc: the gateway allocates per request and per record, and glibc's malloc was a fifth of
+/// its CPU under load (bench/RESULTS.md compares the allocators).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "formstream",

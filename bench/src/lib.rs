@@ -50,12 +50,21 @@ pub struct LoadArgs {
 
     /// Gateway (or no-op server) base URL; plain http only.
     // The gateway's default listen address.
-    #[arg(long, env = "FORMSTREAM_LOAD_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "FORMSTREAM_LOAD_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
 
     /// API key sent as `Authorization: Bearer <key>`.
     // The published local development key of organisation acme (deploy/local/api-keys.toml).
-    #[arg(long, env = "FORMSTREAM_LOAD_API_KEY", default_value = "dev-acme-key", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FORMSTREAM_LOAD_API_KEY",
+        default_value = "dev-acme-key",
+        hide_env_values = true
+    )]
     pub api_key: String,
 
     /// Organisation of the API key; only used to size the Avro records exactly.
@@ -83,7 +92,12 @@ pub struct LoadArgs {
 
     /// Keep-alive connections, each with one request in flight.
     // 64, as in the issue's `wrk -t1 -c64` ceiling.
-    #[arg(long, short = 'c', env = "FORMSTREAM_LOAD_CONNECTIONS", default_value_t = 64)]
+    #[arg(
+        long,
+        short = 'c',
+        env = "FORMSTREAM_LOAD_CONNECTIONS",
+        default_value_t = 64
+    )]
     pub connections: usize,
 
     /// Runtime threads of the load generator.
@@ -167,13 +181,29 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let prep = Instant::now();
     let forms = workload::generate_forms(&args.form_prefix, args.forms.max(1), args.seed)?;
     let zipf = Zipf::new(forms.len(), args.zipf_exponent);
-    let sizes = workload::check_sample(&forms, &zipf, args.size_sample, &args.organisation, args.seed).await?;
+    let sizes = workload::check_sample(
+        &forms,
+        &zipf,
+        args.size_sample,
+        &args.organisation,
+        args.seed,
+    )
+    .await?;
     let templates = match args.mode {
-        Mode::Single => workload::single_templates(&forms, &zipf, args.bodies, args.response_ids, args.seed)?,
+        Mode::Single => {
+            workload::single_templates(&forms, &zipf, args.bodies, args.response_ids, args.seed)?
+        }
         _ => {
             // Enough batches to rotate through, within roughly --bodies items.
             let count = (args.bodies / args.batch_size).clamp(4, 64);
-            workload::batch_templates(&forms, &zipf, count, args.batch_size, args.response_ids, args.seed)?
+            workload::batch_templates(
+                &forms,
+                &zipf,
+                count,
+                args.batch_size,
+                args.response_ids,
+                args.seed,
+            )?
         }
     };
     if let Some(path) = &args.write_body {
@@ -181,8 +211,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         let body = single.first().map(|t| t.body.clone()).unwrap_or_default();
         std::fs::write(path, &body).with_context(|| format!("writing {}", path.display()))?;
     }
-    let avg_request_bytes =
-        templates.iter().map(|t| t.body.len()).sum::<usize>() as f64 / templates.len().max(1) as f64;
+    let avg_request_bytes = templates.iter().map(|t| t.body.len()).sum::<usize>() as f64
+        / templates.len().max(1) as f64;
     tracing::info!(elapsed = ?prep.elapsed(), bodies = templates.len(), "Workload generated.");
 
     if !args.skip_setup {
@@ -193,7 +223,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let plan = Plan {
         addr: target.addr.clone(),
         host: HeaderValue::from_str(&target.addr).context("host header")?,
-        auth: Some(HeaderValue::from_str(&format!("Bearer {}", args.api_key)).context("API key header")?),
+        auth: Some(
+            HeaderValue::from_str(&format!("Bearer {}", args.api_key)).context("API key header")?,
+        ),
         connections: args.connections,
         warmup: args.warmup,
         duration: args.duration,
@@ -210,7 +242,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     // does not mix with the runtime of this binary.
     let load = tokio::task::spawn_blocking(move || -> anyhow::Result<Outcome> {
         let runtime = if threads == 1 {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
         } else {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
@@ -281,7 +315,9 @@ async fn wait_ready(url: &str, within: Duration) -> anyhow::Result<()> {
     loop {
         match client.get(format!("{url}/readyz")).send().await {
             Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) if Instant::now() >= deadline => bail!("{url}/readyz still answers {}", r.status()),
+            Ok(r) if Instant::now() >= deadline => {
+                bail!("{url}/readyz still answers {}", r.status())
+            }
             Err(e) if Instant::now() >= deadline => bail!("{url}/readyz does not answer: {e}"),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -290,7 +326,9 @@ async fn wait_ready(url: &str, within: Duration) -> anyhow::Result<()> {
 
 /// Creates every form; one that already exists (409, same prefix and seed) is reused.
 async fn create_forms(args: &LoadArgs, forms: &[workload::BenchForm]) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()?;
     let started = Instant::now();
     let results: Vec<anyhow::Result<bool>> = futures::stream::iter(forms)
         .map(|form| {
@@ -404,7 +442,11 @@ impl Summary {
             responses_per_s: t.accepted as f64 / secs,
             rejected_items: t.rejected_items,
             transport_errors: t.transport_errors,
-            statuses: t.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            statuses: t
+                .statuses
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
             non_2xx,
             latency: Latency {
                 p50_ms: ms(h.value_at_quantile(0.5)),
@@ -435,7 +477,9 @@ impl Summary {
             self.url,
             self.connections,
             self.threads,
-            self.batch_size.map(|b| format!(", {b} items per batch")).unwrap_or_default(),
+            self.batch_size
+                .map(|b| format!(", {b} items per batch"))
+                .unwrap_or_default(),
             self.seconds,
             self.requests,
             self.requests_per_s,
@@ -460,7 +504,10 @@ impl Summary {
             self.top10_share * 100.0,
         );
         for p in &self.processes {
-            let fmt = |v: Option<f64>, unit: &str| v.map(|v| format!("{v:.2}{unit}")).unwrap_or_else(|| "n/a".into());
+            let fmt = |v: Option<f64>, unit: &str| {
+                v.map(|v| format!("{v:.2}{unit}"))
+                    .unwrap_or_else(|| "n/a".into())
+            };
             s.push_str(&format!(
                 "\n{} (pid {}): CPU {} cores, peak RSS in window {}, VmHWM {}",
                 p.name,
@@ -471,7 +518,9 @@ impl Summary {
             ));
         }
         if let (Some(busy), Some(cores)) = (self.machine_busy_cores, self.machine_cores) {
-            s.push_str(&format!("\nmachine: {busy:.2} of {cores} cores busy in the window"));
+            s.push_str(&format!(
+                "\nmachine: {busy:.2} of {cores} cores busy in the window"
+            ));
         }
         if self.non_2xx > 0 || self.transport_errors > 0 || self.rejected_items > 0 {
             s.push_str(&format!(

@@ -46,9 +46,10 @@ pub struct Inner {
     pub metrics: Metrics,
     pub max_text_chars: usize,
     pub max_batch_items: usize,
+    pub phones: crate::responses::Phones,
     pub retry_after_secs: u64,
     /// Recent submissions with a client-supplied id, to answer retries without publishing again.
-    pub submissions: Submissions<Accepted>,
+    pub submissions: Submissions<Receipt>,
     /// Form writes are rare; one at a time per instance keeps version numbers gap-free here.
     pub form_writes: tokio::sync::Mutex<()>,
 }
@@ -354,6 +355,15 @@ async fn list_forms(
 // ---------------------------------------------------------------------------------------------
 // Responses
 
+/// What the retry cache keeps of an accepted response: the rest of the answer is in the request,
+/// which keeps an entry small (the cache holds 100,000 by default).
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    pub form_version: i32,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// What the gateway answers for an accepted response.
 #[derive(Debug, Clone, Serialize)]
 pub struct Accepted {
@@ -470,9 +480,18 @@ async fn accept(
     let mut owned = false;
     if let Some((key, digest)) = &claim {
         match inner.submissions.claim(key, digest) {
-            Claim::Repeat(answer) => {
+            Claim::Repeat(receipt) => {
                 inner.metrics.response(ResponseOutcome::Duplicate);
-                return Ok(answer);
+                // The same digest means the same form: the rest of the answer is in the request.
+                return Ok(Accepted {
+                    response_id: key.response_id.hyphenated().to_string(),
+                    revision,
+                    form_id: form_id.to_owned(),
+                    form_version: receipt.form_version,
+                    partition: receipt.partition,
+                    offset: receipt.offset,
+                    duplicate: true,
+                });
             }
             Claim::Conflict => {
                 return Err(ApiError::Conflict(format!(
@@ -500,9 +519,10 @@ async fn accept(
             Ok(accepted) => inner.submissions.accepted(
                 key,
                 digest,
-                Accepted {
-                    duplicate: true,
-                    ..accepted.clone()
+                Receipt {
+                    form_version: accepted.form_version,
+                    partition: accepted.partition,
+                    offset: accepted.offset,
                 },
             ),
             Err(_) => inner.submissions.release(&key, &digest),
@@ -531,6 +551,7 @@ async fn validate_and_publish(
             received_at: now_millis(),
             max_text_chars: inner.max_text_chars,
             pointer_prefix,
+            phones: &inner.phones,
         },
     )
     .map_err(|problems| {
@@ -593,7 +614,9 @@ async fn validate_and_publish(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
-    pub items: Vec<serde_json::Value>,
+    /// Kept as raw JSON, so that each item is parsed once, on its own, and a malformed item fails
+    /// alone.
+    pub items: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// One item's outcome in a batch.
@@ -637,7 +660,7 @@ async fn submit_batch(
         async move {
             let prefix = format!("/items/{index}");
             let outcome = async {
-                let item: ResponseBody = serde_json::from_value(item).map_err(|e| {
+                let item: ResponseBody = serde_json::from_str(item.get()).map_err(|e| {
                     ApiError::Invalid(vec![FieldProblem::new(
                         prefix.clone(),
                         "invalid_shape",

@@ -74,8 +74,15 @@ impl<A: Clone> Submissions<A> {
 
     /// Records the answer of a `Fresh` claim that Kafka acknowledged.
     pub fn accepted(&self, key: Key, digest: Digest, answer: A) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.put(key, Entry::Accepted(digest, answer));
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        // Updated in place when still held (the common case): cheaper than a second insert.
+        match entries.peek_mut(&key) {
+            Some(entry) => *entry = Entry::Accepted(digest, answer),
+            None => {
+                entries.put(key, Entry::Accepted(digest, answer));
+            }
         }
     }
 

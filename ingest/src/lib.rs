@@ -108,6 +108,7 @@ pub async fn run(
         metrics,
         max_text_chars: config.max_text_chars,
         max_batch_items: config.max_batch_items,
+        phones: responses::Phones::default(),
         retry_after_secs: config.retry_after_secs,
         submissions: idempotency::Submissions::new(cache_size),
         form_writes: tokio::sync::Mutex::new(()),
