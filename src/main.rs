@@ -1,14 +1,21 @@
 //! The `formstream` binary: one subcommand per component. It only parses configuration, sets up
 //! logging and hands over to the component's library.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use formstream_ingest::config::{
     GatewayConfig, KafkaArgs, RegistryArgs, TopicNames, TopicSettings,
 };
 use formstream_ingest::kafka::{TopicOutcome, ensure_topics, spine_topics};
+use formstream_journal::{Journal, JournalArgs, Noop, NoopArgs};
+use formstream_runtime::replay::ReplayArgs;
+use formstream_runtime::{Processor, RuntimeConfig};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc: the gateway allocates per request and per record, and glibc's malloc was a fifth of
@@ -53,6 +60,99 @@ enum Command {
     Keys(KeysCommand),
     /// Load-test a running gateway (see bench/).
     Load(formstream_bench::LoadArgs),
+    /// Run one processor (see docs/processors.md).
+    #[command(subcommand)]
+    Process(ProcessCommand),
+    /// Move a processor's consumer group to replay (or skip) records. Stop the processor first.
+    Replay(ReplayArgs),
+    /// Run the gateway and every registered processor in one process, on local defaults.
+    Dev(DevArgs),
+}
+
+/// The registered processors, one variant each.
+///
+/// Registering a processor takes one variant here (its flags: the runtime's plus its own) and one
+/// arm in [`ProcessCommand::run`] (how to build it from its flags). `formstream process <name>`
+/// and `formstream dev` then run it; nothing else changes.
+#[derive(Debug, Subcommand)]
+enum ProcessCommand {
+    /// Archive every response revision to a local JSON-lines file (and inject faults, for tests).
+    Journal(ProcessorArgs<JournalArgs>),
+    /// Do nothing with each response, optionally after a sleep (the runtime benchmark).
+    Noop(ProcessorArgs<NoopArgs>),
+}
+
+impl ProcessCommand {
+    async fn run(
+        self,
+        configure: impl FnOnce(&mut RuntimeConfig),
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        match self {
+            ProcessCommand::Journal(p) => p.start(Journal::open, configure, shutdown).await,
+            ProcessCommand::Noop(p) => p.start(|a| Ok(Noop::new(a)), configure, shutdown).await,
+        }
+    }
+
+    /// Every registered processor with its default flags (and the FORMSTREAM_* environment), in
+    /// registration order.
+    fn registered() -> anyhow::Result<Vec<(String, ProcessCommand)>> {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(subcommand)]
+            process: ProcessCommand,
+        }
+        Defaults::command()
+            .get_subcommands()
+            .map(|sub| {
+                let name = sub.get_name().to_owned();
+                let parsed = Defaults::try_parse_from(["process", name.as_str()])
+                    .with_context(|| format!("the default configuration of processor {name}"))?;
+                Ok((name, parsed.process))
+            })
+            .collect()
+    }
+}
+
+/// One processor's flags: the runtime's and its own.
+#[derive(Debug, Args)]
+struct ProcessorArgs<A: Args> {
+    #[command(flatten)]
+    runtime: RuntimeConfig,
+    #[command(flatten)]
+    args: A,
+}
+
+impl<A: Args> ProcessorArgs<A> {
+    async fn start<P: Processor>(
+        self,
+        build: impl FnOnce(A) -> anyhow::Result<P>,
+        configure: impl FnOnce(&mut RuntimeConfig),
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let mut runtime = self.runtime;
+        configure(&mut runtime);
+        let processor = build(self.args)?;
+        formstream_runtime::run(processor, runtime, None, shutdown).await
+    }
+}
+
+/// `formstream dev`: the gateway's flags, and where the processors serve their metrics.
+#[derive(Debug, Args)]
+struct DevArgs {
+    #[command(flatten)]
+    gateway: GatewayConfig,
+
+    /// Address of the first processor's /metrics, /healthz and /readyz; each further processor
+    /// (in registration order) takes the next port. The processors share the gateway's Kafka,
+    /// topic and registry flags, and take the runtime's defaults otherwise.
+    // 9464 is the runtime's default (Prometheus' port for exporters); port 0 picks free ports.
+    #[arg(
+        long,
+        env = "FORMSTREAM_DEV_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    processors_metrics_listen: SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,7 +272,113 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Load(args) => formstream_bench::run(args).await,
+        Command::Process(process) => process.run(|_| {}, shutdown_signal()).await,
+        Command::Replay(args) => {
+            let replayed = formstream_runtime::replay::replay(args).await?;
+            println!(
+                "{} consumer group {} on {} to {}:",
+                if replayed.committed {
+                    "Moved"
+                } else {
+                    "Dry run; would move"
+                },
+                replayed.group,
+                replayed.topic,
+                replayed.target
+            );
+            for moved in &replayed.moves {
+                println!("  {moved}");
+            }
+            Ok(())
+        }
+        Command::Dev(args) => dev(args).await,
     }
+}
+
+/// Runs the gateway and every registered processor until Ctrl-C or SIGTERM, which stops them all
+/// gracefully; if one of them fails, the others are stopped too and its error is returned.
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let DevArgs {
+        gateway,
+        processors_metrics_listen,
+    } = args;
+    if gateway.create_topics {
+        // Before anything starts: the processors follow the forms topic from the start.
+        let specs = spine_topics(&gateway.topics, &gateway.topic_settings);
+        ensure_topics(&gateway.kafka, &specs, Duration::from_secs(30))
+            .await
+            .context("creating topics")?;
+    }
+    let (stop, stopped) = watch::channel(false);
+    let shutdown = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+
+    let mut components: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    let listener = tokio::net::TcpListener::bind(gateway.listen)
+        .await
+        .with_context(|| format!("binding {}", gateway.listen))?;
+    tracing::info!(listen = %gateway.listen, "Starting the gateway.");
+    let (kafka, topics, registry) = (
+        gateway.kafka.clone(),
+        gateway.topics.clone(),
+        gateway.registry.clone(),
+    );
+    components.spawn({
+        let shutdown = shutdown();
+        async move {
+            let result = formstream_ingest::run(gateway, listener, shutdown).await;
+            ("gateway".to_owned(), result)
+        }
+    });
+    for (index, (name, processor)) in ProcessCommand::registered()?.into_iter().enumerate() {
+        let mut metrics_listen = processors_metrics_listen;
+        if metrics_listen.port() != 0 {
+            metrics_listen.set_port(metrics_listen.port() + index as u16);
+        }
+        tracing::info!(processor = %name, %metrics_listen, "Starting a processor.");
+        let (kafka, topics, registry) = (kafka.clone(), topics.clone(), registry.clone());
+        let configure = move |runtime: &mut RuntimeConfig| {
+            runtime.kafka = kafka;
+            runtime.topics = topics;
+            runtime.registry = registry;
+            runtime.metrics_listen = metrics_listen;
+            // Each processor has its own group and dead-letter topic, whatever the environment says.
+            runtime.group_id = None;
+            runtime.dlq_topic = None;
+        };
+        let shutdown = shutdown();
+        components.spawn(async move {
+            let result = processor.run(configure, shutdown).await;
+            (name, result)
+        });
+    }
+
+    let signal = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.send_replace(true);
+        })
+    };
+    let mut first_error = None;
+    while let Some(joined) = components.join_next().await {
+        let (name, result) = joined.context("a component panicked")?;
+        match result {
+            Ok(()) => tracing::info!(component = %name, "Stopped."),
+            Err(error) => {
+                tracing::error!(component = %name, error = %format!("{error:#}"), "Failed; stopping the others.");
+                first_error.get_or_insert(error.context(format!("{name} failed")));
+            }
+        }
+        // Whichever component ends first (at shutdown, or by failing), the others follow.
+        stop.send_replace(true);
+    }
+    signal.abort();
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -2,11 +2,12 @@
 # deploy/local/run.sh: runs the pipeline locally on local defaults (the README's run command).
 #   1. starts the local Kafka broker (deploy/local/kafka.sh start; reused when already running)
 #   2. builds formstream (release) and creates the topics
-#   3. runs the gateway in the foreground on $FORMSTREAM_GATEWAY_LISTEN (default 127.0.0.1:8080),
-#      with the development API keys of deploy/local/api-keys.toml
-# Ctrl-C stops the gateway gracefully; the broker keeps running (deploy/local/kafka.sh stop).
-# Extra arguments go to `formstream gateway` (see `formstream gateway --help`).
-# Later issues add every processor to this (through `formstream dev`).
+#   3. runs `formstream dev` in the foreground: the gateway on $FORMSTREAM_GATEWAY_LISTEN (default
+#      127.0.0.1:8080, with the development API keys of deploy/local/api-keys.toml) and every
+#      registered processor in the same process, each serving /metrics on its own port from
+#      $FORMSTREAM_DEV_METRICS_LISTEN (default 127.0.0.1:9464: journal 9464, noop 9465)
+# Ctrl-C stops the gateway and the processors gracefully; the broker keeps running
+# (deploy/local/kafka.sh stop). Extra arguments go to `formstream dev` (see `formstream dev --help`).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -19,4 +20,4 @@ export FORMSTREAM_KAFKA_BOOTSTRAP="${FORMSTREAM_KAFKA_BOOTSTRAP:-$KAFKA_BOOTSTRA
 cargo build --release --bin formstream
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/formstream"
 "$BIN" topics create
-exec "$BIN" gateway "$@"
+exec "$BIN" dev "$@"

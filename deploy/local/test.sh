@@ -4,7 +4,8 @@
 #   2. exports FORMSTREAM_TEST_BOOTSTRAP (and KAFKA_BOOTSTRAP) for the integration tests
 #   3. cargo fmt --all -- --check
 #   4. cargo clippy --workspace --all-targets -- -D warnings
-#   5. cargo test --workspace [ARGS...]       (extra arguments go to cargo test)
+#   5. cargo build --bin formstream            (the kill -9 test runs the real binary)
+#   6. cargo test --workspace [ARGS...]       (extra arguments go to cargo test)
 # Every step runs even when an earlier one failed; a summary follows; exit 1 if any step failed.
 # The broker is left running for the next run, unless this script started it AND
 # FORMSTREAM_TEST_STOP_BROKER=1.
@@ -52,6 +53,8 @@ if [[ "${FORMSTREAM_TEST_SKIP_LINT:-0}" != 1 ]]; then
   step fmt cargo fmt --all -- --check
   step clippy cargo clippy --workspace --all-targets -- -D warnings
 fi
+# The runtime's kill -9 test drives the real binary: build it first.
+step build cargo build --bin formstream
 step test cargo test --workspace "$@"
 
 echo "" >&2

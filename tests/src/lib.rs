@@ -6,6 +6,8 @@
 //! are independent, can run in parallel and can be rerun against the same broker. Nothing here
 //! sleeps for a fixed time to wait for something: every wait polls a condition until a deadline.
 
+pub mod runtime;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# bench/runtime.sh: the processor-runtime benchmark of issue 3, end to end, on this machine.
+#
+#   bench/runtime.sh        # ~6 minutes; prints a Markdown results table and the exact commands
+#
+# It (a) starts or reuses the local broker and builds the release binary, (b) fills a fresh
+# responses topic (12 partitions) with BENCH_RECORDS realistic responses through the real gateway's
+# batch endpoint (Avro values, form-id keys, response-id headers, 300 skewed forms), (c) measures
+# Kafka's own ConsumerPerformance on that topic, (d) runs `formstream process noop` on a fresh
+# consumer group over the same topic until every record is done (no-op effect), (e) runs it again
+# with a 50 ms effect and 512 records in flight over BENCH_LATENCY_RECORDS records, and reports
+# throughput against the ideal (in-flight / latency), and the processor's peak RSS. Each
+# measurement runs BENCH_REPS times; the table shows the median and the raw runs.
+#
+# Throughput of a processor run is measured from its first finished record to its last (from its
+# own counter, formstream_processor_records_total{outcome="ok"}, sampled every 100 ms), so group
+# join and the forms view's start-up are not counted; ConsumerPerformance likewise reports its
+# rate without its join time (its "nMsg.sec" column).
+#
+# Environment (all optional): BENCH_RECORDS (2000000), BENCH_LATENCY_RECORDS (100000),
+# BENCH_REPS (3), BENCH_OUT (target/bench/runtime-<timestamp>).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+RECORDS="${BENCH_RECORDS:-2000000}"
+LATENCY_RECORDS="${BENCH_LATENCY_RECORDS:-100000}"
+REPS="${BENCH_REPS:-3}"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="${BENCH_OUT:-$ROOT/target/bench/runtime-$STAMP}"
+BIN="$ROOT/target/release/formstream"
+KAFKA="$ROOT/deploy/local/kafka.sh"
+GATEWAY_PORT=18280
+METRICS_PORT=19464
+PREFIX="rtbench-$STAMP"
+mkdir -p "$OUT"
+COMMANDS="$OUT/commands.txt"
+: >"$COMMANDS"
+log() { echo "bench: $*" >&2; }
+run() { echo "$*" >>"$COMMANDS"; "$@"; }
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+"$KAFKA" start
+eval "$("$KAFKA" env)"
+run cargo build --release --bin formstream >&2
+
+topics=(--forms-topic "$PREFIX-forms" --responses-topic "$PREFIX-responses" --flags-topic "$PREFIX-flags")
+
+# (b) Fill the topic through the gateway.
+log "filling $PREFIX-responses with $RECORDS responses through the gateway"
+echo "$BIN gateway --log warn --listen 127.0.0.1:$GATEWAY_PORT ${topics[*]} --responses-partitions 12 &" >>"$COMMANDS"
+"$BIN" gateway --log warn --listen "127.0.0.1:$GATEWAY_PORT" "${topics[@]}" --responses-partitions 12 &
+gateway=$!
+pids+=("$gateway")
+for _ in $(seq 300); do curl -sf "127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null && break; sleep 0.1; done
+batches=$(( (RECORDS + 499) / 500 ))
+run "$BIN" load --log warn --mode batch --url "http://127.0.0.1:$GATEWAY_PORT" -c 4 --batch-size 500 \
+  --requests "$batches" --duration 600s --warmup 0s --json >"$OUT/fill.json"
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+total=$(python3 -c "import json; print(json.loads(open('$OUT/fill.json').read().splitlines()[-1])['responses_accepted'])")
+log "topic holds $total responses"
+
+# (c) Kafka's own consumer on the same topic.
+for i in $(seq "$REPS"); do
+  log "ConsumerPerformance, run $i/$REPS"
+  run "$KAFKA" perf-consumer --topic "$PREFIX-responses" --messages "$total" --group "$PREFIX-perf-$i" \
+    --timeout 60000 >"$OUT/perf-consumer-$i.txt" 2>&1 || true
+done
+
+# (d, e) The runtime with a no-op effect, and with a 50 ms effect.
+measure() { # measure NAME RECORDS ARGS... : runs the processor until RECORDS are done; prints JSON
+  local name="$1" want="$2"; shift 2
+  echo "$BIN process noop --log warn --metrics-listen 127.0.0.1:$METRICS_PORT ${topics[*]} $*" >>"$COMMANDS"
+  "$BIN" process noop --log warn --metrics-listen "127.0.0.1:$METRICS_PORT" "${topics[@]}" "$@" &
+  local pid=$!
+  pids+=("$pid")
+  python3 - "$pid" "$want" "$METRICS_PORT" <<'PY'
+import json, sys, time, urllib.request
+pid, want, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def done():
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except Exception:
+        return None
+    for line in text.splitlines():
+        if line.startswith("formstream_processor_records_total") and 'outcome="ok"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+def hwm():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+deadline = time.time() + 900
+first = None
+while time.time() < deadline:
+    n = done()
+    now = time.time()
+    if n and first is None:
+        first = (now, n)
+    if n is not None and n >= want:
+        break
+    time.sleep(0.1)
+else:
+    print(json.dumps({"error": f"only {n} of {want} done in time"}))
+    sys.exit(0)
+t0, n0 = first
+rate = (n - n0) / (now - t0) if now > t0 else 0.0
+print(json.dumps({"records": n, "seconds": round(now - t0, 2), "records_per_s": round(rate), "peak_rss_mib": round(hwm(), 1)}))
+PY
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+for i in $(seq "$REPS"); do
+  log "noop processor, run $i/$REPS"
+  measure noop "$total" --group-id "$PREFIX-noop-$i" --dlq-topic "$PREFIX-noop.dlq" >"$OUT/noop-$i.json"
+  cat "$OUT/noop-$i.json" >&2
+done
+for i in $(seq "$REPS"); do
+  log "50 ms effect, 512 in flight, run $i/$REPS"
+  measure latency "$LATENCY_RECORDS" --group-id "$PREFIX-latency-$i" --dlq-topic "$PREFIX-noop.dlq" \
+    --max-in-flight 512 --noop-latency 50ms >"$OUT/latency-$i.json"
+  cat "$OUT/latency-$i.json" >&2
+done
+
+python3 - "$OUT" "$REPS" "$total" <<'PY'
+import json, statistics, sys, re
+out, reps, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def runs(name):
+    return [json.loads(open(f"{out}/{name}-{i}.json").read()) for i in range(1, reps + 1)]
+def perf(i):
+    text = open(f"{out}/perf-consumer-{i}.txt").read()
+    rows = [l for l in text.splitlines() if re.match(r"^\d{4}-\d\d-\d\d", l.strip())]
+    if not rows:
+        return None
+    # start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, ...
+    return float(rows[-1].split(",")[5])
+noop, lat = runs("noop"), runs("latency")
+perfs = [p for p in (perf(i) for i in range(1, reps + 1)) if p is not None]
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+noop_rates = [r.get("records_per_s", 0) for r in noop]
+lat_rates = [r.get("records_per_s", 0) for r in lat]
+ideal = 512 / 0.050
+print(f"\nRecords on the topic: {total} (12 partitions). Medians of {reps} runs (raw runs in order).\n")
+print("| measurement | median | raw runs | peak RSS MiB (median) |")
+print("|---|---|---|---|")
+print(f"| Kafka ConsumerPerformance | {med(perfs):,.0f} rec/s | {' / '.join(f'{p:,.0f}' for p in perfs)} | - |")
+print(f"| runtime, no-op processor | {med(noop_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in noop_rates)} | {med([r.get('peak_rss_mib', 0) for r in noop])} |")
+print(f"| runtime, 50 ms effect, 512 in flight | {med(lat_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in lat_rates)} | {med([r.get('peak_rss_mib', 0) for r in lat])} |")
+print(f"\n- no-op / ConsumerPerformance: {med(noop_rates) / med(perfs):.2f}")
+print(f"- 50 ms effect / ideal ({ideal:,.0f} rec/s = 512 / 50 ms): {med(lat_rates) / ideal:.2f}")
+for r in noop + lat:
+    if "error" in r:
+        print(f"- ERROR: {r['error']}")
+PY
+echo
+echo "Commands:"
+echo '```'
+cat "$COMMANDS"
+echo '```'
+log "raw output in $OUT"

@@ -1,0 +1,701 @@
+//! The engine: consume, order by key, run effects concurrently, complete, commit.
+//!
+//! Invariant: the offset stored for commit on a partition is its tracker's watermark, so every
+//! record below it has finished (its effect succeeded, or it was dead-lettered and Kafka
+//! acknowledged the dead letter) within the current assignment of that partition. Completions from
+//! an earlier assignment (before a revoke) are dropped, never stored.
+//!
+//! Shape: one task owns the consumer and all partition state; effects run in spawned worker tasks
+//! that report back over a channel. The consumer is polled continuously, even while every partition
+//! is paused, so that the instance keeps its group membership through an outage of any length.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use formstream_ingest::forms::FormsView;
+use formstream_schemas::Codec;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::circuit::{CircuitBreaker, CircuitState};
+use crate::config::RuntimeConfig;
+use crate::dlq::DeadLetters;
+use crate::keyed::KeyedQueue;
+use crate::metrics::{CircuitGauge, Metrics};
+use crate::processor::{ORDERING_HEADER, Processor};
+use crate::tracker::OffsetTracker;
+use crate::worker::{self, Completion, Event, Job, WorkerContext};
+
+/// A topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tp {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+/// What this instance holds for one assigned partition.
+struct PartitionState {
+    /// Changes with every assignment, so that completions of a revoked assignment are recognised.
+    epoch: u64,
+    /// Cleared on revoke: workers of this assignment stop retrying and never dead-letter.
+    alive: Arc<AtomicBool>,
+    /// Created at the first record fetched after the assignment.
+    tracker: Option<OffsetTracker>,
+    /// Records waiting behind an earlier record of the same key.
+    keyed: KeyedQueue<Job>,
+    /// Fetched and not finished.
+    buffered_records: usize,
+    buffered_bytes: usize,
+    /// The last offset stored for commit.
+    stored: i64,
+    /// When the watermark last moved, for lag in seconds when no record is buffered.
+    last_progress: Instant,
+}
+
+impl PartitionState {
+    fn new(epoch: u64) -> Self {
+        PartitionState {
+            epoch,
+            alive: Arc::new(AtomicBool::new(true)),
+            tracker: None,
+            keyed: KeyedQueue::new(),
+            buffered_records: 0,
+            buffered_bytes: 0,
+            stored: -1,
+            last_progress: Instant::now(),
+        }
+    }
+}
+
+/// Partition state, shared between the engine task and the rebalance callbacks (which run inside
+/// the consumer's poll, on the engine task, while it does not hold the lock).
+#[derive(Default)]
+pub struct Shared {
+    partitions: HashMap<Tp, PartitionState>,
+    next_epoch: u64,
+}
+
+/// The consumer's context: commits finished offsets when partitions are revoked, and keeps the
+/// partition state in step with the assignment.
+pub struct RuntimeContext {
+    shared: Arc<Mutex<Shared>>,
+    metrics: Metrics,
+    /// End of each partition as librdkafka last saw it (its statistics, every second): the last
+    /// stable offset, which is where a read_committed consumer's lag ends.
+    ends: Mutex<HashMap<Tp, i64>>,
+}
+
+impl RuntimeContext {
+    pub fn new(metrics: Metrics) -> Self {
+        RuntimeContext {
+            shared: Arc::new(Mutex::new(Shared::default())),
+            metrics,
+            ends: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn end_of(&self, tp: &Tp) -> Option<i64> {
+        self.ends.lock().ok()?.get(tp).copied()
+    }
+}
+
+impl ClientContext for RuntimeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client error.");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut ends) = self.ends.lock() else {
+            return;
+        };
+        for (topic, stats) in statistics.topics {
+            let topic: Arc<str> = topic.into();
+            for (partition, p) in stats.partitions {
+                // -1 is librdkafka's internal "UA" partition, and offsets it does not know yet.
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if partition >= 0 && end >= 0 {
+                    ends.insert(
+                        Tp {
+                            topic: topic.clone(),
+                            partition,
+                        },
+                        end,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for RuntimeContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let lost = consumer.assignment_lost();
+        let mut commit = TopicPartitionList::new();
+        if let Ok(mut shared) = self.shared.lock() {
+            for element in revoked.elements() {
+                let tp = Tp {
+                    topic: element.topic().into(),
+                    partition: element.partition(),
+                };
+                let Some(state) = shared.partitions.remove(&tp) else {
+                    continue;
+                };
+                // Workers of this assignment stop; their completions will be dropped.
+                state.alive.store(false, Ordering::Release);
+                if let Some(tracker) = &state.tracker
+                    && !lost
+                {
+                    let _ = commit.add_partition_offset(
+                        &tp.topic,
+                        tp.partition,
+                        Offset::Offset(tracker.watermark()),
+                    );
+                }
+                self.metrics.forget_partition(&tp.topic, tp.partition);
+            }
+        }
+        self.metrics
+            .rebalance(if lost { "lost" } else { "revoked" }, revoked.count());
+        if lost {
+            tracing::warn!(
+                partitions = revoked.count(),
+                "Partitions lost; their work is abandoned uncommitted."
+            );
+            return;
+        }
+        if commit.count() > 0 {
+            // Commit what is finished before the partitions move to another instance.
+            match consumer.commit(&commit, CommitMode::Sync) {
+                Ok(()) => tracing::info!(
+                    partitions = commit.count(),
+                    "Committed finished offsets of revoked partitions."
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "Commit on revoke failed; the new owner will redo some records.")
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else {
+            return;
+        };
+        if let Ok(mut shared) = self.shared.lock() {
+            for element in assigned.elements() {
+                shared.next_epoch += 1;
+                let epoch = shared.next_epoch;
+                shared.partitions.insert(
+                    Tp {
+                        topic: element.topic().into(),
+                        partition: element.partition(),
+                    },
+                    PartitionState::new(epoch),
+                );
+            }
+        }
+        self.metrics.rebalance("assigned", assigned.count());
+        tracing::info!(partitions = assigned.count(), "Partitions assigned.");
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        match result {
+            Ok(()) => self.metrics.commit(true),
+            // Nothing to commit is not a failure.
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                self.metrics.commit(false);
+                tracing::warn!(%error, "Offset commit failed; it is retried with the next one.");
+            }
+        }
+    }
+}
+
+/// The engine's bounds and timings.
+pub struct Limits {
+    pub max_in_flight: usize,
+    pub max_buffered_records: usize,
+    pub max_buffered_bytes: usize,
+    pub drain: Duration,
+}
+
+impl Limits {
+    pub fn from_config(config: &RuntimeConfig) -> Self {
+        Limits {
+            max_in_flight: config.max_in_flight.max(1),
+            max_buffered_records: config.max_buffered_records.max(1),
+            max_buffered_bytes: config.max_buffered_bytes.max(1),
+            drain: config.drain(),
+        }
+    }
+}
+
+pub struct Engine<P: Processor> {
+    consumer: Arc<StreamConsumer<RuntimeContext>>,
+    shared: Arc<Mutex<Shared>>,
+    worker: Arc<WorkerContext<P>>,
+    limits: Limits,
+    metrics: Metrics,
+    /// Runnable jobs (their key is free) waiting for an in-flight slot or a closed circuit.
+    ready: VecDeque<Job>,
+    /// Jobs whose worker is running (one per job, or one per batch).
+    in_flight: usize,
+    completions_tx: mpsc::UnboundedSender<Event>,
+    completions: mpsc::UnboundedReceiver<Event>,
+    circuit_rx: watch::Receiver<CircuitState>,
+    /// Partitions paused by this engine (back-pressure, the circuit or the drain).
+    paused: HashSet<Tp>,
+    /// Partitions whose watermark moved since offsets were last stored.
+    dirty: HashSet<Tp>,
+    /// When the oldest job of the ready queue became ready (for batch linger).
+    ready_since: Option<Instant>,
+}
+
+impl<P: Processor> Engine<P> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        processor: Arc<P>,
+        consumer: StreamConsumer<RuntimeContext>,
+        codec: Codec,
+        view: Arc<FormsView>,
+        dead_letters: DeadLetters,
+        config: &RuntimeConfig,
+        metrics: Metrics,
+    ) -> Self {
+        let shared = consumer.context().shared.clone();
+        let (completions_tx, completions) = mpsc::unbounded_channel();
+        let circuit = CircuitBreaker::new(
+            config.circuit_threshold,
+            config.probe_base,
+            config.probe_max,
+        );
+        let (circuit_tx, circuit_rx) = watch::channel(CircuitState::Closed);
+        let worker = Arc::new(WorkerContext {
+            processor,
+            codec,
+            view,
+            dead_letters,
+            retry: config.retry_policy(),
+            form_wait: config.form_wait,
+            circuit: Mutex::new(circuit),
+            circuit_tx,
+            stopping: watch::channel(false).0,
+            metrics: metrics.clone(),
+        });
+        Engine {
+            consumer: Arc::new(consumer),
+            shared,
+            worker,
+            limits: Limits::from_config(config),
+            metrics,
+            ready: VecDeque::new(),
+            in_flight: 0,
+            completions_tx,
+            completions,
+            circuit_rx,
+            paused: HashSet::new(),
+            dirty: HashSet::new(),
+            ready_since: None,
+        }
+    }
+
+    pub fn consumer(&self) -> Arc<StreamConsumer<RuntimeContext>> {
+        self.consumer.clone()
+    }
+
+    /// Runs until `shutdown` completes, then drains (bounded), commits and returns; dropping the
+    /// consumer afterwards leaves the group.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let probe = tokio::spawn(worker::probe_loop(self.worker.clone()));
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(50));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
+        metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let consumer = self.consumer.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(done) = self.completions.recv() => {
+                    self.complete(done);
+                    // Take every completion already queued before going back to the consumer.
+                    while let Ok(done) = self.completions.try_recv() {
+                        self.complete(done);
+                    }
+                    self.dispatch();
+                    self.store_offsets();
+                }
+                Ok(()) = self.circuit_rx.changed() => {
+                    let state = *self.circuit_rx.borrow_and_update();
+                    self.metrics.circuit(match state {
+                        CircuitState::Closed => CircuitGauge::Closed,
+                        CircuitState::HalfOpen => CircuitGauge::HalfOpen,
+                        CircuitState::Open => CircuitGauge::Open,
+                    });
+                    match state {
+                        CircuitState::Open => tracing::warn!("Circuit open: partitions paused; probing the target."),
+                        CircuitState::HalfOpen => tracing::info!("Target answered the probe: resuming."),
+                        CircuitState::Closed => tracing::info!("Circuit closed."),
+                    }
+                    self.apply_pauses();
+                    self.dispatch();
+                }
+                _ = housekeeping.tick() => {
+                    self.apply_pauses();
+                    self.dispatch();
+                    self.store_offsets();
+                }
+                _ = metrics_tick.tick() => self.report(),
+                message = consumer.recv() => match message {
+                    Ok(message) => {
+                        self.on_message(&message);
+                        self.dispatch();
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Consumer error.");
+                    }
+                },
+            }
+        }
+        self.drain().await;
+        probe.abort();
+        Ok(())
+    }
+
+    /// Tracks a fetched record and queues it behind its key.
+    fn on_message(&mut self, message: &BorrowedMessage<'_>) {
+        let tp = Tp {
+            topic: message.topic().into(),
+            partition: message.partition(),
+        };
+        let offset = message.offset();
+        let payload = message.payload().map(<[u8]>::to_vec);
+        let key = message.key().map(<[u8]>::to_vec);
+        let mut headers = Vec::new();
+        let mut ordering_key: Option<Box<str>> = None;
+        if let Some(h) = message.headers() {
+            for header in h.iter() {
+                let value = header.value.map(<[u8]>::to_vec).unwrap_or_default();
+                if header.key == ORDERING_HEADER
+                    && let Ok(id) = std::str::from_utf8(&value)
+                {
+                    ordering_key = Some(id.into());
+                }
+                headers.push((header.key.to_owned(), value));
+            }
+        }
+        let bytes = payload.as_ref().map_or(0, Vec::len) + key.as_ref().map_or(0, Vec::len) + 64;
+        let timestamp_ms = message.timestamp().to_millis();
+
+        let Ok(mut shared) = self.shared.lock() else {
+            return;
+        };
+        let Some(state) = shared.partitions.get_mut(&tp) else {
+            // Not (or no longer) assigned here: the owner will handle it.
+            return;
+        };
+        let tracker = state
+            .tracker
+            .get_or_insert_with(|| OffsetTracker::new(offset));
+        if !tracker.track(offset, timestamp_ms) {
+            return;
+        }
+        state.buffered_records += 1;
+        state.buffered_bytes += bytes;
+        // Without the ordering header, the Kafka key (the form id) keeps every response's revisions
+        // in order; a record with neither is ordered by nothing but its offset.
+        let ordering_key = ordering_key
+            .or_else(|| {
+                key.as_deref()
+                    .map(|k| format!("key:{}", String::from_utf8_lossy(k)).into())
+            })
+            .unwrap_or_else(|| format!("@{offset}").into());
+        let job = Job {
+            tp: tp.clone(),
+            epoch: state.epoch,
+            alive: state.alive.clone(),
+            offset,
+            key,
+            payload,
+            headers,
+            timestamp_ms,
+            ordering_key: ordering_key.clone(),
+            bytes,
+            ready_at: Instant::now(),
+        };
+        if let Some(job) = state.keyed.push(&ordering_key, job) {
+            drop(shared);
+            if self.ready.is_empty() {
+                self.ready_since = Some(Instant::now());
+            }
+            self.ready.push_back(job);
+        }
+    }
+
+    /// Starts workers for ready jobs while slots are free and the circuit is not open.
+    fn dispatch(&mut self) {
+        if *self.circuit_rx.borrow() == CircuitState::Open {
+            return;
+        }
+        let batch_size = self.worker.processor.batch_size().max(1);
+        while self.in_flight < self.limits.max_in_flight && !self.ready.is_empty() {
+            if batch_size > 1
+                && self.ready.len() < batch_size
+                && self
+                    .ready_since
+                    .is_some_and(|since| since.elapsed() < self.worker.processor.batch_linger())
+            {
+                // A partial batch waits a little for company; housekeeping comes back to it.
+                return;
+            }
+            let take = batch_size.min(self.ready.len());
+            let jobs: Vec<Job> = self.ready.drain(..take).collect();
+            self.ready_since = if self.ready.is_empty() {
+                None
+            } else {
+                Some(Instant::now())
+            };
+            self.in_flight += 1;
+            let worker = self.worker.clone();
+            let completions = self.completions_tx.clone();
+            tokio::spawn(async move {
+                for event in worker::run_jobs(&worker, jobs).await {
+                    // The engine is gone only at shutdown, when completions no longer matter.
+                    let _ = completions.send(event);
+                }
+            });
+        }
+    }
+
+    /// A worker's news: a finished job moves the watermark and frees its key; an exited worker
+    /// frees its slot.
+    fn complete(&mut self, event: Event) {
+        let done: Completion = match event {
+            Event::WorkerExit => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                return;
+            }
+            Event::Finished(done) => done,
+        };
+        let next = {
+            let Ok(mut shared) = self.shared.lock() else {
+                return;
+            };
+            let Some(state) = shared.partitions.get_mut(&done.tp) else {
+                return;
+            };
+            if state.epoch != done.epoch {
+                // Finished for an assignment that has since been revoked: never committed.
+                return;
+            }
+            state.buffered_records = state.buffered_records.saturating_sub(1);
+            state.buffered_bytes = state.buffered_bytes.saturating_sub(done.bytes);
+            if let Some(tracker) = state.tracker.as_mut()
+                && tracker.complete(done.offset)
+            {
+                state.last_progress = Instant::now();
+                self.dirty.insert(done.tp.clone());
+            }
+            state.keyed.finish(&done.ordering_key)
+        };
+        if let Some(job) = next {
+            if self.ready.is_empty() {
+                self.ready_since = Some(Instant::now());
+            }
+            self.ready.push_back(job);
+        }
+    }
+
+    /// Stores the watermark of every partition whose watermark moved; librdkafka commits stored
+    /// offsets every commit interval (and we commit them on revoke and at shutdown).
+    fn store_offsets(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        if let Ok(mut shared) = self.shared.lock() {
+            for tp in self.dirty.drain() {
+                let Some(state) = shared.partitions.get_mut(&tp) else {
+                    continue;
+                };
+                let Some(watermark) = state.tracker.as_ref().map(OffsetTracker::watermark) else {
+                    continue;
+                };
+                if watermark > state.stored
+                    && list
+                        .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(watermark))
+                        .is_ok()
+                {
+                    state.stored = watermark;
+                }
+            }
+        }
+        if list.count() > 0
+            && let Err(error) = self.consumer.store_offsets(&list)
+        {
+            // A partition revoked in between: its new owner starts from the last commit.
+            tracing::debug!(%error, "Could not store offsets.");
+        }
+    }
+
+    /// Pauses every assigned partition while the circuit is open, the buffers are full or the
+    /// engine drains; resumes them (with hysteresis on the buffers) otherwise.
+    fn apply_pauses(&mut self) {
+        let (records, bytes, assigned) = match self.shared.lock() {
+            Ok(shared) => (
+                shared
+                    .partitions
+                    .values()
+                    .map(|s| s.buffered_records)
+                    .sum::<usize>(),
+                shared
+                    .partitions
+                    .values()
+                    .map(|s| s.buffered_bytes)
+                    .sum::<usize>(),
+                shared.partitions.keys().cloned().collect::<Vec<_>>(),
+            ),
+            Err(_) => return,
+        };
+        let open = *self.circuit_rx.borrow() == CircuitState::Open;
+        let full =
+            records >= self.limits.max_buffered_records || bytes >= self.limits.max_buffered_bytes;
+        let roomy = records <= self.limits.max_buffered_records / 2
+            && bytes <= self.limits.max_buffered_bytes / 2;
+        let want_paused = open || full || (!self.paused.is_empty() && !roomy);
+        self.paused.retain(|tp| assigned.contains(tp));
+        let mut list = TopicPartitionList::new();
+        if want_paused {
+            for tp in assigned.iter().filter(|tp| !self.paused.contains(*tp)) {
+                let _ = list.add_partition(&tp.topic, tp.partition);
+            }
+            if list.count() > 0 {
+                match self.consumer.pause(&list) {
+                    Ok(()) => {
+                        tracing::debug!(
+                            partitions = list.count(),
+                            records,
+                            bytes,
+                            open,
+                            "Paused partitions."
+                        );
+                        self.paused.extend(assigned.iter().cloned());
+                    }
+                    Err(error) => tracing::warn!(%error, "Could not pause partitions."),
+                }
+            }
+        } else if !self.paused.is_empty() {
+            for tp in &self.paused {
+                let _ = list.add_partition(&tp.topic, tp.partition);
+            }
+            match self.consumer.resume(&list) {
+                Ok(()) => {
+                    tracing::debug!(partitions = list.count(), "Resumed partitions.");
+                    self.paused.clear();
+                }
+                Err(error) => tracing::warn!(%error, "Could not resume partitions."),
+            }
+        }
+        self.metrics.paused(self.paused.len());
+    }
+
+    /// Lag in records and seconds per partition, and the buffers, for /metrics.
+    fn report(&mut self) {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let mut buffered = 0;
+        if let Ok(shared) = self.shared.lock() {
+            for (tp, state) in &shared.partitions {
+                buffered += state.buffered_records;
+                let high = self.consumer.context().end_of(tp);
+                let position = state.tracker.as_ref().map(OffsetTracker::watermark);
+                let (Some(high), Some(position)) = (high, position) else {
+                    continue;
+                };
+                let lag = (high - position).max(0);
+                let lag_seconds = if lag == 0 {
+                    0.0
+                } else if let Some(oldest) = state
+                    .tracker
+                    .as_ref()
+                    .and_then(OffsetTracker::oldest_pending_timestamp)
+                {
+                    (now_ms - oldest).max(0) as f64 / 1000.0
+                } else {
+                    // Records not fetched yet (paused): at least as old as the stall.
+                    state.last_progress.elapsed().as_secs_f64()
+                };
+                self.metrics
+                    .partition(&tp.topic, tp.partition, lag, lag_seconds, position);
+            }
+        }
+        self.metrics.in_flight(self.in_flight, buffered);
+    }
+
+    /// Graceful stop: no new records, finish the ones in flight (bounded by the drain deadline,
+    /// kept below the session timeout), store and commit synchronously.
+    async fn drain(&mut self) {
+        tracing::info!(in_flight = self.in_flight, "Draining before shutdown.");
+        // Work that is only waiting (backoff, open circuit) gives up now; running effects finish.
+        self.worker.stopping.send_replace(true);
+        let mut list = TopicPartitionList::new();
+        if let Ok(assignment) = self.consumer.assignment() {
+            list = assignment;
+        }
+        if list.count() > 0
+            && let Err(error) = self.consumer.pause(&list)
+        {
+            tracing::warn!(%error, "Could not pause partitions for the drain.");
+        }
+        // Jobs not started are abandoned: they were never acted on, and stay uncommitted.
+        self.ready.clear();
+        let deadline = tokio::time::Instant::now() + self.limits.drain;
+        while self.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, self.completions.recv()).await {
+                Ok(Some(done)) => {
+                    self.complete(done);
+                    self.ready.clear();
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.in_flight,
+                        "Drain deadline passed; unfinished records stay uncommitted."
+                    );
+                    break;
+                }
+            }
+        }
+        self.store_offsets();
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("Committed finished offsets at shutdown."),
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(%error, "Commit at shutdown failed."),
+        }
+        // Workers still running must not dead-letter or retry after we leave.
+        if let Ok(shared) = self.shared.lock() {
+            for state in shared.partitions.values() {
+                state.alive.store(false, Ordering::Release);
+            }
+        }
+    }
+}

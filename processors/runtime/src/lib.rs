@@ -1,0 +1,234 @@
+//! The formstream processor runtime. A processor implements [`Processor`] (a name and an effect);
+//! [`run`] does everything else: consuming with a consumer group, decoding, per-key ordering with
+//! concurrency, retries with backoff, the dead-letter topic, the circuit breaker, commits of
+//! finished offsets only, rebalances, graceful shutdown and metrics.
+//!
+//! Invariant (DESIGN.md promises 2 to 6): an offset is committed only when every record below it
+//! has had its effect or has been dead-lettered.
+
+pub mod backoff;
+pub mod circuit;
+pub mod config;
+pub mod dlq;
+pub mod engine;
+pub mod keyed;
+pub mod metrics;
+pub mod processor;
+pub mod replay;
+pub mod tracker;
+pub mod worker;
+
+pub use config::RuntimeConfig;
+pub use processor::{Failure, Payload, Processor, Record, Source};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use formstream_ingest::forms::{FormsView, follow_forms_topic};
+use formstream_ingest::kafka::{TopicSpec, client_config, ensure_topics};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::dlq::DeadLetters;
+use crate::engine::{Engine, RuntimeContext};
+use crate::metrics::Metrics;
+
+/// The topic a processor consumes, resolved from the configuration.
+pub fn source_topic(source: &Source, config: &RuntimeConfig) -> String {
+    match source {
+        Source::Responses => config.topics.responses_topic.clone(),
+        Source::Flags => config.topics.flags_topic.clone(),
+        Source::Named(name) => name.clone(),
+    }
+}
+
+/// Runs `processor` until `shutdown` completes: waits for the forms view, joins the consumer
+/// group, processes, and at shutdown drains, commits and leaves the group. Serves /metrics,
+/// /healthz and /readyz on `metrics_listener` (or on the configured address).
+pub async fn run<P: Processor>(
+    processor: P,
+    config: RuntimeConfig,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let name = processor.name().to_owned();
+    let topic = source_topic(&processor.source(), &config);
+    let group = config.group_id(&name);
+    let dlq_topic = config.dlq_topic(&name);
+    let metrics = Metrics::new(&name);
+    let codec = formstream_ingest::codec(&config.registry)?;
+
+    if config.create_dlq_topic {
+        let spec = TopicSpec {
+            name: dlq_topic.clone(),
+            partitions: config.dlq_partitions,
+            replication_factor: config.dlq_replication_factor,
+            // Dead letters are kept until someone deals with them.
+            config: vec![("retention.ms", "-1".to_owned())],
+        };
+        ensure_topics(&config.kafka, &[spec], Duration::from_secs(30))
+            .await
+            .context("creating the dead-letter topic")?;
+    }
+    let dead_letters = DeadLetters::new(&config.kafka, dlq_topic.clone(), name.clone())?;
+
+    // Health endpoints first, so that an orchestrator sees the process while it catches up.
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = match metrics_listener {
+        Some(listener) => listener,
+        None => TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("binding {}", config.metrics_listen))?,
+    };
+    let (stop_http, http_stopped) = watch::channel(false);
+    let http = tokio::spawn(serve_health(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        http_stopped,
+    ));
+
+    // Never act before the forms view has caught up (processors are handed form versions).
+    let view = Arc::new(FormsView::default());
+    let (stop_view, view_stopped) = watch::channel(false);
+    let mut follower = tokio::spawn(follow_forms_topic(
+        config.kafka.clone(),
+        config.topics.forms_topic.clone(),
+        codec.clone(),
+        view.clone(),
+        formstream_ingest::metrics::Metrics::new(),
+        view_stopped,
+    ));
+    let shutdown = async move {
+        shutdown.await;
+    };
+    tokio::pin!(shutdown);
+    tracing::info!(processor = %name, "Waiting for the forms view to catch up.");
+    loop {
+        if view.is_ready() {
+            break;
+        }
+        tokio::select! {
+            _ = &mut shutdown => {
+                let _ = stop_view.send(true);
+                let _ = stop_http.send(true);
+                let _ = (&mut follower).await;
+                let _ = http.await;
+                return Ok(());
+            }
+            // The view's consumer could not start (e.g. a bad -X property): say so and stop,
+            // rather than wait for ever.
+            ended = &mut follower => {
+                let _ = stop_http.send(true);
+                let _ = http.await;
+                return match ended {
+                    Ok(Err(error)) => Err(anyhow::Error::new(error).context("the forms view could not be loaded")),
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the forms view stopped before it was loaded")),
+                    Err(error) => Err(anyhow::Error::new(error).context("the forms view task failed")),
+                };
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+
+    let consumer: StreamConsumer<RuntimeContext> = client_config(&config.kafka)
+        .set("group.id", &group)
+        .set("client.id", format!("formstream-{name}"))
+        // At least once: librdkafka commits only what the engine stored, and the engine stores
+        // only finished offsets (the tracker's watermark).
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.commit.interval.ms",
+            config.commit_interval.as_millis().max(1).to_string(),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        // Read only committed transactional records (the validate processor writes with transactions).
+        .set("isolation.level", "read_committed")
+        // Bound librdkafka's prefetch memory; the engine bounds its own buffers.
+        .set("queued.max.messages.kbytes", "16384")
+        // Partition ends for the lag metrics come from librdkafka's statistics.
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(RuntimeContext::new(metrics.clone()))
+        .context("creating the consumer")?;
+    consumer
+        .subscribe(&[&topic])
+        .with_context(|| format!("subscribing to {topic}"))?;
+    tracing::info!(processor = %name, %topic, %group, dlq = %dlq_topic, "Processor started.");
+    ready.store(true, Ordering::Release);
+
+    let engine = Engine::new(
+        Arc::new(processor),
+        consumer,
+        codec,
+        view,
+        dead_letters,
+        &config,
+        metrics,
+    );
+    let outcome = engine.run(shutdown).await;
+    ready.store(false, Ordering::Release);
+    // The engine (and with it the consumer) is dropped here: librdkafka closes the consumer,
+    // which commits on revoke and leaves the group.
+    let _ = stop_view.send(true);
+    let _ = stop_http.send(true);
+    let _ = follower.await;
+    let _ = http.await;
+    tracing::info!(processor = %name, "Processor stopped.");
+    outcome
+}
+
+async fn serve_health(
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Acquire);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+}

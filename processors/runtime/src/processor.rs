@@ -1,0 +1,174 @@
+//! The contract between a processor and the runtime: a processor says what its effect is for one
+//! record (or a batch), and whether a failure is worth retrying; the runtime does everything else.
+//!
+//! Invariant: a record's effect is reported done (`Ok`) only when it has really happened; the
+//! runtime commits an offset only after every record below it is done or dead-lettered.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use formstream_schemas::{AvroRecord, Form, FormVersion, Response, ResponseFlag};
+
+/// What went wrong with one record, and what the runtime should do about it.
+#[derive(Debug)]
+pub enum Failure {
+    /// Worth trying again later (a timeout, a 429, a 5xx, a dependency that is down). The runtime
+    /// retries with exponential backoff and full jitter, waiting at least `retry_after` when the
+    /// target said so, until the retry budget is spent; then the record is dead-lettered.
+    /// Consecutive retriable failures open the circuit breaker and pause the partitions.
+    Retriable {
+        error: anyhow::Error,
+        retry_after: Option<Duration>,
+    },
+    /// Will never succeed (invalid input, a rejected request): dead-lettered at once.
+    Permanent(anyhow::Error),
+}
+
+impl Failure {
+    pub fn retriable(error: impl Into<anyhow::Error>) -> Self {
+        Failure::Retriable {
+            error: error.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(error: impl Into<anyhow::Error>, after: Duration) -> Self {
+        Failure::Retriable {
+            error: error.into(),
+            retry_after: Some(after),
+        }
+    }
+
+    pub fn permanent(error: impl Into<anyhow::Error>) -> Self {
+        Failure::Permanent(error.into())
+    }
+
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Failure::Retriable { .. })
+    }
+
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::Retriable { error, .. } | Failure::Permanent(error) => error,
+        }
+    }
+}
+
+/// The record header that carries a record's ordering key. The gateway sets it to the response
+/// id on every record it publishes.
+pub const ORDERING_HEADER: &str = "response_id";
+
+/// A record value the runtime can decode and route.
+///
+/// Ordering: records with the same ordering key are handled one at a time, in offset order;
+/// records with different keys run concurrently. The key is the `response_id` header
+/// ([`ORDERING_HEADER`]), so that the revisions of one response are handled in order without
+/// decoding first. A record without that header is ordered by its Kafka key (the form id):
+/// still in order per response, with less concurrency.
+pub trait Payload: AvroRecord + Clone {
+    /// The form (id, version) the record refers to, if any: the runtime hands the processor that
+    /// form version, and holds the record back until its forms view has it.
+    fn form_ref(&self) -> Option<(&str, i32)> {
+        None
+    }
+}
+
+impl Payload for Response {
+    fn form_ref(&self) -> Option<(&str, i32)> {
+        Some((&self.form_id, self.form_version))
+    }
+}
+
+impl Payload for ResponseFlag {
+    fn form_ref(&self) -> Option<(&str, i32)> {
+        Some((&self.form_id, self.form_version))
+    }
+}
+
+impl Payload for Form {}
+
+/// Which topic a processor consumes. Names are resolved from the runtime's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Responses,
+    Flags,
+    Named(String),
+}
+
+/// One decoded record, as a processor sees it.
+#[derive(Debug, Clone)]
+pub struct Record<V> {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// Milliseconds since the epoch (the record's Kafka timestamp).
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub value: V,
+    /// The form the value refers to (see [`Payload::form_ref`]), as the forms view holds it.
+    pub form: Option<Arc<Form>>,
+    /// 1 on the first attempt, +1 on each retry.
+    pub attempt: u32,
+}
+
+impl<V: Payload> Record<V> {
+    /// The form version the value answered, if it refers to one.
+    pub fn form_version(&self) -> Option<&FormVersion> {
+        let (_, version) = self.value.form_ref()?;
+        self.form.as_ref()?.version(version)
+    }
+}
+
+/// A processor: a name and an effect. Register it in the binary's processor list; the runtime
+/// does the rest (consuming, decoding, ordering, retries, dead letters, commits, metrics).
+pub trait Processor: Send + Sync + 'static {
+    /// The value type of the consumed topic.
+    type Value: Payload;
+
+    /// Names the consumer group (`formstream-<name>`) and the dead-letter topic (`<name>.dlq`).
+    fn name(&self) -> &str;
+
+    /// The topic to consume.
+    fn source(&self) -> Source {
+        Source::Responses
+    }
+
+    /// The effect for one record. It must be idempotent per (response id, revision): the runtime
+    /// delivers at least once.
+    fn handle(
+        &self,
+        record: &Record<Self::Value>,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// Most records per call to [`Processor::handle_batch`]; 1 (the default) means one at a time.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// Longest a partial batch waits for more records.
+    fn batch_linger(&self) -> Duration {
+        Duration::from_millis(50)
+    }
+
+    /// The effect for several records of different keys; one result per record, in order. The
+    /// default handles them one after another.
+    fn handle_batch(
+        &self,
+        records: &[Record<Self::Value>],
+    ) -> impl Future<Output = Vec<Result<(), Failure>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(records.len());
+            for record in records {
+                results.push(self.handle(record).await);
+            }
+            results
+        }
+    }
+
+    /// Asked while the circuit is open: `Ok` when the target answers again.
+    fn probe(&self) -> impl Future<Output = Result<(), anyhow::Error>> + Send {
+        async { Ok(()) }
+    }
+}

@@ -1,0 +1,900 @@
+//! Helpers for the processor runtime's end-to-end tests (issue 3, DESIGN.md promises 2 to 6):
+//! fresh topics and groups, a producer of Avro responses (and of garbage), an in-process test
+//! processor whose behaviour the test programs (transient failures, permanent failures, a target
+//! that goes down, latency) and that records every call, the runtime spawned in-process with a
+//! `/metrics` endpoint on port 0, and readers of committed offsets, partition ends and group state.
+//!
+//! Invariant: every test gets its own topics, group and dead-letter topic (random names), so tests
+//! run in parallel and can be rerun on the same broker. Nothing here sleeps for a fixed time to
+//! wait for something: waits poll a condition until a deadline.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use formstream_ingest::config::KafkaArgs;
+use formstream_ingest::kafka::{TopicSpec, ensure_topics};
+use formstream_runtime::{Failure, Processor, Record, RuntimeConfig};
+use formstream_schemas::{
+    Answer, Codec, Collector, Form, FormVersion, Question, QuestionType, Response,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{bootstrap, delete_topics, unique};
+
+/// The test processor's name (and so the `processor` label of its metrics).
+pub const PROCESSOR: &str = "runtime-test";
+
+/// Timings small enough for tests; each can be overridden by a test's extra flags.
+pub const FAST_FLAGS: &[&str] = &[
+    "--retry-base",
+    "10ms",
+    "--retry-max-delay",
+    "200ms",
+    "--probe-base",
+    "100ms",
+    "--probe-max",
+    "500ms",
+    "--commit-interval",
+    "200ms",
+    // The broker's group.min.session.timeout.ms is 6 s.
+    "--session-timeout",
+    "6s",
+    "--drain-timeout",
+    "3s",
+    "--form-wait",
+    "30s",
+    "--metrics-listen",
+    "127.0.0.1:0",
+];
+
+/// The topics, group and dead-letter topic of one test.
+#[derive(Debug, Clone)]
+pub struct RuntimeTopics {
+    pub bootstrap: String,
+    pub forms: String,
+    pub responses: String,
+    pub flags: String,
+    pub dlq: String,
+    pub group: String,
+    pub partitions: i32,
+}
+
+impl RuntimeTopics {
+    /// Creates fresh forms (compacted) and responses topics (`partitions` partitions); the
+    /// runtime creates the dead-letter topic itself.
+    pub async fn create(partitions: i32) -> Self {
+        let id = unique();
+        let topics = RuntimeTopics {
+            bootstrap: bootstrap(),
+            forms: format!("test-{id}-forms"),
+            responses: format!("test-{id}-responses"),
+            flags: format!("test-{id}-flags"),
+            dlq: format!("test-{id}-dlq"),
+            group: format!("test-{id}-group"),
+            partitions,
+        };
+        let specs = [
+            TopicSpec {
+                name: topics.forms.clone(),
+                partitions: 1,
+                replication_factor: 1,
+                config: vec![("cleanup.policy", "compact".to_owned())],
+            },
+            TopicSpec {
+                name: topics.responses.clone(),
+                partitions,
+                replication_factor: 1,
+                config: vec![],
+            },
+        ];
+        ensure_topics(&topics.kafka(), &specs, Duration::from_secs(30))
+            .await
+            .expect("creating the test topics");
+        topics
+    }
+
+    pub fn kafka(&self) -> KafkaArgs {
+        KafkaArgs {
+            bootstrap: self.bootstrap.clone(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// The runtime flags naming this test's broker, topics, group and dead-letter topic, followed
+    /// by [`FAST_FLAGS`].
+    pub fn runtime_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--kafka-bootstrap",
+            &self.bootstrap,
+            "--forms-topic",
+            &self.forms,
+            "--responses-topic",
+            &self.responses,
+            "--flags-topic",
+            &self.flags,
+            "--group-id",
+            &self.group,
+            "--dlq-topic",
+            &self.dlq,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(FAST_FLAGS.iter().map(|s| (*s).to_owned()));
+        args
+    }
+
+    /// The runtime's configuration for this test: [`Self::runtime_args`] then `extra` (later
+    /// flags override earlier ones).
+    pub fn config(&self, extra: &[&str]) -> RuntimeConfig {
+        let mut args = vec!["runtime".to_owned()];
+        args.extend(self.runtime_args());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        RuntimeArgs::try_parse_from(&args)
+            .unwrap_or_else(|e| panic!("runtime arguments {args:?} do not parse: {e}"))
+            .config
+    }
+
+    /// Deletes this test's topics, best effort.
+    pub async fn delete(&self) {
+        delete_topics(
+            &self.bootstrap,
+            &[&self.forms, &self.responses, &self.flags, &self.dlq],
+        )
+        .await;
+    }
+}
+
+/// clap wrapper, so that the runtime's defaults stay in one place: its `RuntimeConfig`.
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct RuntimeArgs {
+    #[command(flatten)]
+    config: RuntimeConfig,
+}
+
+/// A form with one version (1) and one text question.
+pub fn test_form(id: &str) -> Form {
+    let now = now_ms();
+    Form {
+        id: id.to_owned(),
+        organisation: "acme".to_owned(),
+        created_at: now,
+        versions: vec![FormVersion {
+            version: 1,
+            title: "Runtime test form".to_owned(),
+            description: String::new(),
+            default_region: None,
+            questions: vec![Question {
+                key: "name".to_owned(),
+                text: "Your name".to_owned(),
+                kind: QuestionType::Text,
+                required: false,
+                choices: Vec::new(),
+                max_length: None,
+            }],
+            metadata_json: "{}".to_owned(),
+            created_at: now,
+        }],
+    }
+}
+
+/// Revision `revision` of response `response_id` to version 1 of `form_id`.
+pub fn test_response(form_id: &str, response_id: &str, revision: i32) -> Response {
+    let now = now_ms();
+    Response {
+        response_id: response_id.to_owned(),
+        form_id: form_id.to_owned(),
+        form_version: 1,
+        organisation: "acme".to_owned(),
+        revision,
+        submitted_at: now,
+        received_at: now,
+        collector: Collector {
+            id: "collector-1".to_owned(),
+            phone: None,
+        },
+        answers: vec![Answer {
+            question_key: "name".to_owned(),
+            text: Some(format!("answer {revision}")),
+            number: None,
+            choices: Vec::new(),
+        }],
+        metadata_json: "{}".to_owned(),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where a produced record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Produced {
+    pub response_id: String,
+    pub revision: i32,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Writes forms and responses (Avro single-object encoding, as the gateway does) and raw bytes.
+#[derive(Clone)]
+pub struct TestProducer {
+    producer: FutureProducer,
+    topics: RuntimeTopics,
+    codec: Codec,
+}
+
+impl TestProducer {
+    pub fn new(topics: &RuntimeTopics) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &topics.bootstrap)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("creating the test producer");
+        TestProducer {
+            producer,
+            topics: topics.clone(),
+            codec: Codec::single_object(),
+        }
+    }
+
+    /// Publishes `form` to the forms topic (key = form id).
+    pub async fn form(&self, form: &Form) {
+        let payload = self
+            .codec
+            .encoder::<Form>(&self.topics.forms)
+            .await
+            .expect("a forms encoder")
+            .encode(form)
+            .expect("encoding a form");
+        self.producer
+            .send(
+                FutureRecord::to(&self.topics.forms)
+                    .key(&form.id)
+                    .payload(&payload),
+                Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("publishing a form");
+    }
+
+    /// Publishes each (partition, response) to the responses topic: key = form id, headers
+    /// `response_id` and `revision`, as the gateway writes them. Records of one partition land in
+    /// the order given. Returns where each landed, in the order given.
+    pub async fn responses(&self, items: &[(i32, Response)]) -> Vec<Produced> {
+        let encoder = self
+            .codec
+            .encoder::<Response>(&self.topics.responses)
+            .await
+            .expect("a responses encoder");
+        let mut produced = Vec::with_capacity(items.len());
+        for chunk in items.chunks(5_000) {
+            let mut deliveries = Vec::with_capacity(chunk.len());
+            for (partition, response) in chunk {
+                let payload = encoder.encode(response).expect("encoding a response");
+                let revision = response.revision.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "response_id",
+                        value: Some(response.response_id.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "revision",
+                        value: Some(revision.as_bytes()),
+                    });
+                let mut record = FutureRecord::to(&self.topics.responses)
+                    .partition(*partition)
+                    .key(&response.form_id)
+                    .payload(&payload)
+                    .headers(headers);
+                // Enqueue in order (idempotence keeps the order per partition); await later.
+                let delivery = loop {
+                    match self.producer.send_result(record) {
+                        Ok(delivery) => break delivery,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            record = r;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err((error, _)) => panic!("publishing a response: {error}"),
+                    }
+                };
+                deliveries.push(delivery);
+            }
+            let results = futures::future::join_all(deliveries).await;
+            for ((_, response), result) in chunk.iter().zip(results) {
+                let delivery = result
+                    .expect("the producer is alive")
+                    .map_err(|(e, _)| e)
+                    .expect("publishing a response");
+                produced.push(Produced {
+                    response_id: response.response_id.clone(),
+                    revision: response.revision,
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                });
+            }
+        }
+        produced
+    }
+
+    /// Publishes raw bytes (or no value at all) to a partition of the responses topic.
+    pub async fn raw(
+        &self,
+        partition: i32,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> (i32, i64) {
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topics.responses)
+            .partition(partition)
+            .key(key)
+            .headers(owned);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        let delivery = self
+            .producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("publishing a raw record");
+        (delivery.partition, delivery.offset)
+    }
+}
+
+/// What one call of the test processor's effect ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Retriable,
+    Permanent,
+}
+
+/// One call of the test processor's effect.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub response_id: String,
+    pub revision: i32,
+    pub partition: i32,
+    pub offset: i64,
+    pub attempt: u32,
+    pub outcome: Outcome,
+}
+
+/// How the test processor behaves; tests change it while the runtime runs.
+#[derive(Debug, Default)]
+pub struct Behaviour {
+    /// Every record fails retriably on its first `fail_attempts` attempts.
+    pub fail_attempts: AtomicU32,
+    /// Response ids whose effect fails permanently.
+    pub permanent: Mutex<HashSet<String>>,
+    /// Response ids whose effect always fails retriably.
+    pub always_retriable: Mutex<HashSet<String>>,
+    /// While set, every effect fails retriably and the probe fails: the target is down.
+    pub target_down: AtomicBool,
+    /// Latency of each effect, in milliseconds.
+    pub latency_ms: AtomicU64,
+}
+
+/// What the test processor saw. Shared between the processor (inside the runtime) and the test.
+#[derive(Debug, Default)]
+pub struct ProcessorState {
+    pub behaviour: Behaviour,
+    /// Every call, in the order the calls ended.
+    calls: Mutex<Vec<Call>>,
+    /// Response ids whose effect is running now.
+    running: Mutex<HashSet<String>>,
+    /// Calls that started while another call of the same response id was running: each one is a
+    /// per-key ordering violation.
+    overlaps: Mutex<Vec<Call>>,
+    pub probes: AtomicU64,
+}
+
+impl ProcessorState {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().expect("calls lock").clone()
+    }
+
+    /// The successful calls, in the order they ended.
+    pub fn effects(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.outcome == Outcome::Ok)
+            .collect()
+    }
+
+    pub fn effect_count(&self) -> usize {
+        self.calls
+            .lock()
+            .expect("calls lock")
+            .iter()
+            .filter(|c| c.outcome == Outcome::Ok)
+            .count()
+    }
+
+    /// Offsets whose effect succeeded, per partition.
+    pub fn effected_offsets(&self) -> BTreeMap<i32, BTreeSet<i64>> {
+        let mut offsets: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+        for call in self.effects() {
+            offsets
+                .entry(call.partition)
+                .or_default()
+                .insert(call.offset);
+        }
+        offsets
+    }
+
+    pub fn overlaps(&self) -> Vec<Call> {
+        self.overlaps.lock().expect("overlaps lock").clone()
+    }
+
+    pub fn set_target_down(&self, down: bool) {
+        self.behaviour.target_down.store(down, Ordering::SeqCst);
+    }
+}
+
+/// The in-process test processor; clones share their state.
+#[derive(Clone, Default)]
+pub struct TestProcessor {
+    pub state: Arc<ProcessorState>,
+}
+
+impl TestProcessor {
+    pub fn new() -> Self {
+        TestProcessor::default()
+    }
+}
+
+impl Processor for TestProcessor {
+    type Value = Response;
+
+    fn name(&self) -> &str {
+        PROCESSOR
+    }
+
+    async fn handle(&self, record: &Record<Response>) -> Result<(), Failure> {
+        let state = &self.state;
+        let id = record.value.response_id.clone();
+        let mut call = Call {
+            response_id: id.clone(),
+            revision: record.value.revision,
+            partition: record.partition,
+            offset: record.offset,
+            attempt: record.attempt,
+            outcome: Outcome::Ok,
+        };
+        if !state
+            .running
+            .lock()
+            .expect("running lock")
+            .insert(id.clone())
+        {
+            state
+                .overlaps
+                .lock()
+                .expect("overlaps lock")
+                .push(call.clone());
+        }
+        let latency = state.behaviour.latency_ms.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let behaviour = &state.behaviour;
+        let result = if behaviour.target_down.load(Ordering::SeqCst) {
+            Err(Failure::retriable(anyhow::anyhow!("target is down")))
+        } else if behaviour.permanent.lock().expect("lock").contains(&id) {
+            Err(Failure::permanent(anyhow::anyhow!(
+                "response {id} is rejected for good"
+            )))
+        } else if behaviour
+            .always_retriable
+            .lock()
+            .expect("lock")
+            .contains(&id)
+        {
+            Err(Failure::retriable(anyhow::anyhow!(
+                "response {id} keeps failing"
+            )))
+        } else if record.attempt <= behaviour.fail_attempts.load(Ordering::SeqCst) {
+            Err(Failure::retriable(anyhow::anyhow!(
+                "transient failure on attempt {}",
+                record.attempt
+            )))
+        } else {
+            Ok(())
+        };
+        call.outcome = match &result {
+            Ok(()) => Outcome::Ok,
+            Err(Failure::Retriable { .. }) => Outcome::Retriable,
+            Err(Failure::Permanent(_)) => Outcome::Permanent,
+        };
+        // Record the call before the runtime can learn of its end (and commit past it).
+        state.running.lock().expect("running lock").remove(&id);
+        state.calls.lock().expect("calls lock").push(call);
+        result
+    }
+
+    async fn probe(&self) -> Result<(), anyhow::Error> {
+        self.state.probes.fetch_add(1, Ordering::SeqCst);
+        if self.state.behaviour.target_down.load(Ordering::SeqCst) {
+            anyhow::bail!("target is still down");
+        }
+        Ok(())
+    }
+}
+
+/// The runtime running in-process, with its /metrics on 127.0.0.1:<port>.
+pub struct RunningRuntime {
+    pub metrics_url: String,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts `formstream_runtime::run` with `processor` and `config`, and waits (with a deadline)
+/// until its `/readyz` answers 200 (the forms view caught up and the consumer subscribed).
+pub async fn spawn_runtime<P: Processor>(processor: P, config: RuntimeConfig) -> RunningRuntime {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the metrics port");
+    let port = listener.local_addr().expect("metrics address").port();
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(formstream_runtime::run(
+        processor,
+        config,
+        Some(listener),
+        async move {
+            let _ = shutdown_rx.await;
+        },
+    ));
+    let runtime = RunningRuntime {
+        metrics_url: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client"),
+        shutdown: Some(shutdown_tx),
+        handle: Some(handle),
+    };
+    let started = Instant::now();
+    loop {
+        if runtime.handle.as_ref().is_some_and(JoinHandle::is_finished) {
+            panic!("the runtime stopped before it became ready (see its logs)");
+        }
+        if let Ok(response) = runtime
+            .client
+            .get(format!("{}/readyz", runtime.metrics_url))
+            .send()
+            .await
+            && response.status() == reqwest::StatusCode::OK
+        {
+            return runtime;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the runtime was not ready within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl RunningRuntime {
+    /// The /metrics text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.metrics_url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the /metrics body")
+    }
+
+    /// The sum of the samples of `name` whose labels include `labels` (0 when there are none).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Signals shutdown and waits (at most 30 s) for `run` to return; returns its outcome.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let handle = self.handle.take().context("already stopped")?;
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .context("the runtime did not stop within 30 s")?
+            .context("the runtime task panicked")?
+    }
+}
+
+impl Drop for RunningRuntime {
+    fn drop(&mut self) {
+        // A failed test still stops its runtime: dropping the sender completes the shutdown.
+        self.shutdown.take();
+    }
+}
+
+/// The sum of the samples of `name` in a Prometheus text exposition whose labels include every
+/// pair of `labels` (0 when none matches).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let pairs: HashMap<&str, &str> = series_labels
+            .split("\",")
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|(k, v)| pairs.get(k) == Some(v))
+            && let Ok(value) = value.parse::<f64>()
+        {
+            sum += value;
+        }
+    }
+    sum
+}
+
+/// A consumer of the test's group that never joins it: used to read the group's commits.
+fn group_client(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("creating a group client")
+}
+
+/// The group's committed offset of each partition of `topic` (-1 when none was committed).
+pub async fn committed_offsets(topics: &RuntimeTopics) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let (bootstrap, group, topic, partitions) = (
+        topics.bootstrap.clone(),
+        topics.group.clone(),
+        topics.responses.clone(),
+        topics.partitions,
+    );
+    tokio::task::spawn_blocking(move || {
+        let consumer = group_client(&bootstrap, &group);
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition(&topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(list, Timeout::After(Duration::from_secs(10)))
+            .context("reading committed offsets")?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                };
+                (e.partition(), offset)
+            })
+            .collect())
+    })
+    .await?
+}
+
+/// The end (high watermark) of each partition of the responses topic.
+/// Waits until the group has committed the end of every partition, and returns the commits.
+pub async fn wait_committed_to_ends(
+    topics: &RuntimeTopics,
+    deadline: Duration,
+) -> BTreeMap<i32, i64> {
+    let ends = end_offsets(topics).await.expect("partition ends");
+    eventually(deadline, "committed offsets reach the ends", || {
+        let ends = &ends;
+        async move { committed_offsets(topics).await.ok().as_ref() == Some(ends) }
+    })
+    .await;
+    committed_offsets(topics).await.expect("committed offsets")
+}
+
+pub async fn end_offsets(topics: &RuntimeTopics) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let (bootstrap, topic, partitions) = (
+        topics.bootstrap.clone(),
+        topics.responses.clone(),
+        topics.partitions,
+    );
+    tokio::task::spawn_blocking(move || {
+        let consumer = group_client(&bootstrap, &format!("test-ends-{}", unique()));
+        let mut ends = BTreeMap::new();
+        for partition in 0..partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition, Timeout::After(Duration::from_secs(10)))
+                .context("fetching watermarks")?;
+            ends.insert(partition, high);
+        }
+        Ok(ends)
+    })
+    .await?
+}
+
+/// The group's state (e.g. "Stable", "Empty") and member count, as the broker describes it.
+pub async fn group_state(topics: &RuntimeTopics) -> anyhow::Result<(String, usize)> {
+    let (bootstrap, group) = (topics.bootstrap.clone(), topics.group.clone());
+    tokio::task::spawn_blocking(move || {
+        let consumer = group_client(&bootstrap, &format!("test-describe-{}", unique()));
+        let list = consumer
+            .fetch_group_list(Some(&group), Timeout::After(Duration::from_secs(10)))
+            .context("describing the group")?;
+        let info = list
+            .groups()
+            .iter()
+            .find(|g| g.name() == group)
+            .context("the group is not listed")?;
+        Ok((info.state().to_owned(), info.members().len()))
+    })
+    .await?
+}
+
+/// Asserts the commit invariant: every offset below each partition's committed offset has been
+/// effected (or is in `dead_lettered`). Returns the committed offsets.
+pub fn assert_committed_not_ahead(
+    committed: &BTreeMap<i32, i64>,
+    effected: &BTreeMap<i32, BTreeSet<i64>>,
+    dead_lettered: &BTreeMap<i32, BTreeSet<i64>>,
+) {
+    let empty = BTreeSet::new();
+    for (partition, &committed) in committed {
+        let done = effected.get(partition).unwrap_or(&empty);
+        let dead = dead_lettered.get(partition).unwrap_or(&empty);
+        let missing: Vec<i64> = (0..committed.max(0))
+            .filter(|o| !done.contains(o) && !dead.contains(o))
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "partition {partition}: committed offset {committed} is ahead of the effects; \
+             offsets below it never effected (first 10): {missing:?}"
+        );
+    }
+}
+
+/// Polls `condition` until it holds, panicking with `what` at the deadline.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        crate::wait_until(deadline, condition).await,
+        "not within {deadline:?}: {what}"
+    );
+}
+
+/// One line of the `journal` test processor's journal.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JournalEntry {
+    pub response_id: String,
+    pub revision: i32,
+    pub form_id: String,
+    pub form_version: i32,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub attempt: u32,
+    pub journaled_at_ms: i64,
+}
+
+/// Reads the journal; a torn last line (the process was killed while writing it) is skipped.
+pub fn read_journal(path: &std::path::Path) -> Vec<JournalEntry> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The `formstream` binary next to the test executable (…/target/debug/formstream).
+pub fn formstream_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // …/target/debug/deps/<test> → …/target/debug/formstream
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the target directory");
+    let binary = dir.join(format!("formstream{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `cargo build --bin formstream` first (deploy/local/test.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// The offset below which every offset (from 0) is in `offsets`: where a partition's contiguous
+/// run of finished records ends.
+pub fn contiguous_end(offsets: Option<&BTreeSet<i64>>) -> i64 {
+    let mut end = 0;
+    if let Some(offsets) = offsets {
+        while offsets.contains(&end) {
+            end += 1;
+        }
+    }
+    end
+}
+
+/// Logs of the runtime under test, when `FORMSTREAM_TEST_LOG` is set (an EnvFilter, e.g.
+/// `info,formstream_runtime=debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("FORMSTREAM_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// One form per partition (form `i` lives on partition `i`), published to the forms topic.
+pub async fn forms_per_partition(producer: &TestProducer, partitions: i32) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..partitions {
+        let id = format!("f{}", unique());
+        producer.form(&test_form(&id)).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// `count` new responses (revision 0), spread round-robin over the partitions, each with the
+/// form of its partition (see [`forms_per_partition`]).
+pub fn fresh_responses(forms: &[String], count: usize) -> Vec<(i32, Response)> {
+    (0..count)
+        .map(|i| {
+            let partition = i % forms.len();
+            (
+                partition as i32,
+                test_response(&forms[partition], &uuid::Uuid::new_v4().to_string(), 0),
+            )
+        })
+        .collect()
+}
