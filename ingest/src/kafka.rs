@@ -20,8 +20,18 @@ use crate::metrics::Metrics;
 
 /// A base librdkafka configuration: bootstrap servers plus every `-X key=value`.
 pub fn client_config(kafka: &KafkaArgs) -> ClientConfig {
+    client_config_with(kafka, &[])
+}
+
+/// Like [`client_config`], with the component's own tunable defaults applied first, so that a
+/// `-X key=value` overrides them. Settings a guarantee rests on (idempotence, acks, manual offset
+/// store) are set by the caller afterwards, so that no `-X` can weaken them.
+pub fn client_config_with(kafka: &KafkaArgs, tunables: &[(&str, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap);
+    for (key, value) in tunables {
+        config.set(*key, value);
+    }
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
@@ -79,21 +89,23 @@ impl Publisher {
         metrics: Metrics,
     ) -> Result<Self, KafkaError> {
         let timeout_ms = timeout.as_millis().max(1).to_string();
-        let producer = client_config(kafka)
+        let tunables = [
+            ("linger.ms", linger_ms.to_string()),
+            ("compression.type", "lz4".to_owned()),
+            // Bounded so that a slow broker costs a quick 503 (queue full), not memory: 32 MiB is
+            // seconds of traffic at the gateway's target rates, and keeps its RSS under 100 MB.
+            ("queue.buffering.max.messages", "100000".to_owned()),
+            ("queue.buffering.max.kbytes", "32768".to_owned()),
+        ];
+        let producer = client_config_with(kafka, &tunables)
             // Idempotence implies acks=all, retries and per-partition ordering: promise 1.
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", linger_ms.to_string())
-            .set("compression.type", "lz4")
             // librdkafka gives up on a record after this, so it does not deliver minutes after the
             // client was told 503 (it may still land shortly after; the client's retry with the
             // same response id is then a harmless duplicate).
             .set("message.timeout.ms", &timeout_ms)
             .set("request.timeout.ms", &timeout_ms)
-            // Bounded so that a slow broker costs a quick 503 (queue full), not memory: 32 MiB is
-            // seconds of traffic at the gateway's target rates, and keeps its RSS under 100 MB.
-            .set("queue.buffering.max.messages", "100000")
-            .set("queue.buffering.max.kbytes", "32768")
             .create()?;
         Ok(Publisher {
             producer,

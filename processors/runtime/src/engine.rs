@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use formstream_ingest::forms::FormsView;
 use formstream_schemas::Codec;
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -33,6 +34,15 @@ use crate::metrics::{CircuitGauge, Metrics};
 use crate::processor::{ORDERING_HEADER, Processor};
 use crate::tracker::OffsetTracker;
 use crate::worker::{self, Completion, Event, Job, WorkerContext};
+
+/// Most records taken from the consumer per turn of the loop, so that completions and timers
+/// are not kept waiting by a long backlog.
+const MAX_INTAKE: usize = 512;
+
+/// Longest the engine stops taking records from the consumer because its buffers are full. Past
+/// it, the partitions are paused instead, so that the consumer is polled again (rebalances are
+/// served on the same queue, and librdkafka expects a poll within max.poll.interval.ms).
+const MAX_INTAKE_STOP: Duration = Duration::from_secs(10);
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -268,6 +278,8 @@ pub struct Engine<P: Processor> {
     dirty: HashSet<Tp>,
     /// When the oldest job of the ready queue became ready (for batch linger).
     ready_since: Option<Instant>,
+    /// Since when the buffers have been too full to take more records from the consumer.
+    intake_blocked_since: Option<Instant>,
 }
 
 impl<P: Processor> Engine<P> {
@@ -315,6 +327,7 @@ impl<P: Processor> Engine<P> {
             paused: HashSet::new(),
             dirty: HashSet::new(),
             ready_since: None,
+            intake_blocked_since: None,
         }
     }
 
@@ -344,6 +357,9 @@ impl<P: Processor> Engine<P> {
                     }
                     self.dispatch();
                     self.store_offsets();
+                    if self.intake_blocked_since.is_some() {
+                        self.apply_pauses();
+                    }
                 }
                 Ok(()) = self.circuit_rx.changed() => {
                     let state = *self.circuit_rx.borrow_and_update();
@@ -366,15 +382,23 @@ impl<P: Processor> Engine<P> {
                     self.store_offsets();
                 }
                 _ = metrics_tick.tick() => self.report(),
-                message = consumer.recv() => match message {
-                    Ok(message) => {
-                        self.on_message(&message);
-                        self.dispatch();
+                message = consumer.recv(), if self.intake_open() => {
+                    match message {
+                        Ok(message) => self.on_message(&message),
+                        Err(error) => tracing::warn!(%error, "Consumer error."),
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "Consumer error.");
+                    // Take what librdkafka has already fetched before going round the loop again,
+                    // as far as the buffers have room.
+                    for _ in 0..MAX_INTAKE.min(self.room()) {
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(message)) => self.on_message(&message),
+                            Some(Err(error)) => tracing::warn!(%error, "Consumer error."),
+                            None => break,
+                        }
                     }
-                },
+                    self.dispatch();
+                    self.apply_pauses();
+                }
             }
         }
         self.drain().await;
@@ -558,8 +582,33 @@ impl<P: Processor> Engine<P> {
         }
     }
 
-    /// Pauses every assigned partition while the circuit is open, the buffers are full or the
-    /// engine drains; resumes them (with hysteresis on the buffers) otherwise.
+    /// How many more records the buffers take now (0 when either bound is reached).
+    fn room(&self) -> usize {
+        self.shared.lock().map_or(0, |shared| {
+            let records: usize = shared.partitions.values().map(|s| s.buffered_records).sum();
+            let bytes: usize = shared.partitions.values().map(|s| s.buffered_bytes).sum();
+            if bytes >= self.limits.max_buffered_bytes {
+                0
+            } else {
+                self.limits.max_buffered_records.saturating_sub(records)
+            }
+        })
+    }
+
+    /// Whether the loop takes records from the consumer: not while the buffers are full, unless
+    /// that has lasted long enough that the partitions were paused and polling resumed.
+    fn intake_open(&self) -> bool {
+        match self.intake_blocked_since {
+            None => true,
+            Some(since) => since.elapsed() >= MAX_INTAKE_STOP,
+        }
+    }
+
+    /// Back-pressure. Buffers full: stop taking records (librdkafka's prefetch, bounded by
+    /// queued.max.messages.kbytes, stays where it is) until they are half empty. Circuit open,
+    /// or intake stopped for longer than MAX_INTAKE_STOP: pause every assigned partition (which
+    /// drops librdkafka's prefetch) and keep polling, so that group membership and rebalances are
+    /// served through an outage of any length.
     fn apply_pauses(&mut self) {
         let (records, bytes, assigned) = match self.shared.lock() {
             Ok(shared) => (
@@ -577,12 +626,20 @@ impl<P: Processor> Engine<P> {
             ),
             Err(_) => return,
         };
-        let open = *self.circuit_rx.borrow() == CircuitState::Open;
         let full =
             records >= self.limits.max_buffered_records || bytes >= self.limits.max_buffered_bytes;
         let roomy = records <= self.limits.max_buffered_records / 2
             && bytes <= self.limits.max_buffered_bytes / 2;
-        let want_paused = open || full || (!self.paused.is_empty() && !roomy);
+        if full && self.intake_blocked_since.is_none() {
+            self.intake_blocked_since = Some(Instant::now());
+        } else if roomy {
+            self.intake_blocked_since = None;
+        }
+        let open = *self.circuit_rx.borrow() == CircuitState::Open;
+        let stalled = self
+            .intake_blocked_since
+            .is_some_and(|since| since.elapsed() >= MAX_INTAKE_STOP);
+        let want_paused = open || stalled;
         self.paused.retain(|tp| assigned.contains(tp));
         let mut list = TopicPartitionList::new();
         if want_paused {
