@@ -311,6 +311,7 @@ impl<P: Processor> Engine<P> {
             circuit: Mutex::new(circuit),
             circuit_tx,
             stopping: watch::channel(false).0,
+            clean: AtomicBool::new(true),
             metrics: metrics.clone(),
         });
         Engine {
@@ -465,7 +466,6 @@ impl<P: Processor> Engine<P> {
             timestamp_ms,
             ordering_key: ordering_key.clone(),
             bytes,
-            ready_at: Instant::now(),
         };
         if let Some(job) = state.keyed.push(&ordering_key, job) {
             drop(shared);

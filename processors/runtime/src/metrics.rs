@@ -29,7 +29,6 @@ pub struct Metrics {
     processor: String,
     records: IntCounterVec,
     dead_letters: IntCounterVec,
-    effect_duration: HistogramVec,
     in_flight: IntGaugeVec,
     buffered: IntGaugeVec,
     lag_records: IntGaugeVec,
@@ -39,6 +38,10 @@ pub struct Metrics {
     circuit_state: IntGaugeVec,
     commits: IntCounterVec,
     rebalances: IntCounterVec,
+    /// Children resolved once: these are touched for every record.
+    ok: prometheus::IntCounter,
+    retried: prometheus::IntCounter,
+    effect: prometheus::Histogram,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -144,12 +147,17 @@ impl Metrics {
             "Partitions assigned, revoked or lost in rebalances.",
             &["processor", "kind"],
         );
+        let ok = records.with_label_values(&[processor, "ok"]);
+        let retried = records.with_label_values(&[processor, "retried"]);
+        let effect = effect_duration.with_label_values(&[processor]);
         Metrics {
+            ok,
+            retried,
+            effect,
             registry,
             processor: processor.to_owned(),
             records,
             dead_letters,
-            effect_duration,
             in_flight,
             buffered,
             lag_records,
@@ -163,15 +171,18 @@ impl Metrics {
     }
 
     pub fn effect(&self, elapsed: Duration) {
-        self.effect_duration
-            .with_label_values(&[&self.processor])
-            .observe(elapsed.as_secs_f64());
+        self.effect.observe(elapsed.as_secs_f64());
     }
 
     pub fn records(&self, outcome: &str, count: u64) {
-        self.records
-            .with_label_values(&[&self.processor, outcome])
-            .inc_by(count);
+        match outcome {
+            "ok" => self.ok.inc_by(count),
+            "retried" => self.retried.inc_by(count),
+            other => self
+                .records
+                .with_label_values(&[&self.processor, other])
+                .inc_by(count),
+        }
     }
 
     pub fn dead_lettered(&self, kind: &str) {

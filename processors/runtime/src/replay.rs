@@ -523,7 +523,9 @@ mod tests {
                 name: topic.clone(),
                 partitions: 2,
                 replication_factor: 1,
-                config: Vec::new(),
+                // The records are stamped in 1970: without this, the broker's time-based
+                // retention (checked every 5 minutes) may delete them mid-test.
+                config: vec![("retention.ms", "-1".to_owned())],
             }],
             BROKER_TIMEOUT,
         )

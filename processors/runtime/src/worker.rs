@@ -34,7 +34,6 @@ pub struct Job {
     pub timestamp_ms: Option<i64>,
     pub ordering_key: Box<str>,
     pub bytes: usize,
-    pub ready_at: Instant,
 }
 
 impl Job {
@@ -86,6 +85,9 @@ pub struct WorkerContext<P: Processor> {
     /// Set when the engine starts draining: waiting work (backoff, open circuit, a missing form,
     /// an unwritable dead letter) is abandoned uncommitted; effects already running finish.
     pub stopping: watch::Sender<bool>,
+    /// True while the last outcome the breaker saw was a success: further successes need not
+    /// take its lock (they would change nothing).
+    pub clean: AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -231,7 +233,10 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
             match result {
                 Ok(()) => {
                     ctx.metrics.records("ok", 1);
-                    ctx.circuit(CircuitBreaker::on_success);
+                    if !ctx.clean.load(Ordering::Acquire) {
+                        ctx.circuit(CircuitBreaker::on_success);
+                        ctx.clean.store(true, Ordering::Release);
+                    }
                     events.push(Event::Finished(Completion::of(&attempting.job)));
                 }
                 Err(Failure::Permanent(error)) => {
@@ -263,6 +268,7 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
                     last_error = format!("{error:#}");
                     retry_after = retry_after.max(after);
                     let now = tokio::time::Instant::now();
+                    ctx.clean.store(false, Ordering::Release);
                     ctx.circuit(|breaker| {
                         breaker.on_retriable_failure(now);
                     });
