@@ -49,7 +49,8 @@ pub struct RuntimeConfig {
     #[arg(long, env = "FORMSTREAM_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
 
-    /// Records fetched but not yet finished; above it the partitions are paused.
+    /// Records fetched but not yet finished; at it, the runtime stops taking records until half
+    /// are done.
     // Bounds memory (with --max-buffered-bytes) when the effect is slower than the topic.
     #[arg(
         long,
@@ -58,7 +59,8 @@ pub struct RuntimeConfig {
     )]
     pub max_buffered_records: usize,
 
-    /// Bytes of fetched, unfinished records; above it the partitions are paused.
+    /// Bytes of fetched, unfinished records; at it, the runtime stops taking records until half
+    /// are done.
     #[arg(long, env = "FORMSTREAM_MAX_BUFFERED_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_buffered_bytes: usize,
 

@@ -109,7 +109,7 @@ impl Metrics {
         let lag_seconds = GaugeVec::new(
             Opts::new(
                 "formstream_processor_consumer_lag_seconds",
-                "Age of the oldest unfinished record of the partition (0 when caught up).",
+                "Age of the oldest unfinished record of the partition (0 when caught up); while that record is not fetched yet (paused partitions), the time since the partition last made progress.",
             ),
             &["processor", "topic", "partition"],
         )
@@ -126,7 +126,7 @@ impl Metrics {
         let paused_partitions = gauge(
             &registry,
             "formstream_processor_paused_partitions",
-            "Assigned partitions paused by back-pressure or by the open circuit.",
+            "Assigned partitions paused by the open circuit, or after full buffers stopped intake for 10 s.",
             &["processor"],
         );
         let circuit_state = gauge(
