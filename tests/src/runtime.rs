@@ -219,12 +219,7 @@ pub fn test_response(form_id: &str, response_id: &str, revision: i32) -> Respons
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use formstream_ingest::forms::now_millis as now_ms;
 
 /// Where a produced record landed.
 #[derive(Debug, Clone, PartialEq, Eq)]

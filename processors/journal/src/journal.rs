@@ -12,9 +12,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
+use formstream_ingest::forms::now_millis;
 use formstream_runtime::{Failure, Processor, Record};
 use formstream_schemas::Response;
 use serde_json::json;
@@ -120,12 +120,6 @@ impl Journal {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Processor for Journal {
     type Value = Response;
 
@@ -161,7 +155,7 @@ impl Processor for Journal {
                 .collect();
         }
         // Decide each record's fate first; write the survivors' lines in one append and one sync.
-        let journaled_at_ms = now_ms();
+        let journaled_at_ms = now_millis();
         let mut results: Vec<Option<Result<(), Failure>>> = Vec::with_capacity(records.len());
         let mut lines = String::new();
         for record in records {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use formstream_ingest::forms::FormsView;
+use formstream_ingest::forms::{FormsView, now_millis};
 use formstream_schemas::Codec;
 use futures::FutureExt;
 use rdkafka::consumer::{
@@ -330,10 +330,6 @@ impl<P: Processor> Engine<P> {
             ready_since: None,
             intake_blocked_since: None,
         }
-    }
-
-    pub fn consumer(&self) -> Arc<StreamConsumer<RuntimeContext>> {
-        self.consumer.clone()
     }
 
     /// Runs until `shutdown` completes, then drains (bounded), commits and returns; dropping the
@@ -678,7 +674,7 @@ impl<P: Processor> Engine<P> {
 
     /// Lag in records and seconds per partition, and the buffers, for /metrics.
     fn report(&mut self) {
-        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let now_ms = now_millis();
         let mut buffered = 0;
         if let Ok(shared) = self.shared.lock() {
             for (tp, state) in &shared.partitions {

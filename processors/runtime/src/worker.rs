@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use formstream_ingest::forms::FormsView;
+use formstream_ingest::forms::{FormsView, now_millis};
 use formstream_schemas::{Codec, Form};
 use tokio::sync::watch;
 
@@ -122,10 +122,6 @@ impl<P: Processor> WorkerContext<P> {
     }
 }
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 /// One job being worked on.
 struct Attempting<V> {
     job: Job,
@@ -135,7 +131,7 @@ struct Attempting<V> {
 /// Runs `jobs` to their end and returns the events for the engine (the last is `WorkerExit`).
 pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> Vec<Event> {
     let mut events = Vec::with_capacity(jobs.len() + 1);
-    let first_attempt_ms = now_ms();
+    let first_attempt_ms = now_millis();
 
     // Decode, and find each record's form.
     let mut active: Vec<Attempting<P::Value>> = Vec::with_capacity(jobs.len());
@@ -384,7 +380,7 @@ async fn dead_letter<P: Processor>(
         message: message.to_owned(),
         attempts,
         first_attempt_ms,
-        last_attempt_ms: now_ms(),
+        last_attempt_ms: now_millis(),
     };
     let mut delay = Duration::from_millis(500);
     loop {
