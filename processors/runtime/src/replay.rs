@@ -14,7 +14,7 @@ use clap::Args;
 use formstream_ingest::config::{KafkaArgs, TopicNames};
 use formstream_ingest::kafka::client_config;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
@@ -236,9 +236,9 @@ fn replay_blocking(args: &ReplayArgs) -> Result<Replayed, ReplayError> {
     for &partition in &partitions {
         list.add_partition(&topic, partition);
     }
-    let committed = consumer
-        .committed_offsets(list, BROKER_TIMEOUT)
-        .map_err(kafka("reading the group's committed offsets"))?;
+    let committed =
+        while_coordinator_settles(|| consumer.committed_offsets(list.clone(), BROKER_TIMEOUT))
+            .map_err(kafka("reading the group's committed offsets"))?;
 
     let targets = target_offsets(&consumer, &topic, &partitions, args.to)?;
     let moves: Vec<Move> = partitions
@@ -283,9 +283,8 @@ fn commit(
         list.add_partition_offset(topic, m.partition, Offset::Offset(m.to))
             .map_err(kafka("building the commit"))?;
     }
-    consumer
-        .commit(&list, CommitMode::Sync)
-        .map_err(|source| match source {
+    while_coordinator_settles(|| consumer.commit(&list, CommitMode::Sync)).map_err(|source| {
+        match source {
             KafkaError::ConsumerCommit(
                 RDKafkaErrorCode::UnknownMemberId
                 | RDKafkaErrorCode::IllegalGeneration
@@ -300,7 +299,33 @@ fn commit(
                 what: "committing the new offsets",
                 source,
             },
-        })
+        }
+    })
+}
+
+/// Runs a group-coordinator request again while the coordinator is still loading or moving (as
+/// just after a broker starts): those errors say "try again", and the request is idempotent.
+fn while_coordinator_settles<T>(mut request: impl FnMut() -> KafkaResult<T>) -> KafkaResult<T> {
+    let deadline = std::time::Instant::now() + BROKER_TIMEOUT;
+    loop {
+        match request() {
+            Err(error)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        error.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::CoordinatorLoadInProgress
+                                | RDKafkaErrorCode::CoordinatorNotAvailable
+                                | RDKafkaErrorCode::NotCoordinator
+                        )
+                    ) =>
+            {
+                tracing::debug!(%error, "Group coordinator not ready; retrying.");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 /// The chosen partitions of `topic` (all when `chosen` is empty), checked against its metadata.
