@@ -280,6 +280,8 @@ pub struct Engine<P: Processor> {
     ready_since: Option<Instant>,
     /// Since when the buffers have been too full to take more records from the consumer.
     intake_blocked_since: Option<Instant>,
+    /// Names of the consumed topics, shared by every record's `Tp`.
+    topic_names: Vec<Arc<str>>,
 }
 
 impl<P: Processor> Engine<P> {
@@ -329,6 +331,7 @@ impl<P: Processor> Engine<P> {
             dirty: HashSet::new(),
             ready_since: None,
             intake_blocked_since: None,
+            topic_names: Vec::new(),
         }
     }
 
@@ -403,10 +406,20 @@ impl<P: Processor> Engine<P> {
         Ok(())
     }
 
+    /// The shared name of a consumed topic (one allocation per topic, not per record).
+    fn topic_name(&mut self, topic: &str) -> Arc<str> {
+        if let Some(name) = self.topic_names.iter().find(|name| ***name == *topic) {
+            return name.clone();
+        }
+        let name: Arc<str> = topic.into();
+        self.topic_names.push(name.clone());
+        name
+    }
+
     /// Tracks a fetched record and queues it behind its key.
     fn on_message(&mut self, message: &BorrowedMessage<'_>) {
         let tp = Tp {
-            topic: message.topic().into(),
+            topic: self.topic_name(message.topic()),
             partition: message.partition(),
         };
         let offset = message.offset();
