@@ -384,10 +384,6 @@ mod tests {
     use super::*;
     use formstream_schemas::{Choice, Question};
 
-    pub(super) fn form_for_costs() -> FormVersion {
-        form()
-    }
-
     fn form() -> FormVersion {
         let q = |key: &str, kind, required, choices: &[&str]| Question {
             key: key.into(),
@@ -562,63 +558,5 @@ mod tests {
             a.digest("f"),
             "a batch item digests like the single request"
         );
-    }
-}
-
-#[cfg(test)]
-mod cost {
-    //! Not a timed assertion: prints what each validation step costs (run with --release --ignored --nocapture).
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore]
-    fn print_step_costs() {
-        let n = 20_000;
-        let region = Some(country::Id::IN);
-        let t = Instant::now();
-        for i in 0..n {
-            std::hint::black_box(normalise_phone(
-                &format!("+91 98765 {:05}", i % 100_000),
-                region,
-            ));
-        }
-        println!("normalise_phone: {:?}/call", t.elapsed() / n);
-        let body: ResponseBody = serde_json::from_value(serde_json::json!({
-            "response_id": "0b9e4a44-2d0c-4c41-9a57-6f2d8b0f4e11",
-            "collector": {"id": "c1", "phone": "+91 98765 43210"},
-            "answers": {"name": "Asha", "income": "12000.50", "phone": "+91 98765 43211", "city": "pune", "langs": ["mr", "hi"]}
-        }))
-        .expect("body");
-        let t = Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(body.digest("form"));
-        }
-        println!("digest: {:?}/call", t.elapsed() / n);
-        let form = tests::form_for_costs();
-        let phones = Phones::default();
-        let t = Instant::now();
-        for _ in 0..n {
-            let _ = std::hint::black_box(validate(
-                &body,
-                &Submission {
-                    organisation: "acme",
-                    form_id: "f1",
-                    form: &form,
-                    revision: 0,
-                    received_at: 1,
-                    max_text_chars: 100,
-                    pointer_prefix: "",
-                    phones: &phones,
-                },
-            ));
-        }
-        println!("validate (2 phones, cached): {:?}/call", t.elapsed() / n);
-        let json = serde_json::to_vec(&body).expect("json");
-        let t = Instant::now();
-        for _ in 0..n {
-            let _ = std::hint::black_box(serde_json::from_slice::<ResponseBody>(&json));
-        }
-        println!("parse body: {:?}/call", t.elapsed() / n);
     }
 }

@@ -1,7 +1,7 @@
-//! A rough measurement of per-record encode and decode cost, printed, never asserted (timings on
-//! shared machines are noise). Run `cargo test --release -p formstream-schemas --test throughput
-//! -- --nocapture` for meaningful numbers.
+//! Per-record encode and decode cost of the codec, printed (a benchmark, not a test: timings on
+//! shared machines are noise). Run `cargo bench -p formstream-schemas --bench codec`.
 
+#[path = "../tests/helpers/mod.rs"]
 mod helpers;
 
 use std::time::Instant;
@@ -36,8 +36,8 @@ async fn measure(codec: &Codec, label: &str) {
     );
 }
 
-#[tokio::test]
-async fn per_record_cost() {
+#[tokio::main]
+async fn main() {
     measure(&Codec::single_object(), "single-object").await;
     let fake = FakeRegistry::start(None).await;
     measure(&Codec::with_registry(fake.config()).unwrap(), "confluent").await;
