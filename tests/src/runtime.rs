@@ -397,6 +397,9 @@ pub struct Behaviour {
     pub target_down: AtomicBool,
     /// Latency of each effect, in milliseconds.
     pub latency_ms: AtomicU64,
+    /// While set, the probe answers even when the target is down: a flapping target, which
+    /// closes the circuit half-way again and again while every effect still fails.
+    pub probe_answers_while_down: AtomicBool,
 }
 
 /// What the test processor saw. Shared between the processor (inside the runtime) and the test.
@@ -539,7 +542,10 @@ impl Processor for TestProcessor {
 
     async fn probe(&self) -> Result<(), anyhow::Error> {
         self.state.probes.fetch_add(1, Ordering::SeqCst);
-        if self.state.behaviour.target_down.load(Ordering::SeqCst) {
+        let behaviour = &self.state.behaviour;
+        if behaviour.target_down.load(Ordering::SeqCst)
+            && !behaviour.probe_answers_while_down.load(Ordering::SeqCst)
+        {
             anyhow::bail!("target is still down");
         }
         Ok(())
