@@ -608,6 +608,23 @@ pub async fn spawn_runtime<P: Processor>(processor: P, config: RuntimeConfig) ->
 }
 
 impl RunningRuntime {
+    /// Waits until the circuit breaker is in `circuit` (0 closed, 1 half-open, 2 open) with
+    /// `paused` partitions paused, as /metrics reports them.
+    pub async fn wait_for_circuit(
+        &self,
+        circuit: f64,
+        paused: f64,
+        deadline: Duration,
+        what: &str,
+    ) {
+        eventually(deadline, what, || async move {
+            let metrics = self.metrics().await;
+            metric_value(&metrics, "formstream_processor_circuit_state", &[]) == circuit
+                && metric_value(&metrics, "formstream_processor_paused_partitions", &[]) == paused
+        })
+        .await;
+    }
+
     /// The /metrics text.
     pub async fn metrics(&self) -> String {
         self.client

@@ -49,20 +49,14 @@ async fn an_outage_longer_than_the_session_timeout_pauses_and_then_drains() {
     // The target goes down, and records keep coming.
     state.set_target_down(true);
     produced.extend(producer.responses(&fresh_responses(&forms, 300)).await);
-    eventually(
-        Duration::from_secs(30),
-        "the circuit opens and the partitions are paused",
-        || {
-            let runtime = &runtime;
-            async move {
-                let metrics = runtime.metrics().await;
-                metric_value(&metrics, "formstream_processor_circuit_state", &[]) == 2.0
-                    && metric_value(&metrics, "formstream_processor_paused_partitions", &[])
-                        == f64::from(PARTITIONS)
-            }
-        },
-    )
-    .await;
+    runtime
+        .wait_for_circuit(
+            2.0,
+            f64::from(PARTITIONS),
+            Duration::from_secs(30),
+            "the circuit opens and the partitions are paused",
+        )
+        .await;
 
     // Hold the outage well past the session timeout, checking all along.
     let opened = Instant::now();
@@ -142,19 +136,14 @@ async fn an_outage_longer_than_the_session_timeout_pauses_and_then_drains() {
     let committed = wait_committed_to_ends(&topics, Duration::from_secs(30)).await;
     assert_committed_not_ahead(&committed, &done, &BTreeMap::new());
 
-    eventually(
-        Duration::from_secs(10),
-        "the circuit closes and the partitions resume",
-        || {
-            let runtime = &runtime;
-            async move {
-                let metrics = runtime.metrics().await;
-                metric_value(&metrics, "formstream_processor_circuit_state", &[]) == 0.0
-                    && metric_value(&metrics, "formstream_processor_paused_partitions", &[]) == 0.0
-            }
-        },
-    )
-    .await;
+    runtime
+        .wait_for_circuit(
+            0.0,
+            0.0,
+            Duration::from_secs(10),
+            "the circuit closes and the partitions resume",
+        )
+        .await;
     let metrics = runtime.metrics().await;
     assert_eq!(
         metric_value(
