@@ -511,12 +511,15 @@ impl<P: Processor> Engine<P> {
             self.in_flight += 1;
             let worker = self.worker.clone();
             let completions = self.completions_tx.clone();
-            tokio::spawn(async move {
+            // The rare, large paths inside `run_jobs` (dead-lettering, waiting for a form or out
+            // a backoff) are boxed, so this task stays small to move and allocate per record.
+            let fut = async move {
                 for event in worker::run_jobs(&worker, jobs).await {
                     // The engine is gone only at shutdown, when completions no longer matter.
                     let _ = completions.send(event);
                 }
-            });
+            };
+            tokio::spawn(fut);
         }
     }
 

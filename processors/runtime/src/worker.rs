@@ -147,7 +147,16 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
         let value = match decoded {
             Ok(value) => value,
             Err(message) => {
-                if dead_letter(ctx, &job, Kind::Undecodable, &message, 0, first_attempt_ms).await {
+                if Box::pin(dead_letter(
+                    ctx,
+                    &job,
+                    Kind::Undecodable,
+                    &message,
+                    0,
+                    first_attempt_ms,
+                ))
+                .await
+                {
                     events.push(Event::Finished(Completion::of(&job)));
                 }
                 continue;
@@ -155,7 +164,7 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
         };
         let form = match value.form_ref() {
             None => None,
-            Some((form_id, version)) => match wait_for_form(ctx, &job, form_id, version).await {
+            Some((form_id, version)) => match find_form(ctx, &job, form_id, version).await {
                 FormLookup::Found(form) => Some(form),
                 FormLookup::Abandoned => continue,
                 FormLookup::Missing => {
@@ -163,8 +172,15 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
                         "form {form_id} version {version} did not appear in the forms view within {:?}",
                         ctx.form_wait
                     );
-                    if dead_letter(ctx, &job, Kind::UnknownForm, &message, 0, first_attempt_ms)
-                        .await
+                    if Box::pin(dead_letter(
+                        ctx,
+                        &job,
+                        Kind::UnknownForm,
+                        &message,
+                        0,
+                        first_attempt_ms,
+                    ))
+                    .await
                     {
                         events.push(Event::Finished(Completion::of(&job)));
                     }
@@ -244,14 +260,14 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
                         error = %message,
                         "Permanent failure; dead-lettering."
                     );
-                    if dead_letter(
+                    if Box::pin(dead_letter(
                         ctx,
                         &attempting.job,
                         Kind::Permanent,
                         &message,
                         attempts,
                         first_attempt_ms,
-                    )
+                    ))
                     .await
                     {
                         events.push(Event::Finished(Completion::of(&attempting.job)));
@@ -289,21 +305,21 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
         match delay {
             Some(delay) => {
                 tracing::debug!(records = retry.len(), attempts, ?delay, error = %last_error, "Retriable failure; retrying.");
-                ctx.pause(delay).await;
+                Box::pin(ctx.pause(delay)).await;
                 active = retry;
             }
             None => {
                 for attempting in retry {
                     let message =
                         format!("retry budget spent after {attempts} attempts: {last_error}");
-                    if dead_letter(
+                    if Box::pin(dead_letter(
                         ctx,
                         &attempting.job,
                         Kind::RetriesExhausted,
                         &message,
                         attempts,
                         first_attempt_ms,
-                    )
+                    ))
                     .await
                     {
                         events.push(Event::Finished(Completion::of(&attempting.job)));
@@ -320,6 +336,20 @@ enum FormLookup {
     Found(Arc<Form>),
     Missing,
     Abandoned,
+}
+
+/// The record's form: from the view at once in the common case, else [`wait_for_form`] (boxed, so
+/// that its state does not weigh on every record's task).
+async fn find_form<P: Processor>(
+    ctx: &WorkerContext<P>,
+    job: &Job,
+    form_id: &str,
+    version: i32,
+) -> FormLookup {
+    match ctx.view.get(form_id) {
+        Some(form) if form.version(version).is_some() => FormLookup::Found(form),
+        _ => Box::pin(wait_for_form(ctx, job, form_id, version)).await,
+    }
 }
 
 /// The record's form, waiting (bounded) for the forms view to catch up with it: a response can
@@ -349,6 +379,13 @@ async fn wait_for_form<P: Processor>(
 
 /// Waits while the circuit is open (or until the engine drains); returns how long it waited.
 async fn wait_while_open<P: Processor>(ctx: &WorkerContext<P>) -> Duration {
+    if *ctx.circuit_tx.borrow() != CircuitState::Open {
+        return Duration::ZERO;
+    }
+    Box::pin(wait_until_closed(ctx)).await
+}
+
+async fn wait_until_closed<P: Processor>(ctx: &WorkerContext<P>) -> Duration {
     let started = Instant::now();
     let mut state = ctx.circuit_tx.subscribe();
     let mut stopping = ctx.stopping.subscribe();

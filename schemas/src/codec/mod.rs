@@ -22,6 +22,7 @@ mod registry;
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
+use std::io::BufRead;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -127,8 +128,35 @@ struct Inner {
     by_id: Mutex<HashMap<u32, Arc<OnceCell<Arc<Writer>>>>>,
     /// Ids this codec registered, by subject and fingerprint, so each schema is registered once.
     registered: Mutex<HashMap<SubjectSchema, Arc<OnceCell<u32>>>>,
-    /// Fingerprints of reader types' schemas, computed once per type.
-    reader_fingerprints: RwLock<HashMap<TypeId, Fingerprint>>,
+    /// Reader types' schemas, prepared once per type.
+    readers: RwLock<HashMap<TypeId, Arc<Reader>>>,
+}
+
+/// A reader type's schema, prepared for decoding.
+struct Reader {
+    fingerprint: Fingerprint,
+    /// The same schema for serde_avro_fast, which deserializes a datum straight into the reader
+    /// type (no intermediate `Value` tree; ~10x cheaper than apache-avro's `read_value` +
+    /// `from_value`). Used only when the payload's writer schema *is* the reader's schema: schema
+    /// resolution between different versions stays with apache-avro. `None` only if the crate
+    /// cannot parse the schema, in which case every decode takes the resolving path.
+    direct: Option<serde_avro_fast::Schema>,
+}
+
+impl Reader {
+    fn of<T: AvroRecord>() -> Reader {
+        let direct = match T::SCHEMA_JSON.parse::<serde_avro_fast::Schema>() {
+            Ok(schema) => Some(schema),
+            Err(e) => {
+                tracing::warn!(record = T::FULL_NAME, error = %e, "schema not usable for direct decoding; decoding through apache-avro");
+                None
+            }
+        };
+        Reader {
+            fingerprint: fingerprint(T::schema()),
+            direct,
+        }
+    }
 }
 
 /// A writer schema, ready to read payloads written with it.
@@ -225,7 +253,7 @@ impl Codec {
                 by_fingerprint: RwLock::new(by_fingerprint),
                 by_id: Mutex::new(HashMap::new()),
                 registered: Mutex::new(HashMap::new()),
-                reader_fingerprints: RwLock::new(HashMap::new()),
+                readers: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -276,7 +304,6 @@ impl Codec {
     pub async fn decode<T: AvroRecord>(&self, payload: &[u8]) -> Result<T, CodecError> {
         let writer = self.writer_of::<T>(payload).await?;
         let datum = payload.get(writer.header_len..).unwrap_or_default();
-        guard::check(&writer.schema, &writer.names, datum).map_err(CodecError::Decode)?;
         if let Some(name) = &writer.full_name
             && name != T::FULL_NAME
         {
@@ -285,11 +312,18 @@ impl Codec {
                 T::FULL_NAME
             )));
         }
+        let reader = self.reader::<T>();
+        if writer.fingerprint == reader.fingerprint
+            && let Some(schema) = &reader.direct
+        {
+            return decode_direct::<T>(datum, schema, &writer);
+        }
+        guard::check(&writer.schema, &writer.names, datum).map_err(CodecError::Decode)?;
         let value = writer
             .reader
             .read_value(&mut &payload[..])
             .map_err(|e| CodecError::Decode(format!("{}: {e}", T::FULL_NAME)))?;
-        let value = if writer.fingerprint == self.reader_fingerprint::<T>() {
+        let value = if writer.fingerprint == reader.fingerprint {
             value
         } else {
             value.resolve(T::schema()).map_err(|e| {
@@ -334,7 +368,7 @@ impl Codec {
                     )));
                 };
                 let id = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-                self.writer_by_id(id).await
+                Box::pin(self.writer_by_id(id)).await
             }
             Some(&other) => Err(CodecError::Decode(format!(
                 "unknown format: first byte {other:#04x} is neither 0xc3 (single-object) nor 0x00 (Confluent)"
@@ -401,19 +435,52 @@ impl Codec {
     }
 
     fn reader_fingerprint<T: AvroRecord>(&self) -> Fingerprint {
+        self.reader::<T>().fingerprint
+    }
+
+    fn reader<T: AvroRecord>(&self) -> Arc<Reader> {
         let key = TypeId::of::<T>();
-        if let Some(fp) = read(&self.inner.reader_fingerprints).get(&key) {
-            return *fp;
+        if let Some(reader) = read(&self.inner.readers).get(&key) {
+            return reader.clone();
         }
-        let fp = fingerprint(T::schema());
-        write(&self.inner.reader_fingerprints).insert(key, fp);
-        fp
+        let reader = Arc::new(Reader::of::<T>());
+        write(&self.inner.readers).insert(key, reader.clone());
+        reader
     }
 }
 
 impl fmt::Debug for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Codec").field(&self.describe()).finish()
+    }
+}
+
+/// Decodes a datum written with the reader's own schema, straight into `T`.
+///
+/// No guard pass on the way in: this decoder reads from the slice with bounds checks, so hostile
+/// lengths and truncation end in an error, never in an allocation (the bad-input tests cover this
+/// path). Only when it fails, or leaves bytes over, does the guard run, to name the problem as
+/// precisely as the resolving path does.
+fn decode_direct<T: AvroRecord>(
+    datum: &[u8],
+    schema: &serde_avro_fast::Schema,
+    writer: &Writer,
+) -> Result<T, CodecError> {
+    let mut state = serde_avro_fast::de::DeserializerState::from_slice(datum, schema);
+    let decoded = T::deserialize(state.deserializer());
+    let left_over = state.into_reader().fill_buf().map_or(0, |rest| rest.len());
+    match decoded {
+        Ok(value) if left_over == 0 => Ok(value),
+        outcome => {
+            guard::check(&writer.schema, &writer.names, datum).map_err(CodecError::Decode)?;
+            Err(CodecError::Decode(match outcome {
+                Err(e) => format!("{}: {e}", T::FULL_NAME),
+                Ok(_) => format!(
+                    "{}: {left_over} trailing bytes after the datum",
+                    T::FULL_NAME
+                ),
+            }))
+        }
     }
 }
 
