@@ -80,8 +80,7 @@ impl FakeServer {
         let listener = loop {
             match TcpListener::bind(self.address).await {
                 Ok(listener) => break listener,
-                Err(error) if std::time::Instant::now() < deadline => {
-                    let _ = error;
+                Err(_) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(error) => panic!("rebinding {}: {error}", self.address),
