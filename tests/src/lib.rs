@@ -7,6 +7,8 @@
 //! sleeps for a fixed time to wait for something: every wait polls a condition until a deadline.
 
 pub mod runtime;
+pub mod twilio_fake;
+pub mod webhook_receiver;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
