@@ -38,6 +38,8 @@ fn form() -> FormVersion {
             question("langs", QuestionType::MultipleChoice, &["hi", "mr", "en"]),
         ],
         metadata_json: "{}".into(),
+        rules: vec![],
+        notify: Default::default(),
         created_at: 0,
     }
 }
