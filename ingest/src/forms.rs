@@ -444,6 +444,19 @@ fn rules_of(
         .map(|(i, r)| {
             let expression = match (&r.expression, &r.constraint) {
                 (Some(expression), None) => expression.clone(),
+                // What GET shows for a constraint rule: accepted back unchanged, so that a client
+                // can PUT a form it fetched.
+                (Some(expression), Some(constraint))
+                    if translate_constraint(
+                        constraint,
+                        r.question_keys.first().map(String::as_str),
+                        questions,
+                    )
+                    .as_ref()
+                        == Ok(expression) =>
+                {
+                    expression.clone()
+                }
                 (None, Some(constraint)) => {
                     let first = r.question_keys.first().map(String::as_str);
                     translate_constraint(constraint, first, questions).unwrap_or_else(|detail| {
@@ -459,7 +472,7 @@ fn rules_of(
                     problems.push(FieldProblem::new(
                         format!("/rules/{i}"),
                         "expression_or_constraint",
-                        "a rule has either an expression (CEL) or a constraint (XLSForm), not both or neither",
+                        "a rule has either an expression (CEL) or a constraint (XLSForm); both only as GET shows them, the expression being the constraint's translation",
                     ));
                     PLACEHOLDER.to_owned()
                 }
@@ -731,6 +744,51 @@ mod tests {
                 ("/questions/2/choices", "not_allowed"),
             ]
         );
+    }
+
+    #[test]
+    fn a_form_with_rules_round_trips_through_its_view() {
+        let json = serde_json::json!({
+            "title": "Household survey",
+            "questions": [
+                {"key": "income", "text": "Monthly income", "type": "number"},
+                {"key": "savings", "text": "Monthly savings", "type": "number"}
+            ],
+            "rules": [
+                {"id": "cap", "constraint": ". <= ${income}", "message": "m", "question_keys": ["savings"]},
+                {"id": "cel", "expression": "income >= 0", "message": "m"}
+            ],
+            "notify": {"webhook_url": "http://localhost:8081/hook"}
+        });
+        let version = build_version(&body(json), 1, 0).expect("valid");
+        assert_eq!(version.rules[0].expression, "savings <= income");
+        let form = Form {
+            id: "f".into(),
+            organisation: "o".into(),
+            created_at: 0,
+            versions: vec![version.clone()],
+        };
+        // What GET shows, PUT back, builds the same version.
+        let mut shown = serde_json::to_value(FormView::of(&form, &version)).expect("view");
+        for field in ["id", "organisation", "version", "created_at", "updated_at"] {
+            shown.as_object_mut().expect("object").remove(field);
+        }
+        let again = build_version(&body(shown), 1, 0).expect("the view is a valid body");
+        assert_eq!(again, version);
+
+        let mismatched = serde_json::json!({
+            "title": "t",
+            "questions": [{"key": "income", "text": "Income", "type": "number"}],
+            "rules": [{"id": "r", "expression": "true", "constraint": ". > 0", "message": "m",
+                       "question_keys": ["income"]}],
+            "notify": {"webhook_url": "ftp://example.org/x"}
+        });
+        let problems = build_version(&body(mismatched), 1, 0).expect_err("invalid");
+        assert_eq!(problems[0].pointer, "/rules/0");
+        assert_eq!(problems[0].code, "expression_or_constraint");
+        assert_eq!(problems[1].pointer, "/notify/webhook_url");
+        assert_eq!(problems[1].code, "invalid_webhook_url");
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]
