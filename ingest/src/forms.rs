@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
-use formstream_schemas::{Choice, Codec, Form, FormVersion, Question, QuestionType};
+use formstream_schemas::{Choice, Codec, Form, FormVersion, Notify, Question, QuestionType, Rule};
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -26,6 +26,7 @@ use crate::config::KafkaArgs;
 use crate::error::FieldProblem;
 use crate::kafka::{client_config, partition_count};
 use crate::metrics::Metrics;
+use crate::rules::{RuleSet, translate_constraint};
 
 static FORM_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$").expect("valid regex"));
@@ -38,6 +39,8 @@ const MAX_QUESTIONS: usize = 500;
 const MAX_CHOICES: usize = 500;
 const MAX_TITLE_CHARS: usize = 500;
 const MAX_DESCRIPTION_CHARS: usize = 10_000;
+/// Longer URLs than this are refused by common HTTP servers anyway.
+const MAX_WEBHOOK_URL_CHARS: usize = 2_048;
 
 /// A question as the API takes and shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +99,31 @@ pub struct ChoiceBody {
     pub text: String,
 }
 
+/// A business rule as the API takes and shows it: CEL in `expression`, or an XLSForm
+/// `constraint` that the gateway translates to CEL (and then shows both).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
+    pub message: String,
+    #[serde(default)]
+    pub question_keys: Vec<String>,
+}
+
+/// Who is told about flagged responses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyBody {
+    #[serde(default)]
+    pub sms_collector: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+}
+
 /// The body of `POST /v1/forms` and `PUT /v1/forms/{id}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +139,10 @@ pub struct FormBody {
     pub questions: Vec<QuestionBody>,
     #[serde(default)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub rules: Vec<RuleBody>,
+    #[serde(default)]
+    pub notify: NotifyBody,
 }
 
 /// A form version as the API shows it.
@@ -125,6 +157,8 @@ pub struct FormView {
     pub default_region: Option<String>,
     pub questions: Vec<QuestionBody>,
     pub metadata: serde_json::Value,
+    pub rules: Vec<RuleBody>,
+    pub notify: NotifyBody,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -159,6 +193,21 @@ impl FormView {
                 .collect(),
             metadata: serde_json::from_str(&version.metadata_json)
                 .unwrap_or_else(|_| serde_json::Value::Object(Default::default())),
+            rules: version
+                .rules
+                .iter()
+                .map(|r| RuleBody {
+                    id: r.id.clone(),
+                    expression: Some(r.expression.clone()),
+                    constraint: r.constraint.clone(),
+                    message: r.message.clone(),
+                    question_keys: r.question_keys.clone(),
+                })
+                .collect(),
+            notify: NotifyBody {
+                sms_collector: version.notify.sms_collector,
+                webhook_url: version.notify.webhook_url.clone(),
+            },
             created_at: rfc3339(form.created_at),
             updated_at: rfc3339(version.created_at),
         }
@@ -322,37 +371,147 @@ pub fn build_version(
             _ => {}
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
+    let questions: Vec<Question> = body
+        .questions
+        .iter()
+        .map(|q| Question {
+            key: q.key.clone(),
+            text: q.text.clone(),
+            kind: q.kind.into(),
+            required: q.required,
+            choices: q
+                .choices
+                .iter()
+                .map(|c| Choice {
+                    key: c.key.clone(),
+                    text: c.text.clone(),
+                })
+                .collect(),
+            max_length: q.max_length,
+        })
+        .collect();
+    let rules = rules_of(body, &questions, &mut problems);
+    if let Some(url) = &body.notify.webhook_url
+        && let Err(detail) = check_webhook_url(url)
+    {
+        problems.push(FieldProblem::new(
+            "/notify/webhook_url",
+            "invalid_webhook_url",
+            detail,
+        ));
     }
-    Ok(FormVersion {
+    let version = FormVersion {
         version,
         title: body.title.trim().to_owned(),
         description: body.description.clone(),
         default_region: body.default_region.as_ref().map(|r| r.to_ascii_uppercase()),
-        questions: body
-            .questions
-            .iter()
-            .map(|q| Question {
-                key: q.key.clone(),
-                text: q.text.clone(),
-                kind: q.kind.into(),
-                required: q.required,
-                choices: q
-                    .choices
-                    .iter()
-                    .map(|c| Choice {
-                        key: c.key.clone(),
-                        text: c.text.clone(),
-                    })
-                    .collect(),
-                max_length: q.max_length,
-            })
-            .collect(),
+        questions,
         metadata_json: serde_json::Value::Object(body.metadata.clone().unwrap_or_default())
             .to_string(),
+        rules,
+        notify: Notify {
+            sms_collector: body.notify.sms_collector,
+            webhook_url: body.notify.webhook_url.clone(),
+        },
         created_at: now,
-    })
+    };
+    // The same compile the validate processor runs: a rule stored is a rule it can evaluate.
+    if let Err(found) = RuleSet::compile(&version) {
+        problems.extend(
+            found
+                .into_iter()
+                .map(|p| FieldProblem::new(p.pointer, p.code, p.detail)),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(version)
+}
+
+/// The body's rules as stored: XLSForm constraints translated to CEL. A rule that cannot become
+/// CEL is reported and kept as a placeholder that always holds, so that every later problem still
+/// points at its own rule's index.
+fn rules_of(
+    body: &FormBody,
+    questions: &[Question],
+    problems: &mut Vec<FieldProblem>,
+) -> Vec<Rule> {
+    const PLACEHOLDER: &str = "true";
+    body.rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let expression = match (&r.expression, &r.constraint) {
+                (Some(expression), None) => expression.clone(),
+                // What GET shows for a constraint rule: accepted back unchanged, so that a client
+                // can PUT a form it fetched.
+                (Some(expression), Some(constraint))
+                    if translate_constraint(
+                        constraint,
+                        r.question_keys.first().map(String::as_str),
+                        questions,
+                    )
+                    .as_ref()
+                        == Ok(expression) =>
+                {
+                    expression.clone()
+                }
+                (None, Some(constraint)) => {
+                    let first = r.question_keys.first().map(String::as_str);
+                    translate_constraint(constraint, first, questions).unwrap_or_else(|detail| {
+                        problems.push(FieldProblem::new(
+                            format!("/rules/{i}/constraint"),
+                            "untranslatable_constraint",
+                            detail,
+                        ));
+                        PLACEHOLDER.to_owned()
+                    })
+                }
+                _ => {
+                    problems.push(FieldProblem::new(
+                        format!("/rules/{i}"),
+                        "expression_or_constraint",
+                        "a rule has either an expression (CEL) or a constraint (XLSForm); both only as GET shows them, the expression being the constraint's translation",
+                    ));
+                    PLACEHOLDER.to_owned()
+                }
+            };
+            Rule {
+                id: r.id.clone(),
+                expression,
+                constraint: r.constraint.clone(),
+                message: r.message.clone(),
+                question_keys: r.question_keys.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Webhooks carry response data, so they go over TLS. Plain http is allowed only to this machine
+/// (loopback), which is what local development and the tests' receivers use.
+fn check_webhook_url(raw: &str) -> Result<(), String> {
+    if raw.chars().count() > MAX_WEBHOOK_URL_CHARS {
+        return Err(format!("at most {MAX_WEBHOOK_URL_CHARS} characters"));
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials do not belong in the URL; webhooks are signed instead".to_owned());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err("the URL has no host".to_owned()),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(
+            "webhooks are sent over https; http is allowed only to loopback hosts (localhost, 127.0.0.1, [::1])"
+                .to_owned(),
+        ),
+    }
 }
 
 /// Every form the gateway knows, as read from the forms topic (plus its own acknowledged writes).
@@ -588,6 +747,51 @@ mod tests {
     }
 
     #[test]
+    fn a_form_with_rules_round_trips_through_its_view() {
+        let json = serde_json::json!({
+            "title": "Household survey",
+            "questions": [
+                {"key": "income", "text": "Monthly income", "type": "number"},
+                {"key": "savings", "text": "Monthly savings", "type": "number"}
+            ],
+            "rules": [
+                {"id": "cap", "constraint": ". <= ${income}", "message": "m", "question_keys": ["savings"]},
+                {"id": "cel", "expression": "income >= 0", "message": "m"}
+            ],
+            "notify": {"webhook_url": "http://localhost:8081/hook"}
+        });
+        let version = build_version(&body(json), 1, 0).expect("valid");
+        assert_eq!(version.rules[0].expression, "savings <= income");
+        let form = Form {
+            id: "f".into(),
+            organisation: "o".into(),
+            created_at: 0,
+            versions: vec![version.clone()],
+        };
+        // What GET shows, PUT back, builds the same version.
+        let mut shown = serde_json::to_value(FormView::of(&form, &version)).expect("view");
+        for field in ["id", "organisation", "version", "created_at", "updated_at"] {
+            shown.as_object_mut().expect("object").remove(field);
+        }
+        let again = build_version(&body(shown), 1, 0).expect("the view is a valid body");
+        assert_eq!(again, version);
+
+        let mismatched = serde_json::json!({
+            "title": "t",
+            "questions": [{"key": "income", "text": "Income", "type": "number"}],
+            "rules": [{"id": "r", "expression": "true", "constraint": ". > 0", "message": "m",
+                       "question_keys": ["income"]}],
+            "notify": {"webhook_url": "ftp://example.org/x"}
+        });
+        let problems = build_version(&body(mismatched), 1, 0).expect_err("invalid");
+        assert_eq!(problems[0].pointer, "/rules/0");
+        assert_eq!(problems[0].code, "expression_or_constraint");
+        assert_eq!(problems[1].pointer, "/notify/webhook_url");
+        assert_eq!(problems[1].code, "invalid_webhook_url");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
     fn the_view_never_goes_back() {
         let view = FormsView::default();
         let v = |n| FormVersion {
@@ -597,6 +801,8 @@ mod tests {
             default_region: None,
             questions: vec![],
             metadata_json: "{}".into(),
+            rules: vec![],
+            notify: Default::default(),
             created_at: 0,
         };
         let form = |versions| Form {

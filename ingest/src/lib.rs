@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
 pub mod responses;
+pub mod rules;
 pub mod tail;
 
 use std::future::Future;

@@ -422,6 +422,8 @@ mod tests {
                 ),
             ],
             metadata_json: "{}".into(),
+            rules: vec![],
+            notify: Default::default(),
             created_at: 0,
         }
     }

@@ -38,6 +38,9 @@ pub struct FormVersion {
     pub default_region: Option<String>,
     pub questions: Vec<Question>,
     pub metadata_json: String,
+    /// Checked by the validate processor against every response of this version, in order.
+    pub rules: Vec<Rule>,
+    pub notify: Notify,
     pub created_at: TimestampMillis,
 }
 
@@ -75,6 +78,26 @@ impl QuestionType {
             QuestionType::SingleChoice | QuestionType::MultipleChoice
         )
     }
+}
+
+/// A business rule over the answers; its semantics are defined in formstream-ingest's `rules`
+/// module, which both the gateway (at save time) and the validate processor use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub id: String,
+    /// CEL, always; a rule written as an XLSForm constraint is stored translated.
+    pub expression: String,
+    /// The XLSForm constraint as the designer wrote it, so that the API shows it back unchanged.
+    pub constraint: Option<String>,
+    pub message: String,
+    pub question_keys: Vec<String>,
+}
+
+/// Who is told when a response is flagged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    pub sms_collector: bool,
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,8 @@
-//! Schema evolution: `Response` v2 (fixture `response-v2.avsc`) adds `channel` with default "app".
+//! Schema evolution: `Response` v2 (fixture `response-v2.avsc`) adds `channel` with default "app";
+//! the current `Form` added `rules` and `notify` to the `Form` of fixture `form-v1.avsc`.
 //!
-//! Invariant checked: BACKWARD (a v2 reader reads v1 data and sees the default) and FORWARD (the
-//! current v1 reader reads v2 data and ignores the new field), in both wire formats.
+//! Invariant checked: BACKWARD (a newer reader reads older data and sees the defaults) and FORWARD
+//! (an older reader reads newer data and ignores the new fields), in both wire formats.
 
 mod helpers;
 
@@ -120,4 +121,53 @@ async fn an_incompatible_schema_is_refused_with_a_clear_permanent_registry_error
             .contains("/subjects/responses-value/versions"),
         "{err}"
     );
+}
+
+/// Forms written before rules existed are still on the compacted forms topic; a gateway or
+/// processor with the current schema must read them as forms without rules or notifications.
+#[tokio::test]
+async fn forms_written_before_rules_read_with_no_rules_and_no_notifications() {
+    let current = forms()[1].clone();
+    let old = FormV1::from_current(current.clone());
+    let bytes = Codec::single_object()
+        .encoder::<FormV1>("forms")
+        .await
+        .unwrap()
+        .encode(&old)
+        .unwrap();
+
+    let consumer = Codec::single_object_with_writers(vec![FORM_V1.clone()]);
+    let read: Form = consumer.decode(&bytes).await.unwrap();
+    let mut expected = current;
+    for version in &mut expected.versions {
+        version.rules.clear();
+        version.notify = Notify::default();
+    }
+    assert_eq!(read, expected);
+    assert!(read.versions.iter().all(|v| v.rules.is_empty()));
+}
+
+#[tokio::test]
+async fn a_reader_from_before_rules_reads_forms_with_rules_ignoring_them() {
+    let current = forms()[1].clone();
+    assert!(
+        !current.versions[1].rules.is_empty(),
+        "the fixture has rules"
+    );
+    let fake = FakeRegistry::start(None).await;
+    fake.register("forms-value", FormV1::SCHEMA_JSON).await;
+    let bytes = Codec::with_registry(fake.config())
+        .unwrap()
+        .encoder::<Form>("forms")
+        .await
+        .unwrap()
+        .encode(&current)
+        .unwrap();
+
+    let read: FormV1 = Codec::with_registry(fake.config())
+        .unwrap()
+        .decode(&bytes)
+        .await
+        .unwrap();
+    assert_eq!(read, FormV1::from_current(current));
 }

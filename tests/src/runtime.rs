@@ -189,6 +189,8 @@ pub fn test_form(id: &str) -> Form {
                 max_length: None,
             }],
             metadata_json: "{}".to_owned(),
+            rules: Vec::new(),
+            notify: Default::default(),
             created_at: now,
         }],
     }

@@ -39,6 +39,8 @@ pub fn forms() -> Vec<Form> {
         default_region: None,
         questions: vec![],
         metadata_json: "{}".into(),
+        rules: vec![],
+        notify: Notify::default(),
         created_at: 1_700_000_000_000,
     };
     let v2 = FormVersion {
@@ -64,6 +66,26 @@ pub fn forms() -> Vec<Form> {
             q("phone", QuestionType::Phone, vec![], None),
         ],
         metadata_json: r#"{"theme":"dark"}"#.into(),
+        rules: vec![
+            Rule {
+                id: "savings-le-income".into(),
+                expression: "monthly_savings <= monthly_income".into(),
+                constraint: None,
+                message: "Savings cannot exceed income".into(),
+                question_keys: vec!["monthly_savings".into(), "monthly_income".into()],
+            },
+            Rule {
+                id: "income-cap".into(),
+                expression: "monthly_income <= 1000000.0".into(),
+                constraint: Some(". <= 1000000".into()),
+                message: "Check the income".into(),
+                question_keys: vec!["monthly_income".into()],
+            },
+        ],
+        notify: Notify {
+            sms_collector: true,
+            webhook_url: Some("https://hooks.example.org/flags".into()),
+        },
         created_at: 1_700_000_100_000,
     };
     vec![
@@ -431,4 +453,61 @@ pub fn rabin_from_spec(data: &[u8]) -> u64 {
         fp = (fp >> 8) ^ table[((fp ^ u64::from(b)) & 0xff) as usize];
     }
     fp
+}
+
+/// `Form` as it was before rules and notification settings were added (fixture `form-v1.avsc`).
+pub const FORM_V1_JSON: &str = include_str!("../fixtures/form-v1.avsc");
+
+pub static FORM_V1: LazyLock<Schema> =
+    LazyLock::new(|| Schema::parse_str(FORM_V1_JSON).expect("fixture parses"));
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormV1 {
+    pub id: String,
+    pub organisation: String,
+    pub created_at: i64,
+    pub versions: Vec<FormVersionV1>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormVersionV1 {
+    pub version: i32,
+    pub title: String,
+    pub description: String,
+    pub default_region: Option<String>,
+    pub questions: Vec<Question>,
+    pub metadata_json: String,
+    pub created_at: i64,
+}
+
+impl FormV1 {
+    /// The current form without what v1 did not have.
+    pub fn from_current(form: Form) -> Self {
+        FormV1 {
+            id: form.id,
+            organisation: form.organisation,
+            created_at: form.created_at,
+            versions: form
+                .versions
+                .into_iter()
+                .map(|v| FormVersionV1 {
+                    version: v.version,
+                    title: v.title,
+                    description: v.description,
+                    default_region: v.default_region,
+                    questions: v.questions,
+                    metadata_json: v.metadata_json,
+                    created_at: v.created_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl AvroRecord for FormV1 {
+    const FULL_NAME: &'static str = "io.formstream.v1.Form";
+    const SCHEMA_JSON: &'static str = FORM_V1_JSON;
+    fn schema() -> &'static Schema {
+        &FORM_V1
+    }
 }
