@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod follow;
 pub mod forms;
 pub mod http;
 pub mod idempotency;
