@@ -52,6 +52,8 @@ pub enum ApiError {
     },
     #[error("the forms view is still loading")]
     NotReady { retry_after_secs: u64 },
+    #[error("the flags view is still loading")]
+    FlagsNotReady { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -79,9 +81,9 @@ impl ApiError {
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            ApiError::Unavailable { .. } | ApiError::NotReady { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable { .. }
+            | ApiError::NotReady { .. }
+            | ApiError::FlagsNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,7 +104,9 @@ impl ApiError {
                 ("/problems/precondition-failed", "Precondition failed")
             }
             ApiError::Unavailable { .. } => ("/problems/unavailable", "Service unavailable"),
-            ApiError::NotReady { .. } => ("/problems/not-ready", "Service not ready"),
+            ApiError::NotReady { .. } | ApiError::FlagsNotReady { .. } => {
+                ("/problems/not-ready", "Service not ready")
+            }
             ApiError::Internal(_) => ("/problems/internal", "Internal error"),
         };
         let detail = match self {
@@ -149,7 +153,8 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable {
                 retry_after_secs, ..
             }
-            | ApiError::NotReady { retry_after_secs } => {
+            | ApiError::NotReady { retry_after_secs }
+            | ApiError::FlagsNotReady { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             ApiError::Unauthorized => {

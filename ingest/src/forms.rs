@@ -8,14 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
-use std::time::Duration;
 
 use formstream_schemas::{Choice, Codec, Form, FormVersion, Notify, Question, QuestionType, Rule};
 use rdkafka::Message;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::error::KafkaError;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -24,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::KafkaArgs;
 use crate::error::FieldProblem;
-use crate::kafka::{client_config, partition_count};
+use crate::follow::{Followed, TopicFollower};
 use crate::metrics::Metrics;
 use crate::rules::{RuleSet, translate_constraint};
 
@@ -577,22 +573,6 @@ impl FormsView {
     }
 }
 
-/// The view consumer's context: end-of-partition is how the view learns it has caught up, so it is
-/// not an error worth logging; everything else is logged as librdkafka reports it.
-struct ViewContext;
-
-impl ClientContext for ViewContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_))
-            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
-        {
-            tracing::error!(%error, reason, "Kafka error in the forms view consumer.");
-        }
-    }
-}
-
-impl ConsumerContext for ViewContext {}
-
 /// Reads the whole forms topic into `view`, marks it ready once caught up, then follows new records
 /// until `shutdown` changes.
 pub async fn follow_forms_topic(
@@ -603,48 +583,14 @@ pub async fn follow_forms_topic(
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), KafkaError> {
-    let consumer: StreamConsumer<ViewContext> = client_config(&kafka)
-        // Every instance reads every partition itself, so no group coordination is wanted: the
-        // group id is only a librdkafka requirement and nothing is ever committed.
-        .set(
-            "group.id",
-            format!("formstream-gateway-view-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(ViewContext)?;
-
-    // Wait for the topic's metadata: the broker may still be starting.
-    let partitions = loop {
-        match partition_count(consumer.client(), &topic, Duration::from_secs(5)) {
-            Ok(count) if count > 0 => break count as i32,
-            Ok(_) => tracing::warn!(%topic, "Forms topic not found yet; retrying."),
-            Err(error) => {
-                tracing::warn!(%topic, %error, "Could not read forms topic metadata; retrying.")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+    let Some(mut follower) =
+        TopicFollower::start(&kafka, &topic, "forms", &[], &mut shutdown).await?
+    else {
+        return Ok(());
     };
-
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let mut at_end: HashSet<i32> = HashSet::new();
-    tracing::info!(%topic, partitions, "Loading forms view.");
-
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            message = consumer.recv() => message,
-        };
-        match message {
-            Ok(message) => match message.payload() {
+    while let Some(followed) = follower.next(&mut shutdown).await {
+        match followed {
+            Followed::Record(message) => match message.payload() {
                 None => {
                     if let Some(Ok(id)) = message.key_view::<str>() {
                         view.remove(id);
@@ -664,22 +610,14 @@ pub async fn follow_forms_topic(
                     }
                 },
             },
-            Err(KafkaError::PartitionEOF(partition)) => {
-                if !view.is_ready()
-                    && at_end.insert(partition)
-                    && at_end.len() == partitions as usize
-                {
-                    view.set_ready();
-                    tracing::info!(%topic, forms = view.len(), "Forms view caught up; ready.");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%topic, %error, "Error while following the forms topic.");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Followed::CaughtUp => {
+                view.set_ready();
+                tracing::info!(%topic, forms = view.len(), "Forms view caught up; ready.");
             }
         }
         metrics.forms_view(view.is_ready(), view.len());
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::auth::{ApiKeys, Caller, HasApiKeys};
 use crate::error::{ApiError, FieldProblem};
+use crate::flags::{FlagList, FlagsQuery, FlagsView};
 use crate::forms::{FormBody, FormView, FormsView, build_version, now_millis};
 use crate::idempotency::{Claim, Key, Submissions};
 use crate::kafka::{Delivered, PublishError, Publisher};
@@ -38,6 +39,8 @@ pub struct AppState {
 pub struct Inner {
     pub keys: ApiKeys,
     pub view: Arc<FormsView>,
+    /// Flagged responses, for `GET /v1/forms/{form_id}/flags`.
+    pub flags: Arc<FlagsView>,
     pub publisher: Publisher,
     pub forms_topic: String,
     pub responses_topic: String,
@@ -78,6 +81,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/v1/forms/{form_id}/responses/{response_id}",
             axum::routing::put(correct_response),
         )
+        .route("/v1/forms/{form_id}/flags", get(list_flags))
         .route("/v1/responses/batch", post(submit_batch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -715,4 +719,45 @@ async fn submit_batch(
         results,
     };
     Ok((StatusCode::MULTI_STATUS, axum::Json(summary)).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags
+
+/// A form's flagged responses, open or resolved, a page at a time.
+///
+/// Served from the flags view, which follows the response-flags topic on its own: until it has
+/// caught up, this answers 503 with `Retry-After` rather than a partial list. `/readyz` does not
+/// wait for it, on purpose: accepting responses does not depend on flags, and a long flags topic
+/// must not keep a restarted gateway out of its load balancer.
+async fn list_flags(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(form_id): Path<String>,
+    query: Result<Query<FlagsQuery>, QueryRejection>,
+) -> Result<axum::Json<FlagList>, ApiError> {
+    require_ready(&state)?;
+    let form = own_form(&state, &caller, &form_id)?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::Invalid(vec![FieldProblem::new(
+            "",
+            "invalid_query",
+            rejection.body_text(),
+        )])
+    })?;
+    let listing = query.check().map_err(ApiError::Invalid)?;
+    let flags = &state.inner.flags;
+    if !flags.is_ready() {
+        return Err(ApiError::FlagsNotReady {
+            retry_after_secs: state.inner.retry_after_secs,
+        });
+    }
+    let page = flags.page(
+        &form.id,
+        &form.organisation,
+        listing.status,
+        listing.after.as_ref(),
+        listing.limit,
+    );
+    Ok(axum::Json(FlagList::of(&form.id, listing.status, page)))
 }

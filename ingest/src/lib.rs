@@ -7,6 +7,8 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod flags;
+pub mod follow;
 pub mod forms;
 pub mod http;
 pub mod idempotency;
@@ -28,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::auth::ApiKeys;
 use crate::config::{GatewayConfig, RegistryArgs};
+use crate::flags::FlagsView;
 use crate::forms::FormsView;
 use crate::http::{AppState, Inner};
 use crate::kafka::{Publisher, ensure_topics, spine_topics};
@@ -94,6 +97,16 @@ pub async fn run(
         codec.clone(),
         view.clone(),
         metrics.clone(),
+        view_stopped.clone(),
+    ));
+    // Not waited for by /readyz: see `http::list_flags`.
+    let flags = Arc::new(FlagsView::default());
+    let flags_follower = tokio::spawn(flags::follow_flags_topic(
+        config.kafka.clone(),
+        config.topics.flags_topic.clone(),
+        codec.clone(),
+        flags.clone(),
+        metrics.clone(),
         view_stopped,
     ));
 
@@ -101,6 +114,7 @@ pub async fn run(
     let state = AppState::new(Inner {
         keys,
         view,
+        flags,
         publisher: publisher.clone(),
         forms_topic: config.topics.forms_topic.clone(),
         responses_topic: config.topics.responses_topic.clone(),
@@ -144,10 +158,12 @@ pub async fn run(
     if let Err(error) = flushed {
         tracing::warn!(%error, "Producer flush did not complete.");
     }
-    match follower.await {
-        Ok(Err(error)) => tracing::warn!(%error, "Forms view follower stopped with an error."),
-        Err(error) => tracing::warn!(%error, "Forms view follower panicked."),
-        Ok(Ok(())) => {}
+    for (view, follower) in [("forms", follower), ("flags", flags_follower)] {
+        match follower.await {
+            Ok(Err(error)) => tracing::warn!(view, %error, "View follower stopped with an error."),
+            Err(error) => tracing::warn!(view, %error, "View follower panicked."),
+            Ok(Ok(())) => {}
+        }
     }
     tracing::info!("Gateway stopped.");
     Ok(())

@@ -29,6 +29,10 @@ pub struct Metrics {
     forms_view_ready: IntGauge,
     forms_view_forms: IntGauge,
     forms_view_decode_errors: IntCounterVec,
+    flags_view_ready: IntGauge,
+    flags_view_responses: IntGauge,
+    flags_view_open: IntGauge,
+    flags_view_decode_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -96,6 +100,29 @@ impl Metrics {
             &["topic"],
         )
         .expect("static metric definition");
+        let flags_view_ready = IntGauge::new(
+            "formstream_gateway_flags_view_ready",
+            "1 once the flags view has caught up with the response-flags topic.",
+        )
+        .expect("static metric definition");
+        let flags_view_responses = IntGauge::new(
+            "formstream_gateway_flags_view_responses",
+            "Responses held in the flags view: every response ever flagged, open or resolved.",
+        )
+        .expect("static metric definition");
+        let flags_view_open = IntGauge::new(
+            "formstream_gateway_flags_view_open",
+            "Responses whose flag is open in the flags view.",
+        )
+        .expect("static metric definition");
+        let flags_view_decode_errors = IntCounterVec::new(
+            Opts::new(
+                "formstream_gateway_flags_view_decode_errors_total",
+                "Records of the response-flags topic that could not be decoded and were skipped.",
+            ),
+            &["topic"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -106,6 +133,10 @@ impl Metrics {
             Box::new(forms_view_ready.clone()),
             Box::new(forms_view_forms.clone()),
             Box::new(forms_view_decode_errors.clone()),
+            Box::new(flags_view_ready.clone()),
+            Box::new(flags_view_responses.clone()),
+            Box::new(flags_view_open.clone()),
+            Box::new(flags_view_decode_errors.clone()),
         ] {
             registry
                 .register(collector)
@@ -122,6 +153,10 @@ impl Metrics {
             forms_view_ready,
             forms_view_forms,
             forms_view_decode_errors,
+            flags_view_ready,
+            flags_view_responses,
+            flags_view_open,
+            flags_view_decode_errors,
         }
     }
 
@@ -162,6 +197,18 @@ impl Metrics {
 
     pub fn forms_view_decode_error(&self, topic: &str) {
         self.forms_view_decode_errors
+            .with_label_values(&[topic])
+            .inc();
+    }
+
+    pub fn flags_view(&self, ready: bool, responses: usize, open: usize) {
+        self.flags_view_ready.set(i64::from(ready));
+        self.flags_view_responses.set(responses as i64);
+        self.flags_view_open.set(open as i64);
+    }
+
+    pub fn flags_view_decode_error(&self, topic: &str) {
+        self.flags_view_decode_errors
             .with_label_values(&[topic])
             .inc();
     }

@@ -82,7 +82,8 @@ pub struct GatewayOptions {
     pub topics: Option<Topics>,
     /// Partitions of the responses topic. Several, so that partitioning by key is observable.
     pub responses_partitions: i32,
-    /// Extra `formstream gateway` flags, e.g. `["--max-body-bytes", "2048"]`.
+    /// Extra `formstream gateway` flags, e.g. `["--max-body-bytes", "2048"]` or
+    /// `["--create-topics", "false"]` (topics are created by default).
     pub extra_args: Vec<String>,
 }
 
@@ -153,8 +154,6 @@ pub async fn spawn_gateway(options: GatewayOptions) -> TestGateway {
         options.responses_partitions.to_string(),
         "--forms-partitions".into(),
         "2".into(),
-        "--create-topics".into(),
-        "true".into(),
         "--api-keys-file".into(),
         keys_file.to_string_lossy().into_owned(),
         // Keep shutdown quick in tests; nothing is in flight when they stop a gateway.
