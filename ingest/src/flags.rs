@@ -540,6 +540,7 @@ mod tests {
             organisation: "acme".into(),
             revision,
             collector_id: format!("collector-{revision}"),
+            collector_phone: None,
             status,
             violations: match status {
                 FlagStatus::Clean => Vec::new(),

@@ -150,6 +150,7 @@ pub struct ResponseFlag {
     pub organisation: String,
     pub revision: i32,
     pub collector_id: String,
+    pub collector_phone: Option<String>,
     pub status: FlagStatus,
     pub violations: Vec<Violation>,
     pub evaluated_at: TimestampMillis,

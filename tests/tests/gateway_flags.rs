@@ -92,6 +92,7 @@ fn outcome(
         organisation: "acme".to_owned(),
         revision,
         collector_id: "collector-7".to_owned(),
+        collector_phone: None,
         status: if flagged {
             FlagStatus::Flagged
         } else {

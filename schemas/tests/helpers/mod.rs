@@ -160,6 +160,7 @@ pub fn flags() -> Vec<ResponseFlag> {
             organisation: "org".into(),
             revision: 0,
             collector_id: "c-1".into(),
+            collector_phone: None,
             status: FlagStatus::Clean,
             violations: vec![],
             evaluated_at: 1_700_000_300_000,
@@ -171,6 +172,7 @@ pub fn flags() -> Vec<ResponseFlag> {
             organisation: "org".into(),
             revision: 1,
             collector_id: "c-2".into(),
+            collector_phone: Some("+919876543210".into()),
             status: FlagStatus::Flagged,
             violations: vec![
                 Violation {
