@@ -14,6 +14,7 @@ use formstream_ingest::kafka::{TopicOutcome, ensure_topics, spine_topics};
 use formstream_journal::{Journal, JournalArgs, Noop, NoopArgs};
 use formstream_runtime::replay::ReplayArgs;
 use formstream_runtime::{Processor, RuntimeConfig};
+use formstream_validate::Validate;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
@@ -80,7 +81,14 @@ enum ProcessCommand {
     Journal(ProcessorArgs<JournalArgs>),
     /// Do nothing with each response, optionally after a sleep (the runtime benchmark).
     Noop(ProcessorArgs<NoopArgs>),
+    /// Check every response revision against its form's rules; publish the outcome to the flags
+    /// topic, exactly once (Kafka transactions).
+    Validate(ProcessorArgs<ValidateArgs>),
 }
+
+/// The validate processor has no flags of its own: its topics are the runtime's.
+#[derive(Debug, Args)]
+struct ValidateArgs {}
 
 impl ProcessCommand {
     async fn run(
@@ -89,8 +97,22 @@ impl ProcessCommand {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         match self {
-            ProcessCommand::Journal(p) => p.start(Journal::open, configure, shutdown).await,
-            ProcessCommand::Noop(p) => p.start(|a| Ok(Noop::new(a)), configure, shutdown).await,
+            ProcessCommand::Journal(p) => {
+                p.start(async |a, _| Journal::open(a), configure, shutdown)
+                    .await
+            }
+            ProcessCommand::Noop(p) => {
+                p.start(async |a, _| Ok(Noop::new(a)), configure, shutdown)
+                    .await
+            }
+            ProcessCommand::Validate(p) => {
+                p.start(
+                    async |_, runtime| Validate::new(runtime).await,
+                    configure,
+                    shutdown,
+                )
+                .await
+            }
         }
     }
 
@@ -126,13 +148,13 @@ struct ProcessorArgs<A: Args> {
 impl<A: Args> ProcessorArgs<A> {
     async fn start<P: Processor>(
         self,
-        build: impl FnOnce(A) -> anyhow::Result<P>,
+        build: impl AsyncFnOnce(A, &RuntimeConfig) -> anyhow::Result<P>,
         configure: impl FnOnce(&mut RuntimeConfig),
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut runtime = self.runtime;
         configure(&mut runtime);
-        let processor = build(self.args)?;
+        let processor = build(self.args, &runtime).await?;
         formstream_runtime::run(processor, runtime, None, shutdown).await
     }
 }

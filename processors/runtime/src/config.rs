@@ -118,6 +118,14 @@ pub struct RuntimeConfig {
     )]
     pub metrics_listen: SocketAddr,
 
+    /// A stable name for this instance (e.g. a StatefulSet pod name), used by transactional
+    /// processors as their transactional id: a restarted instance then fences its crashed
+    /// predecessor at once. Unset: a random id, and a crashed instance's open transaction holds
+    /// its partitions back until the transaction timeout (15 s). Never share one between two live
+    /// instances: the newer fences the older.
+    #[arg(long, env = "FORMSTREAM_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
     /// Create the dead-letter topic at start-up if it is missing.
     #[arg(long = "create-dlq-topic", env = "FORMSTREAM_CREATE_DLQ_TOPIC", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_dlq_topic: bool,
@@ -134,6 +142,14 @@ impl RuntimeConfig {
         self.dlq_topic
             .clone()
             .unwrap_or_else(|| format!("{processor}.dlq"))
+    }
+
+    /// The transactional id of a transactional processor's producer (see `instance_id`).
+    pub fn transactional_id(&self, processor: &str) -> String {
+        match &self.instance_id {
+            Some(instance) => format!("formstream-{processor}-{instance}"),
+            None => format!("formstream-{processor}-{}", uuid::Uuid::new_v4()),
+        }
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {

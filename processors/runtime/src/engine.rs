@@ -9,7 +9,7 @@
 //! that report back over a channel. The consumer is polled continuously, even while every partition
 //! is paused, so that the instance keeps its group membership through an outage of any length.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,8 +31,9 @@ use crate::config::RuntimeConfig;
 use crate::dlq::DeadLetters;
 use crate::keyed::KeyedQueue;
 use crate::metrics::{CircuitGauge, Metrics};
-use crate::processor::{ORDERING_HEADER, Processor};
+use crate::processor::{ORDERING_HEADER, Output, Processor};
 use crate::tracker::OffsetTracker;
+use crate::transactions::{TransactionError, Transactor};
 use crate::worker::{self, Completion, Event, Job, WorkerContext};
 
 /// Most records taken from the consumer per turn of the loop, so that completions and timers
@@ -64,8 +65,11 @@ struct PartitionState {
     /// Fetched and not finished.
     buffered_records: usize,
     buffered_bytes: usize,
-    /// The last offset stored for commit.
+    /// The last offset stored for commit (committed, for a transactional processor).
     stored: i64,
+    /// A transactional processor's outputs of finished records, by offset, until a transaction
+    /// commits them together with an offset past them.
+    outputs: BTreeMap<i64, Vec<Output>>,
     /// When the watermark last moved, for lag in seconds when no record is buffered.
     last_progress: Instant,
 }
@@ -80,6 +84,7 @@ impl PartitionState {
             buffered_records: 0,
             buffered_bytes: 0,
             stored: -1,
+            outputs: BTreeMap::new(),
             last_progress: Instant::now(),
         }
     }
@@ -101,14 +106,17 @@ pub struct RuntimeContext {
     /// End of each partition as librdkafka last saw it (its statistics, every second): the last
     /// stable offset, which is where a read_committed consumer's lag ends.
     ends: Mutex<HashMap<Tp, i64>>,
+    /// Offsets are committed only inside transactions (with the outputs): none on revoke.
+    transactional: bool,
 }
 
 impl RuntimeContext {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, transactional: bool) -> Self {
         RuntimeContext {
             shared: Arc::new(Mutex::new(Shared::default())),
             metrics,
             ends: Mutex::new(HashMap::new()),
+            transactional,
         }
     }
 
@@ -167,8 +175,11 @@ impl ConsumerContext for RuntimeContext {
                 };
                 // Workers of this assignment stop; their completions will be dropped.
                 state.alive.store(false, Ordering::Release);
+                // A transactional processor's finished work is committed only with its outputs;
+                // what no transaction committed yet is redone by the new owner, exactly once.
                 if let Some(tracker) = &state.tracker
                     && !lost
+                    && !self.transactional
                 {
                     let _ = commit.add_partition_offset(
                         &tp.topic,
@@ -282,6 +293,9 @@ pub struct Engine<P: Processor> {
     intake_blocked_since: Option<Instant>,
     /// Names of the consumed topics, shared by every record's `Tp`.
     topic_names: Vec<Arc<str>>,
+    /// For a transactional processor: commits outputs and offsets together.
+    transactor: Option<Arc<Transactor>>,
+    commit_interval: Duration,
 }
 
 impl<P: Processor> Engine<P> {
@@ -294,6 +308,7 @@ impl<P: Processor> Engine<P> {
         dead_letters: DeadLetters,
         config: &RuntimeConfig,
         metrics: Metrics,
+        transactor: Option<Arc<Transactor>>,
     ) -> Self {
         let shared = consumer.context().shared.clone();
         let (completions_tx, completions) = mpsc::unbounded_channel();
@@ -332,6 +347,8 @@ impl<P: Processor> Engine<P> {
             ready_since: None,
             intake_blocked_since: None,
             topic_names: Vec::new(),
+            transactor,
+            commit_interval: config.commit_interval.max(Duration::from_millis(10)),
         }
     }
 
@@ -344,11 +361,21 @@ impl<P: Processor> Engine<P> {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut transaction_tick = tokio::time::interval(self.commit_interval);
+        transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let transactional = self.transactor.is_some();
         let consumer = self.consumer.clone();
+        let mut failed = None;
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                _ = transaction_tick.tick(), if transactional => {
+                    if let Err(error) = self.commit_transaction().await {
+                        failed = Some(error);
+                        break;
+                    }
+                }
                 Some(done) = self.completions.recv() => {
                     self.complete(done);
                     // Take every completion already queued before going back to the consumer.
@@ -401,9 +428,93 @@ impl<P: Processor> Engine<P> {
                 }
             }
         }
-        self.drain().await;
+        if let Some(error) = failed {
+            // Fenced or broken: nothing more can be committed here. Workers stop; the partitions
+            // go to another instance when this one leaves the group, and it redoes what no
+            // transaction committed.
+            self.worker.stopping.send_replace(true);
+            probe.abort();
+            return Err(anyhow::Error::new(error).context("stopping the processor"));
+        }
+        let drained = self.drain().await;
         probe.abort();
-        Ok(())
+        drained
+    }
+
+    /// Commits, in one transaction, every partition's finished offsets and the outputs of the
+    /// records below them. A transaction that fails is aborted and its work kept for the next
+    /// one; only a fatal producer error is returned.
+    async fn commit_transaction(&mut self) -> Result<(), TransactionError> {
+        let Some(transactor) = self.transactor.clone() else {
+            return Ok(());
+        };
+        let mut offsets = TopicPartitionList::new();
+        let mut outputs = Vec::new();
+        let mut covered = Vec::new();
+        if let Ok(shared) = self.shared.lock() {
+            for (tp, state) in &shared.partitions {
+                let Some(watermark) = state.tracker.as_ref().map(OffsetTracker::watermark) else {
+                    continue;
+                };
+                if watermark <= state.stored
+                    || offsets
+                        .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(watermark))
+                        .is_err()
+                {
+                    continue;
+                }
+                outputs.extend(
+                    state
+                        .outputs
+                        .range(..watermark)
+                        .flat_map(|(_, o)| o.iter().cloned()),
+                );
+                covered.push((tp.clone(), state.epoch, watermark));
+            }
+        }
+        if covered.is_empty() {
+            return Ok(());
+        }
+        let Some(group) = self.consumer.group_metadata() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let count = outputs.len();
+        let outcome =
+            tokio::task::spawn_blocking(move || transactor.commit(&outputs, &offsets, &group))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(TransactionError::Retry(KafkaError::Canceled)).inspect_err(|_| {
+                        tracing::warn!(error = %join, "Transaction task failed.");
+                    })
+                });
+        match outcome {
+            Ok(()) => {
+                self.metrics.commit(true);
+                self.metrics.transaction(started.elapsed(), count);
+                if let Ok(mut shared) = self.shared.lock() {
+                    for (tp, epoch, watermark) in covered {
+                        // A partition revoked meanwhile keeps nothing here any more.
+                        if let Some(state) = shared.partitions.get_mut(&tp)
+                            && state.epoch == epoch
+                        {
+                            state.stored = watermark;
+                            state.outputs = state.outputs.split_off(&watermark);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(TransactionError::Retry(error)) => {
+                self.metrics.commit(false);
+                tracing::warn!(%error, "Transaction aborted; its outputs and offsets go in the next one.");
+                Ok(())
+            }
+            Err(fatal) => {
+                self.metrics.commit(false);
+                Err(fatal)
+            }
+        }
     }
 
     /// The shared name of a consumed topic (one allocation per topic, not per record).
@@ -546,6 +657,9 @@ impl<P: Processor> Engine<P> {
             }
             state.buffered_records = state.buffered_records.saturating_sub(1);
             state.buffered_bytes = state.buffered_bytes.saturating_sub(done.bytes);
+            if !done.outputs.is_empty() {
+                state.outputs.insert(done.offset, done.outputs);
+            }
             if let Some(tracker) = state.tracker.as_mut()
                 && tracker.complete(done.offset)
             {
@@ -566,6 +680,11 @@ impl<P: Processor> Engine<P> {
     /// offsets every commit interval (and we commit them on revoke and at shutdown).
     fn store_offsets(&mut self) {
         if self.dirty.is_empty() {
+            return;
+        }
+        if self.transactor.is_some() {
+            // Committed by transactions only (see `commit_transaction`).
+            self.dirty.clear();
             return;
         }
         let mut list = TopicPartitionList::new();
@@ -722,7 +841,7 @@ impl<P: Processor> Engine<P> {
 
     /// Graceful stop: no new records, finish the ones in flight (bounded by the drain deadline,
     /// kept below the session timeout), store and commit synchronously.
-    async fn drain(&mut self) {
+    async fn drain(&mut self) -> anyhow::Result<()> {
         tracing::info!(in_flight = self.in_flight, "Draining before shutdown.");
         // Work that is only waiting (backoff, open circuit) gives up now; running effects finish.
         self.worker.stopping.send_replace(true);
@@ -754,11 +873,20 @@ impl<P: Processor> Engine<P> {
                 }
             }
         }
-        self.store_offsets();
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!("Committed finished offsets at shutdown."),
-            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::warn!(%error, "Commit at shutdown failed."),
+        let mut outcome = Ok(());
+        if self.transactor.is_some() {
+            if let Err(error) = self.commit_transaction().await {
+                outcome = Err(anyhow::Error::new(error).context("committing at shutdown"));
+            } else {
+                tracing::info!("Committed finished offsets and outputs at shutdown.");
+            }
+        } else {
+            self.store_offsets();
+            match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::info!("Committed finished offsets at shutdown."),
+                Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(error) => tracing::warn!(%error, "Commit at shutdown failed."),
+            }
         }
         // Workers still running must not dead-letter or retry after we leave.
         if let Ok(shared) = self.shared.lock() {
@@ -766,5 +894,6 @@ impl<P: Processor> Engine<P> {
                 state.alive.store(false, Ordering::Release);
             }
         }
+        outcome
     }
 }

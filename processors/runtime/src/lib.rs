@@ -16,10 +16,11 @@ pub mod metrics;
 pub mod processor;
 pub mod replay;
 pub mod tracker;
+pub mod transactions;
 pub mod worker;
 
 pub use config::RuntimeConfig;
-pub use processor::{Failure, Payload, Processor, Record, Source};
+pub use processor::{Failure, Output, Payload, Processor, Record, Source};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use tokio::sync::watch;
 use crate::dlq::DeadLetters;
 use crate::engine::{Engine, RuntimeContext};
 use crate::metrics::Metrics;
+use crate::transactions::Transactor;
 
 /// The topic a processor consumes, resolved from the configuration.
 pub fn source_topic(source: &Source, config: &RuntimeConfig) -> String {
@@ -161,15 +163,33 @@ pub async fn run<P: Processor>(
         // Partition ends for the lag metrics come from librdkafka's statistics.
         ("statistics.interval.ms", "1000".to_owned()),
     ];
+    let transactional = processor.transactional();
+    let transactor = if transactional {
+        // One transactional id per instance: fencing of zombies comes from the consumer group's
+        // generation (KIP-447), so ids need not follow partitions.
+        let kafka = config.kafka.clone();
+        let id = config.transactional_id(&name);
+        let transactor = tokio::task::spawn_blocking(move || Transactor::new(&kafka, &id))
+            .await
+            .context("starting the transactional producer")?
+            .context("initialising Kafka transactions")?;
+        Some(Arc::new(transactor))
+    } else {
+        None
+    };
     let consumer: StreamConsumer<RuntimeContext> = client_config_with(&config.kafka, &tunables)
         .set("group.id", &group)
         // At least once: librdkafka commits only what the engine stored, and the engine stores
-        // only finished offsets (the tracker's watermark).
-        .set("enable.auto.commit", "true")
+        // only finished offsets (the tracker's watermark). A transactional processor's offsets
+        // are committed by its transactions instead.
+        .set(
+            "enable.auto.commit",
+            if transactional { "false" } else { "true" },
+        )
         .set("enable.auto.offset.store", "false")
         // Read only committed transactional records (the validate processor writes with transactions).
         .set("isolation.level", "read_committed")
-        .create_with_context(RuntimeContext::new(metrics.clone()))
+        .create_with_context(RuntimeContext::new(metrics.clone(), transactional))
         .context("creating the consumer")?;
     consumer
         .subscribe(&[&topic])
@@ -185,6 +205,7 @@ pub async fn run<P: Processor>(
         dead_letters,
         &config,
         metrics,
+        transactor,
     );
     let outcome = engine.run(shutdown).await;
     ready.store(false, Ordering::Release);

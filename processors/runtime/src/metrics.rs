@@ -42,6 +42,8 @@ pub struct Metrics {
     ok: prometheus::IntCounter,
     retried: prometheus::IntCounter,
     effect: prometheus::Histogram,
+    transaction_duration: prometheus::Histogram,
+    outputs: prometheus::IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -147,6 +149,24 @@ impl Metrics {
             "Partitions assigned, revoked or lost in rebalances.",
             &["processor", "kind"],
         );
+        let transaction_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "formstream_processor_transaction_duration_seconds",
+                "Time one committed Kafka transaction took (outputs sent, offsets added, committed); transactional processors only.",
+            )
+            .buckets(EFFECT_BUCKETS.to_vec()),
+            &["processor"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(transaction_duration.clone()))
+            .expect("unique metric name");
+        let outputs = counter(
+            &registry,
+            "formstream_processor_outputs_total",
+            "Records published in committed transactions; transactional processors only.",
+            &["processor"],
+        );
         let ok = records.with_label_values(&[processor, "ok"]);
         let retried = records.with_label_values(&[processor, "retried"]);
         let effect = effect_duration.with_label_values(&[processor]);
@@ -154,6 +174,8 @@ impl Metrics {
             ok,
             retried,
             effect,
+            transaction_duration: transaction_duration.with_label_values(&[processor]),
+            outputs: outputs.with_label_values(&[processor]),
             registry,
             processor: processor.to_owned(),
             records,
@@ -246,6 +268,12 @@ impl Metrics {
         self.commits
             .with_label_values(&[&self.processor, result])
             .inc();
+    }
+
+    /// A committed transaction: how long it took and how many outputs it published.
+    pub fn transaction(&self, elapsed: Duration, outputs: usize) {
+        self.transaction_duration.observe(elapsed.as_secs_f64());
+        self.outputs.inc_by(outputs as u64);
     }
 
     pub fn rebalance(&self, kind: &str, partitions: usize) {

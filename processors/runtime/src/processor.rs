@@ -121,6 +121,16 @@ impl<V: Payload> Record<V> {
     }
 }
 
+/// A record a processor publishes as (part of) the outcome of a consumed record; see
+/// [`Processor::outputs`]. The value is already encoded (the processor owns its schema).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub topic: Arc<str>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
 /// A processor: a name and an effect. Register it in the binary's processor list; the runtime
 /// does the rest (consuming, decoding, ordering, retries, dead letters, commits, metrics).
 pub trait Processor: Send + Sync + 'static {
@@ -165,6 +175,22 @@ pub trait Processor: Send + Sync + 'static {
             }
             results
         }
+    }
+
+    /// Whether this processor publishes records ([`Processor::outputs`]). Then the runtime
+    /// publishes every record's outputs and commits its offset in one Kafka transaction, so that
+    /// each output appears exactly once (to `read_committed` readers) even across crashes and
+    /// rebalances; offsets are then never committed outside a transaction.
+    fn transactional(&self) -> bool {
+        false
+    }
+
+    /// The records to publish for one record, asked after [`Processor::handle`] succeeded (a
+    /// transactional processor whose only effect is its outputs keeps `handle` trivial). Must be a
+    /// pure function of the record: a record redone after a crash or a rebalance must produce the
+    /// same outputs. Used only when [`Processor::transactional`] is true.
+    fn outputs(&self, _record: &Record<Self::Value>) -> Result<Vec<Output>, Failure> {
+        Ok(Vec::new())
     }
 
     /// Asked while the circuit is open: `Ok` when the target answers again.

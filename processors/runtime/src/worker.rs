@@ -19,7 +19,7 @@ use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::dlq::{DeadLetters, Kind, Letter};
 use crate::engine::Tp;
 use crate::metrics::Metrics;
-use crate::processor::{Failure, Payload, Processor, Record};
+use crate::processor::{Failure, Output, Payload, Processor, Record};
 
 /// A fetched record, waiting for or in the hands of a worker.
 #[derive(Debug)]
@@ -58,6 +58,9 @@ pub struct Completion {
     pub offset: i64,
     pub ordering_key: Box<str>,
     pub bytes: usize,
+    /// A transactional processor's outputs for this record (empty otherwise, and when the record
+    /// was dead-lettered).
+    pub outputs: Vec<Output>,
 }
 
 impl Completion {
@@ -68,6 +71,7 @@ impl Completion {
             offset: job.offset,
             ordering_key: job.ordering_key.clone(),
             bytes: job.bytes,
+            outputs: Vec::new(),
         }
     }
 }
@@ -237,19 +241,25 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
         let mut results = results.into_iter();
         for attempting in active.drain(..) {
             // A processor that returns fewer results than records has failed them retriably.
-            let result = results.next().unwrap_or_else(|| {
-                Err(Failure::retriable(anyhow::anyhow!(
-                    "no result for this record"
-                )))
-            });
+            let result = results
+                .next()
+                .unwrap_or_else(|| {
+                    Err(Failure::retriable(anyhow::anyhow!(
+                        "no result for this record"
+                    )))
+                })
+                .and_then(|()| outputs_of(ctx, &attempting.record));
             match result {
-                Ok(()) => {
+                Ok(outputs) => {
                     ctx.metrics.records("ok", 1);
                     if !ctx.clean.load(Ordering::Acquire) {
                         ctx.circuit(CircuitBreaker::on_success);
                         ctx.clean.store(true, Ordering::Release);
                     }
-                    events.push(Event::Finished(Completion::of(&attempting.job)));
+                    events.push(Event::Finished(Completion {
+                        outputs,
+                        ..Completion::of(&attempting.job)
+                    }));
                 }
                 Err(Failure::Permanent(error)) => {
                     let message = format!("{error:#}");
@@ -330,6 +340,18 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
     }
     events.push(Event::WorkerExit);
     events
+}
+
+/// A transactional processor's outputs for a record whose effect succeeded.
+fn outputs_of<P: Processor>(
+    ctx: &WorkerContext<P>,
+    record: &Record<P::Value>,
+) -> Result<Vec<Output>, Failure> {
+    if ctx.processor.transactional() {
+        ctx.processor.outputs(record)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 enum FormLookup {
