@@ -17,7 +17,11 @@
 # join and the forms view's start-up are not counted; ConsumerPerformance likewise reports its
 # rate without its join time (its "nMsg.sec" column).
 #
+# (f) runs `formstream process validate` (5 rules per form, Kafka transactions) over the first
+# BENCH_VALIDATE_RECORDS records, its rate counted in flags published by committed transactions.
+#
 # Environment (all optional): BENCH_RECORDS (2000000), BENCH_LATENCY_RECORDS (100000),
+# BENCH_VALIDATE_RECORDS (1000000),
 # BENCH_REPS (3), BENCH_OUT (target/bench/runtime-<timestamp>).
 set -euo pipefail
 
@@ -25,6 +29,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 RECORDS="${BENCH_RECORDS:-2000000}"
 LATENCY_RECORDS="${BENCH_LATENCY_RECORDS:-100000}"
+VALIDATE_RECORDS="${BENCH_VALIDATE_RECORDS:-1000000}"
 REPS="${BENCH_REPS:-3}"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${BENCH_OUT:-$ROOT/target/bench/runtime-$STAMP}"
@@ -57,7 +62,7 @@ gateway=$!
 pids+=("$gateway")
 for _ in $(seq 300); do curl -sf "127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null && break; sleep 0.1; done
 batches=$(( (RECORDS + 499) / 500 ))
-run "$BIN" load --log warn --mode batch --url "http://127.0.0.1:$GATEWAY_PORT" -c 4 --batch-size 500 \
+run "$BIN" load --log warn --mode batch --url "http://127.0.0.1:$GATEWAY_PORT" -c 4 --batch-size 500 --rules-per-form 5 \
   --requests "$batches" --duration 600s --warmup 0s --json >"$OUT/fill.json"
 kill "$gateway"; wait "$gateway" 2>/dev/null || true
 total=$(python3 -c "import json; print(json.loads(open('$OUT/fill.json').read().splitlines()[-1])['responses_accepted'])")
@@ -71,22 +76,24 @@ for i in $(seq "$REPS"); do
 done
 
 # (d, e) The runtime with a no-op effect, and with a 50 ms effect.
-measure() { # measure NAME RECORDS ARGS... : runs the processor until RECORDS are done; prints JSON
-  local name="$1" want="$2"; shift 2
-  echo "$BIN process noop --log warn --metrics-listen 127.0.0.1:$METRICS_PORT ${topics[*]} $*" >>"$COMMANDS"
-  "$BIN" process noop --log warn --metrics-listen "127.0.0.1:$METRICS_PORT" "${topics[@]}" "$@" &
+# measure PROCESSOR COUNTER RECORDS ARGS... : runs `formstream process PROCESSOR` until its COUNTER
+# (a metric line prefix) reaches RECORDS; prints JSON
+measure() {
+  local processor="$1" counter="$2" want="$3"; shift 3
+  echo "$BIN process $processor --log warn --metrics-listen 127.0.0.1:$METRICS_PORT ${topics[*]} $*" >>"$COMMANDS"
+  "$BIN" process "$processor" --log warn --metrics-listen "127.0.0.1:$METRICS_PORT" "${topics[@]}" "$@" &
   local pid=$!
   pids+=("$pid")
-  python3 - "$pid" "$want" "$METRICS_PORT" <<'PY'
+  python3 - "$pid" "$want" "$METRICS_PORT" "$counter" <<'PY'
 import json, sys, time, urllib.request
-pid, want, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+pid, want, port, counter = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def done():
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except Exception:
         return None
     for line in text.splitlines():
-        if line.startswith("formstream_processor_records_total") and 'outcome="ok"' in line:
+        if line.startswith(counter):
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
 def hwm():
@@ -113,16 +120,25 @@ PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+OK='formstream_processor_records_total{outcome="ok",processor="noop"}'
+# Flags published in committed transactions: the validate processor's rate counts only committed work.
+OUTPUTS='formstream_processor_outputs_total{processor="validate"}'
 for i in $(seq "$REPS"); do
   log "noop processor, run $i/$REPS"
-  measure noop "$total" --group-id "$PREFIX-noop-$i" --dlq-topic "$PREFIX-noop.dlq" >"$OUT/noop-$i.json"
+  measure noop "$OK" "$total" --group-id "$PREFIX-noop-$i" --dlq-topic "$PREFIX-noop.dlq" >"$OUT/noop-$i.json"
   cat "$OUT/noop-$i.json" >&2
 done
 for i in $(seq "$REPS"); do
   log "50 ms effect, 512 in flight, run $i/$REPS"
-  measure latency "$LATENCY_RECORDS" --group-id "$PREFIX-latency-$i" --dlq-topic "$PREFIX-noop.dlq" \
+  measure noop "$OK" "$LATENCY_RECORDS" --group-id "$PREFIX-latency-$i" --dlq-topic "$PREFIX-noop.dlq" \
     --max-in-flight 512 --noop-latency 50ms >"$OUT/latency-$i.json"
   cat "$OUT/latency-$i.json" >&2
+done
+for i in $(seq "$REPS"); do
+  log "validate processor (5 rules per form, Kafka transactions), run $i/$REPS"
+  measure validate "$OUTPUTS" "$VALIDATE_RECORDS" --group-id "$PREFIX-validate-$i" \
+    --dlq-topic "$PREFIX-validate.dlq" >"$OUT/validate-$i.json"
+  cat "$OUT/validate-$i.json" >&2
 done
 
 python3 - "$OUT" "$REPS" "$total" <<'PY'
@@ -137,7 +153,7 @@ def perf(i):
         return None
     # start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, ...
     return float(rows[-1].split(",")[5])
-noop, lat = runs("noop"), runs("latency")
+noop, lat, val = runs("noop"), runs("latency"), runs("validate")
 perfs = [p for p in (perf(i) for i in range(1, reps + 1)) if p is not None]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 noop_rates = [r.get("records_per_s", 0) for r in noop]
@@ -149,9 +165,12 @@ print("|---|---|---|---|")
 print(f"| Kafka ConsumerPerformance | {med(perfs):,.0f} rec/s | {' / '.join(f'{p:,.0f}' for p in perfs)} | - |")
 print(f"| runtime, no-op processor | {med(noop_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in noop_rates)} | {med([r.get('peak_rss_mib', 0) for r in noop])} |")
 print(f"| runtime, 50 ms effect, 512 in flight | {med(lat_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in lat_rates)} | {med([r.get('peak_rss_mib', 0) for r in lat])} |")
+val_rates = [r.get("records_per_s", 0) for r in val]
+print(f"| validate, 5 rules per form, transactions (committed flags/s) | {med(val_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in val_rates)} | {med([r.get('peak_rss_mib', 0) for r in val])} |")
 print(f"\n- no-op / ConsumerPerformance: {med(noop_rates) / med(perfs):.2f}")
 print(f"- 50 ms effect / ideal ({ideal:,.0f} rec/s = 512 / 50 ms): {med(lat_rates) / ideal:.2f}")
-for r in noop + lat:
+print(f"- validate / ConsumerPerformance: {med(val_rates) / med(perfs):.2f}")
+for r in noop + lat + val:
     if "error" in r:
         print(f"- ERROR: {r['error']}")
 PY

@@ -76,6 +76,10 @@ pub struct LoadArgs {
     #[arg(long, env = "FORMSTREAM_LOAD_FORMS", default_value_t = 300)]
     pub forms: usize,
 
+    /// Business rules per generated form (CEL, over its questions), for the validate benchmark.
+    #[arg(long, env = "FORMSTREAM_LOAD_RULES_PER_FORM", default_value_t = 0)]
+    pub rules_per_form: usize,
+
     /// Zipf exponent of form popularity: the k-th form gets weight 1/k^s. 0 is uniform.
     // 1.1: with 300 forms the hottest gets ~20% of the responses, the top 10 ~54%.
     #[arg(long, env = "FORMSTREAM_LOAD_ZIPF", default_value_t = 1.1)]
@@ -179,7 +183,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
 
     // Everything the timed phase needs is made first, so it costs no CPU while measuring.
     let prep = Instant::now();
-    let forms = workload::generate_forms(&args.form_prefix, args.forms.max(1), args.seed)?;
+    let forms = workload::generate_forms(
+        &args.form_prefix,
+        args.forms.max(1),
+        args.rules_per_form,
+        args.seed,
+    )?;
     let zipf = Zipf::new(forms.len(), args.zipf_exponent);
     let sizes = workload::check_sample(
         &forms,

@@ -128,7 +128,12 @@ impl Zipf {
 }
 
 /// `count` forms with ids `{prefix}-{i:04}`. Deterministic in `seed`.
-pub fn generate_forms(prefix: &str, count: usize, seed: u64) -> anyhow::Result<Vec<BenchForm>> {
+pub fn generate_forms(
+    prefix: &str,
+    count: usize,
+    rules_per_form: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<BenchForm>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let now = formstream_ingest::forms::now_millis();
     (0..count)
@@ -136,12 +141,16 @@ pub fn generate_forms(prefix: &str, count: usize, seed: u64) -> anyhow::Result<V
             let id = format!("{prefix}-{i:04}");
             let n_questions = rng.random_range(4..=12);
             let questions: Vec<Value> = (0..n_questions).map(|q| question(&mut rng, q)).collect();
+            let rules: Vec<Value> = (0..rules_per_form)
+                .map(|r| rule(&questions[r % questions.len()], r))
+                .collect();
             let create_body = json!({
                 "id": id,
                 "title": format!("{} #{i}", TOPICS[i % TOPICS.len()]),
                 "description": sentence(&mut rng, 6, 20),
                 "default_region": "IN",
                 "questions": questions,
+                "rules": rules,
             });
             let body: FormBody =
                 serde_json::from_value(create_body.clone()).context("form body shape")?;
@@ -181,6 +190,25 @@ fn question(rng: &mut StdRng, index: usize) -> Value {
         q["choices"] = Value::Array(choices);
     }
     q
+}
+
+/// A rule over one question, of the kind field forms carry (ranges, lengths, formats); the number
+/// rule flags the larger generated answers, so that some responses come out flagged.
+fn rule(question: &Value, index: usize) -> Value {
+    let key = question["key"].as_str().unwrap_or_default();
+    let expression = match question["type"].as_str().unwrap_or_default() {
+        "number" => format!("{key} >= 0.0 && {key} <= 5000.0"),
+        "single_choice" => format!("size({key}) > 0"),
+        "multiple_choice" => format!("size({key}) <= 5"),
+        "phone" => format!("{key}.startsWith(\"+\")"),
+        _ => format!("size({key}) <= 2000"),
+    };
+    json!({
+        "id": format!("rule_{index}"),
+        "expression": expression,
+        "message": format!("Check the answer to {key}."),
+        "question_keys": [key],
+    })
 }
 
 fn sentence(rng: &mut impl Rng, min: usize, max: usize) -> String {
@@ -462,7 +490,7 @@ mod tests {
 
     #[test]
     fn placeholders_are_found_in_batches() {
-        let forms = generate_forms("t", 5, 7).expect("forms");
+        let forms = generate_forms("t", 5, 5, 7).expect("forms");
         let zipf = Zipf::new(5, 1.0);
         let batches = batch_templates(&forms, &zipf, 2, 10, true, 7).expect("batches");
         assert_eq!(batches[0].id_offsets.len(), 10);
@@ -472,7 +500,7 @@ mod tests {
 
     #[tokio::test]
     async fn generated_responses_are_valid() {
-        let forms = generate_forms("t", 20, 3).expect("forms");
+        let forms = generate_forms("t", 20, 0, 3).expect("forms");
         let sizes = check_sample(&forms, &Zipf::new(20, 1.1), 200, "acme", 3)
             .await
             .expect("valid");
