@@ -18,6 +18,9 @@ use formstream_schemas::{
 use formstream_tests::runtime::*;
 use formstream_tests::{ACME_KEY, read_topic, send_json, spawn_app, unique};
 use formstream_validate::Validate;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -426,7 +429,7 @@ impl Drop for ValidateProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_run_then_restart_gives_exactly_one_flag_per_revision() {
     init_logs();
-    const RECORDS: usize = 20_000;
+    const RECORDS: usize = 100_000;
     let topics = RuntimeTopics::create(6).await;
     create_flags_topic(&topics).await;
     let producer = TestProducer::new(&topics);
@@ -459,12 +462,32 @@ async fn kill_9_mid_run_then_restart_gives_exactly_one_flag_per_revision() {
     // at once instead of waiting for the transaction timeout.
     let instance = format!("validate-{}", unique());
     let first = ValidateProcess::start(&topics, &instance, &dir.path().join("first.log"));
-    // Kill once some transactions committed and the run is not over.
+    // Kill once some transactions committed and the run is not over. One client polls the
+    // group's commits (read_uncommitted: it must not wait for the open transaction's offsets).
+    let watcher: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &topics.bootstrap)
+        .set("group.id", &topics.group)
+        .set("isolation.level", "read_uncommitted")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a group watcher");
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..topics.partitions {
+        partitions.add_partition(&topics.responses, partition);
+    }
     let started = Instant::now();
     let at_kill = loop {
-        let committed: i64 = committed_offsets(&topics)
-            .await
-            .map(|c| c.values().map(|&o| o.max(0)).sum())
+        let committed: i64 = watcher
+            .committed_offsets(partitions.clone(), Duration::from_secs(5))
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    })
+                    .sum()
+            })
             .unwrap_or(0);
         if committed > 0 {
             break committed;
@@ -473,7 +496,7 @@ async fn kill_9_mid_run_then_restart_gives_exactly_one_flag_per_revision() {
             started.elapsed() < Duration::from_secs(60),
             "no commit within 60 s"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     };
     drop(first);
     assert!(

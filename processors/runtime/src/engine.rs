@@ -282,6 +282,9 @@ pub struct Engine<P: Processor> {
     in_flight: usize,
     completions_tx: mpsc::UnboundedSender<Event>,
     completions: mpsc::UnboundedReceiver<Event>,
+    /// Work for the worker pool (see `start_workers`); a worker takes one batch at a time.
+    work_tx: async_channel::Sender<Vec<Job>>,
+    work_rx: async_channel::Receiver<Vec<Job>>,
     circuit_rx: watch::Receiver<CircuitState>,
     /// Partitions paused by this engine (back-pressure, the circuit or the drain).
     paused: HashSet<Tp>,
@@ -312,6 +315,7 @@ impl<P: Processor> Engine<P> {
     ) -> Self {
         let shared = consumer.context().shared.clone();
         let (completions_tx, completions) = mpsc::unbounded_channel();
+        let (work_tx, work_rx) = async_channel::unbounded();
         let circuit = CircuitBreaker::new(
             config.circuit_threshold,
             config.probe_base,
@@ -341,6 +345,8 @@ impl<P: Processor> Engine<P> {
             in_flight: 0,
             completions_tx,
             completions,
+            work_tx,
+            work_rx,
             circuit_rx,
             paused: HashSet::new(),
             dirty: HashSet::new(),
@@ -357,6 +363,7 @@ impl<P: Processor> Engine<P> {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let probe = tokio::spawn(worker::probe_loop(self.worker.clone()));
+        self.start_workers();
         let mut housekeeping = tokio::time::interval(Duration::from_millis(50));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
@@ -596,7 +603,27 @@ impl<P: Processor> Engine<P> {
         }
     }
 
-    /// Starts workers for ready jobs while slots are free and the circuit is not open.
+    /// Starts the worker pool: one long-lived task per in-flight slot, each running one batch of
+    /// jobs at a time. Cheaper than a task per record (no task allocation and no move of the
+    /// worker's state per record), which is most of the no-op path's cost. The tasks end when the
+    /// engine, and with it the sending side, is dropped.
+    fn start_workers(&self) {
+        for _ in 0..self.limits.max_in_flight {
+            let worker = self.worker.clone();
+            let work = self.work_rx.clone();
+            let completions = self.completions_tx.clone();
+            tokio::spawn(async move {
+                while let Ok(jobs) = work.recv().await {
+                    for event in worker::run_jobs(&worker, jobs).await {
+                        // The engine is gone only at shutdown, when completions no longer matter.
+                        let _ = completions.send(event);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Hands ready jobs to the worker pool while slots are free and the circuit is not open.
     fn dispatch(&mut self) {
         if *self.circuit_rx.borrow() == CircuitState::Open {
             return;
@@ -620,17 +647,13 @@ impl<P: Processor> Engine<P> {
                 Some(Instant::now())
             };
             self.in_flight += 1;
-            let worker = self.worker.clone();
-            let completions = self.completions_tx.clone();
-            // The rare, large paths inside `run_jobs` (dead-lettering, waiting for a form or out
-            // a backoff) are boxed, so this task stays small to move and allocate per record.
-            let fut = async move {
-                for event in worker::run_jobs(&worker, jobs).await {
-                    // The engine is gone only at shutdown, when completions no longer matter.
-                    let _ = completions.send(event);
-                }
-            };
-            tokio::spawn(fut);
+            // Unbounded, but never holds more than `max_in_flight` batches: `in_flight` counts
+            // them until their worker reports `WorkerExit`. Fails only once the pool is gone.
+            if self.work_tx.try_send(jobs).is_err() {
+                self.in_flight -= 1;
+                tracing::warn!("The worker pool is gone; the records stay unfinished.");
+                return;
+            }
         }
     }
 
