@@ -8,12 +8,17 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// Keys are response ids, which clients choose: a per-process random seed keeps collisions
+/// unpredictable, and foldhash is several times cheaper than SipHash on these short keys (the
+/// map is touched twice per record).
+type Keys<T> = HashMap<String, VecDeque<T>, foldhash::fast::RandomState>;
+
 /// Items with the same key run one at a time in arrival order; different keys run concurrently.
 #[derive(Debug)]
 pub struct KeyedQueue<T> {
     /// The busy keys, each with the items waiting behind its running one, oldest first. A key
     /// is here exactly while one of its items runs; an idle key has no entry.
-    keys: HashMap<String, VecDeque<T>>,
+    keys: Keys<T>,
     /// Items waiting over all keys, kept so that `waiting()` (a back-pressure check on every
     /// fetch) does not walk every key.
     waiting: usize,
@@ -22,7 +27,7 @@ pub struct KeyedQueue<T> {
 impl<T> KeyedQueue<T> {
     pub fn new() -> Self {
         KeyedQueue {
-            keys: HashMap::new(),
+            keys: Keys::default(),
             waiting: 0,
         }
     }
@@ -75,7 +80,7 @@ impl<T> KeyedQueue<T> {
     /// Running items are the caller's: it knows whether to wait for them or abandon them.
     pub fn clear(&mut self) -> usize {
         let dropped = self.waiting;
-        self.keys = HashMap::new();
+        self.keys = Keys::default();
         self.waiting = 0;
         dropped
     }
