@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use formstream_ingest::config::{
 };
 use formstream_ingest::kafka::{TopicOutcome, ensure_topics, spine_topics};
 use formstream_journal::{Journal, JournalArgs, Noop, NoopArgs};
+use formstream_notify_collectors::{NotifyCollectors, NotifyCollectorsArgs};
 use formstream_runtime::replay::ReplayArgs;
 use formstream_runtime::{Processor, RuntimeConfig};
 use formstream_validate::Validate;
@@ -63,7 +65,7 @@ enum Command {
     Load(formstream_bench::LoadArgs),
     /// Run one processor (see docs/processors.md).
     #[command(subcommand)]
-    Process(ProcessCommand),
+    Process(Box<ProcessCommand>),
     /// Move a processor's consumer group to replay (or skip) records. Stop the processor first.
     Replay(ReplayArgs),
     /// Run the gateway and every registered processor in one process, on local defaults.
@@ -84,6 +86,8 @@ enum ProcessCommand {
     /// Check every response revision against its form's rules; publish the outcome to the flags
     /// topic, exactly once (Kafka transactions).
     Validate(ProcessorArgs<ValidateArgs>),
+    /// Tell data collectors about flagged responses, by SMS and/or signed webhook, never twice.
+    NotifyCollectors(ProcessorArgs<NotifyCollectorsArgs>),
 }
 
 /// The validate processor has no flags of its own: its topics are the runtime's.
@@ -112,6 +116,12 @@ impl ProcessCommand {
                     shutdown,
                 )
                 .await
+            }
+            ProcessCommand::NotifyCollectors(p) => {
+                let open = |args, runtime: RuntimeConfig, shutdown| async move {
+                    NotifyCollectors::open(args, &runtime, shutdown).await
+                };
+                p.start_opened(open, configure, shutdown).await
             }
         }
     }
@@ -157,7 +167,48 @@ impl<A: Args> ProcessorArgs<A> {
         let processor = build(self.args, &runtime).await?;
         formstream_runtime::run(processor, runtime, None, shutdown).await
     }
+
+    /// Like [`ProcessorArgs::start`], for a processor that opens something asynchronously before
+    /// it can run (a ledger catching up with its topic) and may be shut down meanwhile (`open`
+    /// then gives `None`). `open` gets the runtime's configuration (its Kafka flags) and a
+    /// shutdown signal of its own.
+    async fn start_opened<P, F>(
+        self,
+        open: impl FnOnce(A, RuntimeConfig, ShutdownSignal) -> F,
+        configure: impl FnOnce(&mut RuntimeConfig),
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()>
+    where
+        P: Processor,
+        F: Future<Output = anyhow::Result<Option<P>>>,
+    {
+        let mut runtime = self.runtime;
+        configure(&mut runtime);
+        // One signal, two listeners: the opening step and then the runtime.
+        let (stop, stopped) = watch::channel(false);
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            stop.send_replace(true);
+        });
+        let listener = |mut stopped: watch::Receiver<bool>| -> ShutdownSignal {
+            Box::pin(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+        };
+        let outcome = match open(self.args, runtime.clone(), listener(stopped.clone())).await {
+            Ok(Some(processor)) => {
+                formstream_runtime::run(processor, runtime, None, listener(stopped)).await
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        signal.abort();
+        outcome
+    }
 }
+
+/// A shutdown signal handed to a processor's opening step.
+type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// `formstream dev`: the gateway's flags, and where the processors serve their metrics.
 #[derive(Debug, Args)]

@@ -153,6 +153,15 @@ impl SmsSender {
         }
     }
 
+    /// Whether sending can work now (a circuit breaker's probe): one read from Twilio; the
+    /// outbox is a local file, always there.
+    pub async fn probe(&self) -> Result<(), SmsError> {
+        match self {
+            SmsSender::Twilio(client) => client.probe().await,
+            SmsSender::Outbox(_) => Ok(()),
+        }
+    }
+
     /// `twilio` or `outbox`, for logs and metric labels.
     pub fn kind(&self) -> &'static str {
         match self {

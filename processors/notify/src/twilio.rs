@@ -289,6 +289,15 @@ impl TwilioClient {
         Ok(sent)
     }
 
+    /// One cheap authenticated read (the first message of the account's list, page size 1), for
+    /// a circuit breaker's probe: `Ok` when Twilio answers and accepts the credentials. It never
+    /// creates anything.
+    pub async fn probe(&self) -> Result<(), SmsError> {
+        let mut url = self.messages_url.as_ref().clone();
+        url.query_pairs_mut().append_pair("PageSize", "1");
+        self.page(url).await.map(|_| ())
+    }
+
     /// Every message matching `filter`, following `next_page_uri` to the last page.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<MessageRecord>, SmsError> {
         let mut all = Vec::new();

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dlq;
 pub mod engine;
 pub mod keyed;
+pub mod ledger;
 pub mod metrics;
 pub mod processor;
 pub mod replay;
@@ -20,6 +21,7 @@ pub mod transactions;
 pub mod worker;
 
 pub use config::RuntimeConfig;
+pub use ledger::{Entry, Ledger, LedgerArgs, LedgerError};
 pub use processor::{Failure, Output, Payload, Processor, Record, Source};
 
 use std::future::Future;

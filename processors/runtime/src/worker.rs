@@ -252,7 +252,12 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
             match result {
                 Ok(outputs) => {
                     ctx.metrics.records("ok", 1);
-                    if !ctx.clean.load(Ordering::Acquire) {
+                    // A success reaches the breaker after any failure, and while the circuit is
+                    // not closed (a record in flight through the outage may have succeeded and
+                    // marked the run clean before the probe half-opened it).
+                    if !ctx.clean.load(Ordering::Acquire)
+                        || *ctx.circuit_tx.borrow() != CircuitState::Closed
+                    {
                         ctx.circuit(CircuitBreaker::on_success);
                         ctx.clean.store(true, Ordering::Release);
                     }

@@ -1,0 +1,350 @@
+//! [`NotifyCollectors`]: for each flagged (response, revision), one SMS to the collector and/or
+//! one signed webhook, as the form version's `notify` settings say; nothing for clean ones.
+//!
+//! Invariant: no effect is started without first consulting the ledger, synced with its topic:
+//! `Done` is skipped; `Attempted` means a previous attempt may have had its effect, so an SMS is
+//! reconciled against Twilio's message list before any re-send and a webhook is re-delivered
+//! with the same `webhook-id`. `Attempted` is recorded (acknowledged by Kafka) before each effect
+//! and `Done` after it. Phone numbers appear in logs only redacted.
+
+use std::future::Future;
+
+use anyhow::anyhow;
+use formstream_notify::Envelope;
+use formstream_notify::{SmsError, SmsSender, WebhookError, WebhookSender, redact};
+use formstream_runtime::{
+    Entry, Failure, Ledger, LedgerError, Processor, Record, RuntimeConfig, Source,
+};
+use formstream_schemas::{FlagStatus, FormVersion, ResponseFlag};
+
+use crate::config::{NotifyCollectorsArgs, WebhookSecrets};
+use crate::message;
+
+/// The processor's name: group `formstream-notify-collectors`, dead letters on
+/// `notify-collectors.dlq`, ledger on `notify-collectors.ledger`.
+pub const NAME: &str = "notify-collectors";
+
+/// How far before an attempt reconciliation looks for its message: Twilio filters by UTC day,
+/// and a day of margin covers clock skew between instances and an attempt just before midnight.
+const RECONCILE_MARGIN: time::Duration = time::Duration::days(1);
+
+/// The processor; see the module header.
+pub struct NotifyCollectors {
+    sms: SmsSender,
+    webhooks: WebhookSender,
+    secrets: WebhookSecrets,
+    ledger: Ledger,
+    correction_base_url: String,
+}
+
+impl std::fmt::Debug for NotifyCollectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifyCollectors")
+            .field("sms", &self.sms.kind())
+            .field("secrets", &self.secrets)
+            .field("ledger", &self.ledger)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NotifyCollectors {
+    /// Checks the configuration (Twilio, the secrets file), then opens the ledger and waits until
+    /// it has caught up with its topic. `Ok(None)` when `shutdown` completes first.
+    pub async fn open(
+        args: NotifyCollectorsArgs,
+        runtime: &RuntimeConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Option<Self>> {
+        let sms = SmsSender::from_args(&args.sms)?;
+        let secrets = match &args.webhook_secrets {
+            Some(path) => WebhookSecrets::load(path)?,
+            None => {
+                tracing::warn!(
+                    "No --webhook-secrets: flagged responses of forms with a webhook_url will be dead-lettered."
+                );
+                WebhookSecrets::none()
+            }
+        };
+        let webhooks = WebhookSender::new(args.webhook_timeout)?;
+        let Some(ledger) = Ledger::open(&runtime.kafka, &args.ledger, NAME, shutdown).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Self::new(
+            sms,
+            webhooks,
+            secrets,
+            ledger,
+            args.correction_base_url,
+        )))
+    }
+
+    /// A processor from its parts (tests build them directly).
+    pub fn new(
+        sms: SmsSender,
+        webhooks: WebhookSender,
+        secrets: WebhookSecrets,
+        ledger: Ledger,
+        correction_base_url: String,
+    ) -> Self {
+        NotifyCollectors {
+            sms,
+            webhooks,
+            secrets,
+            ledger,
+            correction_base_url,
+        }
+    }
+
+    /// The ledger's entry for `key`, read after syncing with the topic unless it already says
+    /// `Done`: what a previous owner of the partition wrote is seen before acting.
+    async fn settled(&self, key: &str) -> Result<Option<Entry>, Failure> {
+        if let Some(entry @ Entry::Done { .. }) = self.ledger.get(key) {
+            return Ok(Some(entry));
+        }
+        self.ledger.sync_key(key).await.map_err(ledger_failure)?;
+        Ok(self.ledger.get(key))
+    }
+
+    async fn record(&self, key: &str, entry: Entry) -> Result<(), Failure> {
+        self.ledger.record(key, entry).await.map_err(ledger_failure)
+    }
+
+    /// The SMS to the collector, at most once per (response, revision).
+    async fn notify_by_sms(&self, flag: &ResponseFlag, form: &FormVersion) -> Result<(), Failure> {
+        let response_id = flag.response_id.as_str();
+        let Some(to) = flag.collector_phone.as_deref() else {
+            tracing::warn!(
+                response_id,
+                revision = flag.revision,
+                collector_id = %flag.collector_id,
+                "The form asks to text the collector, but the flag has no collector phone; no SMS."
+            );
+            return Ok(());
+        };
+        let key = message::ledger_key(flag, "sms");
+        let reference = match self.settled(&key).await? {
+            Some(Entry::Done { detail, .. }) => {
+                tracing::info!(response_id, revision = flag.revision, sid = %detail, "Collector already texted; skipped.");
+                return Ok(());
+            }
+            Some(Entry::Attempted { at, reference }) => {
+                // A previous attempt may have created the message: look for it before sending.
+                let since = (at - RECONCILE_MARGIN).date();
+                let found = self
+                    .sms
+                    .find_sent(to, &reference, since)
+                    .await
+                    .map_err(sms_failure)?;
+                if let Some(found) = found {
+                    tracing::info!(response_id, revision = flag.revision, to = %redact::phone(to), sid = %found.sid, "An earlier attempt had texted the collector; recorded, not re-sent.");
+                    return self.record(&key, Entry::done(found.sid)).await;
+                }
+                tracing::info!(response_id, revision = flag.revision, to = %redact::phone(to), "An earlier attempt sent nothing; sending.");
+                reference
+            }
+            None => message::reference(response_id, flag.revision),
+        };
+        let url = message::correction_url(&self.correction_base_url, flag);
+        let body = message::sms_body(flag, &form.title, &url);
+        debug_assert!(body.contains(&reference));
+        self.record(&key, Entry::attempted(reference)).await?;
+        let sent = self.sms.send(to, &body).await.map_err(|error| {
+            tracing::warn!(response_id, revision = flag.revision, to = %redact::phone(to), kind = error.kind(), code = ?error.code(), "Could not text the collector.");
+            sms_failure(error)
+        })?;
+        tracing::info!(response_id, revision = flag.revision, to = %redact::phone(to), sid = %sent.sid, via = self.sms.kind(), "Collector texted.");
+        self.record(&key, Entry::done(sent.sid)).await
+    }
+
+    /// The signed webhook, delivered until the receiver answers 2xx, always with the same
+    /// `webhook-id`.
+    async fn notify_by_webhook(
+        &self,
+        flag: &ResponseFlag,
+        form: &FormVersion,
+        url: &str,
+    ) -> Result<(), Failure> {
+        let response_id = flag.response_id.as_str();
+        let key = message::ledger_key(flag, "webhook");
+        let id = message::webhook_id(flag);
+        let attempted = match self.settled(&key).await? {
+            Some(Entry::Done { .. }) => {
+                tracing::info!(response_id, revision = flag.revision, webhook_id = %id, "Webhook already delivered; skipped.");
+                return Ok(());
+            }
+            Some(Entry::Attempted { .. }) => true,
+            None => false,
+        };
+        let Some(secrets) = self.secrets.get(&flag.organisation) else {
+            return Err(Failure::permanent(anyhow!(
+                "form {} (organisation {:?}) has a webhook_url, but no webhook signing secret is configured for that organisation ({}); webhooks are never sent unsigned. Add `{} = \"whsec_...\"` to the --webhook-secrets file and replay this dead letter.",
+                flag.form_id,
+                flag.organisation,
+                self.secrets.source(),
+                flag.organisation
+            )));
+        };
+        if attempted {
+            // Standard Webhooks: the same webhook-id on every retry; the receiver deduplicates.
+            tracing::info!(response_id, revision = flag.revision, webhook_id = %id, "An earlier delivery may have arrived; re-delivering with the same webhook-id.");
+        } else {
+            self.record(&key, Entry::attempted(id.clone())).await?;
+        }
+        let correction = message::correction_url(&self.correction_base_url, flag);
+        let envelope = Envelope::new(
+            message::FLAGGED_EVENT,
+            message::evaluated_at(flag),
+            message::flagged_event(flag, &form.title, &correction),
+        );
+        let delivered = self
+            .webhooks
+            .deliver(url, secrets, &id, &envelope)
+            .await
+            .map_err(|error| {
+                tracing::warn!(response_id, revision = flag.revision, webhook_id = %id, kind = error.kind(), "Webhook not delivered.");
+                webhook_failure(error)
+            })?;
+        tracing::info!(response_id, revision = flag.revision, webhook_id = %id, status = delivered.status, "Webhook delivered.");
+        self.record(&key, Entry::done(format!("HTTP {}", delivered.status)))
+            .await
+    }
+}
+
+impl Processor for NotifyCollectors {
+    type Value = ResponseFlag;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn source(&self) -> Source {
+        Source::Flags
+    }
+
+    async fn handle(&self, record: &Record<ResponseFlag>) -> Result<(), Failure> {
+        let flag = &record.value;
+        if flag.status == FlagStatus::Clean {
+            return Ok(());
+        }
+        // The runtime holds a record back until its form is known; a missing version cannot
+        // appear later (versions are never removed).
+        let form = record.form_version().ok_or_else(|| {
+            Failure::permanent(anyhow!(
+                "form {} has no version {}",
+                flag.form_id,
+                flag.form_version
+            ))
+        })?;
+        // SMS first: a webhook problem (say, a missing secret) must not keep the collector's SMS
+        // from going out; the ledger makes the retry or the replay of the record skip it.
+        if form.notify.sms_collector {
+            self.notify_by_sms(flag, form).await?;
+        }
+        if let Some(url) = &form.notify.webhook_url {
+            self.notify_by_webhook(flag, form, url).await?;
+        }
+        Ok(())
+    }
+
+    /// While the circuit is open: Twilio answers an authenticated read (the outbox always can).
+    async fn probe(&self) -> anyhow::Result<()> {
+        self.sms.probe().await.map_err(anyhow::Error::new)
+    }
+}
+
+/// Twilio's outcomes as the runtime's: see [`SmsError`]'s module for the reasoning.
+fn sms_failure(error: SmsError) -> Failure {
+    match error {
+        SmsError::RateLimited {
+            retry_after: Some(after),
+        } => Failure::retry_after(
+            SmsError::RateLimited {
+                retry_after: Some(after),
+            },
+            after,
+        ),
+        // Ambiguous ones are reconciled on the retry, thanks to the Attempted entry.
+        SmsError::RateLimited { retry_after: None }
+        | SmsError::Unavailable(_)
+        | SmsError::Ambiguous(_) => Failure::retriable(error),
+        // Bad credentials fail every record: retriable, so that the circuit opens and nothing is
+        // dead-lettered while an operator fixes the secret.
+        SmsError::Unauthorized { .. } => Failure::retriable(error),
+        SmsError::Permanent { .. } => Failure::permanent(error),
+    }
+}
+
+fn webhook_failure(error: WebhookError) -> Failure {
+    match error.retry_after() {
+        Some(after) if error.is_retriable() => Failure::retry_after(error, after),
+        _ if error.is_retriable() => Failure::retriable(error),
+        _ => Failure::permanent(error),
+    }
+}
+
+/// The ledger is Kafka: when it cannot answer, the broker is in trouble and the record is retried.
+fn ledger_failure(error: LedgerError) -> Failure {
+    Failure::retriable(anyhow::Error::new(error).context("the effect ledger"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn sms_errors_map_to_what_happens_next() {
+        let after = Duration::from_secs(7);
+        let failure = sms_failure(SmsError::RateLimited {
+            retry_after: Some(after),
+        });
+        assert!(matches!(failure, Failure::Retriable { retry_after: Some(a), .. } if a == after));
+        for error in [
+            SmsError::RateLimited { retry_after: None },
+            SmsError::Unavailable("down".into()),
+            SmsError::Ambiguous("timeout".into()),
+            SmsError::Unauthorized {
+                status: 401,
+                code: Some(20003),
+                message: "no".into(),
+            },
+        ] {
+            assert!(sms_failure(error).is_retriable());
+        }
+        let permanent = sms_failure(SmsError::Permanent {
+            status: Some(400),
+            code: Some(21211),
+            message: "invalid To".into(),
+        });
+        assert!(!permanent.is_retriable());
+        assert!(format!("{:#}", permanent.error()).contains("21211"));
+    }
+
+    #[test]
+    fn webhook_errors_map_to_what_happens_next() {
+        let after = Duration::from_secs(3);
+        let failure = webhook_failure(WebhookError::Retriable {
+            status: Some(429),
+            retry_after: Some(after),
+            reason: "busy".into(),
+        });
+        assert!(matches!(failure, Failure::Retriable { retry_after: Some(a), .. } if a == after));
+        assert!(
+            webhook_failure(WebhookError::Retriable {
+                status: None,
+                retry_after: None,
+                reason: "timed out".into()
+            })
+            .is_retriable()
+        );
+        assert!(
+            !webhook_failure(WebhookError::Rejected {
+                status: 410,
+                reason: "gone".into()
+            })
+            .is_retriable()
+        );
+        assert!(!webhook_failure(WebhookError::Invalid("bad url".into())).is_retriable());
+    }
+}
