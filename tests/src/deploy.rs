@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use regex::Regex;
 
@@ -301,4 +301,59 @@ pub fn yaml_documents(relative: &str) -> Vec<serde_yaml_ng::Value> {
         })
         .filter(|value: &serde_yaml_ng::Value| !value.is_null())
         .collect()
+}
+
+/// A child process killed on drop, so a failing test leaves nothing running.
+pub struct ChildGuard {
+    name: &'static str,
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &'static str, command: &mut Command) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        ChildGuard { name, child }
+    }
+
+    /// Panics if the process has exited: a wait for it would otherwise run to its deadline.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited early: {status}", self.name);
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on right now (the OS picks it; a small race with other processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding port 0 to find a free port")
+}
+
+/// The `formstream` flags naming a broker and a test's own three topics.
+pub fn topic_flags(bootstrap: &str, forms: &str, responses: &str, flags: &str) -> Vec<String> {
+    [
+        "--kafka-bootstrap",
+        bootstrap,
+        "--forms-topic",
+        forms,
+        "--responses-topic",
+        responses,
+        "--flags-topic",
+        flags,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }

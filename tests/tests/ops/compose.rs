@@ -356,8 +356,8 @@ fn the_image_runs_as_a_non_root_user() {
     let last_stage = dockerfile.rsplit("\nFROM ").next().expect("a stage");
     let user = last_stage
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("USER "))
         .expect("the runtime stage sets USER");
     let uid = user.split(':').next().expect("a user");
     assert!(
