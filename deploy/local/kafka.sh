@@ -12,6 +12,8 @@
 #   fetch            only download the jars (Maven) into the cache
 #   logs [-f]        print the server log path (stderr) and its tail (-f: follow)
 #   env              print shell exports (eval "$(deploy/local/kafka.sh env)")
+#   destroy          stop, then delete the instance's directory (data, logs, certificates);
+#                    refused for the default instance
 #   topics ARGS      org.apache.kafka.tools.TopicCommand   (e.g. topics --create --topic t --partitions 3)
 #   perf-producer ARGS  org.apache.kafka.tools.ProducerPerformance
 #   perf-consumer ARGS  org.apache.kafka.tools.ConsumerPerformance
@@ -33,6 +35,12 @@
 #   FORMSTREAM_KAFKA_JVM_OPTS         extra JVM flags for the broker (default empty)
 #   FORMSTREAM_KAFKA_START_TIMEOUT    seconds `start` waits for the broker (default 90)
 #   FORMSTREAM_KAFKA_STOP_TIMEOUT     seconds `stop` waits after SIGTERM before SIGKILL (default 60)
+#   FORMSTREAM_KAFKA_SECURE           1: the listener is SASL_SSL instead of PLAINTEXT, with a
+#                                     self-signed CA and SCRAM-SHA-256/512 users generated for the
+#                                     instance at its first start (<instance>/tls/, mode 0600; the
+#                                     passwords are random, never in the repository). Clients find
+#                                     their librdkafka settings in <instance>/tls/client.properties
+#                                     (`env` prints its path). Needs the openssl CLI.
 #   JAVA                              java binary (default: java on PATH)
 #   MVN                               maven binary (default: mvn on PATH)
 #
@@ -52,6 +60,7 @@ HEAP="${FORMSTREAM_KAFKA_HEAP:--Xms256m -Xmx1g}"
 EXTRA_JVM_OPTS="${FORMSTREAM_KAFKA_JVM_OPTS:-}"
 START_TIMEOUT="${FORMSTREAM_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${FORMSTREAM_KAFKA_STOP_TIMEOUT:-60}"
+SECURE="${FORMSTREAM_KAFKA_SECURE:-0}"
 JAVA="${JAVA:-java}"
 MVN="${MVN:-mvn}"
 
@@ -66,6 +75,9 @@ LOG4J="$INST_DIR/log4j2.xml"
 TOOLS_LOG4J="$KHOME/tools-log4j2.xml"
 PROBE_PROPS="$KHOME/probe-admin.properties"
 BOOTSTRAP="localhost:$PORT"
+TLS_DIR="$INST_DIR/tls"
+CLIENT_PROPS="$TLS_DIR/client.properties"          # librdkafka (formstream -X)
+JAVA_CLIENT_PROPS="$TLS_DIR/client-java.properties" # Kafka's own tools (--command-config)
 
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n1)"
 [[ -n "$KAFKA_VERSION" ]] || { echo "kafka.sh: cannot read <kafka.version> from $POM" >&2; exit 1; }
@@ -164,27 +176,113 @@ our_pid() {
 # One metadata round trip: the broker answers and lists topics.
 metadata_ok() {
   write_tools_log4j
-  if command -v kcat >/dev/null 2>&1; then
+  local command_config="$PROBE_PROPS"
+  if [[ "$SECURE" == 1 ]]; then
+    # Kafka's own client only: Debian's kcat (librdkafka 2.0) fails SCRAM against this broker
+    # where formstream's librdkafka 2.12 and the Java client succeed.
+    command_config="$JAVA_CLIENT_PROPS"
+  elif command -v kcat >/dev/null 2>&1; then
     timeout 20 kcat -b "$BOOTSTRAP" -L -m 10 >/dev/null 2>&1 && return 0
   fi
   timeout 60 "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
     -Dlog4j2.configurationFile="$TOOLS_LOG4J" -cp "$LIB_DIR/*" \
     org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list \
-    --command-config "$PROBE_PROPS" >/dev/null 2>&1
+    --command-config "$command_config" >/dev/null 2>&1
+}
+
+# Secure mode: a CA, a broker certificate for localhost and two SCRAM users (the broker's own
+# `admin`, for its inter-broker connections, and `formstream`, for clients), made once per
+# instance. Random passwords: nothing secret is in the repository, and each instance differs.
+write_secrets() {
+  [[ -f "$TLS_DIR/.complete" ]] && return 0
+  command -v openssl >/dev/null || die "secure mode needs the openssl CLI"
+  rm -rf "$TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  local log="$TLS_DIR/openssl.log"
+  (
+    umask 077
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=formstream local CA ($INSTANCE)" \
+      -keyout ca.key -out ca.crt
+    # PKCS#8, unencrypted: the form Kafka's PEM key store reads without ssl.key.password.
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out broker.key
+    openssl req -new -key broker.key -subj "/CN=localhost" -out broker.csr
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile broker.ext -out broker.crt
+    cat broker.key broker.crt >broker.pem
+    head -c 24 /dev/urandom | base64 | tr -d '/+=' >admin.password
+    head -c 24 /dev/urandom | base64 | tr -d '/+=' >client.password
+  ) >"$log" 2>&1 || { cat "$log" >&2; die "generating the secure instance's certificates failed"; }
+  local client_password; client_password="$(cat "$TLS_DIR/client.password")"
+  (
+    umask 077
+    cat >"$CLIENT_PROPS" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.username=formstream
+sasl.password=$client_password
+ssl.ca.location=$TLS_DIR/ca.crt
+EOF
+    cat >"$JAVA_CLIENT_PROPS" <<EOF
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="formstream" password="$client_password";
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.crt
+request.timeout.ms=5000
+default.api.timeout.ms=10000
+EOF
+  )
+  touch "$TLS_DIR/.complete"
+}
+
+# The broker's own login (every enabled mechanism needs one, though it uses SCRAM-SHA-512).
+scram_jaas() {
+  printf 'org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="%s";' \
+    "$(cat "$TLS_DIR/admin.password")"
+}
+
+# The listener section of server.properties: PLAINTEXT, or SASL_SSL in secure mode.
+listener_config() {
+  if [[ "$SECURE" != 1 ]]; then
+    cat <<EOF
+listeners=PLAINTEXT://localhost:$PORT,CONTROLLER://localhost:$CPORT
+advertised.listeners=PLAINTEXT://localhost:$PORT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+    return 0
+  fi
+  cat <<EOF
+listeners=SASL_SSL://localhost:$PORT,CONTROLLER://localhost:$CPORT
+advertised.listeners=SASL_SSL://localhost:$PORT
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$(scram_jaas)
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$(scram_jaas)
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.crt
+ssl.client.auth=none
+EOF
 }
 
 write_config() {
   mkdir -p "$INST_DIR" "$LOG_DIR" "$DATA_DIR"
-  cat >"$PROPS" <<EOF
+  if [[ "$SECURE" == 1 ]]; then write_secrets; fi
+  # 0600: in secure mode it holds the broker's SCRAM password.
+  (umask 077; cat >"$PROPS" <<EOF
 # Generated by deploy/local/kafka.sh on every start (edit the script, not this file).
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@localhost:$CPORT
-listeners=PLAINTEXT://localhost:$PORT,CONTROLLER://localhost:$CPORT
-advertised.listeners=PLAINTEXT://localhost:$PORT
-inter.broker.listener.name=PLAINTEXT
+$(listener_config)
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$DATA_DIR
 num.partitions=1
 auto.create.topics.enable=false
@@ -200,6 +298,7 @@ num.io.threads=4
 num.recovery.threads.per.data.dir=1
 log.retention.hours=24
 EOF
+  )
   cat >"$LOG4J" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -231,8 +330,18 @@ format_storage() {
     [[ "$id" != -* ]] && break
   done
   log "formatting new data dir $DATA_DIR (cluster id $id)"
+  local scram=()
+  if [[ "$SECURE" == 1 ]]; then
+    # SCRAM credentials are KRaft metadata: written at format time, before the broker starts.
+    local admin client
+    admin="$(cat "$TLS_DIR/admin.password")"
+    client="$(cat "$TLS_DIR/client.password")"
+    scram=(--add-scram "SCRAM-SHA-512=[name=admin,password=$admin]"
+           --add-scram "SCRAM-SHA-512=[name=formstream,password=$client]"
+           --add-scram "SCRAM-SHA-256=[name=formstream,password=$client]")
+  fi
   "$JAVA" -Xmx256m -Dlog4j2.configurationFile="$TOOLS_LOG4J" -cp "$LIB_DIR/*" \
-    kafka.tools.StorageTool format -t "$id" -c "$PROPS" >"$LOG_DIR/format.log" 2>&1 \
+    kafka.tools.StorageTool format -t "$id" -c "$PROPS" "${scram[@]}" >"$LOG_DIR/format.log" 2>&1 \
     || { cat "$LOG_DIR/format.log" >&2; die "storage format failed"; }
 }
 
@@ -319,6 +428,15 @@ stop() {
   log "stopped"
 }
 
+# Stops the instance and deletes its directory: what a test does with its private broker.
+destroy() {
+  [[ "$INSTANCE" != default ]] || die "refusing to destroy the default instance"
+  stop
+  rm -rf "$INST_DIR"
+  if [[ -n "${FORMSTREAM_KAFKA_DATA_DIR:-}" ]]; then rm -rf "$DATA_DIR"; fi
+  log "destroyed"
+}
+
 status() {
   local pid
   if pid="$(our_pid)"; then
@@ -337,6 +455,7 @@ case "$cmd" in
   stop) stop ;;
   restart) stop; start ;;
   status) status ;;
+  destroy) destroy ;;
   fetch) fetch; log "jars in $LIB_DIR" ;;
   logs)
     echo "$SERVER_LOG" >&2
@@ -350,6 +469,7 @@ export FORMSTREAM_KAFKA_VERSION=$KAFKA_VERSION
 export FORMSTREAM_KAFKA_LIB=$LIB_DIR
 export FORMSTREAM_KAFKA_LOG=$SERVER_LOG
 EOF
+    if [[ "$SECURE" == 1 ]]; then echo "export FORMSTREAM_KAFKA_CLIENT_PROPERTIES=$CLIENT_PROPS"; fi
     ;;
   topics|perf-producer|perf-consumer)
     case "$cmd" in

@@ -5,7 +5,10 @@
 #   3. cargo fmt --all -- --check
 #   4. cargo clippy --workspace --all-targets -- -D warnings
 #   5. cargo build --bin formstream            (the kill -9 test runs the real binary)
-#   6. cargo test --workspace [ARGS...]       (extra arguments go to cargo test)
+#   6. promtool check rules / test rules / check config on deploy/prometheus/ (alert rules and
+#      their unit tests, the compose scrape config); fails when promtool is missing
+#   7. cargo test --workspace [ARGS...]       (extra arguments go to cargo test; the scrape test
+#      runs the real `prometheus` binary, the SASL_SSL test a private broker)
 # Every step runs even when an earlier one failed; a summary follows; exit 1 if any step failed.
 # The broker is left running for the next run, unless this script started it AND
 # FORMSTREAM_TEST_STOP_BROKER=1.
@@ -53,6 +56,15 @@ if [[ "${FORMSTREAM_TEST_SKIP_LINT:-0}" != 1 ]]; then
   step fmt cargo fmt --all -- --check
   step clippy cargo clippy --workspace --all-targets -- -D warnings
 fi
+# Alert rules and their unit tests (Debian package `prometheus`; .ci/run installs it). A missing
+# promtool fails the run rather than skipping: untested alert rules are how pages go silent.
+promtool_checks() {
+  command -v promtool >/dev/null || { echo "test.sh: promtool not found (apt-get install prometheus)" >&2; return 1; }
+  promtool check rules deploy/prometheus/alerts.yml \
+    && promtool test rules deploy/prometheus/alerts.test.yml \
+    && promtool check config --syntax-only deploy/prometheus/prometheus.yml
+}
+step promtool promtool_checks
 # The runtime's kill -9 test drives the real binary: build it first.
 step build cargo build --bin formstream
 step test cargo test --workspace "$@"

@@ -22,7 +22,9 @@ pub struct KafkaArgs {
     pub bootstrap: String,
 
     /// Extra librdkafka property, as key=value (repeatable), e.g. security.protocol=SASL_SSL.
-    /// In the environment, separate several with commas.
+    /// In the environment, separate several with commas, or set one variable per property:
+    /// FORMSTREAM_KAFKA_X_SASL_PASSWORD sets sasl.password (`_` reads as `.`, `__` as `_`); a flag
+    /// overrides such a variable.
     #[arg(
         long = "kafka-property",
         short = 'X',

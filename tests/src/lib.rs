@@ -6,6 +6,7 @@
 //! are independent, can run in parallel and can be rerun against the same broker. Nothing here
 //! sleeps for a fixed time to wait for something: every wait polls a condition until a deadline.
 
+pub mod deploy;
 pub mod runtime;
 pub mod twilio_fake;
 pub mod webhook_receiver;

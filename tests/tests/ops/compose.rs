@@ -1,0 +1,368 @@
+//! docker-compose.yml, the Dockerfile and the compose Prometheus config, checked against the real
+//! binary (issue 8). This machine has no Docker engine, so the file cannot be run here; instead
+//! every name it shares with the binary is checked: a service per registered processor, scalable
+//! (no host port, no container name), environment variables the commands really read, healthchecks
+//! on the ports the services listen on, and a Prometheus job that finds every replica.
+
+use std::collections::BTreeSet;
+
+use formstream_tests::deploy::{
+    CommandEnv, path_of, port_of, processors, read_repo_file, yaml_documents,
+};
+use serde_yaml_ng::Value;
+
+fn compose() -> Value {
+    yaml_documents("docker-compose.yml")
+        .pop()
+        .expect("docker-compose.yml has a document")
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|items| {
+            items
+                .iter()
+                .map(|v| v.as_str().expect("a string").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A service's environment as (name, value) pairs, from either compose form.
+fn environment(service: &Value) -> Vec<(String, String)> {
+    match &service["environment"] {
+        Value::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml_ng::to_string(other)
+                        .expect("a scalar")
+                        .trim()
+                        .to_owned(),
+                };
+                (k.as_str().expect("a name").to_owned(), value)
+            })
+            .collect(),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|item| {
+                let item = item.as_str().expect("NAME=value");
+                let (k, v) = item.split_once('=').unwrap_or((item, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The services that run the formstream image, with their command.
+fn formstream_services(compose: &Value) -> Vec<(String, Vec<String>)> {
+    compose["services"]
+        .as_mapping()
+        .expect("services")
+        .iter()
+        .filter(|(_, s)| {
+            s["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("formstream"))
+        })
+        .map(|(name, s)| {
+            (
+                name.as_str().expect("a name").to_owned(),
+                strings(&s["command"]),
+            )
+        })
+        .collect()
+}
+
+/// The subcommand path of a command line: its words up to the first flag.
+fn subcommand(command: &[String]) -> Vec<&str> {
+    command
+        .iter()
+        .take_while(|w| !w.starts_with('-'))
+        .map(String::as_str)
+        .collect()
+}
+
+/// The variables the Dockerfile sets for every container.
+fn dockerfile_env() -> Vec<(String, String)> {
+    let dockerfile = read_repo_file("Dockerfile");
+    let mut vars = Vec::new();
+    let mut in_env = false;
+    for line in dockerfile.lines() {
+        let line = line.trim();
+        let rest = if let Some(rest) = line.strip_prefix("ENV ") {
+            rest
+        } else if in_env {
+            line
+        } else {
+            continue;
+        };
+        for word in rest.trim_end_matches('\\').split_whitespace() {
+            if let Some((k, v)) = word.split_once('=') {
+                vars.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        in_env = line.ends_with('\\');
+    }
+    vars
+}
+
+/// The listen address a service ends up with: its own environment, else the Dockerfile's.
+fn listen_port(service: &Value, variable: &str) -> u16 {
+    let env = environment(service);
+    let address = env
+        .iter()
+        .chain(dockerfile_env().iter())
+        .find(|(k, _)| k == variable)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("{variable} is set neither in the service nor the Dockerfile"));
+    assert!(
+        address.starts_with("0.0.0.0:"),
+        "{variable}={address}: a container must listen on 0.0.0.0 to be reachable"
+    );
+    port_of(&address)
+}
+
+/// The URL a `curl`/`wget` healthcheck fetches.
+fn healthcheck_url(service_name: &str, service: &Value) -> String {
+    let test = strings(&service["healthcheck"]["test"]);
+    assert_eq!(
+        test.first().map(String::as_str),
+        Some("CMD"),
+        "{service_name}: the healthcheck runs a command without a shell"
+    );
+    test.iter()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("{service_name}: the healthcheck fetches no URL: {test:?}"))
+        .clone()
+}
+
+#[test]
+fn every_registered_processor_has_a_scalable_service() {
+    let compose = compose();
+    let services = &compose["services"];
+    let expected = processors();
+    let mut missing = Vec::new();
+    for name in &expected {
+        let service = &services[name.as_str()];
+        if service.is_null() {
+            missing.push(name.clone());
+            continue;
+        }
+        assert_eq!(
+            strings(&service["command"]),
+            ["process", name.as_str()],
+            "service {name} runs `formstream process {name}`"
+        );
+        // `docker compose up --scale` refuses fixed container names and fixed host ports.
+        assert!(
+            service["container_name"].is_null(),
+            "{name}: a container_name prevents --scale"
+        );
+        assert!(
+            service["ports"].is_null(),
+            "{name}: host ports prevent --scale (Prometheus reaches it on the compose network)"
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "docker-compose.yml has no service for processors {missing:?}; add one per processor \
+         (and its name to deploy/prometheus/prometheus.yml)"
+    );
+    // No service for a processor the binary does not have.
+    for (name, command) in formstream_services(&compose) {
+        if command.first().map(String::as_str) == Some("process") {
+            assert!(
+                expected.contains(&command[1]),
+                "service {name} runs unknown processor {}",
+                command[1]
+            );
+        }
+    }
+}
+
+#[test]
+fn environment_names_are_flags_of_their_commands() {
+    let compose = compose();
+    let mut problems = Vec::new();
+    let mut commands = BTreeSet::new();
+    for (name, command) in formstream_services(&compose) {
+        let path = subcommand(&command);
+        assert!(!path.is_empty(), "{name} has no command");
+        commands.insert(path.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let env = CommandEnv::of(&path);
+        for (variable, _) in environment(&compose["services"][name.as_str()]) {
+            if !env.accepts(&variable) {
+                problems.push(format!(
+                    "service {name}: `formstream {}` does not read {variable}",
+                    path.join(" ")
+                ));
+            }
+        }
+    }
+    // The Dockerfile's variables reach every command: each must be read by the command that
+    // needs it and be harmless elsewhere (clap ignores variables a command has no flag for).
+    let all: Vec<CommandEnv> = commands
+        .iter()
+        .map(|c| CommandEnv::of(&c.iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect();
+    for (variable, _) in dockerfile_env() {
+        if !all.iter().any(|env| env.accepts(&variable)) {
+            problems.push(format!("Dockerfile: no command reads {variable}"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn healthchecks_probe_the_ports_the_services_listen_on() {
+    let compose = compose();
+    let services = &compose["services"];
+    let processor_env = CommandEnv::of(&["process", &processors()[0]]);
+    let gateway_env = CommandEnv::of(&["gateway"]);
+    let health_paths = ["/healthz", "/readyz"];
+
+    for name in processors() {
+        let service = &services[name.as_str()];
+        let url = healthcheck_url(&name, service);
+        let port = listen_port(service, "FORMSTREAM_METRICS_LISTEN");
+        assert!(processor_env.vars.contains_key("FORMSTREAM_METRICS_LISTEN"));
+        assert_eq!(port_of(&url), port, "{name}: healthcheck {url}");
+        assert!(
+            health_paths.contains(&path_of(&url).as_str()),
+            "{name}: {url}"
+        );
+    }
+
+    let gateway = &services["gateway"];
+    assert_eq!(strings(&gateway["command"]), ["gateway"]);
+    let port = listen_port(gateway, "FORMSTREAM_GATEWAY_LISTEN");
+    assert!(gateway_env.vars.contains_key("FORMSTREAM_GATEWAY_LISTEN"));
+    let url = healthcheck_url("gateway", gateway);
+    assert_eq!(port_of(&url), port, "gateway: healthcheck {url}");
+    assert!(health_paths.contains(&path_of(&url).as_str()));
+    // Its published port leads to the port it listens on.
+    let published = strings(&gateway["ports"]);
+    assert!(
+        published.iter().any(|p| port_of(p) == port),
+        "gateway publishes {published:?}, listens on {port}"
+    );
+
+    // The setup job runs once before the services that need the topics.
+    assert_eq!(
+        strings(&services["topics"]["command"]),
+        ["topics", "create"]
+    );
+    for name in processors().iter().chain([&"gateway".to_owned()]) {
+        assert_eq!(
+            services[name.as_str()]["depends_on"]["topics"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{name} waits for the topics"
+        );
+    }
+}
+
+#[test]
+fn kafka_is_the_official_image_in_kraft_mode_at_the_pinned_version() {
+    let compose = compose();
+    let kafka = &compose["services"]["kafka"];
+    let pom = read_repo_file("deploy/local/pom.xml");
+    let version = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split("</kafka.version>").next())
+        .expect("kafka.version in pom.xml");
+    assert_eq!(
+        kafka["image"].as_str(),
+        Some(format!("apache/kafka:{version}").as_str()),
+        "the compose broker runs the version the local broker and the tests use"
+    );
+    let env = environment(kafka);
+    let get = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(get("KAFKA_PROCESS_ROLES"), "broker,controller");
+    assert!(get("KAFKA_ADVERTISED_LISTENERS").contains("kafka:9092"));
+    assert!(!kafka["healthcheck"].is_null(), "kafka has a healthcheck");
+    // Every formstream service talks to it by its compose name.
+    for (name, _) in formstream_services(&compose) {
+        let env = environment(&compose["services"][name.as_str()]);
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "FORMSTREAM_KAFKA_BOOTSTRAP" && v == "kafka:9092"),
+            "{name} connects to kafka:9092"
+        );
+    }
+}
+
+#[test]
+fn prometheus_scrapes_every_replica_of_every_service() {
+    let compose = compose();
+    let services = &compose["services"];
+    let config = yaml_documents("deploy/prometheus/prometheus.yml")
+        .pop()
+        .expect("prometheus.yml");
+    // (DNS name, port) pairs Prometheus resolves: every replica of a service is an A record.
+    let mut scraped = BTreeSet::new();
+    for job in config["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+    {
+        for sd in job["dns_sd_configs"].as_sequence().into_iter().flatten() {
+            assert_eq!(sd["type"].as_str(), Some("A"));
+            let port = sd["port"].as_u64().expect("a port") as u16;
+            for name in strings(&sd["names"]) {
+                scraped.insert((name, port));
+            }
+        }
+    }
+    let mut expected = BTreeSet::new();
+    for name in processors() {
+        let port = listen_port(&services[name.as_str()], "FORMSTREAM_METRICS_LISTEN");
+        expected.insert((name, port));
+    }
+    expected.insert((
+        "gateway".to_owned(),
+        listen_port(&services["gateway"], "FORMSTREAM_GATEWAY_LISTEN"),
+    ));
+    let missing: Vec<_> = expected.difference(&scraped).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/prometheus/prometheus.yml does not scrape {missing:?}"
+    );
+    // Prometheus and Grafana get the files they need.
+    let prometheus_volumes = strings(&services["prometheus"]["volumes"]).join(" ");
+    for file in ["prometheus.yml", "alerts.yml"] {
+        assert!(prometheus_volumes.contains(&format!("./deploy/prometheus/{file}:")));
+    }
+    let grafana_volumes = strings(&services["grafana"]["volumes"]).join(" ");
+    assert!(grafana_volumes.contains("./deploy/grafana/dashboards:"));
+    assert!(grafana_volumes.contains("./deploy/grafana/provisioning:"));
+}
+
+#[test]
+fn the_image_runs_as_a_non_root_user() {
+    let dockerfile = read_repo_file("Dockerfile");
+    let stages =
+        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM "));
+    assert!(stages >= 2, "a multi-stage build");
+    let last_stage = dockerfile.rsplit("\nFROM ").next().expect("a stage");
+    let user = last_stage
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    let uid = user.split(':').next().expect("a user");
+    assert!(
+        uid.parse::<u32>().is_ok_and(|uid| uid != 0),
+        "USER {user}: a numeric non-root uid (Kubernetes' runAsNonRoot checks it)"
+    );
+    assert!(last_stage.contains("COPY --from=builder /usr/local/bin/formstream"));
+}

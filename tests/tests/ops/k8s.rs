@@ -1,0 +1,339 @@
+//! The Kubernetes manifests of deploy/k8s, parsed and checked against the real binary (issue 8):
+//! a Deployment per registered processor and one for the gateway, with readiness on /readyz and
+//! liveness on /healthz at the port the binary listens on, resource requests, environment names
+//! the commands read, a PodDisruptionBudget each, a ServiceMonitor that finds them, and a KEDA
+//! ScaledObject that scales a real Deployment on its real consumer group.
+
+use std::collections::BTreeMap;
+
+use formstream_tests::deploy::{CommandEnv, port_of, processors, repo_root, yaml_documents};
+use serde_yaml_ng::Value;
+
+/// Every object of every manifest, with the file it came from.
+fn objects() -> Vec<(String, Value)> {
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("deploy/k8s"))
+        .expect("deploy/k8s")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    files
+        .into_iter()
+        .flat_map(|file| {
+            yaml_documents(&format!("deploy/k8s/{file}"))
+                .into_iter()
+                .map(move |doc| (file.clone(), doc))
+        })
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
+    objects
+        .iter()
+        .filter(|(_, o)| o["kind"].as_str() == Some(kind))
+        .map(|(_, o)| o)
+        .collect()
+}
+
+/// The ConfigMaps by name, for the containers that load them with `envFrom`.
+fn config_maps(objects: &[(String, Value)]) -> BTreeMap<String, Value> {
+    of_kind(objects, "ConfigMap")
+        .into_iter()
+        .map(|c| (name(c).to_owned(), c.clone()))
+        .collect()
+}
+
+fn name(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().expect("metadata.name")
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+/// Whether every label of `selector` is among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let Some(selector) = selector.as_mapping() else {
+        return false;
+    };
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(k, v)| labels[k.as_str().unwrap()] == *v)
+}
+
+/// The variables a container gets: its `env` and the data of the ConfigMaps it loads.
+fn container_env(
+    container: &Value,
+    config_maps: &BTreeMap<String, Value>,
+) -> BTreeMap<String, Option<String>> {
+    let mut env = BTreeMap::new();
+    for source in container["envFrom"].as_sequence().into_iter().flatten() {
+        if let Some(map) = source["configMapRef"]["name"].as_str() {
+            let data = config_maps
+                .get(map)
+                .unwrap_or_else(|| panic!("ConfigMap {map} is not in deploy/k8s"));
+            for (k, v) in data["data"].as_mapping().into_iter().flatten() {
+                env.insert(
+                    k.as_str().expect("a name").to_owned(),
+                    v.as_str().map(str::to_owned),
+                );
+            }
+        }
+    }
+    for var in container["env"].as_sequence().into_iter().flatten() {
+        env.insert(
+            var["name"].as_str().expect("env name").to_owned(),
+            var["value"].as_str().map(str::to_owned),
+        );
+    }
+    env
+}
+
+/// Checks one Deployment that runs `command`, whose health endpoints listen on `listen_var`.
+fn check_deployment(
+    deployment: &Value,
+    command: &[&str],
+    listen_var: &str,
+    config_maps: &BTreeMap<String, Value>,
+    pdbs: &[&Value],
+) {
+    let what = name(deployment);
+    let pod = &deployment["spec"]["template"];
+    let containers = pod["spec"]["containers"].as_sequence().expect("containers");
+    assert_eq!(containers.len(), 1, "{what}: one container");
+    let container = &containers[0];
+    assert_eq!(strings(&container["args"]), command, "{what}: its command");
+
+    let help = CommandEnv::of(command);
+    let env = container_env(container, config_maps);
+    for variable in env.keys() {
+        assert!(
+            help.accepts(variable),
+            "{what}: `formstream {}` does not read {variable}",
+            command.join(" ")
+        );
+    }
+    // The probes reach the port the process listens on: the container's setting, which must
+    // keep the binary's default port (so docs, annotations and Services agree), on 0.0.0.0.
+    let default_port = help.default_port(listen_var);
+    let listen =
+        env.get(listen_var).cloned().flatten().unwrap_or_else(|| {
+            panic!("{what}: {listen_var} must be set to listen beyond loopback")
+        });
+    assert!(
+        listen.starts_with("0.0.0.0:"),
+        "{what}: {listen_var}={listen}"
+    );
+    assert_eq!(port_of(&listen), default_port, "{what}: {listen_var}");
+    let ports: Vec<u64> = container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["containerPort"].as_u64())
+        .collect();
+    assert!(
+        ports.contains(&u64::from(default_port)),
+        "{what}: containerPort {default_port}"
+    );
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{what}: {probe} path");
+        assert_eq!(
+            get["port"].as_u64(),
+            Some(u64::from(default_port)),
+            "{what}: {probe} port"
+        );
+    }
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(default_port.to_string().as_str()),
+        "{what}: scrape annotation port"
+    );
+    for resource in ["cpu", "memory"] {
+        assert!(
+            !container["resources"]["requests"][resource].is_null(),
+            "{what}: requests {resource}"
+        );
+    }
+    assert_eq!(
+        pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    let labels = &pod["metadata"]["labels"];
+    assert!(
+        selects(&deployment["spec"]["selector"]["matchLabels"], labels),
+        "{what}: the selector matches the pod labels"
+    );
+    assert!(
+        pdbs.iter()
+            .any(|pdb| selects(&pdb["spec"]["selector"]["matchLabels"], labels)),
+        "{what}: a PodDisruptionBudget covers its pods"
+    );
+}
+
+#[test]
+fn every_processor_and_the_gateway_have_a_checked_deployment() {
+    let objects = objects();
+    let config_maps = config_maps(&objects);
+    let pdbs = of_kind(&objects, "PodDisruptionBudget");
+    let deployments = of_kind(&objects, "Deployment");
+    let find = |wanted: &str| {
+        deployments
+            .iter()
+            .find(|d| name(d) == wanted)
+            .copied()
+            .unwrap_or_else(|| panic!("deploy/k8s has no Deployment {wanted}"))
+    };
+    for processor in processors() {
+        check_deployment(
+            find(&format!("formstream-{processor}")),
+            &["process", &processor],
+            "FORMSTREAM_METRICS_LISTEN",
+            &config_maps,
+            &pdbs,
+        );
+    }
+    check_deployment(
+        find("formstream-gateway"),
+        &["gateway"],
+        "FORMSTREAM_GATEWAY_LISTEN",
+        &config_maps,
+        &pdbs,
+    );
+    // No Deployment for a processor the binary does not have.
+    let known = processors();
+    for deployment in &deployments {
+        let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+        if args.first().map(String::as_str) == Some("process") {
+            assert!(
+                known.contains(&args[1]),
+                "{}: unknown processor",
+                name(deployment)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_service_monitor_finds_every_metrics_port() {
+    let objects = objects();
+    let services = of_kind(&objects, "Service");
+    let monitors = of_kind(&objects, "ServiceMonitor");
+    assert!(!monitors.is_empty(), "a ServiceMonitor");
+    let deployments = of_kind(&objects, "Deployment");
+    for deployment in deployments {
+        let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        let port_names: Vec<&str> =
+            deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+        // A Service selects the pods, exposes a named metrics port of theirs, and a monitor
+        // selects that Service and scrapes that port.
+        let scraped = services.iter().any(|service| {
+            selects(&service["spec"]["selector"], pod_labels)
+                && service["spec"]["ports"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|port| {
+                        let target = port["targetPort"].as_str().unwrap_or_default();
+                        let port_name = port["name"].as_str().unwrap_or_default();
+                        port_names.contains(&target)
+                            && monitors.iter().any(|m| {
+                                selects(
+                                    &m["spec"]["selector"]["matchLabels"],
+                                    &service["metadata"]["labels"],
+                                ) && m["spec"]["endpoints"]
+                                    .as_sequence()
+                                    .into_iter()
+                                    .flatten()
+                                    .any(|e| e["port"].as_str() == Some(port_name))
+                            })
+                    })
+        });
+        assert!(
+            scraped,
+            "{}: no ServiceMonitor scrapes its pods",
+            name(deployment)
+        );
+    }
+}
+
+#[test]
+fn the_keda_example_scales_a_processor_on_its_consumer_group() {
+    let objects = objects();
+    let scaled = of_kind(&objects, "ScaledObject");
+    assert!(!scaled.is_empty(), "a KEDA ScaledObject example");
+    let deployments = of_kind(&objects, "Deployment");
+    let auths = of_kind(&objects, "TriggerAuthentication");
+    for object in scaled {
+        let target = object["spec"]["scaleTargetRef"]["name"]
+            .as_str()
+            .expect("target");
+        let deployment = deployments
+            .iter()
+            .find(|d| name(d) == target)
+            .unwrap_or_else(|| panic!("ScaledObject targets unknown Deployment {target}"));
+        let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+        assert_eq!(args[0], "process", "{target} is a processor");
+        let trigger = &object["spec"]["triggers"][0];
+        assert_eq!(trigger["type"].as_str(), Some("kafka"));
+        // The processor's default consumer group (README: `formstream-<processor>`).
+        assert_eq!(
+            trigger["metadata"]["consumerGroup"].as_str(),
+            Some(format!("formstream-{}", args[1]).as_str())
+        );
+        assert_eq!(trigger["metadata"]["topic"].as_str(), Some("responses"));
+        if let Some(auth) = trigger["authenticationRef"]["name"].as_str() {
+            assert!(
+                auths.iter().any(|a| name(a) == auth),
+                "TriggerAuthentication {auth} exists"
+            );
+        }
+    }
+}
+
+#[test]
+fn kustomization_lists_existing_files() {
+    let kustomization = yaml_documents("deploy/k8s/kustomization.yaml")
+        .pop()
+        .expect("kustomization.yaml");
+    for file in strings(&kustomization["resources"]) {
+        assert!(
+            repo_root().join("deploy/k8s").join(&file).is_file(),
+            "kustomization.yaml lists missing {file}"
+        );
+    }
+}
+
+#[test]
+fn the_topics_job_runs_topics_create_with_its_real_variables() {
+    let objects = objects();
+    let config_maps = config_maps(&objects);
+    let jobs = of_kind(&objects, "Job");
+    let job = jobs
+        .iter()
+        .find(|j| name(j) == "formstream-topics")
+        .expect("a Job that creates the topics");
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(strings(&container["args"]), ["topics", "create"]);
+    let help = CommandEnv::of(&["topics", "create"]);
+    for variable in container_env(container, &config_maps).keys() {
+        assert!(
+            help.accepts(variable),
+            "`formstream topics create` does not read {variable}"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Operations tests (issue 8), in one test binary: each binary links librdkafka and weighs about
+//! 175 MB in a debug build, and these suites share their helpers (`formstream_tests::deploy`).
+//! - `compose`: docker-compose.yml, the Dockerfile and the compose Prometheus config against the
+//!   binary's flags;
+//! - `k8s`: deploy/k8s against the binary's flags and defaults;
+//! - `dashboards`: the Grafana dashboard's and the alert rules' PromQL against the code's metrics;
+//! - `sasl_ssl`: the gateway and a processor on a private SASL_SSL broker;
+//! - `prometheus_scrape`: a real Prometheus scraping a gateway and a processor.
+
+mod compose;
+mod dashboards;
+mod k8s;
+mod prometheus_scrape;
+mod sasl_ssl;
