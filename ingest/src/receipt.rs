@@ -93,7 +93,11 @@ pub fn check(
 fn template_problems(template: &str, questions: &[Question]) -> Vec<FieldProblem> {
     const AT: &str = "/receipt/template";
     if template.trim().is_empty() {
-        return vec![FieldProblem::new(AT, "required", "a receipt needs a template")];
+        return vec![FieldProblem::new(
+            AT,
+            "required",
+            "a receipt needs a template",
+        )];
     }
     if template.chars().count() > MAX_TEMPLATE_CHARS {
         return vec![FieldProblem::new(
@@ -106,11 +110,7 @@ fn template_problems(template: &str, questions: &[Question]) -> Vec<FieldProblem
     let compiled = match env.template_from_str(template) {
         Ok(compiled) => compiled,
         Err(error) => {
-            return vec![FieldProblem::new(
-                AT,
-                "template_syntax",
-                describe(&error),
-            )];
+            return vec![FieldProblem::new(AT, "template_syntax", describe(&error))];
         }
     };
     let globals: Vec<&str> = env.globals().map(|(name, _)| name).collect();
@@ -428,7 +428,9 @@ mod tests {
         let mut problems = Vec::new();
         let body = ReceiptBody {
             phone_question: "phone".into(),
-            template: "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}".into(),
+            template:
+                "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}"
+                    .into(),
         };
         check(Some(&body), &questions(), &mut problems);
         assert_eq!(problems.len(), 1);

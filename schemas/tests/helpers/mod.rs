@@ -89,7 +89,9 @@ pub fn forms() -> Vec<Form> {
         },
         receipt: Some(ReceiptAction {
             phone_question: "phone".into(),
-            template: "Thank you {{ answers.name }} for answering {{ form.title }}. Ref {{ receipt_ref }}".into(),
+            template:
+                "Thank you {{ answers.name }} for answering {{ form.title }}. Ref {{ receipt_ref }}"
+                    .into(),
         }),
         created_at: 1_700_000_100_000,
     };
