@@ -436,4 +436,54 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].code, "template_error");
     }
+
+    /// Through the forms API's own builder: a receipt is stored with the version, shown back by
+    /// the view (so a fetched form can be PUT back), and its problems are field problems.
+    #[test]
+    fn forms_store_show_and_refuse_receipts() {
+        use crate::forms::{FormBody, FormView, build_version};
+        let body = |receipt: serde_json::Value| -> FormBody {
+            serde_json::from_value(serde_json::json!({
+                "title": "Survey",
+                "default_region": "IN",
+                "questions": [
+                    {"key": "name", "text": "Name", "type": "text"},
+                    {"key": "phone", "text": "Mobile", "type": "phone"}
+                ],
+                "receipt": receipt
+            }))
+            .expect("a body")
+        };
+        let good = serde_json::json!({"phone_question": "phone", "template": "Thanks {{ answers.name }} {{ receipt_ref }}"});
+        let version = build_version(&body(good.clone()), 1, 0).expect("valid");
+        assert_eq!(
+            version.receipt.as_ref().map(|r| r.phone_question.as_str()),
+            Some("phone")
+        );
+        let form = formstream_schemas::Form {
+            id: "f".into(),
+            organisation: "o".into(),
+            created_at: 0,
+            versions: vec![version.clone()],
+        };
+        let shown = serde_json::to_value(FormView::of(&form, &version)).expect("a view");
+        assert_eq!(shown["receipt"], good);
+        let problems = build_version(
+            &body(serde_json::json!({"phone_question": "name", "template": "{{ answers.age }}"})),
+            1,
+            0,
+        )
+        .expect_err("invalid");
+        let found: Vec<_> = problems
+            .iter()
+            .map(|p| (p.pointer.as_str(), p.code))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("/receipt/phone_question", "not_a_phone_question"),
+                ("/receipt/template", "unknown_question")
+            ]
+        );
+    }
 }
