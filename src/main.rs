@@ -14,6 +14,7 @@ use formstream_ingest::config::{
 use formstream_ingest::kafka::{TopicOutcome, ensure_topics, spine_topics};
 use formstream_journal::{Journal, JournalArgs, Noop, NoopArgs};
 use formstream_notify_collectors::{NotifyCollectors, NotifyCollectorsArgs};
+use formstream_receipts::{Receipts, ReceiptsArgs};
 use formstream_runtime::replay::ReplayArgs;
 use formstream_runtime::{Processor, RuntimeConfig};
 use formstream_validate::Validate;
@@ -88,6 +89,8 @@ enum ProcessCommand {
     Validate(ProcessorArgs<ValidateArgs>),
     /// Tell data collectors about flagged responses, by SMS and/or signed webhook, never twice.
     NotifyCollectors(ProcessorArgs<NotifyCollectorsArgs>),
+    /// Text each respondent one SMS receipt per response, rate-limited, never twice.
+    Receipts(ProcessorArgs<ReceiptsArgs>),
 }
 
 /// The validate processor has no flags of its own: its topics are the runtime's.
@@ -120,6 +123,12 @@ impl ProcessCommand {
             ProcessCommand::NotifyCollectors(p) => {
                 let open = |args, runtime: RuntimeConfig, shutdown| async move {
                     NotifyCollectors::open(args, &runtime, shutdown).await
+                };
+                p.start_opened(open, configure, shutdown).await
+            }
+            ProcessCommand::Receipts(p) => {
+                let open = |args, runtime: RuntimeConfig, shutdown| async move {
+                    Receipts::open(args, &runtime, shutdown).await
                 };
                 p.start_opened(open, configure, shutdown).await
             }

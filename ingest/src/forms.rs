@@ -22,6 +22,7 @@ use crate::config::KafkaArgs;
 use crate::error::FieldProblem;
 use crate::follow::{Followed, TopicFollower};
 use crate::metrics::Metrics;
+use crate::receipt::ReceiptBody;
 use crate::rules::{RuleSet, translate_constraint};
 
 static FORM_ID: LazyLock<Regex> =
@@ -139,6 +140,9 @@ pub struct FormBody {
     pub rules: Vec<RuleBody>,
     #[serde(default)]
     pub notify: NotifyBody,
+    /// The SMS receipt to the respondent (the receipts processor); none when absent.
+    #[serde(default)]
+    pub receipt: Option<ReceiptBody>,
 }
 
 /// A form version as the API shows it.
@@ -155,6 +159,8 @@ pub struct FormView {
     pub metadata: serde_json::Value,
     pub rules: Vec<RuleBody>,
     pub notify: NotifyBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<ReceiptBody>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -204,6 +210,7 @@ impl FormView {
                 sms_collector: version.notify.sms_collector,
                 webhook_url: version.notify.webhook_url.clone(),
             },
+            receipt: version.receipt.as_ref().map(ReceiptBody::from),
             created_at: rfc3339(form.created_at),
             updated_at: rfc3339(version.created_at),
         }
@@ -387,6 +394,7 @@ pub fn build_version(
         })
         .collect();
     let rules = rules_of(body, &questions, &mut problems);
+    let receipt = crate::receipt::check(body.receipt.as_ref(), &questions, &mut problems);
     if let Some(url) = &body.notify.webhook_url
         && let Err(detail) = check_webhook_url(url)
     {
@@ -409,6 +417,7 @@ pub fn build_version(
             sms_collector: body.notify.sms_collector,
             webhook_url: body.notify.webhook_url.clone(),
         },
+        receipt,
         created_at: now,
     };
     // The same compile the validate processor runs: a rule stored is a rule it can evaluate.
@@ -741,6 +750,7 @@ mod tests {
             metadata_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
+            receipt: None,
             created_at: 0,
         };
         let form = |versions| Form {

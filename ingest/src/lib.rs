@@ -14,6 +14,7 @@ pub mod http;
 pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
+pub mod receipt;
 pub mod responses;
 pub mod rules;
 pub mod tail;

@@ -41,6 +41,8 @@ pub struct FormVersion {
     /// Checked by the validate processor against every response of this version, in order.
     pub rules: Vec<Rule>,
     pub notify: Notify,
+    /// The SMS receipt to the respondent, if the form sends one (the receipts processor).
+    pub receipt: Option<ReceiptAction>,
     pub created_at: TimestampMillis,
 }
 
@@ -98,6 +100,17 @@ pub struct Rule {
 pub struct Notify {
     pub sms_collector: bool,
     pub webhook_url: Option<String>,
+}
+
+/// A form version's receipt action: text the respondent once per response. The template's
+/// semantics (variables, checks) are defined in formstream-ingest's `receipt` module, which both
+/// the gateway (at save time) and the receipts processor use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptAction {
+    /// Key of a `PHONE` question of the same version.
+    pub phone_question: String,
+    /// MiniJinja source.
+    pub template: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

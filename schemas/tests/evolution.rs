@@ -1,5 +1,6 @@
 //! Schema evolution: `Response` v2 (fixture `response-v2.avsc`) adds `channel` with default "app";
-//! the current `Form` added `rules` and `notify` to the `Form` of fixture `form-v1.avsc`.
+//! the current `Form` added `rules` and `notify` to the `Form` of fixture `form-v1.avsc`, and
+//! `receipt` to that of `form-v2.avsc`.
 //!
 //! Invariant checked: BACKWARD (a newer reader reads older data and sees the defaults) and FORWARD
 //! (an older reader reads newer data and ignores the new fields), in both wire formats.
@@ -142,6 +143,7 @@ async fn forms_written_before_rules_read_with_no_rules_and_no_notifications() {
     for version in &mut expected.versions {
         version.rules.clear();
         version.notify = Notify::default();
+        version.receipt = None;
     }
     assert_eq!(read, expected);
     assert!(read.versions.iter().all(|v| v.rules.is_empty()));
@@ -170,4 +172,63 @@ async fn a_reader_from_before_rules_reads_forms_with_rules_ignoring_them() {
         .await
         .unwrap();
     assert_eq!(read, FormV1::from_current(current));
+}
+
+/// Forms saved before receipt actions existed stay on the compacted forms topic: the current
+/// reader sees them without a receipt (the receipts processor then sends nothing for them), in
+/// both wire formats.
+#[tokio::test]
+async fn forms_written_before_receipts_read_with_no_receipt() {
+    let current = forms()[1].clone();
+    assert!(current.versions[1].receipt.is_some(), "the fixture has one");
+    let old = FormV2::from_current(current.clone());
+    let mut expected = current;
+    for version in &mut expected.versions {
+        version.receipt = None;
+    }
+
+    let bytes = Codec::single_object()
+        .encoder::<FormV2>("forms")
+        .await
+        .unwrap()
+        .encode(&old)
+        .unwrap();
+    let consumer = Codec::single_object_with_writers(vec![FORM_V2.clone()]);
+    let read: Form = consumer.decode(&bytes).await.unwrap();
+    assert_eq!(read, expected);
+
+    let fake = FakeRegistry::start(None).await;
+    let bytes = Codec::with_registry(fake.config())
+        .unwrap()
+        .encoder::<FormV2>("forms")
+        .await
+        .unwrap()
+        .encode(&old)
+        .unwrap();
+    let read: Form = Codec::with_registry(fake.config())
+        .unwrap()
+        .decode(&bytes)
+        .await
+        .unwrap();
+    assert_eq!(read, expected);
+}
+
+#[tokio::test]
+async fn a_reader_from_before_receipts_reads_forms_with_receipts_ignoring_them() {
+    let current = forms()[1].clone();
+    let fake = FakeRegistry::start(None).await;
+    fake.register("forms-value", FormV2::SCHEMA_JSON).await;
+    let bytes = Codec::with_registry(fake.config())
+        .unwrap()
+        .encoder::<Form>("forms")
+        .await
+        .unwrap()
+        .encode(&current)
+        .unwrap();
+    let read: FormV2 = Codec::with_registry(fake.config())
+        .unwrap()
+        .decode(&bytes)
+        .await
+        .unwrap();
+    assert_eq!(read, FormV2::from_current(current));
 }

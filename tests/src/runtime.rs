@@ -191,6 +191,7 @@ pub fn test_form(id: &str) -> Form {
             metadata_json: "{}".to_owned(),
             rules: Vec::new(),
             notify: Default::default(),
+            receipt: None,
             created_at: now,
         }],
     }
@@ -755,6 +756,23 @@ pub async fn wait_committed_to_ends(
     })
     .await;
     committed_offsets(topics).await.expect("committed offsets")
+}
+
+/// Waits until the group has committed the end of every partition that has records (nothing is
+/// ever committed for a partition that stayed empty).
+pub async fn wait_committed_to_nonempty_ends(topics: &RuntimeTopics, deadline: Duration) {
+    let ends = end_offsets(topics).await.expect("partition ends");
+    eventually(deadline, "committed offsets reach the ends", || {
+        let ends = &ends;
+        async move {
+            let Ok(committed) = committed_offsets(topics).await else {
+                return false;
+            };
+            ends.iter()
+                .all(|(partition, end)| *end == 0 || committed.get(partition) == Some(end))
+        }
+    })
+    .await;
 }
 
 pub async fn end_offsets(topics: &RuntimeTopics) -> anyhow::Result<BTreeMap<i32, i64>> {

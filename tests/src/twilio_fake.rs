@@ -161,6 +161,10 @@ struct Twilio {
     faults: VecDeque<Fault>,
     unsubscribed: HashSet<String>,
     not_mobile: HashSet<String>,
+    /// Numbers Twilio's own lookup refuses (21211) although they are well-formed E.164.
+    invalid: HashSet<String>,
+    /// Added before every create is handled: a service's usual answer time (benchmarks).
+    latency: Duration,
     down: bool,
     requests: Vec<SeenRequest>,
 }
@@ -228,6 +232,11 @@ impl FakeTwilio {
         state.faults.extend(std::iter::repeat_n(fault, n));
     }
 
+    /// Scripted faults not yet applied (a test waits for 0 to know they all hit).
+    pub fn pending_faults(&self) -> usize {
+        self.state().faults.len()
+    }
+
     /// `number` has replied STOP: sends to it fail with 21610.
     pub fn unsubscribe(&self, number: &str) {
         self.state().unsubscribed.insert(number.to_owned());
@@ -236,6 +245,17 @@ impl FakeTwilio {
     /// `number` is a landline: sends to it fail with 21614.
     pub fn mark_not_mobile(&self, number: &str) {
         self.state().not_mobile.insert(number.to_owned());
+    }
+
+    /// `number` is refused as invalid (400/21211), as Twilio refuses numbers that are well-formed
+    /// but not assigned.
+    pub fn reject_as_invalid(&self, number: &str) {
+        self.state().invalid.insert(number.to_owned());
+    }
+
+    /// Every create request waits `latency` before it is handled (and answered).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().latency = latency;
     }
 
     /// While down, every request gets 503 (and creates nothing).
@@ -396,6 +416,10 @@ async fn create(
         HashMap::new()
     };
 
+    let latency = lock(&shared.state).latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let fault = lock(&shared.state).faults.pop_front();
     match fault {
         Some(Fault::RateLimit { retry_after }) => {
@@ -452,6 +476,13 @@ async fn create(
                 StatusCode::BAD_REQUEST,
                 21610,
                 "Attempt to send to unsubscribed recipient",
+            );
+        }
+        if state.invalid.contains(&to) {
+            return twilio_error(
+                StatusCode::BAD_REQUEST,
+                21211,
+                &format!("The 'To' number {to} is not a valid phone number."),
             );
         }
         if state.not_mobile.contains(&to) {

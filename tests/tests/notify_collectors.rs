@@ -17,8 +17,8 @@ use formstream_runtime::dlq::headers;
 use formstream_runtime::{Entry, Ledger, LedgerArgs};
 use formstream_schemas::{Codec, FlagStatus, Form, Notify, ResponseFlag, Violation};
 use formstream_tests::runtime::{
-    RunningRuntime, RuntimeTopics, TestProducer, committed_offsets, end_offsets, eventually,
-    metric_value, now_ms, spawn_runtime, test_form,
+    RunningRuntime, RuntimeTopics, TestProducer, eventually, metric_value, now_ms, spawn_runtime,
+    test_form, wait_committed_to_nonempty_ends,
 };
 use formstream_tests::twilio_fake::{FakeTwilio, Fault};
 use formstream_tests::webhook_receiver::WebhookReceiver;
@@ -168,21 +168,9 @@ impl Setup {
 }
 
 /// Waits until the group of `topics` has committed the end of every partition of its "responses"
-/// topic that has records (flags of one form all land in one partition; the others stay empty,
-/// and nothing is ever committed for them).
+/// topic that has records (flags of one form all land in one partition).
 async fn wait_finished(topics: &RuntimeTopics) {
-    let ends = end_offsets(topics).await.expect("partition ends");
-    eventually(DEADLINE, "committed offsets reach the ends", || {
-        let ends = &ends;
-        async move {
-            let Ok(committed) = committed_offsets(topics).await else {
-                return false;
-            };
-            ends.iter()
-                .all(|(partition, end)| *end == 0 || committed.get(partition) == Some(end))
-        }
-    })
-    .await;
+    wait_committed_to_nonempty_ends(topics, DEADLINE).await;
 }
 
 fn flag(form: &Form, phone: &str, revision: i32, status: FlagStatus) -> ResponseFlag {

@@ -8,7 +8,6 @@
 
 use formstream_schemas::{ResponseFlag, Violation};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -31,8 +30,10 @@ pub const FLAGGED_EVENT: &str = "response.flagged";
 /// rather than its prefix: UUIDv7 prefixes are timestamps, equal for responses submitted together.
 /// 40 bits: collisions only matter between messages to one collector within a few days.
 pub fn reference(response_id: &str, revision: i32) -> String {
-    let digest = Sha256::digest(response_id.as_bytes());
-    format!("FS{}R{revision}", hex::encode_upper(&digest[..5]))
+    format!(
+        "{}R{revision}",
+        formstream_notify::reference::short("FS", response_id)
+    )
 }
 
 /// The `webhook-id` of the notification of (response, revision): the same for every retry and

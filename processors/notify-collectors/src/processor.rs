@@ -10,11 +10,11 @@
 use std::future::Future;
 
 use anyhow::anyhow;
-use formstream_notify::Envelope;
-use formstream_notify::{SmsError, SmsSender, WebhookError, WebhookSender, redact};
-use formstream_runtime::{
-    Entry, Failure, Ledger, LedgerError, Processor, Record, RuntimeConfig, Source,
+use formstream_notify::once;
+use formstream_notify::{
+    Delivery, Envelope, OnceSms, SmsSender, WebhookError, WebhookSender, redact,
 };
+use formstream_runtime::{Entry, Failure, Ledger, Processor, Record, RuntimeConfig, Source};
 use formstream_schemas::{FlagStatus, FormVersion, ResponseFlag};
 
 use crate::config::{NotifyCollectorsArgs, WebhookSecrets};
@@ -24,25 +24,21 @@ use crate::message;
 /// `notify-collectors.dlq`, ledger on `notify-collectors.ledger`.
 pub const NAME: &str = "notify-collectors";
 
-/// How far before an attempt reconciliation looks for its message: Twilio filters by UTC day,
-/// and a day of margin covers clock skew between instances and an attempt just before midnight.
-const RECONCILE_MARGIN: time::Duration = time::Duration::days(1);
-
 /// The processor; see the module header.
 pub struct NotifyCollectors {
-    sms: SmsSender,
+    /// SMS through the ledger; its ledger also guards the webhooks.
+    sms: OnceSms,
     webhooks: WebhookSender,
     secrets: WebhookSecrets,
-    ledger: Ledger,
     correction_base_url: String,
 }
 
 impl std::fmt::Debug for NotifyCollectors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NotifyCollectors")
-            .field("sms", &self.sms.kind())
+            .field("sms", &self.sms.sms().kind())
             .field("secrets", &self.secrets)
-            .field("ledger", &self.ledger)
+            .field("ledger", self.sms.ledger())
             .finish_non_exhaustive()
     }
 }
@@ -87,26 +83,19 @@ impl NotifyCollectors {
         correction_base_url: String,
     ) -> Self {
         NotifyCollectors {
-            sms,
+            sms: OnceSms::new(sms, ledger),
             webhooks,
             secrets,
-            ledger,
             correction_base_url,
         }
     }
 
-    /// The ledger's entry for `key`, read after syncing with the topic unless it already says
-    /// `Done`: what a previous owner of the partition wrote is seen before acting.
     async fn settled(&self, key: &str) -> Result<Option<Entry>, Failure> {
-        if let Some(entry @ Entry::Done { .. }) = self.ledger.get(key) {
-            return Ok(Some(entry));
-        }
-        self.ledger.sync_key(key).await.map_err(ledger_failure)?;
-        Ok(self.ledger.get(key))
+        once::settled(self.sms.ledger(), key).await
     }
 
     async fn record(&self, key: &str, entry: Entry) -> Result<(), Failure> {
-        self.ledger.record(key, entry).await.map_err(ledger_failure)
+        once::record(self.sms.ledger(), key, entry).await
     }
 
     /// The SMS to the collector, at most once per (response, revision).
@@ -122,38 +111,23 @@ impl NotifyCollectors {
             return Ok(());
         };
         let key = message::ledger_key(flag, "sms");
-        let reference = match self.settled(&key).await? {
-            Some(Entry::Done { detail, .. }) => {
-                tracing::info!(response_id, revision = flag.revision, sid = %detail, "Collector already texted; skipped.");
-                return Ok(());
-            }
-            Some(Entry::Attempted { at, reference }) => {
-                // A previous attempt may have created the message: look for it before sending.
-                let since = (at - RECONCILE_MARGIN).date();
-                let found = self
-                    .sms
-                    .find_sent(to, &reference, since)
-                    .await
-                    .map_err(sms_failure)?;
-                if let Some(found) = found {
-                    tracing::info!(response_id, revision = flag.revision, to = %redact::phone(to), sid = %found.sid, "An earlier attempt had texted the collector; recorded, not re-sent.");
-                    return self.record(&key, Entry::done(found.sid)).await;
-                }
-                tracing::info!(response_id, revision = flag.revision, to = %redact::phone(to), "An earlier attempt sent nothing; sending.");
-                reference
-            }
-            None => message::reference(response_id, flag.revision),
-        };
+        let reference = message::reference(response_id, flag.revision);
         let url = message::correction_url(&self.correction_base_url, flag);
         let body = message::sms_body(flag, &form.title, &url);
-        debug_assert!(body.contains(&reference));
-        self.record(&key, Entry::attempted(reference)).await?;
-        let sent = self.sms.send(to, &body).await.map_err(|error| {
-            tracing::warn!(response_id, revision = flag.revision, to = %redact::phone(to), kind = error.kind(), code = ?error.code(), "Could not text the collector.");
-            sms_failure(error)
-        })?;
-        tracing::info!(response_id, revision = flag.revision, to = %redact::phone(to), sid = %sent.sid, via = self.sms.kind(), "Collector texted.");
-        self.record(&key, Entry::done(sent.sid)).await
+        let delivery = self.sms.send(&key, to, &reference, &body).await?;
+        let sid = delivery.sid();
+        match delivery {
+            Delivery::Sent(_) => {
+                tracing::info!(response_id, revision = flag.revision, to = %redact::phone(to), %sid, via = self.sms.sms().kind(), "Collector texted.");
+            }
+            Delivery::AlreadyDone(_) => {
+                tracing::info!(response_id, revision = flag.revision, %sid, "Collector already texted; skipped.");
+            }
+            Delivery::Reconciled(_) => {
+                tracing::info!(response_id, revision = flag.revision, to = %redact::phone(to), %sid, "An earlier attempt had texted the collector; recorded, not re-sent.");
+            }
+        }
+        Ok(())
     }
 
     /// The signed webhook, delivered until the receiver answers 2xx, always with the same
@@ -248,29 +222,7 @@ impl Processor for NotifyCollectors {
 
     /// While the circuit is open: Twilio answers an authenticated read (the outbox always can).
     async fn probe(&self) -> anyhow::Result<()> {
-        self.sms.probe().await.map_err(anyhow::Error::new)
-    }
-}
-
-/// Twilio's outcomes as the runtime's: see [`SmsError`]'s module for the reasoning.
-fn sms_failure(error: SmsError) -> Failure {
-    match error {
-        SmsError::RateLimited {
-            retry_after: Some(after),
-        } => Failure::retry_after(
-            SmsError::RateLimited {
-                retry_after: Some(after),
-            },
-            after,
-        ),
-        // Ambiguous ones are reconciled on the retry, thanks to the Attempted entry.
-        SmsError::RateLimited { retry_after: None }
-        | SmsError::Unavailable(_)
-        | SmsError::Ambiguous(_) => Failure::retriable(error),
-        // Bad credentials fail every record: retriable, so that the circuit opens and nothing is
-        // dead-lettered while an operator fixes the secret.
-        SmsError::Unauthorized { .. } => Failure::retriable(error),
-        SmsError::Permanent { .. } => Failure::permanent(error),
+        self.sms.probe().await
     }
 }
 
@@ -282,44 +234,11 @@ fn webhook_failure(error: WebhookError) -> Failure {
     }
 }
 
-/// The ledger is Kafka: when it cannot answer, the broker is in trouble and the record is retried.
-fn ledger_failure(error: LedgerError) -> Failure {
-    Failure::retriable(anyhow::Error::new(error).context("the effect ledger"))
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn sms_errors_map_to_what_happens_next() {
-        let after = Duration::from_secs(7);
-        let failure = sms_failure(SmsError::RateLimited {
-            retry_after: Some(after),
-        });
-        assert!(matches!(failure, Failure::Retriable { retry_after: Some(a), .. } if a == after));
-        for error in [
-            SmsError::RateLimited { retry_after: None },
-            SmsError::Unavailable("down".into()),
-            SmsError::Ambiguous("timeout".into()),
-            SmsError::Unauthorized {
-                status: 401,
-                code: Some(20003),
-                message: "no".into(),
-            },
-        ] {
-            assert!(sms_failure(error).is_retriable());
-        }
-        let permanent = sms_failure(SmsError::Permanent {
-            status: Some(400),
-            code: Some(21211),
-            message: "invalid To".into(),
-        });
-        assert!(!permanent.is_retriable());
-        assert!(format!("{:#}", permanent.error()).contains("21211"));
-    }
 
     #[test]
     fn webhook_errors_map_to_what_happens_next() {

@@ -7,6 +7,9 @@
 //! - [`outbox`]: the local stand-in for Twilio when no credentials are configured: one fsync'd
 //!   JSON line per message, searchable the same way.
 //! - [`sender`]: [`SmsSender`], one type over both, built from [`SmsArgs`].
+//! - [`once`]: [`OnceSms`], an SMS at most once per key, with the runtime's effect ledger and
+//!   reconciliation against the message list; and [`rate`], the per-sender rate limit it awaits.
+//! - [`reference`]: the short references SMS carry so that reconciliation can find them.
 //! - [`segments`]: GSM-7 / UCS-2 detection, segment counts and the 1600-character limit.
 //! - [`webhook`]: Standard Webhooks 1.0 signing, verification and delivery.
 //! - [`redact`]: phone numbers as they may appear in logs.
@@ -19,15 +22,20 @@
 
 pub mod error;
 mod http;
+pub mod once;
 pub mod outbox;
+pub mod rate;
 pub mod redact;
+pub mod reference;
 pub mod segments;
 pub mod sender;
 pub mod twilio;
 pub mod webhook;
 
 pub use error::{ConfigError, SmsError};
+pub use once::{Delivery, OnceSms};
 pub use outbox::Outbox;
+pub use rate::RateLimit;
 pub use sender::{SmsArgs, SmsSender};
 pub use twilio::{ListFilter, MessageRecord, Originator, SentMessage, TwilioClient, TwilioConfig};
 pub use webhook::{Envelope, WebhookError, WebhookSecret, WebhookSender};

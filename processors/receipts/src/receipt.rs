@@ -1,0 +1,146 @@
+//! What a respondent receives: the receipt reference and the text.
+//!
+//! Invariant: both are pure functions of the response id, the form version and the answers,
+//! never of the time of sending or the revision being handled, so every retry, redelivery and
+//! reconciliation of one receipt looks for and sends the same text, and the text always carries
+//! the reference that reconciliation searches for.
+
+use formstream_ingest::receipt;
+use formstream_schemas::{FormVersion, ReceiptAction, Response};
+
+/// The receipt reference of a response, e.g. `RC3F2A9C1B7E`: per response, not per revision
+/// (one receipt per response), hash-based and ASCII (see [`formstream_notify::reference`]).
+pub fn reference(response_id: &str) -> String {
+    formstream_notify::reference::short("RC", response_id)
+}
+
+/// The SMS text: the form's template rendered over this response, followed by ` Ref <reference>`
+/// when the template does not place `{{ receipt_ref }}` itself (reconciliation needs it in the
+/// body). An error is permanent: this response cannot render.
+pub fn text(
+    action: &ReceiptAction,
+    form_id: &str,
+    version: &FormVersion,
+    response: &Response,
+    reference: &str,
+) -> Result<String, String> {
+    let mut text = receipt::render(action, form_id, version, response, reference).map_err(|e| {
+        format!(
+            "the receipt template of form {form_id} v{} cannot render this response: {e}",
+            version.version
+        )
+    })?;
+    if !text.contains(reference) {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str("Ref ");
+        text.push_str(reference);
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use formstream_schemas::{Answer, Collector, Question, QuestionType};
+
+    use super::*;
+
+    fn version(template: &str) -> FormVersion {
+        FormVersion {
+            version: 2,
+            title: "Household survey".into(),
+            description: String::new(),
+            default_region: Some("IN".into()),
+            questions: vec![Question {
+                key: "name".into(),
+                text: "Name".into(),
+                kind: QuestionType::Text,
+                required: false,
+                choices: vec![],
+                max_length: None,
+            }],
+            metadata_json: "{}".into(),
+            rules: vec![],
+            notify: Default::default(),
+            receipt: Some(ReceiptAction {
+                phone_question: "phone".into(),
+                template: template.into(),
+            }),
+            created_at: 0,
+        }
+    }
+
+    fn response(revision: i32) -> Response {
+        Response {
+            response_id: "0b9e4a44-0000-7000-8000-000000000001".into(),
+            form_id: "household".into(),
+            form_version: 2,
+            organisation: "acme".into(),
+            revision,
+            submitted_at: 0,
+            received_at: 0,
+            collector: Collector {
+                id: "c".into(),
+                phone: None,
+            },
+            answers: vec![Answer {
+                question_key: "name".into(),
+                text: Some("Priya".into()),
+                number: None,
+                choices: vec![],
+            }],
+            metadata_json: "{}".into(),
+        }
+    }
+
+    fn render(template: &str, revision: i32) -> String {
+        let version = version(template);
+        let response = response(revision);
+        let reference = reference(&response.response_id);
+        text(
+            version.receipt.as_ref().unwrap(),
+            "household",
+            &version,
+            &response,
+            &reference,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_reference_is_placed_by_the_template_or_appended() {
+        let reference = reference("0b9e4a44-0000-7000-8000-000000000001");
+        assert!(reference.starts_with("RC") && reference.len() == 12);
+        assert_eq!(
+            render(
+                "Thanks {{ answers.name }}! {{ form.title }}, ref {{ receipt_ref }}.",
+                0
+            ),
+            format!("Thanks Priya! Household survey, ref {reference}.")
+        );
+        assert_eq!(
+            render("Thanks {{ answers.name }}.", 0),
+            format!("Thanks Priya. Ref {reference}")
+        );
+        // The same receipt for every revision: one receipt per response.
+        assert_eq!(
+            render("Thanks {{ answers.name }}.", 0),
+            render("Thanks {{ answers.name }}.", 3)
+        );
+    }
+
+    #[test]
+    fn a_template_that_cannot_render_says_which_form() {
+        let version = version("{{ answers.name + 1 }}");
+        let error = text(
+            version.receipt.as_ref().unwrap(),
+            "household",
+            &version,
+            &response(0),
+            "RC1",
+        )
+        .unwrap_err();
+        assert!(error.contains("form household v2"), "{error}");
+    }
+}
