@@ -931,6 +931,7 @@ mod tests {
                 })
                 .collect(),
             notify: Notify::default(),
+            slang: None,
             created_at: 0,
         }
     }

@@ -41,6 +41,8 @@ pub struct FormVersion {
     /// Checked by the validate processor against every response of this version, in order.
     pub rules: Vec<Rule>,
     pub notify: Notify,
+    /// What the slang processor indexes; `None` when the form has no slang action.
+    pub slang: Option<Slang>,
     pub created_at: TimestampMillis,
 }
 
@@ -98,6 +100,14 @@ pub struct Rule {
 pub struct Notify {
     pub sms_collector: bool,
     pub webhook_url: Option<String>,
+}
+
+/// The slang action: index the answers to `text_questions`, each under the city the respondent
+/// chose in `city_question` (a single- or multiple-choice question of the same form version).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slang {
+    pub city_question: String,
+    pub text_questions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

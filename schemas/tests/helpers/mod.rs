@@ -41,6 +41,7 @@ pub fn forms() -> Vec<Form> {
         metadata_json: "{}".into(),
         rules: vec![],
         notify: Notify::default(),
+        slang: None,
         created_at: 1_700_000_000_000,
     };
     let v2 = FormVersion {
@@ -86,6 +87,10 @@ pub fn forms() -> Vec<Form> {
             sms_collector: true,
             webhook_url: Some("https://hooks.example.org/flags".into()),
         },
+        slang: Some(Slang {
+            city_question: "city".into(),
+            text_questions: vec!["name".into()],
+        }),
         created_at: 1_700_000_100_000,
     };
     vec![
@@ -511,5 +516,67 @@ impl AvroRecord for FormV1 {
     const SCHEMA_JSON: &'static str = FORM_V1_JSON;
     fn schema() -> &'static Schema {
         &FORM_V1
+    }
+}
+
+/// `Form` as it was before the slang action was added (fixture `form-v2.avsc`): rules and
+/// notification settings, no `slang`.
+pub const FORM_V2_JSON: &str = include_str!("../fixtures/form-v2.avsc");
+
+pub static FORM_V2: LazyLock<Schema> =
+    LazyLock::new(|| Schema::parse_str(FORM_V2_JSON).expect("fixture parses"));
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormV2 {
+    pub id: String,
+    pub organisation: String,
+    pub created_at: i64,
+    pub versions: Vec<FormVersionV2>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormVersionV2 {
+    pub version: i32,
+    pub title: String,
+    pub description: String,
+    pub default_region: Option<String>,
+    pub questions: Vec<Question>,
+    pub metadata_json: String,
+    pub rules: Vec<Rule>,
+    pub notify: Notify,
+    pub created_at: i64,
+}
+
+impl FormV2 {
+    /// The current form without what v2 did not have.
+    pub fn from_current(form: Form) -> Self {
+        FormV2 {
+            id: form.id,
+            organisation: form.organisation,
+            created_at: form.created_at,
+            versions: form
+                .versions
+                .into_iter()
+                .map(|v| FormVersionV2 {
+                    version: v.version,
+                    title: v.title,
+                    description: v.description,
+                    default_region: v.default_region,
+                    questions: v.questions,
+                    metadata_json: v.metadata_json,
+                    rules: v.rules,
+                    notify: v.notify,
+                    created_at: v.created_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl AvroRecord for FormV2 {
+    const FULL_NAME: &'static str = "io.formstream.v1.Form";
+    const SCHEMA_JSON: &'static str = FORM_V2_JSON;
+    fn schema() -> &'static Schema {
+        &FORM_V2
     }
 }
