@@ -84,6 +84,9 @@ enum ProcessCommand {
     /// Check every response revision against its form's rules; publish the outcome to the flags
     /// topic, exactly once (Kafka transactions).
     Validate(ProcessorArgs<ValidateArgs>),
+    /// Index the text answers of forms with a slang action by city (Tantivy, Unicode word
+    /// segmentation), and serve the search API over the index.
+    Slang(ProcessorArgs<formstream_slang::SlangArgs>),
 }
 
 /// The validate processor has no flags of its own: its topics are the runtime's.
@@ -112,6 +115,13 @@ impl ProcessCommand {
                     shutdown,
                 )
                 .await
+            }
+            // Not `start`: the slang processor also serves its search API and commits its index
+            // around the runtime.
+            ProcessCommand::Slang(p) => {
+                let mut runtime = p.runtime;
+                configure(&mut runtime);
+                formstream_slang::run(p.args, runtime, None, None, shutdown).await
             }
         }
     }

@@ -488,6 +488,7 @@ impl SlangIndex {
                 phrases: word_counts(&bucket["phrases"])?,
             });
         }
+        out.sort_by(|a, b| b.answers.cmp(&a.answers).then_with(|| a.city.cmp(&b.city)));
         Ok(out)
     }
 
@@ -506,15 +507,15 @@ impl SlangIndex {
         clauses.push((Occur::Must, words));
         let request = serde_json::json!({"cities": {"terms": {"field": "city", "size": limit}}});
         let result = self.aggregate(&BooleanQuery::new(clauses), request)?;
-        buckets(&result["cities"])?
+        let mut counts: Vec<CityCount> = buckets(&result["cities"])?
             .iter()
-            .map(|b| {
-                Ok(CityCount {
-                    city: b["key"].as_str().unwrap_or_default().to_owned(),
-                    answers: b["doc_count"].as_u64().unwrap_or(0),
-                })
+            .map(|b| CityCount {
+                city: b["key"].as_str().unwrap_or_default().to_owned(),
+                answers: b["doc_count"].as_u64().unwrap_or(0),
             })
-            .collect()
+            .collect();
+        counts.sort_by(|a, b| b.answers.cmp(&a.answers).then_with(|| a.city.cmp(&b.city)));
+        Ok(counts)
     }
 
     /// The answers containing every word of `query` (in that order, adjacent, when `query` is in
@@ -625,14 +626,18 @@ fn buckets(agg: &serde_json::Value) -> Result<&Vec<serde_json::Value>, IndexErro
         .ok_or_else(|| IndexError::Aggregation(agg.to_string()))
 }
 
+/// Most answers first, ties in word order: the same index content always reads the same, however
+/// its segments happen to be laid out.
 fn word_counts(agg: &serde_json::Value) -> Result<Vec<WordCount>, IndexError> {
-    Ok(buckets(agg)?
+    let mut counts: Vec<WordCount> = buckets(agg)?
         .iter()
         .map(|b| WordCount {
             word: b["key"].as_str().unwrap_or_default().to_owned(),
             answers: b["doc_count"].as_u64().unwrap_or(0),
         })
-        .collect())
+        .collect();
+    counts.sort_by(|a, b| b.answers.cmp(&a.answers).then_with(|| a.word.cmp(&b.word)));
+    Ok(counts)
 }
 
 /// The revision a searcher holds for a response id, from the postings of its term and the
