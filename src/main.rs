@@ -86,7 +86,7 @@ enum ProcessCommand {
     Validate(ProcessorArgs<ValidateArgs>),
     /// Index the text answers of forms with a slang action by city (Tantivy, Unicode word
     /// segmentation), and serve the search API over the index.
-    Slang(ProcessorArgs<formstream_slang::SlangArgs>),
+    Slang(Box<ProcessorArgs<formstream_slang::SlangArgs>>),
 }
 
 /// The validate processor has no flags of its own: its topics are the runtime's.
@@ -119,9 +119,10 @@ impl ProcessCommand {
             // Not `start`: the slang processor also serves its search API and commits its index
             // around the runtime.
             ProcessCommand::Slang(p) => {
-                let mut runtime = p.runtime;
+                let ProcessorArgs { runtime, args } = *p;
+                let mut runtime = runtime;
                 configure(&mut runtime);
-                formstream_slang::run(p.args, runtime, None, None, shutdown).await
+                formstream_slang::run(args, runtime, None, None, shutdown).await
             }
         }
     }
