@@ -91,6 +91,9 @@ enum ProcessCommand {
     NotifyCollectors(ProcessorArgs<NotifyCollectorsArgs>),
     /// Text each respondent one SMS receipt per response, rate-limited, never twice.
     Receipts(ProcessorArgs<ReceiptsArgs>),
+    /// Index the text answers of forms with a slang action by city (Tantivy, Unicode word
+    /// segmentation), and serve the search API over the index.
+    Slang(Box<ProcessorArgs<formstream_slang::SlangArgs>>),
 }
 
 /// The validate processor has no flags of its own: its topics are the runtime's.
@@ -131,6 +134,14 @@ impl ProcessCommand {
                     Receipts::open(args, &runtime, shutdown).await
                 };
                 p.start_opened(open, configure, shutdown).await
+            }
+            // Not `start`: the slang processor also serves its search API and commits its index
+            // around the runtime.
+            ProcessCommand::Slang(p) => {
+                let ProcessorArgs { runtime, args } = *p;
+                let mut runtime = runtime;
+                configure(&mut runtime);
+                formstream_slang::run(args, runtime, None, None, shutdown).await
             }
         }
     }

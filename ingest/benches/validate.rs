@@ -65,6 +65,7 @@ fn form() -> FormVersion {
             .collect(),
         notify: Default::default(),
         receipt: None,
+        slang: None,
         created_at: 0,
     }
 }

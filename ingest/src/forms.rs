@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 
-use formstream_schemas::{Choice, Codec, Form, FormVersion, Notify, Question, QuestionType, Rule};
+use formstream_schemas::{
+    Choice, Codec, Form, FormVersion, Notify, Question, QuestionType, Rule, Slang,
+};
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use regex::Regex;
@@ -121,6 +123,16 @@ pub struct NotifyBody {
     pub webhook_url: Option<String>,
 }
 
+/// The slang action: which text answers the slang processor indexes, and the question whose
+/// answer is the respondent's city. The city question may be a single or a multiple choice (a
+/// respondent who picks several cities is counted in each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlangBody {
+    pub city_question: String,
+    pub text_questions: Vec<String>,
+}
+
 /// The body of `POST /v1/forms` and `PUT /v1/forms/{id}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +155,8 @@ pub struct FormBody {
     /// The SMS receipt to the respondent (the receipts processor); none when absent.
     #[serde(default)]
     pub receipt: Option<ReceiptBody>,
+    #[serde(default)]
+    pub slang: Option<SlangBody>,
 }
 
 /// A form version as the API shows it.
@@ -161,6 +175,8 @@ pub struct FormView {
     pub notify: NotifyBody,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<ReceiptBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slang: Option<SlangBody>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -211,6 +227,10 @@ impl FormView {
                 webhook_url: version.notify.webhook_url.clone(),
             },
             receipt: version.receipt.as_ref().map(ReceiptBody::from),
+            slang: version.slang.as_ref().map(|s| SlangBody {
+                city_question: s.city_question.clone(),
+                text_questions: s.text_questions.clone(),
+            }),
             created_at: rfc3339(form.created_at),
             updated_at: rfc3339(version.created_at),
         }
@@ -404,6 +424,9 @@ pub fn build_version(
             detail,
         ));
     }
+    if let Some(slang) = &body.slang {
+        check_slang(slang, &questions, &mut problems);
+    }
     let version = FormVersion {
         version,
         title: body.title.trim().to_owned(),
@@ -418,6 +441,10 @@ pub fn build_version(
             webhook_url: body.notify.webhook_url.clone(),
         },
         receipt,
+        slang: body.slang.as_ref().map(|s| Slang {
+            city_question: s.city_question.clone(),
+            text_questions: s.text_questions.clone(),
+        }),
         created_at: now,
     };
     // The same compile the validate processor runs: a rule stored is a rule it can evaluate.
@@ -432,6 +459,65 @@ pub fn build_version(
         return Err(problems);
     }
     Ok(version)
+}
+
+/// Most text questions one slang action indexes: each is a field value per response in the index.
+const MAX_SLANG_TEXT_QUESTIONS: usize = 50;
+
+/// The slang action must name questions of this version, of the right types: the slang processor
+/// trusts it (a city question without choices would index every answer under no city).
+fn check_slang(slang: &SlangBody, questions: &[Question], problems: &mut Vec<FieldProblem>) {
+    match questions.iter().find(|q| q.key == slang.city_question) {
+        None => problems.push(FieldProblem::new(
+            "/slang/city_question",
+            "unknown_question",
+            format!("the form has no question {:?}", slang.city_question),
+        )),
+        Some(q) if !q.kind.has_choices() => problems.push(FieldProblem::new(
+            "/slang/city_question",
+            "not_a_choice_question",
+            format!(
+                "{:?} must be a single_choice or multiple_choice question",
+                slang.city_question
+            ),
+        )),
+        Some(_) => {}
+    }
+    if slang.text_questions.is_empty() {
+        problems.push(FieldProblem::new(
+            "/slang/text_questions",
+            "required",
+            "name at least one text question to index",
+        ));
+    } else if slang.text_questions.len() > MAX_SLANG_TEXT_QUESTIONS {
+        problems.push(FieldProblem::new(
+            "/slang/text_questions",
+            "too_many",
+            format!("at most {MAX_SLANG_TEXT_QUESTIONS} text questions"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, key) in slang.text_questions.iter().enumerate() {
+        let pointer = format!("/slang/text_questions/{i}");
+        match questions.iter().find(|q| &q.key == key) {
+            None => problems.push(FieldProblem::new(
+                pointer,
+                "unknown_question",
+                format!("the form has no question {key:?}"),
+            )),
+            Some(q) if q.kind != QuestionType::Text => problems.push(FieldProblem::new(
+                pointer,
+                "not_a_text_question",
+                format!("{key:?} must be a text question"),
+            )),
+            Some(_) if !seen.insert(key.as_str()) => problems.push(FieldProblem::new(
+                pointer,
+                "duplicate_key",
+                format!("{key:?} is named twice"),
+            )),
+            Some(_) => {}
+        }
+    }
 }
 
 /// The body's rules as stored: XLSForm constraints translated to CEL. A rule that cannot become
@@ -739,6 +825,56 @@ mod tests {
     }
 
     #[test]
+    fn a_slang_action_round_trips_and_bad_ones_point_at_each_problem() {
+        let questions = serde_json::json!([
+            {"key": "city", "text": "City", "type": "multiple_choice",
+             "choices": [{"key": "pune", "text": "Pune"}]},
+            {"key": "words", "text": "Words", "type": "text"},
+            {"key": "age", "text": "Age", "type": "number"}
+        ]);
+        let good = serde_json::json!({"title": "t", "questions": questions,
+            "slang": {"city_question": "city", "text_questions": ["words"]}});
+        let version = build_version(&body(good), 1, 0).expect("valid");
+        let slang = version.slang.clone().expect("a slang action");
+        assert_eq!(slang.city_question, "city");
+        assert_eq!(slang.text_questions, ["words"]);
+        let form = Form {
+            id: "f".into(),
+            organisation: "o".into(),
+            created_at: 0,
+            versions: vec![version.clone()],
+        };
+        let mut shown = serde_json::to_value(FormView::of(&form, &version)).expect("view");
+        for field in ["id", "organisation", "version", "created_at", "updated_at"] {
+            shown.as_object_mut().expect("object").remove(field);
+        }
+        assert_eq!(build_version(&body(shown), 1, 0).expect("valid"), version);
+
+        let bad = serde_json::json!({"title": "t", "questions": questions,
+            "slang": {"city_question": "words", "text_questions": ["age", "nope", "words", "words"]}});
+        let problems = build_version(&body(bad), 1, 0).expect_err("invalid");
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.pointer.as_str(), p.code))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("/slang/city_question", "not_a_choice_question"),
+                ("/slang/text_questions/0", "not_a_text_question"),
+                ("/slang/text_questions/1", "unknown_question"),
+                ("/slang/text_questions/3", "duplicate_key"),
+            ]
+        );
+        let unknown = serde_json::json!({"title": "t", "questions": questions,
+            "slang": {"city_question": "town", "text_questions": []}});
+        let problems = build_version(&body(unknown), 1, 0).expect_err("invalid");
+        assert_eq!(problems[0].pointer, "/slang/city_question");
+        assert_eq!(problems[0].code, "unknown_question");
+        assert_eq!(problems[1].pointer, "/slang/text_questions");
+    }
+
+    #[test]
     fn the_view_never_goes_back() {
         let view = FormsView::default();
         let v = |n| FormVersion {
@@ -751,6 +887,7 @@ mod tests {
             rules: vec![],
             notify: Default::default(),
             receipt: None,
+            slang: None,
             created_at: 0,
         };
         let form = |versions| Form {

@@ -329,6 +329,7 @@ mod tests {
             rules: vec![],
             notify: Default::default(),
             receipt: Some(action.clone()),
+            slang: None,
             created_at: 0,
         };
         let answer = |key: &str, text: Option<&str>, choices: &[&str]| Answer {

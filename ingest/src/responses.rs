@@ -425,6 +425,7 @@ mod tests {
             rules: vec![],
             notify: Default::default(),
             receipt: None,
+            slang: None,
             created_at: 0,
         }
     }

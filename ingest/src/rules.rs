@@ -932,6 +932,7 @@ mod tests {
                 .collect(),
             notify: Notify::default(),
             receipt: None,
+            slang: None,
             created_at: 0,
         }
     }

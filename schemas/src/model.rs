@@ -43,6 +43,8 @@ pub struct FormVersion {
     pub notify: Notify,
     /// The SMS receipt to the respondent, if the form sends one (the receipts processor).
     pub receipt: Option<ReceiptAction>,
+    /// What the slang processor indexes; `None` when the form has no slang action.
+    pub slang: Option<Slang>,
     pub created_at: TimestampMillis,
 }
 
@@ -111,6 +113,14 @@ pub struct ReceiptAction {
     pub phone_question: String,
     /// MiniJinja source.
     pub template: String,
+}
+
+/// The slang action: index the answers to `text_questions`, each under the city the respondent
+/// chose in `city_question` (a single- or multiple-choice question of the same form version).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slang {
+    pub city_question: String,
+    pub text_questions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

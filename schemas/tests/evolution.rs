@@ -1,6 +1,6 @@
 //! Schema evolution: `Response` v2 (fixture `response-v2.avsc`) adds `channel` with default "app";
 //! the current `Form` added `rules` and `notify` to the `Form` of fixture `form-v1.avsc`, and
-//! `receipt` to that of `form-v2.avsc`.
+//! `receipt` and `slang` to that of `form-v2.avsc`.
 //!
 //! Invariant checked: BACKWARD (a newer reader reads older data and sees the defaults) and FORWARD
 //! (an older reader reads newer data and ignores the new fields), in both wire formats.
@@ -144,6 +144,7 @@ async fn forms_written_before_rules_read_with_no_rules_and_no_notifications() {
         version.rules.clear();
         version.notify = Notify::default();
         version.receipt = None;
+        version.slang = None;
     }
     assert_eq!(read, expected);
     assert!(read.versions.iter().all(|v| v.rules.is_empty()));
@@ -185,6 +186,7 @@ async fn forms_written_before_receipts_read_with_no_receipt() {
     let mut expected = current;
     for version in &mut expected.versions {
         version.receipt = None;
+        version.slang = None;
     }
 
     let bytes = Codec::single_object()

@@ -192,6 +192,7 @@ pub fn test_form(id: &str) -> Form {
             rules: Vec::new(),
             notify: Default::default(),
             receipt: None,
+            slang: None,
             created_at: now,
         }],
     }

@@ -67,6 +67,7 @@ mod tests {
                 phone_question: "phone".into(),
                 template: template.into(),
             }),
+            slang: None,
             created_at: 0,
         }
     }

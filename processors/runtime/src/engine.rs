@@ -19,10 +19,12 @@ use formstream_ingest::forms::{FormsView, now_millis};
 use formstream_schemas::Codec;
 use futures::FutureExt;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
@@ -98,8 +100,13 @@ pub struct Shared {
     next_epoch: u64,
 }
 
-/// The consumer's context: commits finished offsets when partitions are revoked, and keeps the
-/// partition state in step with the assignment.
+/// A processor's [`Processor::start_offsets`], boxed so that the consumer's context stays
+/// non-generic: (topic, assigned partitions) to the next offset to read per partition.
+pub type StartOffsets = Box<dyn Fn(&str, &[i32]) -> Option<HashMap<i32, i64>> + Send + Sync>;
+
+/// The consumer's context: commits finished offsets when partitions are revoked, keeps the
+/// partition state in step with the assignment, and starts assigned partitions where the
+/// processor says when it keeps its own offsets.
 pub struct RuntimeContext {
     shared: Arc<Mutex<Shared>>,
     metrics: Metrics,
@@ -108,6 +115,8 @@ pub struct RuntimeContext {
     ends: Mutex<HashMap<Tp, i64>>,
     /// Offsets are committed only inside transactions (with the outputs): none on revoke.
     transactional: bool,
+    /// The processor's own start offsets, consulted on every assignment.
+    start_offsets: Option<StartOffsets>,
 }
 
 impl RuntimeContext {
@@ -117,6 +126,53 @@ impl RuntimeContext {
             metrics,
             ends: Mutex::new(HashMap::new()),
             transactional,
+            start_offsets: None,
+        }
+    }
+
+    /// Starts assigned partitions at the offsets `hook` gives instead of the group's commits.
+    pub fn with_start_offsets(mut self, hook: StartOffsets) -> Self {
+        self.start_offsets = Some(hook);
+        self
+    }
+
+    /// Writes the processor's start offsets into an assignment before it is applied: librdkafka
+    /// starts an assigned partition at the offset its assignment entry carries, and at the
+    /// group's committed offset only when the entry has none (`Offset::Invalid`).
+    fn apply_start_offsets(&self, assignment: &mut TopicPartitionList) {
+        let Some(hook) = &self.start_offsets else {
+            return;
+        };
+        let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for element in assignment.elements() {
+            by_topic
+                .entry(element.topic().to_owned())
+                .or_default()
+                .push(element.partition());
+        }
+        for (topic, partitions) in by_topic {
+            let Some(offsets) = hook(&topic, &partitions) else {
+                continue;
+            };
+            for partition in partitions {
+                let Some(&offset) = offsets.get(&partition) else {
+                    continue;
+                };
+                match assignment.set_partition_offset(&topic, partition, Offset::Offset(offset)) {
+                    Ok(()) => tracing::info!(
+                        %topic,
+                        partition,
+                        offset,
+                        "Starting at the processor's own offset."
+                    ),
+                    Err(error) => tracing::warn!(
+                        %error,
+                        %topic,
+                        partition,
+                        "Could not set the processor's start offset; starting at the group's."
+                    ),
+                }
+            }
         }
     }
 
@@ -158,6 +214,47 @@ impl ClientContext for RuntimeContext {
 }
 
 impl ConsumerContext for RuntimeContext {
+    /// rust-rdkafka's own rebalance handling (pre-rebalance, then (incremental) assign or
+    /// unassign, then post-rebalance), with one addition: an assignment first takes the
+    /// processor's start offsets ([`RuntimeContext::with_start_offsets`]). Setting them in the
+    /// list handed to `incremental_assign` is atomic with the assignment, unlike a seek after
+    /// it, which races with the fetcher and fails for a partition not yet fetching.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if assign {
+            self.apply_start_offsets(tpl);
+        }
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            other => {
+                let code: rdkafka::types::RDKafkaErrorCode = other.into();
+                tracing::error!(error = %code, "Rebalance error.");
+                Rebalance::Error(KafkaError::Rebalance(code))
+            }
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let applied = match (assign, cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(error) = applied {
+            tracing::error!(%error, assign, "Could not apply the rebalance.");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
@@ -704,6 +801,20 @@ impl<P: Processor> Engine<P> {
     fn store_offsets(&mut self) {
         if self.dirty.is_empty() {
             return;
+        }
+        if let Ok(shared) = self.shared.lock() {
+            for tp in &self.dirty {
+                if let Some(watermark) = shared
+                    .partitions
+                    .get(tp)
+                    .and_then(|state| state.tracker.as_ref())
+                    .map(OffsetTracker::watermark)
+                {
+                    self.worker
+                        .processor
+                        .finished_below(&tp.topic, tp.partition, watermark);
+                }
+            }
         }
         if self.transactor.is_some() {
             // Committed by transactions only (see `commit_transaction`).

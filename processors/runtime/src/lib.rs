@@ -179,6 +179,9 @@ pub async fn run<P: Processor>(
     } else {
         None
     };
+    // The processor's own start offsets are asked on every assignment (see `RuntimeContext`).
+    let processor = Arc::new(processor);
+    let hook = processor.clone();
     let consumer: StreamConsumer<RuntimeContext> = client_config_with(&config.kafka, &tunables)
         .set("group.id", &group)
         // At least once: librdkafka commits only what the engine stored, and the engine stores
@@ -191,7 +194,11 @@ pub async fn run<P: Processor>(
         .set("enable.auto.offset.store", "false")
         // Read only committed transactional records (the validate processor writes with transactions).
         .set("isolation.level", "read_committed")
-        .create_with_context(RuntimeContext::new(metrics.clone(), transactional))
+        .create_with_context(
+            RuntimeContext::new(metrics.clone(), transactional).with_start_offsets(Box::new(
+                move |topic, partitions| hook.start_offsets(topic, partitions),
+            )),
+        )
         .context("creating the consumer")?;
     consumer
         .subscribe(&[&topic])
@@ -200,7 +207,7 @@ pub async fn run<P: Processor>(
     ready.store(true, Ordering::Release);
 
     let engine = Engine::new(
-        Arc::new(processor),
+        processor,
         consumer,
         codec,
         view,

@@ -4,6 +4,7 @@
 //! Invariant: a record's effect is reported done (`Ok`) only when it has really happened; the
 //! runtime commits an offset only after every record below it is done or dead-lettered.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,6 +193,28 @@ pub trait Processor: Send + Sync + 'static {
     fn outputs(&self, _record: &Record<Self::Value>) -> Result<Vec<Output>, Failure> {
         Ok(Vec::new())
     }
+
+    /// Where to start reading `partitions` of `topic` when they are assigned to this instance,
+    /// instead of the consumer group's committed offsets: the next offset to read, per partition.
+    ///
+    /// For a processor that stores its consumed offsets atomically with its effect (the slang
+    /// processor keeps them in its index's commits), so that it resumes exactly where its effect
+    /// stopped, whatever the group committed; and so that deleting its state rebuilds it. `None`
+    /// (the default), or a partition missing from the map, starts at the group's committed
+    /// offset. An offset below the partition's first retained one starts at the earliest
+    /// (`auto.offset.reset=earliest`), so `0` means "from the beginning".
+    ///
+    /// Called inside the consumer's rebalance callback, on the thread that polls the consumer:
+    /// answer from memory, quickly.
+    fn start_offsets(&self, _topic: &str, _partitions: &[i32]) -> Option<HashMap<i32, i64>> {
+        None
+    }
+
+    /// Told when every record of a partition below `offset` has finished (its effect returned
+    /// `Ok` or it was dead-lettered), each time that watermark moves: what a processor that
+    /// keeps its own offsets (see [`Processor::start_offsets`]) may record as consumed once the
+    /// effects below it are durable. Called on the engine's task: keep it cheap.
+    fn finished_below(&self, _topic: &str, _partition: i32, _offset: i64) {}
 
     /// Asked while the circuit is open: `Ok` when the target answers again.
     fn probe(&self) -> impl Future<Output = Result<(), anyhow::Error>> + Send {

@@ -42,6 +42,7 @@ pub fn forms() -> Vec<Form> {
         rules: vec![],
         notify: Notify::default(),
         receipt: None,
+        slang: None,
         created_at: 1_700_000_000_000,
     };
     let v2 = FormVersion {
@@ -92,6 +93,10 @@ pub fn forms() -> Vec<Form> {
             template:
                 "Thank you {{ answers.name }} for answering {{ form.title }}. Ref {{ receipt_ref }}"
                     .into(),
+        }),
+        slang: Some(Slang {
+            city_question: "city".into(),
+            text_questions: vec!["name".into()],
         }),
         created_at: 1_700_000_100_000,
     };

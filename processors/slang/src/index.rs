@@ -1,0 +1,797 @@
+//! The slang index: one Tantivy document per (response, indexed text question), with the
+//! response's city, revision, form and organisation; and the consumed offsets in its commits.
+//!
+//! Invariants:
+//! - Each Tantivy commit carries, as its payload, offsets below which every consumed record is in
+//!   that commit (or was dead-lettered). Reopening the index and reading from those offsets
+//!   therefore redoes only records that may be missing, and redoing one is harmless (next point):
+//!   each response revision is in the index exactly once, through crashes and restarts.
+//! - A response is in the index at its highest revision seen only: a revision replaces the
+//!   documents of lower ones (delete by response id, then add), and a revision at or below the
+//!   one indexed changes nothing (a redelivery, or an older revision arriving late).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::columnar::Column;
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
+use tantivy::schema::{
+    FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::tokenizer::TokenizerManager;
+use tantivy::{
+    DocAddress, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED,
+    TantivyDocument, Term,
+};
+
+use crate::tokenizer::{PHRASES, PhraseTokenizer, WORDS, WordTokenizer, words};
+
+/// Everything that can go wrong with the index; all of it is the index's (a disk, a corrupt
+/// file), never the caller's input.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("opening the index directory {path}: {source}")]
+    Directory {
+        path: String,
+        source: tantivy::directory::error::OpenDirectoryError,
+    },
+    #[error("creating the index directory {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the index's commit payload is not ours: {0}")]
+    Payload(serde_json::Error),
+    #[error("reading the index: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the index's writer lock is poisoned")]
+    Poisoned,
+    #[error("aggregation result of an unexpected shape: {0}")]
+    Aggregation(String),
+}
+
+/// The fields of a document.
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    form: Field,
+    question: Field,
+    organisation: Field,
+    response_id: Field,
+    revision: Field,
+    city: Field,
+    submitted_at: Field,
+    /// Indexed with positions (phrase queries), stored (shown in results), and a fast field of
+    /// its words (terms aggregations: the most frequent words).
+    text: Field,
+    /// Fast field only: two-word phrases, for the most frequent phrases.
+    phrases: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let text = TextOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(WORDS)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        )
+        .set_stored()
+        .set_fast(WORDS);
+    let fields = Fields {
+        form: builder.add_text_field("form", STRING),
+        question: builder.add_text_field("question", STRING),
+        organisation: builder.add_text_field("organisation", STRING),
+        response_id: builder.add_text_field("response_id", STRING | STORED),
+        revision: builder.add_i64_field("revision", FAST | STORED),
+        city: builder.add_text_field("city", STRING | STORED | FAST),
+        submitted_at: builder.add_i64_field("submitted_at", FAST | STORED),
+        text: builder.add_text_field("text", text),
+        phrases: builder.add_text_field("phrases", TextOptions::default().set_fast(PHRASES)),
+    };
+    (builder.build(), fields)
+}
+
+/// The commit payload: per topic, per partition, the next offset to read.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+/// The documents of one response revision.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub form_id: String,
+    pub organisation: String,
+    pub response_id: String,
+    pub revision: i32,
+    pub submitted_at: i64,
+    /// Choice keys of the city question (several for a multiple choice; none when unanswered).
+    pub cities: Vec<String>,
+    /// (question key, answer text) of each indexed text question answered.
+    pub texts: Vec<(String, String)>,
+}
+
+/// What became of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// Its documents replaced those of any earlier revision.
+    Indexed,
+    /// The index already has this revision or a later one.
+    Stale,
+}
+
+/// A word (or phrase) and the number of answers that use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WordCount {
+    pub word: String,
+    pub answers: u64,
+}
+
+/// One city's answers and their most frequent words and phrases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CityWords {
+    pub city: String,
+    pub answers: u64,
+    pub words: Vec<WordCount>,
+    pub phrases: Vec<WordCount>,
+}
+
+/// A city and the number of its answers that use a word.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CityCount {
+    pub city: String,
+    pub answers: u64,
+}
+
+/// One matching answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    pub response_id: String,
+    pub revision: i64,
+    pub cities: Vec<String>,
+    pub text: String,
+    pub submitted_at: i64,
+    pub score: f32,
+}
+
+/// A page of matching answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hits {
+    pub total: usize,
+    pub items: Vec<Hit>,
+}
+
+/// The question a query is about: a text question of a form of an organisation.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub organisation: &'a str,
+    pub form_id: &'a str,
+    pub question: &'a str,
+}
+
+/// The index, its writer and what its next commit will record.
+pub struct SlangIndex {
+    index: Index,
+    fields: Fields,
+    /// Adds take it shared (Tantivy's `add_document` and `delete_term` take `&self`); a commit
+    /// takes it exclusively, so that every add it must include has returned before it starts.
+    writer: RwLock<IndexWriter>,
+    reader: IndexReader,
+    /// Revisions added since the last commit, by response id: not visible to searchers yet.
+    pending: Mutex<HashMap<String, i32>>,
+    /// Per (topic, partition): the runtime's finished watermark, i.e. every record below it has
+    /// been added to the writer (or dead-lettered). The next commit's payload.
+    finished: Mutex<BTreeMap<String, BTreeMap<i32, i64>>>,
+    /// The payload of the last commit: where a (re)assigned partition starts.
+    committed: Mutex<Payload>,
+    /// Records handled since the last commit (commit by size as well as by time).
+    uncommitted: AtomicU64,
+}
+
+impl SlangIndex {
+    /// Opens the index in `path`, or creates an empty one (which then rebuilds from the start
+    /// of the topic). `writer_memory` is Tantivy's indexing budget, shared by its threads.
+    pub fn open(path: &Path, writer_memory: usize) -> Result<Self, IndexError> {
+        std::fs::create_dir_all(path).map_err(|source| IndexError::Create {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let directory = MmapDirectory::open(path).map_err(|source| IndexError::Directory {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let (schema, fields) = schema();
+        let index = Index::open_or_create(directory, schema)?;
+        Self::with_index(index, fields, writer_memory)
+    }
+
+    /// An index in memory (tests and benchmarks of queries).
+    pub fn in_memory(writer_memory: usize) -> Result<Self, IndexError> {
+        let (schema, fields) = schema();
+        Self::with_index(Index::create_in_ram(schema), fields, writer_memory)
+    }
+
+    fn with_index(
+        mut index: Index,
+        fields: Fields,
+        writer_memory: usize,
+    ) -> Result<Self, IndexError> {
+        // Tokenizers are not stored in the index: register them on every open.
+        let tokenizers = TokenizerManager::default();
+        tokenizers.register(WORDS, WordTokenizer);
+        tokenizers.register(PHRASES, PhraseTokenizer);
+        index.set_tokenizers(tokenizers.clone());
+        index.set_fast_field_tokenizers(tokenizers);
+        let committed = match index.load_metas()?.payload {
+            Some(text) => serde_json::from_str(&text).map_err(IndexError::Payload)?,
+            None => Payload::default(),
+        };
+        let writer = index.writer(writer_memory)?;
+        // Reloaded by our commits only: a searcher sees exactly what a commit recorded.
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(SlangIndex {
+            index,
+            fields,
+            writer: RwLock::new(writer),
+            reader,
+            pending: Mutex::new(HashMap::new()),
+            finished: Mutex::new(committed.offsets.clone()),
+            committed: Mutex::new(committed),
+            uncommitted: AtomicU64::new(0),
+        })
+    }
+
+    /// Where each of `partitions` of `topic` starts: the last commit's offset, or 0 (the
+    /// beginning) for a partition the index has never read.
+    pub fn start_offsets(&self, topic: &str, partitions: &[i32]) -> HashMap<i32, i64> {
+        let committed = self.committed.lock().map(|c| c.clone()).unwrap_or_default();
+        let known = committed.offsets.get(topic);
+        partitions
+            .iter()
+            .map(|&p| (p, known.and_then(|k| k.get(&p)).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// The runtime finished everything of `partition` below `offset`.
+    pub fn finished_below(&self, topic: &str, partition: i32, offset: i64) {
+        if let Ok(mut finished) = self.finished.lock() {
+            let next = finished
+                .entry(topic.to_owned())
+                .or_default()
+                .entry(partition)
+                .or_insert(offset);
+            // Never backwards: a partition reassigned from an earlier commit re-finishes offsets
+            // that the writer already holds.
+            *next = (*next).max(offset);
+        }
+    }
+
+    /// Records handled since the last commit.
+    pub fn uncommitted(&self) -> u64 {
+        self.uncommitted.load(Ordering::Relaxed)
+    }
+
+    /// Whether a commit would record anything new.
+    pub fn has_changes(&self) -> bool {
+        if self.uncommitted() > 0 {
+            return true;
+        }
+        let finished = self.finished.lock().map(|f| f.clone()).unwrap_or_default();
+        self.committed
+            .lock()
+            .map(|c| c.offsets != finished)
+            .unwrap_or(true)
+    }
+
+    /// The payload of the last commit.
+    pub fn committed(&self) -> Payload {
+        self.committed.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Notes that a record changed nothing in the index (a form without a slang action), so that
+    /// commits still move the offsets on.
+    pub fn note_handled(&self) {
+        self.uncommitted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Indexes the entries (see the module's invariant on revisions).
+    pub fn upsert(&self, entries: &[Entry]) -> Result<Vec<Upsert>, IndexError> {
+        let writer = self.writer.read().map_err(|_| IndexError::Poisoned)?;
+        let searcher = self.reader.searcher();
+        let mut revisions = RevisionLookup::new(&searcher, self.fields)?;
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let pending = self
+                .pending
+                .lock()
+                .map_err(|_| IndexError::Poisoned)?
+                .get(&entry.response_id)
+                .copied();
+            let indexed = match pending {
+                Some(revision) => Some(i64::from(revision)),
+                None => revisions.revision_of(&entry.response_id)?,
+            };
+            self.uncommitted.fetch_add(1, Ordering::Relaxed);
+            if indexed.is_some_and(|r| r >= i64::from(entry.revision)) {
+                outcomes.push(Upsert::Stale);
+                continue;
+            }
+            if indexed.is_some() {
+                writer.delete_term(Term::from_field_text(
+                    self.fields.response_id,
+                    &entry.response_id,
+                ));
+            }
+            for document in self.documents(entry) {
+                writer.add_document(document)?;
+            }
+            self.pending
+                .lock()
+                .map_err(|_| IndexError::Poisoned)?
+                .insert(entry.response_id.clone(), entry.revision);
+            outcomes.push(Upsert::Indexed);
+        }
+        Ok(outcomes)
+    }
+
+    /// One document per answered text question; a response with none still gets one document
+    /// without a question, which carries its revision (so that a later, older revision cannot
+    /// bring back answers a correction removed) and matches no query.
+    fn documents(&self, entry: &Entry) -> Vec<TantivyDocument> {
+        let f = self.fields;
+        let base = || {
+            let mut doc = TantivyDocument::default();
+            doc.add_text(f.form, &entry.form_id);
+            doc.add_text(f.organisation, &entry.organisation);
+            doc.add_text(f.response_id, &entry.response_id);
+            doc.add_i64(f.revision, i64::from(entry.revision));
+            doc.add_i64(f.submitted_at, entry.submitted_at);
+            doc
+        };
+        let mut documents: Vec<TantivyDocument> = entry
+            .texts
+            .iter()
+            .map(|(question, text)| {
+                let mut doc = base();
+                doc.add_text(f.question, question);
+                for city in &entry.cities {
+                    doc.add_text(f.city, city);
+                }
+                doc.add_text(f.text, text);
+                doc.add_text(f.phrases, text);
+                doc
+            })
+            .collect();
+        if documents.is_empty() {
+            documents.push(base());
+        }
+        documents
+    }
+
+    /// Commits what the writer holds, with the offsets finished so far as the payload, and makes
+    /// it visible to searches. Blocking: run it off the async runtime.
+    pub fn commit(&self) -> Result<Payload, IndexError> {
+        // Read before taking the writer: every record below these offsets was added before the
+        // runtime learnt it was finished, so it is in the writer by now.
+        let payload = Payload {
+            offsets: self
+                .finished
+                .lock()
+                .map_err(|_| IndexError::Poisoned)?
+                .clone(),
+        };
+        let text = serde_json::to_string(&payload).map_err(IndexError::Payload)?;
+        let started = Instant::now();
+        let mut writer = self.writer.write().map_err(|_| IndexError::Poisoned)?;
+        let handled = self.uncommitted.swap(0, Ordering::Relaxed);
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&text);
+        prepared.commit()?;
+        self.reader.reload()?;
+        // Searchers now see these revisions; the lookup no longer needs them in memory.
+        self.pending
+            .lock()
+            .map_err(|_| IndexError::Poisoned)?
+            .clear();
+        drop(writer);
+        if let Ok(mut committed) = self.committed.lock() {
+            *committed = payload.clone();
+        }
+        tracing::debug!(
+            records = handled,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Committed the slang index."
+        );
+        Ok(payload)
+    }
+
+    /// Live documents (answers, plus one per response without an indexed answer).
+    pub fn documents_count(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    fn scope_query(&self, scope: Scope<'_>, city: Option<&str>) -> Vec<(Occur, Box<dyn Query>)> {
+        let f = self.fields;
+        let term = |field, value: &str| -> (Occur, Box<dyn Query>) {
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(field, value),
+                    IndexRecordOption::Basic,
+                )),
+            )
+        };
+        let mut clauses = vec![
+            term(f.organisation, scope.organisation),
+            term(f.form, scope.form_id),
+            term(f.question, scope.question),
+        ];
+        if let Some(city) = city {
+            clauses.push(term(f.city, city));
+        }
+        clauses
+    }
+
+    /// The words of `text` as one query on the answers: a term, or a phrase of several words.
+    /// `None` when `text` has no word.
+    fn words_query(&self, text: &str) -> Option<Box<dyn Query>> {
+        let terms: Vec<Term> = words(text)
+            .map(|(_, _, w)| Term::from_field_text(self.fields.text, &w))
+            .collect();
+        match terms.len() {
+            0 => None,
+            1 => Some(Box::new(TermQuery::new(
+                terms[0].clone(),
+                IndexRecordOption::Basic,
+            ))),
+            _ => Some(Box::new(PhraseQuery::new(terms))),
+        }
+    }
+
+    /// The most frequent words and two-word phrases of the answers, per city (the `cities` most
+    /// answered cities) or for one city, `limit` of each.
+    pub fn top_words(
+        &self,
+        scope: Scope<'_>,
+        city: Option<&str>,
+        cities: u32,
+        limit: u32,
+    ) -> Result<Vec<CityWords>, IndexError> {
+        let query = BooleanQuery::new(self.scope_query(scope, city));
+        // Exact counts for the top entries: every segment returns more candidates than asked.
+        let words = |field: &str| serde_json::json!({"terms": {"field": field, "size": limit, "segment_size": limit.saturating_mul(10).max(100)}});
+        let request = serde_json::json!({
+            "cities": {
+                "terms": {"field": "city", "size": if city.is_some() { 1 } else { cities }},
+                "aggs": {"words": words("text"), "phrases": words("phrases")}
+            }
+        });
+        let result = self.aggregate(&query, request)?;
+        let mut out = Vec::new();
+        for bucket in buckets(&result["cities"])? {
+            let city = bucket["key"].as_str().unwrap_or_default().to_owned();
+            out.push(CityWords {
+                city,
+                answers: bucket["doc_count"].as_u64().unwrap_or(0),
+                words: word_counts(&bucket["words"])?,
+                phrases: word_counts(&bucket["phrases"])?,
+            });
+        }
+        out.sort_by(|a, b| b.answers.cmp(&a.answers).then_with(|| a.city.cmp(&b.city)));
+        Ok(out)
+    }
+
+    /// The cities whose answers use `word` (a word, or a phrase of several), with the number of
+    /// answers in each, most first. Empty when `word` has no word in it.
+    pub fn cities_of(
+        &self,
+        scope: Scope<'_>,
+        word: &str,
+        limit: u32,
+    ) -> Result<Vec<CityCount>, IndexError> {
+        let Some(words) = self.words_query(word) else {
+            return Ok(Vec::new());
+        };
+        let mut clauses = self.scope_query(scope, None);
+        clauses.push((Occur::Must, words));
+        let request = serde_json::json!({"cities": {"terms": {"field": "city", "size": limit}}});
+        let result = self.aggregate(&BooleanQuery::new(clauses), request)?;
+        let mut counts: Vec<CityCount> = buckets(&result["cities"])?
+            .iter()
+            .map(|b| CityCount {
+                city: b["key"].as_str().unwrap_or_default().to_owned(),
+                answers: b["doc_count"].as_u64().unwrap_or(0),
+            })
+            .collect();
+        counts.sort_by(|a, b| b.answers.cmp(&a.answers).then_with(|| a.city.cmp(&b.city)));
+        Ok(counts)
+    }
+
+    /// The answers containing every word of `query` (in that order, adjacent, when `query` is in
+    /// double quotes), best match first; a page of `limit` from `offset`.
+    pub fn search(
+        &self,
+        scope: Scope<'_>,
+        query: &str,
+        city: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Hits, IndexError> {
+        let mut clauses = self.scope_query(scope, city);
+        let trimmed = query.trim();
+        let phrase = trimmed.len() >= 2 && trimmed.starts_with('"') && trimmed.ends_with('"');
+        if phrase {
+            match self.words_query(trimmed.trim_matches('"')) {
+                Some(q) => clauses.push((Occur::Must, q)),
+                None => {
+                    return Ok(Hits {
+                        total: 0,
+                        items: Vec::new(),
+                    });
+                }
+            }
+        } else {
+            let mut any = false;
+            for (_, _, word) in words(trimmed) {
+                any = true;
+                clauses.push((
+                    Occur::Must,
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(self.fields.text, &word),
+                        IndexRecordOption::WithFreqs,
+                    )),
+                ));
+            }
+            if !any {
+                return Ok(Hits {
+                    total: 0,
+                    items: Vec::new(),
+                });
+            }
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let (top, total) = searcher.search(
+            &query,
+            &(
+                TopDocs::with_limit(limit.max(1))
+                    .and_offset(offset)
+                    .order_by_score(),
+                Count,
+            ),
+        )?;
+        let items = top
+            .into_iter()
+            .map(|(score, address)| self.hit(&searcher, address, score))
+            .collect::<Result<_, _>>()?;
+        Ok(Hits { total, items })
+    }
+
+    fn hit(&self, searcher: &Searcher, address: DocAddress, score: f32) -> Result<Hit, IndexError> {
+        let f = self.fields;
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let text = |field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let number = |field| doc.get_first(field).and_then(|v| v.as_i64()).unwrap_or(0);
+        Ok(Hit {
+            response_id: text(f.response_id),
+            revision: number(f.revision),
+            cities: doc
+                .get_all(f.city)
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            text: text(f.text),
+            submitted_at: number(f.submitted_at),
+            score,
+        })
+    }
+
+    fn aggregate(
+        &self,
+        query: &dyn Query,
+        request: serde_json::Value,
+    ) -> Result<serde_json::Value, IndexError> {
+        let aggregations: tantivy::aggregation::agg_req::Aggregations =
+            serde_json::from_value(request).map_err(|e| IndexError::Aggregation(e.to_string()))?;
+        let collector = tantivy::aggregation::AggregationCollector::from_aggs(
+            aggregations,
+            tantivy::aggregation::AggContextParams::new(
+                Default::default(),
+                self.index.tokenizers().clone(),
+            ),
+        );
+        let result = self.reader.searcher().search(query, &collector)?;
+        serde_json::to_value(result).map_err(|e| IndexError::Aggregation(e.to_string()))
+    }
+}
+
+fn buckets(agg: &serde_json::Value) -> Result<&Vec<serde_json::Value>, IndexError> {
+    agg["buckets"]
+        .as_array()
+        .ok_or_else(|| IndexError::Aggregation(agg.to_string()))
+}
+
+/// Most answers first, ties in word order: the same index content always reads the same, however
+/// its segments happen to be laid out.
+fn word_counts(agg: &serde_json::Value) -> Result<Vec<WordCount>, IndexError> {
+    let mut counts: Vec<WordCount> = buckets(agg)?
+        .iter()
+        .map(|b| WordCount {
+            word: b["key"].as_str().unwrap_or_default().to_owned(),
+            answers: b["doc_count"].as_u64().unwrap_or(0),
+        })
+        .collect();
+    counts.sort_by(|a, b| b.answers.cmp(&a.answers).then_with(|| a.word.cmp(&b.word)));
+    Ok(counts)
+}
+
+/// The revision a searcher holds for a response id, from the postings of its term and the
+/// revision fast field (opened once per segment per batch, not per record).
+struct RevisionLookup<'a> {
+    searcher: &'a Searcher,
+    fields: Fields,
+    columns: Vec<Option<Column<i64>>>,
+}
+
+impl<'a> RevisionLookup<'a> {
+    fn new(searcher: &'a Searcher, fields: Fields) -> Result<Self, IndexError> {
+        Ok(RevisionLookup {
+            searcher,
+            fields,
+            columns: vec![None; searcher.segment_readers().len()],
+        })
+    }
+
+    fn revision_of(&mut self, response_id: &str) -> Result<Option<i64>, IndexError> {
+        let term = Term::from_field_text(self.fields.response_id, response_id);
+        let mut highest = None;
+        for (i, segment) in self.searcher.segment_readers().iter().enumerate() {
+            let inverted = segment.inverted_index(self.fields.response_id)?;
+            let Some(mut postings) = inverted.read_postings(&term, IndexRecordOption::Basic)?
+            else {
+                continue;
+            };
+            let column = match &self.columns[i] {
+                Some(column) => column.clone(),
+                None => {
+                    let column = segment.fast_fields().i64("revision")?;
+                    self.columns[i] = Some(column.clone());
+                    column
+                }
+            };
+            let alive = segment.alive_bitset();
+            let mut doc = postings.doc();
+            while doc != TERMINATED {
+                if alive.is_none_or(|a| a.is_alive(doc))
+                    && let Some(revision) = column.first(doc)
+                {
+                    highest = highest.max(Some(revision));
+                }
+                doc = postings.advance();
+            }
+        }
+        Ok(highest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, revision: i32, city: &str, text: &str) -> Entry {
+        Entry {
+            form_id: "f".into(),
+            organisation: "acme".into(),
+            response_id: id.into(),
+            revision,
+            submitted_at: 1,
+            cities: vec![city.into()],
+            texts: vec![("slang".into(), text.into())],
+        }
+    }
+
+    const SCOPE: Scope<'static> = Scope {
+        organisation: "acme",
+        form_id: "f",
+        question: "slang",
+    };
+
+    #[test]
+    fn words_per_city_cities_per_word_and_search() {
+        let index = SlangIndex::in_memory(50_000_000).expect("an index");
+        index
+            .upsert(&[
+                entry("1", 0, "pune", "क्या बात है"),
+                entry("2", 0, "pune", "क्या बात है bhai!"),
+                entry("3", 0, "chennai", "வணக்கம் bhai"),
+            ])
+            .expect("indexed");
+        index.finished_below("responses", 0, 3);
+        let payload = index.commit().expect("committed");
+        assert_eq!(payload.offsets["responses"][&0], 3);
+
+        let top = index.top_words(SCOPE, None, 10, 3).expect("top words");
+        assert_eq!(top[0].city, "pune");
+        assert_eq!(top[0].answers, 2);
+        assert_eq!(top[0].words[0].answers, 2);
+        assert!(["क्या", "बात", "है"].contains(&top[0].words[0].word.as_str()));
+        assert_eq!(top[0].phrases[0].answers, 2);
+        assert!(["क्या बात", "बात है"].contains(&top[0].phrases[0].word.as_str()));
+        let cities = index.cities_of(SCOPE, "BHAI", 10).expect("cities");
+        assert_eq!(cities.len(), 2);
+        let hits = index
+            .search(SCOPE, "क्या है", Some("pune"), 10, 0)
+            .expect("hits");
+        assert_eq!(hits.total, 2);
+        let phrase = index
+            .search(SCOPE, "\"है bhai\"", None, 10, 0)
+            .expect("hits");
+        assert_eq!(phrase.total, 1);
+        assert_eq!(phrase.items[0].response_id, "2");
+    }
+
+    #[test]
+    fn a_correction_replaces_and_an_older_revision_never_wins() {
+        let index = SlangIndex::in_memory(50_000_000).expect("an index");
+        index
+            .upsert(&[entry("1", 0, "pune", "पुराना शब्द")])
+            .expect("indexed");
+        // Before and after a commit: the lookup covers pending and committed revisions.
+        assert_eq!(
+            index
+                .upsert(&[entry("1", 1, "pune", "नया शब्द")])
+                .expect("indexed"),
+            [Upsert::Indexed]
+        );
+        index.commit().expect("committed");
+        assert_eq!(
+            index
+                .upsert(&[entry("1", 0, "pune", "पुराना शब्द")])
+                .expect("indexed"),
+            [Upsert::Stale]
+        );
+        assert_eq!(
+            index
+                .upsert(&[entry("1", 1, "pune", "नया शब्द")])
+                .expect("indexed"),
+            [Upsert::Stale]
+        );
+        index.commit().expect("committed");
+        assert!(index.cities_of(SCOPE, "पुराना", 10).expect("q").is_empty());
+        assert_eq!(index.cities_of(SCOPE, "नया", 10).expect("q")[0].answers, 1);
+        assert_eq!(index.documents_count(), 1);
+    }
+
+    #[test]
+    fn other_organisations_and_forms_see_nothing() {
+        let index = SlangIndex::in_memory(50_000_000).expect("an index");
+        index
+            .upsert(&[entry("1", 0, "pune", "mast")])
+            .expect("indexed");
+        index.commit().expect("committed");
+        let other = Scope {
+            organisation: "globex",
+            ..SCOPE
+        };
+        assert!(index.cities_of(other, "mast", 10).expect("q").is_empty());
+        assert_eq!(
+            index.search(other, "mast", None, 10, 0).expect("q").total,
+            0
+        );
+    }
+}
