@@ -147,8 +147,8 @@ impl Slangd {
             index_dir: index_dir.to_owned(),
             search_listen: "127.0.0.1:0".parse().expect("addr"),
             api_keys_file: keys.to_owned(),
-            commit_interval: Duration::from_millis(200),
-            commit_records: 100_000,
+            index_commit_interval: Duration::from_millis(200),
+            index_commit_records: 100_000,
             writer_memory: 50_000_000,
             index_batch_size: 64,
         };

@@ -364,8 +364,8 @@ async fn main() -> anyhow::Result<()> {
         index_dir: index_dir.clone(),
         search_listen: "127.0.0.1:0".parse()?,
         api_keys_file: keys,
-        commit_interval: Duration::from_secs(2),
-        commit_records: 200_000,
+        index_commit_interval: Duration::from_secs(2),
+        index_commit_records: 200_000,
         writer_memory: 256 << 20,
         index_batch_size: 512,
     };

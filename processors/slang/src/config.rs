@@ -40,17 +40,18 @@ pub struct SlangArgs {
     /// Longest time between index commits: how long an indexed answer may take to become
     /// searchable, and how much a crash makes the index redo.
     // A commit flushes segments to disk; a few per second at most keeps merging cheap.
-    #[arg(long, env = "FORMSTREAM_SLANG_COMMIT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
-    pub commit_interval: Duration,
+    // Not `--commit-interval`: that is the runtime's (group commits), flattened beside these.
+    #[arg(long = "index-commit-interval", env = "FORMSTREAM_SLANG_COMMIT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub index_commit_interval: Duration,
 
     /// Records handled after which the index commits before the interval is up (during a
     /// backfill, so that a crash redoes a bounded amount).
     #[arg(
-        long,
+        long = "index-commit-records",
         env = "FORMSTREAM_SLANG_COMMIT_RECORDS",
         default_value_t = 200_000
     )]
-    pub commit_records: u64,
+    pub index_commit_records: u64,
 
     /// Tantivy's indexing memory budget in bytes, shared by its indexing threads.
     // 128 MiB: within a few percent of the throughput of larger budgets on short answers, and

@@ -98,8 +98,8 @@ pub async fn run(
     };
     let committer = tokio::spawn(commit_loop(
         index.clone(),
-        args.commit_interval,
-        args.commit_records,
+        args.index_commit_interval,
+        args.index_commit_records,
         stopped.clone(),
     ));
 
