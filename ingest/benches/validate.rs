@@ -64,6 +64,7 @@ fn form() -> FormVersion {
             })
             .collect(),
         notify: Default::default(),
+        sheets: None,
         created_at: 0,
     }
 }

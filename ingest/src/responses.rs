@@ -424,6 +424,7 @@ mod tests {
             metadata_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
+            sheets: None,
             created_at: 0,
         }
     }

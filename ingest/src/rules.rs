@@ -931,6 +931,7 @@ mod tests {
                 })
                 .collect(),
             notify: Notify::default(),
+            sheets: None,
             created_at: 0,
         }
     }

@@ -41,6 +41,8 @@ pub struct FormVersion {
     /// Checked by the validate processor against every response of this version, in order.
     pub rules: Vec<Rule>,
     pub notify: Notify,
+    /// Where the sheets processor exports this form; `None` when the form is not exported.
+    pub sheets: Option<Sheets>,
     pub created_at: TimestampMillis,
 }
 
@@ -98,6 +100,14 @@ pub struct Rule {
 pub struct Notify {
     pub sms_collector: bool,
     pub webhook_url: Option<String>,
+}
+
+/// The sheets action: one row per response in a Google spreadsheet (a local file without
+/// credentials).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sheets {
+    /// The spreadsheet to write to; `None` asks the exporter to create one (and to remember it).
+    pub spreadsheet_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! Schema evolution: `Response` v2 (fixture `response-v2.avsc`) adds `channel` with default "app";
-//! the current `Form` added `rules` and `notify` to the `Form` of fixture `form-v1.avsc`.
+//! the current `Form` added `rules` and `notify` to the `Form` of fixture `form-v1.avsc`, then
+//! `sheets` to the `Form` of fixture `form-before-sheets.avsc`.
 //!
 //! Invariant checked: BACKWARD (a newer reader reads older data and sees the defaults) and FORWARD
 //! (an older reader reads newer data and ignores the new fields), in both wire formats.
@@ -142,6 +143,7 @@ async fn forms_written_before_rules_read_with_no_rules_and_no_notifications() {
     for version in &mut expected.versions {
         version.rules.clear();
         version.notify = Notify::default();
+        version.sheets = None;
     }
     assert_eq!(read, expected);
     assert!(read.versions.iter().all(|v| v.rules.is_empty()));
@@ -170,4 +172,47 @@ async fn a_reader_from_before_rules_reads_forms_with_rules_ignoring_them() {
         .await
         .unwrap();
     assert_eq!(read, FormV1::from_current(current));
+}
+
+/// Forms written before the sheets action existed read as forms that are not exported.
+#[tokio::test]
+async fn forms_written_before_sheets_read_with_no_sheets_action() {
+    let current = forms()[1].clone();
+    assert!(current.versions[1].sheets.is_some(), "the fixture has one");
+    let bytes = Codec::single_object()
+        .encoder::<FormBeforeSheets>("forms")
+        .await
+        .unwrap()
+        .encode(&FormBeforeSheets::from_current(current.clone()))
+        .unwrap();
+
+    let consumer = Codec::single_object_with_writers(vec![FORM_BEFORE_SHEETS.clone()]);
+    let read: Form = consumer.decode(&bytes).await.unwrap();
+    let mut expected = current;
+    for version in &mut expected.versions {
+        version.sheets = None;
+    }
+    assert_eq!(read, expected);
+}
+
+#[tokio::test]
+async fn a_reader_from_before_sheets_reads_forms_with_sheets_ignoring_it() {
+    let current = forms()[1].clone();
+    let fake = FakeRegistry::start(None).await;
+    fake.register("forms-value", FormBeforeSheets::SCHEMA_JSON)
+        .await;
+    let bytes = Codec::with_registry(fake.config())
+        .unwrap()
+        .encoder::<Form>("forms")
+        .await
+        .unwrap()
+        .encode(&current)
+        .unwrap();
+
+    let read: FormBeforeSheets = Codec::with_registry(fake.config())
+        .unwrap()
+        .decode(&bytes)
+        .await
+        .unwrap();
+    assert_eq!(read, FormBeforeSheets::from_current(current));
 }

@@ -191,6 +191,7 @@ pub fn test_form(id: &str) -> Form {
             metadata_json: "{}".to_owned(),
             rules: Vec::new(),
             notify: Default::default(),
+            sheets: None,
             created_at: now,
         }],
     }

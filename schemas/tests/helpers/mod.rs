@@ -41,6 +41,7 @@ pub fn forms() -> Vec<Form> {
         metadata_json: "{}".into(),
         rules: vec![],
         notify: Notify::default(),
+        sheets: None,
         created_at: 1_700_000_000_000,
     };
     let v2 = FormVersion {
@@ -86,6 +87,9 @@ pub fn forms() -> Vec<Form> {
             sms_collector: true,
             webhook_url: Some("https://hooks.example.org/flags".into()),
         },
+        sheets: Some(Sheets {
+            spreadsheet_id: Some("1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms".into()),
+        }),
         created_at: 1_700_000_100_000,
     };
     vec![
@@ -511,5 +515,67 @@ impl AvroRecord for FormV1 {
     const SCHEMA_JSON: &'static str = FORM_V1_JSON;
     fn schema() -> &'static Schema {
         &FORM_V1
+    }
+}
+
+/// `Form` as it was before the sheets action was added (fixture `form-before-sheets.avsc`): rules
+/// and notification settings, no `sheets`.
+pub const FORM_BEFORE_SHEETS_JSON: &str = include_str!("../fixtures/form-before-sheets.avsc");
+
+pub static FORM_BEFORE_SHEETS: LazyLock<Schema> =
+    LazyLock::new(|| Schema::parse_str(FORM_BEFORE_SHEETS_JSON).expect("fixture parses"));
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormBeforeSheets {
+    pub id: String,
+    pub organisation: String,
+    pub created_at: i64,
+    pub versions: Vec<FormVersionBeforeSheets>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormVersionBeforeSheets {
+    pub version: i32,
+    pub title: String,
+    pub description: String,
+    pub default_region: Option<String>,
+    pub questions: Vec<Question>,
+    pub metadata_json: String,
+    pub rules: Vec<Rule>,
+    pub notify: Notify,
+    pub created_at: i64,
+}
+
+impl FormBeforeSheets {
+    /// The current form without what it did not have yet.
+    pub fn from_current(form: Form) -> Self {
+        FormBeforeSheets {
+            id: form.id,
+            organisation: form.organisation,
+            created_at: form.created_at,
+            versions: form
+                .versions
+                .into_iter()
+                .map(|v| FormVersionBeforeSheets {
+                    version: v.version,
+                    title: v.title,
+                    description: v.description,
+                    default_region: v.default_region,
+                    questions: v.questions,
+                    metadata_json: v.metadata_json,
+                    rules: v.rules,
+                    notify: v.notify,
+                    created_at: v.created_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl AvroRecord for FormBeforeSheets {
+    const FULL_NAME: &'static str = "io.formstream.v1.Form";
+    const SCHEMA_JSON: &'static str = FORM_BEFORE_SHEETS_JSON;
+    fn schema() -> &'static Schema {
+        &FORM_BEFORE_SHEETS
     }
 }
