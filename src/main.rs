@@ -16,6 +16,7 @@ use formstream_journal::{Journal, JournalArgs, Noop, NoopArgs};
 use formstream_notify_collectors::{NotifyCollectors, NotifyCollectorsArgs};
 use formstream_runtime::replay::ReplayArgs;
 use formstream_runtime::{Processor, RuntimeConfig};
+use formstream_sheets::{Sheets, SheetsArgs};
 use formstream_validate::Validate;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -88,6 +89,9 @@ enum ProcessCommand {
     Validate(ProcessorArgs<ValidateArgs>),
     /// Tell data collectors about flagged responses, by SMS and/or signed webhook, never twice.
     NotifyCollectors(ProcessorArgs<NotifyCollectorsArgs>),
+    /// Export every response of forms with a sheets action as one spreadsheet row (Google
+    /// Sheets, or local CSV files without credentials), exactly once, corrections in place.
+    Sheets(ProcessorArgs<SheetsArgs>),
 }
 
 /// The validate processor has no flags of its own: its topics are the runtime's.
@@ -120,6 +124,12 @@ impl ProcessCommand {
             ProcessCommand::NotifyCollectors(p) => {
                 let open = |args, runtime: RuntimeConfig, shutdown| async move {
                     NotifyCollectors::open(args, &runtime, shutdown).await
+                };
+                p.start_opened(open, configure, shutdown).await
+            }
+            ProcessCommand::Sheets(p) => {
+                let open = |args, runtime: RuntimeConfig, shutdown| async move {
+                    Sheets::open(args, &runtime, shutdown).await
                 };
                 p.start_opened(open, configure, shutdown).await
             }

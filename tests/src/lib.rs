@@ -7,6 +7,7 @@
 //! sleeps for a fixed time to wait for something: every wait polls a condition until a deadline.
 
 pub mod runtime;
+pub mod sheets_fake;
 pub mod twilio_fake;
 pub mod webhook_receiver;
 
