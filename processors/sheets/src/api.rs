@@ -54,6 +54,11 @@ impl ApiError {
         matches!(self, ApiError::Rejected { status: 400, detail } if detail.contains("above the limit of"))
     }
 
+    /// Google's answer to a write outside the tab's grid (our idea of the grid was out of date).
+    pub fn is_grid_limit(&self) -> bool {
+        matches!(self, ApiError::Rejected { status: 400, detail } if detail.contains("exceeds grid limits"))
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::Throttled { retry_after, .. } => *retry_after,

@@ -422,6 +422,12 @@ impl Google {
             return Ok(0);
         };
         let part = &mut book.parts[part_number];
+        if part.grid_columns < width {
+            self.widen(part, width).await?;
+            if part.full {
+                return Ok(0);
+            }
+        }
         if part.rows > 0 && part.header_width < width {
             self.fit_header(part, layout).await?;
         }
@@ -452,7 +458,7 @@ impl Google {
         let appended = match self.api.append(&spreadsheet_id, &range, &refs).await {
             Ok(appended) => appended,
             Err(error) => {
-                if error.is_ambiguous() || error.is_cell_limit() {
+                if error.is_ambiguous() || error.is_cell_limit() || error.is_grid_limit() {
                     // The rows may be there (or the accounting was off): read back first.
                     book.stale = true;
                 }
@@ -463,6 +469,14 @@ impl Google {
                         spreadsheet_id,
                         "Google says the spreadsheet is at its cell limit; continuing in a new one."
                     );
+                    return Err(ApiError::Throttled {
+                        status: 400,
+                        retry_after: None,
+                        detail: error.to_string(),
+                    });
+                }
+                if error.is_grid_limit() {
+                    // Someone resized the tab: read its grid back and try again.
                     return Err(ApiError::Throttled {
                         status: 400,
                         retry_after: None,
@@ -517,20 +531,10 @@ impl Google {
             return Ok(());
         }
         if part.grid_columns < width {
-            let cells = part.other_cells + part.grid_rows * width;
-            if cells > self.cell_limit {
-                // No room for the new columns here; rows keep the columns there are.
-                part.full = true;
+            self.widen(part, width).await?;
+            if part.grid_columns < width {
                 return Ok(());
             }
-            self.api
-                .widen(
-                    &part.spreadsheet_id,
-                    part.sheet_id,
-                    width - part.grid_columns,
-                )
-                .await?;
-            part.grid_columns = width;
         }
         self.api
             .update_values(
@@ -539,6 +543,27 @@ impl Google {
             )
             .await?;
         part.header_width = width;
+        Ok(())
+    }
+
+    /// Widens the tab's grid to `width` columns (`appendDimension`), unless that would pass the
+    /// cell limit: then the part is full, and its rows keep the columns there are.
+    async fn widen(&self, part: &mut Part, width: u64) -> Result<(), ApiError> {
+        if part.grid_columns >= width {
+            return Ok(());
+        }
+        if part.other_cells + part.grid_rows * width > self.cell_limit {
+            part.full = true;
+            return Ok(());
+        }
+        self.api
+            .widen(
+                &part.spreadsheet_id,
+                part.sheet_id,
+                width - part.grid_columns,
+            )
+            .await?;
+        part.grid_columns = width;
         Ok(())
     }
 
