@@ -642,7 +642,7 @@ fn read(shared: &Shared, segments: &[String], query: &[(String, String)]) -> Res
             let cells: Vec<Value> = row
                 .iter()
                 .enumerate()
-                .filter(|(c, _)| c + 1 >= first_column && c + 1 <= last_column)
+                .filter(|(c, _)| c + 1 >= first_column && *c < last_column)
                 .map(|(_, v)| v.clone())
                 .collect();
             values.push(Value::Array(trim(cells)));

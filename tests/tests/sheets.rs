@@ -436,7 +436,7 @@ async fn throttling_and_ambiguous_failures_are_absorbed_without_a_duplicate() {
     )
     .await;
     let items: Vec<(i32, Response)> = (0..200)
-        .map(|i| ((i % 2) as i32, simple(&a, &format!("r{i:03}"), 0)))
+        .map(|i| (i % 2, simple(&a, &format!("r{i:03}"), 0)))
         .collect();
     producer.responses(&items).await;
     wait_done(&topics, Duration::from_secs(120)).await;

@@ -7,14 +7,14 @@
 //! records, crashes between a write and the offset commit, and partitions moving between
 //! instances never add a second row (see [`google`] for the reasoning and its one stated limit).
 //!
-//! - [`config`]: flags;
-//! - [`layout`]: columns, header and row of a response;
-//! - [`auth`]: service-account OAuth (JWT bearer grant);
-//! - [`api`]: the Sheets API v4 client, its quotas and error classes;
-//! - [`google`]: the spreadsheet target (read-back, append, update in place, rollover);
-//! - [`local`]: the CSV target;
-//! - [`batcher`]: batches per form within quota and size bounds;
-//! - [`processor`]: the [`Sheets`] processor.
+//! - [`config`], flags;
+//! - [`layout`], columns, header and row of a response;
+//! - [`auth`], service-account OAuth (JWT bearer grant);
+//! - [`api`], the Sheets API v4 client, its quotas and error classes;
+//! - [`google`], the spreadsheet target (read-back, append, update in place, rollover);
+//! - [`local`], the CSV target;
+//! - [`batcher`], batches per form within quota and size bounds;
+//! - [`processor`], the [`Sheets`] processor.
 
 pub mod api;
 pub mod auth;
