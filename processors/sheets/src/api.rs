@@ -100,11 +100,15 @@ pub struct Appended {
     pub rows: u64,
 }
 
-/// A rate limiter of `per_minute` calls, spread evenly (a burst of one): Google counts quota per
-/// minute, and an even spread never exceeds it in any window.
+/// 429s retried inside one call before the error goes up to the runtime.
+const THROTTLED_RETRIES: u32 = 3;
+
+/// A rate limiter of `per_minute` calls, spread evenly (a burst of one) with 2 % to spare: Google
+/// counts quota per minute, and an even spread a little below the quota never exceeds it in any
+/// window, whatever the timers' jitter.
 fn limiter(per_minute: u32) -> DefaultDirectRateLimiter {
     let per_minute = per_minute.max(1);
-    let period = Duration::from_secs(60) / per_minute;
+    let period = Duration::from_secs(60) * 102 / 100 / per_minute;
     let quota = Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::MIN);
@@ -166,9 +170,40 @@ impl SheetsApi {
         Ok(url)
     }
 
+    /// One call, with 429s absorbed here: Google applied nothing, so waiting (its `Retry-After`,
+    /// or 1, 2, 4 s) and sending again is safe, and it keeps one throttled call from failing every
+    /// row of its batch (which would open the runtime's circuit for a routine quota hiccup).
     async fn call(
         &self,
         kind: Kind,
+        method: reqwest::Method,
+        url: url::Url,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        let mut attempt = 0u32;
+        loop {
+            let outcome = self
+                .call_once(&kind, method.clone(), url.clone(), body)
+                .await;
+            match outcome {
+                Err(ApiError::Throttled {
+                    status: 429,
+                    retry_after,
+                    ..
+                }) if attempt < THROTTLED_RETRIES => {
+                    let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
+                    tracing::debug!(?wait, attempt, "The Sheets API throttled a call; waiting.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        kind: &Kind,
         method: reqwest::Method,
         url: url::Url,
         body: Option<&Value>,

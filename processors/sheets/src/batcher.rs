@@ -23,9 +23,10 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use crate::api::ApiError;
 use crate::sink::{Pending, Sink};
 
-/// Forms written at once. The rate limiter serialises the calls themselves; a few flushes in
-/// flight let one form's read-back overlap another's append.
-const CONCURRENT_FLUSHES: usize = 4;
+/// Forms written at once. The rate limiter serialises the calls themselves; two flushes let one
+/// form's read-back overlap another's append, and few enough that most writes carry the fullest
+/// batch.
+const CONCURRENT_FLUSHES: usize = 2;
 
 struct Waiting {
     pending: Pending,
