@@ -17,6 +17,7 @@ use formstream_notify_collectors::{NotifyCollectors, NotifyCollectorsArgs};
 use formstream_receipts::{Receipts, ReceiptsArgs};
 use formstream_runtime::replay::ReplayArgs;
 use formstream_runtime::{Processor, RuntimeConfig};
+use formstream_sheets::{Sheets, SheetsArgs};
 use formstream_validate::Validate;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -94,6 +95,9 @@ enum ProcessCommand {
     /// Index the text answers of forms with a slang action by city (Tantivy, Unicode word
     /// segmentation), and serve the search API over the index.
     Slang(Box<ProcessorArgs<formstream_slang::SlangArgs>>),
+    /// Export every response of forms with a sheets action as one spreadsheet row (Google
+    /// Sheets, or local CSV files without credentials), exactly once, corrections in place.
+    Sheets(ProcessorArgs<SheetsArgs>),
 }
 
 /// The validate processor has no flags of its own: its topics are the runtime's.
@@ -142,6 +146,12 @@ impl ProcessCommand {
                 let mut runtime = runtime;
                 configure(&mut runtime);
                 formstream_slang::run(args, runtime, None, None, shutdown).await
+            }
+            ProcessCommand::Sheets(p) => {
+                let open = |args, runtime: RuntimeConfig, shutdown| async move {
+                    Sheets::open(args, &runtime, shutdown).await
+                };
+                p.start_opened(open, configure, shutdown).await
             }
         }
     }

@@ -66,6 +66,7 @@ fn form() -> FormVersion {
         notify: Default::default(),
         receipt: None,
         slang: None,
+        sheets: None,
         created_at: 0,
     }
 }

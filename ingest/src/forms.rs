@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 
 use formstream_schemas::{
-    Choice, Codec, Form, FormVersion, Notify, Question, QuestionType, Rule, Slang,
+    Choice, Codec, Form, FormVersion, Notify, Question, QuestionType, Rule, Sheets, Slang,
 };
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
@@ -133,6 +133,45 @@ pub struct SlangBody {
     pub text_questions: Vec<String>,
 }
 
+/// The sheets action: export each response as a row of a Google spreadsheet, either the one named
+/// (`{"spreadsheet_id": "..."}`) or one the exporter creates (`{"create": true}`); exactly one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SheetsBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spreadsheet_id: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create: bool,
+}
+
+/// Google's spreadsheet ids (the part of the URL after `/d/`) are URL-safe base64, 44 characters
+/// today; the range leaves room for other lengths without accepting anything that is not an id.
+static SPREADSHEET_ID: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_-]{10,128}$").expect("valid regex"));
+
+/// Exactly one of a well-formed id or `create: true`: the exporter trusts it, and a typo in an id
+/// is better refused at save time than dead-lettered for every response.
+fn check_sheets(sheets: &SheetsBody, problems: &mut Vec<FieldProblem>) {
+    match (&sheets.spreadsheet_id, sheets.create) {
+        (Some(_), true) => problems.push(FieldProblem::new(
+            "/sheets",
+            "conflicting",
+            "give either spreadsheet_id or create: true, not both",
+        )),
+        (None, false) => problems.push(FieldProblem::new(
+            "/sheets",
+            "required",
+            "give spreadsheet_id (an existing spreadsheet shared with the exporter) or create: true",
+        )),
+        (Some(id), false) if !SPREADSHEET_ID.is_match(id) => problems.push(FieldProblem::new(
+            "/sheets/spreadsheet_id",
+            "invalid_spreadsheet_id",
+            "a spreadsheet id is the part of its URL after /d/: 10 to 128 letters, digits, '-' or '_'",
+        )),
+        _ => {}
+    }
+}
+
 /// The body of `POST /v1/forms` and `PUT /v1/forms/{id}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +196,8 @@ pub struct FormBody {
     pub receipt: Option<ReceiptBody>,
     #[serde(default)]
     pub slang: Option<SlangBody>,
+    #[serde(default)]
+    pub sheets: Option<SheetsBody>,
 }
 
 /// A form version as the API shows it.
@@ -177,6 +218,7 @@ pub struct FormView {
     pub receipt: Option<ReceiptBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slang: Option<SlangBody>,
+    pub sheets: Option<SheetsBody>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -230,6 +272,10 @@ impl FormView {
             slang: version.slang.as_ref().map(|s| SlangBody {
                 city_question: s.city_question.clone(),
                 text_questions: s.text_questions.clone(),
+            }),
+            sheets: version.sheets.as_ref().map(|s| SheetsBody {
+                spreadsheet_id: s.spreadsheet_id.clone(),
+                create: s.spreadsheet_id.is_none(),
             }),
             created_at: rfc3339(form.created_at),
             updated_at: rfc3339(version.created_at),
@@ -427,6 +473,9 @@ pub fn build_version(
     if let Some(slang) = &body.slang {
         check_slang(slang, &questions, &mut problems);
     }
+    if let Some(sheets) = &body.sheets {
+        check_sheets(sheets, &mut problems);
+    }
     let version = FormVersion {
         version,
         title: body.title.trim().to_owned(),
@@ -444,6 +493,9 @@ pub fn build_version(
         slang: body.slang.as_ref().map(|s| Slang {
             city_question: s.city_question.clone(),
             text_questions: s.text_questions.clone(),
+        }),
+        sheets: body.sheets.as_ref().map(|s| Sheets {
+            spreadsheet_id: s.spreadsheet_id.clone(),
         }),
         created_at: now,
     };
@@ -875,6 +927,53 @@ mod tests {
     }
 
     #[test]
+    fn a_sheets_action_round_trips_and_bad_ones_point_at_the_problem() {
+        let questions = serde_json::json!([{"key": "name", "text": "Name", "type": "text"}]);
+        for sheets in [
+            serde_json::json!({"spreadsheet_id": "1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms"}),
+            serde_json::json!({"create": true}),
+        ] {
+            let good = serde_json::json!({"title": "t", "questions": questions, "sheets": sheets});
+            let version = build_version(&body(good), 1, 0).expect("valid");
+            assert!(version.sheets.is_some());
+            let form = Form {
+                id: "f".into(),
+                organisation: "o".into(),
+                created_at: 0,
+                versions: vec![version.clone()],
+            };
+            let mut shown = serde_json::to_value(FormView::of(&form, &version)).expect("view");
+            assert_eq!(shown["sheets"], sheets);
+            for field in ["id", "organisation", "version", "created_at", "updated_at"] {
+                shown.as_object_mut().expect("object").remove(field);
+            }
+            assert_eq!(build_version(&body(shown), 1, 0).expect("valid"), version);
+        }
+        for (sheets, pointer, code) in [
+            (serde_json::json!({}), "/sheets", "required"),
+            (serde_json::json!({"create": false}), "/sheets", "required"),
+            (
+                serde_json::json!({"spreadsheet_id": "1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms", "create": true}),
+                "/sheets",
+                "conflicting",
+            ),
+            (
+                serde_json::json!({"spreadsheet_id": "https://docs.google.com/x"}),
+                "/sheets/spreadsheet_id",
+                "invalid_spreadsheet_id",
+            ),
+        ] {
+            let bad = serde_json::json!({"title": "t", "questions": questions, "sheets": sheets});
+            let problems = build_version(&body(bad), 1, 0).expect_err("invalid");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(
+                (problems[0].pointer.as_str(), problems[0].code),
+                (pointer, code)
+            );
+        }
+    }
+
+    #[test]
     fn the_view_never_goes_back() {
         let view = FormsView::default();
         let v = |n| FormVersion {
@@ -888,6 +987,7 @@ mod tests {
             notify: Default::default(),
             receipt: None,
             slang: None,
+            sheets: None,
             created_at: 0,
         };
         let form = |versions| Form {

@@ -330,6 +330,7 @@ mod tests {
             notify: Default::default(),
             receipt: Some(action.clone()),
             slang: None,
+            sheets: None,
             created_at: 0,
         };
         let answer = |key: &str, text: Option<&str>, choices: &[&str]| Answer {

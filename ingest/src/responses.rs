@@ -426,6 +426,7 @@ mod tests {
             notify: Default::default(),
             receipt: None,
             slang: None,
+            sheets: None,
             created_at: 0,
         }
     }

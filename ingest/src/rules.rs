@@ -933,6 +933,7 @@ mod tests {
             notify: Notify::default(),
             receipt: None,
             slang: None,
+            sheets: None,
             created_at: 0,
         }
     }

@@ -45,6 +45,8 @@ pub struct FormVersion {
     pub receipt: Option<ReceiptAction>,
     /// What the slang processor indexes; `None` when the form has no slang action.
     pub slang: Option<Slang>,
+    /// Where the sheets processor exports this form; `None` when the form is not exported.
+    pub sheets: Option<Sheets>,
     pub created_at: TimestampMillis,
 }
 
@@ -121,6 +123,14 @@ pub struct ReceiptAction {
 pub struct Slang {
     pub city_question: String,
     pub text_questions: Vec<String>,
+}
+
+/// The sheets action: one row per response in a Google spreadsheet (a local file without
+/// credentials).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sheets {
+    /// The spreadsheet to write to; `None` asks the exporter to create one (and to remember it).
+    pub spreadsheet_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

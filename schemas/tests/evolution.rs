@@ -1,6 +1,6 @@
 //! Schema evolution: `Response` v2 (fixture `response-v2.avsc`) adds `channel` with default "app";
 //! the current `Form` added `rules` and `notify` to the `Form` of fixture `form-v1.avsc`, and
-//! `receipt` and `slang` to that of `form-v2.avsc`.
+//! `receipt`, `slang` and `sheets` to that of `form-v2.avsc`.
 //!
 //! Invariant checked: BACKWARD (a newer reader reads older data and sees the defaults) and FORWARD
 //! (an older reader reads newer data and ignores the new fields), in both wire formats.
@@ -145,6 +145,7 @@ async fn forms_written_before_rules_read_with_no_rules_and_no_notifications() {
         version.notify = Notify::default();
         version.receipt = None;
         version.slang = None;
+        version.sheets = None;
     }
     assert_eq!(read, expected);
     assert!(read.versions.iter().all(|v| v.rules.is_empty()));
@@ -187,6 +188,7 @@ async fn forms_written_before_receipts_read_with_no_receipt() {
     for version in &mut expected.versions {
         version.receipt = None;
         version.slang = None;
+        version.sheets = None;
     }
 
     let bytes = Codec::single_object()

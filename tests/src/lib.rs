@@ -8,6 +8,7 @@
 
 pub mod deploy;
 pub mod runtime;
+pub mod sheets_fake;
 pub mod twilio_fake;
 pub mod webhook_receiver;
 

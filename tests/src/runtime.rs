@@ -193,6 +193,7 @@ pub fn test_form(id: &str) -> Form {
             notify: Default::default(),
             receipt: None,
             slang: None,
+            sheets: None,
             created_at: now,
         }],
     }

@@ -69,6 +69,7 @@ fn form(id: &str) -> Form {
                 text_questions: vec!["slang".into()],
             }),
             receipt: None,
+            sheets: None,
             created_at: now,
         }],
     }

@@ -29,6 +29,7 @@ fn record(response_id: &str, offset: i64, attempt: u32, text: &str) -> Record<Re
         key: Some(b"household".to_vec()),
         timestamp_ms: Some(1_700_000_000_000),
         headers: Vec::new(),
+        assignment: 1,
         value: Response {
             response_id: response_id.to_owned(),
             form_id: "household".to_owned(),

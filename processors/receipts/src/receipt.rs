@@ -68,6 +68,7 @@ mod tests {
                 template: template.into(),
             }),
             slang: None,
+            sheets: None,
             created_at: 0,
         }
     }

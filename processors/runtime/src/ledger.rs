@@ -262,15 +262,22 @@ impl Ledger {
             .set("message.timeout.ms", write_timeout.as_millis().to_string())
             .create()
             .map_err(|e| LedgerError::Setup(format!("creating the ledger producer: {e}")))?;
-        let partitions = {
+        // A topic just created may show no partitions in the first metadata answers: ask again
+        // for a few seconds before concluding it has none.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let partitions = loop {
             let producer = producer.clone();
             let topic = topic.clone();
-            tokio::task::spawn_blocking(move || {
+            let partitions = tokio::task::spawn_blocking(move || {
                 partition_count(producer.client(), &topic, METADATA_TIMEOUT)
             })
             .await
             .map_err(|e| LedgerError::Setup(e.to_string()))?
-            .map_err(|e| LedgerError::Setup(format!("reading the ledger topic's metadata: {e}")))?
+            .map_err(|e| LedgerError::Setup(format!("reading the ledger topic's metadata: {e}")))?;
+            if partitions > 0 || std::time::Instant::now() >= deadline {
+                break partitions;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         if partitions == 0 {
             return Err(LedgerError::Setup(format!(

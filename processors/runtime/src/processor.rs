@@ -112,6 +112,11 @@ pub struct Record<V> {
     pub form: Option<Arc<Form>>,
     /// 1 on the first attempt, +1 on each retry.
     pub attempt: u32,
+    /// Which assignment of its partition to this instance the record was fetched in: it grows
+    /// with every (re)assignment. A processor that caches what its target holds (the sheets
+    /// exporter's row index) reads the target back when it sees a newer one, since the partition
+    /// may have been processed by another instance meanwhile.
+    pub assignment: u64,
 }
 
 impl<V: Payload> Record<V> {

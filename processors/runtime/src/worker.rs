@@ -202,6 +202,7 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
             value,
             form,
             attempt: 0,
+            assignment: job.epoch,
         };
         active.push(Attempting { job, record });
     }

@@ -141,6 +141,7 @@ fn form(id: &str) -> Form {
                 text_questions: vec!["slang".into()],
             }),
             receipt: None,
+            sheets: None,
             created_at: 0,
         }],
     }

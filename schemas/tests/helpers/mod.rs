@@ -43,6 +43,7 @@ pub fn forms() -> Vec<Form> {
         notify: Notify::default(),
         receipt: None,
         slang: None,
+        sheets: None,
         created_at: 1_700_000_000_000,
     };
     let v2 = FormVersion {
@@ -97,6 +98,9 @@ pub fn forms() -> Vec<Form> {
         slang: Some(Slang {
             city_question: "city".into(),
             text_questions: vec!["name".into()],
+        }),
+        sheets: Some(Sheets {
+            spreadsheet_id: Some("1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms".into()),
         }),
         created_at: 1_700_000_100_000,
     };

@@ -1,0 +1,544 @@
+//! A client of the handful of Sheets API v4 endpoints the exporter uses, with its quotas: every
+//! call waits for the read or write rate limiter first, so that the exporter stays within the
+//! configured per-minute quota instead of discovering it through 429s.
+//!
+//! Invariant: each error says what happens next ([`ApiError`]): a 429, 408 or 5xx and a lost
+//! connection are retried (with Google's `Retry-After` when it sends one); a write whose answer was
+//! lost may have been applied ([`ApiError::is_ambiguous`]), which the caller settles by reading
+//! the sheet back before writing again. No token or key ever appears in an error.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+use crate::auth::{TokenSource, truncate};
+
+/// What went wrong with a call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// 408, 429 or 5xx: try again later (after `retry_after` if Google said).
+    #[error("the Sheets API answered {status}: {detail}")]
+    Throttled {
+        status: u16,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// No answer (refused, reset, timed out).
+    #[error("no answer from the Sheets API: {0}")]
+    Unavailable(String),
+    /// The credentials were refused, or the spreadsheet is not shared with the service account:
+    /// retried (the circuit opens) while an operator fixes it, rather than dead-lettering rows.
+    #[error("Google refused the credentials or the access: {0}")]
+    Auth(String),
+    /// Any other 4xx: the request can never succeed as it is.
+    #[error("the Sheets API refused the request ({status}): {detail}")]
+    Rejected { status: u16, detail: String },
+}
+
+impl ApiError {
+    /// A write that failed this way may still have been applied.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            ApiError::Unavailable(_) => true,
+            ApiError::Throttled { status, .. } => *status >= 500 || *status == 408,
+            _ => false,
+        }
+    }
+
+    /// Google's answer to a write that would pass the cells-per-spreadsheet limit.
+    pub fn is_cell_limit(&self) -> bool {
+        matches!(self, ApiError::Rejected { status: 400, detail } if detail.contains("above the limit of"))
+    }
+
+    /// Google's answer to a write outside the tab's grid (our idea of the grid was out of date).
+    pub fn is_grid_limit(&self) -> bool {
+        matches!(self, ApiError::Rejected { status: 400, detail } if detail.contains("exceeds grid limits"))
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ApiError::Rejected { .. })
+    }
+}
+
+/// `Retry-After` in seconds, as Google sends it.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// A tab of a spreadsheet, as `spreadsheets.get` describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tab {
+    pub sheet_id: i64,
+    pub title: String,
+    pub rows: u64,
+    pub columns: u64,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Appended {
+    /// 1-based row of the first appended row.
+    pub first_row: u64,
+    pub rows: u64,
+}
+
+/// 429s retried inside one call before the error goes up to the runtime.
+const THROTTLED_RETRIES: u32 = 3;
+
+/// A rate limiter of `per_minute` calls, spread evenly (a burst of one) with 2 % to spare: Google
+/// counts quota per minute, and an even spread a little below the quota never exceeds it in any
+/// window, whatever the timers' jitter.
+fn limiter(per_minute: u32) -> DefaultDirectRateLimiter {
+    let per_minute = per_minute.max(1);
+    let period = Duration::from_secs(60) * 102 / 100 / per_minute;
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::MIN);
+    RateLimiter::direct(quota)
+}
+
+/// The Sheets API client.
+pub struct SheetsApi {
+    base_url: String,
+    client: reqwest::Client,
+    tokens: Arc<TokenSource>,
+    writes: DefaultDirectRateLimiter,
+    reads: DefaultDirectRateLimiter,
+}
+
+impl std::fmt::Debug for SheetsApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SheetsApi")
+            .field("base_url", &self.base_url)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Kind {
+    Read,
+    Write,
+}
+
+impl SheetsApi {
+    pub fn new(
+        base_url: &str,
+        client: reqwest::Client,
+        tokens: Arc<TokenSource>,
+        writes_per_minute: u32,
+        reads_per_minute: u32,
+    ) -> Self {
+        SheetsApi {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            client,
+            tokens,
+            writes: limiter(writes_per_minute),
+            reads: limiter(reads_per_minute),
+        }
+    }
+
+    /// `<base>/v4/spreadsheets[/<segment>...]`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Result<url::Url, ApiError> {
+        let mut url =
+            url::Url::parse(&format!("{}/v4/spreadsheets", self.base_url)).map_err(|e| {
+                ApiError::Rejected {
+                    status: 0,
+                    detail: format!("--sheets-base-url: {e}"),
+                }
+            })?;
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.extend(segments);
+        }
+        Ok(url)
+    }
+
+    /// One call, with 429s absorbed here: Google applied nothing, so waiting (its `Retry-After`,
+    /// or 1, 2, 4 s) and sending again is safe, and it keeps one throttled call from failing every
+    /// row of its batch (which would open the runtime's circuit for a routine quota hiccup).
+    async fn call(
+        &self,
+        kind: Kind,
+        method: reqwest::Method,
+        url: url::Url,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        let mut attempt = 0u32;
+        loop {
+            let outcome = self
+                .call_once(&kind, method.clone(), url.clone(), body)
+                .await;
+            match outcome {
+                Err(ApiError::Throttled {
+                    status: 429,
+                    retry_after,
+                    ..
+                }) if attempt < THROTTLED_RETRIES => {
+                    let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
+                    tracing::debug!(?wait, attempt, "The Sheets API throttled a call; waiting.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        kind: &Kind,
+        method: reqwest::Method,
+        url: url::Url,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        match kind {
+            Kind::Read => self.reads.until_ready().await,
+            Kind::Write => self.writes.until_ready().await,
+        }
+        let token = self.tokens.token().await?;
+        let mut request = self.client.request(method, url).bearer_auth(token.expose());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.without_url().to_string()))?;
+        let status = answer.status();
+        if status.is_success() {
+            return answer.json().await.map_err(|e| {
+                ApiError::Unavailable(format!("reading the answer: {}", e.without_url()))
+            });
+        }
+        let after = retry_after(answer.headers());
+        let text = answer.text().await.unwrap_or_default();
+        // Google's error body: {"error": {"code", "message", "status"}}.
+        let detail = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| {
+                let e = v.get("error")?;
+                Some(format!(
+                    "{} {}",
+                    e.get("status").and_then(Value::as_str).unwrap_or(""),
+                    e.get("message").and_then(Value::as_str).unwrap_or("")
+                ))
+            })
+            .unwrap_or_else(|| truncate(&text, 300));
+        let code = status.as_u16();
+        Err(match code {
+            401 => {
+                self.tokens.invalidate().await;
+                ApiError::Auth(detail)
+            }
+            403 if !detail.contains("RATE_LIMIT") => ApiError::Auth(detail),
+            403 | 408 | 429 => ApiError::Throttled {
+                status: code,
+                retry_after: after,
+                detail,
+            },
+            _ if status.is_server_error() => ApiError::Throttled {
+                status: code,
+                retry_after: after,
+                detail,
+            },
+            _ => ApiError::Rejected {
+                status: code,
+                detail,
+            },
+        })
+    }
+
+    /// `spreadsheets.get`, properties of the tabs only.
+    pub async fn tabs(&self, spreadsheet_id: &str) -> Result<Vec<Tab>, ApiError> {
+        let mut url = self.url(&[spreadsheet_id])?;
+        url.query_pairs_mut().append_pair(
+            "fields",
+            "sheets.properties(sheetId,title,gridProperties(rowCount,columnCount))",
+        );
+        let answer = self
+            .call(Kind::Read, reqwest::Method::GET, url, None)
+            .await?;
+        Ok(answer
+            .get("sheets")
+            .and_then(Value::as_array)
+            .map(|sheets| {
+                sheets
+                    .iter()
+                    .filter_map(|s| tab_of(s.get("properties")?))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `values.batchGet`: the rows of each range (trailing empty rows and cells trimmed, as
+    /// Google does), unformatted (numbers as numbers).
+    pub async fn batch_get(
+        &self,
+        spreadsheet_id: &str,
+        ranges: &[String],
+    ) -> Result<Vec<Vec<Vec<Value>>>, ApiError> {
+        let mut url = self.url(&[spreadsheet_id, "values:batchGet"])?;
+        {
+            let mut query = url.query_pairs_mut();
+            for range in ranges {
+                query.append_pair("ranges", range);
+            }
+            query
+                .append_pair("majorDimension", "ROWS")
+                .append_pair("valueRenderOption", "UNFORMATTED_VALUE");
+        }
+        let answer = self
+            .call(Kind::Read, reqwest::Method::GET, url, None)
+            .await?;
+        let ranges = answer
+            .get("valueRanges")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok(ranges
+            .iter()
+            .map(|r| {
+                r.get("values")
+                    .and_then(Value::as_array)
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|row| row.as_array().cloned().unwrap_or_default())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    /// `values.append` of `rows` after the table in `range`, inserting rows (RAW: a text answer
+    /// starting with `=` stays text, never a formula).
+    pub async fn append(
+        &self,
+        spreadsheet_id: &str,
+        range: &str,
+        rows: &[&[Value]],
+    ) -> Result<Appended, ApiError> {
+        let mut url = self.url(&[spreadsheet_id, "values", &format!("{range}:append")])?;
+        url.query_pairs_mut()
+            .append_pair("valueInputOption", "RAW")
+            .append_pair("insertDataOption", "INSERT_ROWS")
+            .append_pair("includeValuesInResponse", "false");
+        let body = json!({"range": range, "majorDimension": "ROWS", "values": rows});
+        let answer = self
+            .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
+            .await?;
+        let updated = answer
+            .pointer("/updates/updatedRange")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let (first_row, last_row) = rows_of_range(updated).ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "an append answer without a usable updatedRange: {updated:?}"
+            ))
+        })?;
+        Ok(Appended {
+            first_row,
+            rows: last_row + 1 - first_row,
+        })
+    }
+
+    /// `values.batchUpdate`: each (range, rows) written in place, atomically.
+    pub async fn update_values(
+        &self,
+        spreadsheet_id: &str,
+        data: &[(String, Vec<Vec<Value>>)],
+    ) -> Result<(), ApiError> {
+        let url = self.url(&[spreadsheet_id, "values:batchUpdate"])?;
+        let data: Vec<Value> = data
+            .iter()
+            .map(|(range, rows)| json!({"range": range, "majorDimension": "ROWS", "values": rows}))
+            .collect();
+        let body = json!({"valueInputOption": "RAW", "data": data});
+        self.call(Kind::Write, reqwest::Method::POST, url, Some(&body))
+            .await
+            .map(|_| ())
+    }
+
+    /// `spreadsheets.batchUpdate` (addSheet, appendDimension, ...): the replies.
+    pub async fn batch_update(
+        &self,
+        spreadsheet_id: &str,
+        requests: Vec<Value>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let url = self.url(&[&format!("{spreadsheet_id}:batchUpdate")])?;
+        let body = json!({"requests": requests});
+        let answer = self
+            .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
+            .await?;
+        Ok(answer
+            .get("replies")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Adds a tab `title` of `columns` columns and one row; its sheet id.
+    pub async fn add_tab(
+        &self,
+        spreadsheet_id: &str,
+        title: &str,
+        columns: u64,
+    ) -> Result<Tab, ApiError> {
+        let replies = self
+            .batch_update(
+                spreadsheet_id,
+                vec![json!({"addSheet": {"properties": {"title": title,
+                    "gridProperties": {"rowCount": 1, "columnCount": columns}}}})],
+            )
+            .await?;
+        replies
+            .first()
+            .and_then(|r| tab_of(r.pointer("/addSheet/properties")?))
+            .ok_or_else(|| ApiError::Unavailable("an addSheet answer without the new tab".into()))
+    }
+
+    /// Widens a tab's grid to `columns` (new questions), before a wider header is written.
+    pub async fn widen(
+        &self,
+        spreadsheet_id: &str,
+        sheet_id: i64,
+        by: u64,
+    ) -> Result<(), ApiError> {
+        self.batch_update(
+            spreadsheet_id,
+            vec![json!({"appendDimension": {"sheetId": sheet_id, "dimension": "COLUMNS", "length": by}})],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `spreadsheets.create` with one tab `tab` of `columns` columns and one row: the new
+    /// spreadsheet's id and its tab.
+    pub async fn create(
+        &self,
+        title: &str,
+        tab: &str,
+        columns: u64,
+    ) -> Result<(String, Tab), ApiError> {
+        let url = self.url(&[])?;
+        let body = json!({
+            "properties": {"title": title},
+            "sheets": [{"properties": {"title": tab, "gridProperties": {"rowCount": 1, "columnCount": columns}}}]
+        });
+        let answer = self
+            .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
+            .await?;
+        let id = answer.get("spreadsheetId").and_then(Value::as_str);
+        let tab = answer.pointer("/sheets/0/properties").and_then(tab_of);
+        match (id, tab) {
+            (Some(id), Some(tab)) => Ok((id.to_owned(), tab)),
+            _ => Err(ApiError::Unavailable(
+                "a create answer without the spreadsheet's id and tab".into(),
+            )),
+        }
+    }
+}
+
+fn tab_of(properties: &Value) -> Option<Tab> {
+    Some(Tab {
+        sheet_id: properties
+            .get("sheetId")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        title: properties.get("title")?.as_str()?.to_owned(),
+        rows: properties
+            .pointer("/gridProperties/rowCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        columns: properties
+            .pointer("/gridProperties/columnCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+/// The first and last rows of an A1 range such as `responses!A5:K7` or `'My tab'!A5`.
+pub fn rows_of_range(range: &str) -> Option<(u64, u64)> {
+    let cells = range.rsplit_once('!').map_or(range, |(_, cells)| cells);
+    let mut ends = cells.split(':').map(|cell| {
+        cell.trim_start_matches(|c: char| c.is_ascii_alphabetic())
+            .parse::<u64>()
+            .ok()
+    });
+    let first = ends.next()??;
+    let last = match ends.next() {
+        Some(last) => last?,
+        None => first,
+    };
+    (first >= 1 && last >= first).then_some((first, last))
+}
+
+/// The A1 letters of 1-based column `n` (1 → A, 27 → AA).
+pub fn column_letters(mut n: u64) -> String {
+    let mut letters = Vec::new();
+    while n > 0 {
+        let rem = ((n - 1) % 26) as u8;
+        letters.push(b'A' + rem);
+        n = (n - 1) / 26;
+    }
+    letters.reverse();
+    String::from_utf8(letters).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a1_notation() {
+        assert_eq!(column_letters(1), "A");
+        assert_eq!(column_letters(26), "Z");
+        assert_eq!(column_letters(27), "AA");
+        assert_eq!(column_letters(18_278), "ZZZ");
+        assert_eq!(rows_of_range("responses!A5:K7"), Some((5, 7)));
+        assert_eq!(rows_of_range("'my tab'!A12"), Some((12, 12)));
+        assert_eq!(rows_of_range("responses!A:K"), None);
+    }
+
+    #[test]
+    fn errors_say_what_happens_next() {
+        let throttled = ApiError::Throttled {
+            status: 429,
+            retry_after: Some(Duration::from_secs(3)),
+            detail: String::new(),
+        };
+        assert!(!throttled.is_ambiguous() && !throttled.is_permanent());
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(3)));
+        assert!(
+            ApiError::Throttled {
+                status: 503,
+                retry_after: None,
+                detail: String::new()
+            }
+            .is_ambiguous()
+        );
+        assert!(ApiError::Unavailable("reset".into()).is_ambiguous());
+        let limit = ApiError::Rejected {
+            status: 400,
+            detail: "INVALID_ARGUMENT This action would increase the number of cells in the workbook above the limit of 10000000 cells.".into(),
+        };
+        assert!(limit.is_cell_limit() && limit.is_permanent());
+    }
+}

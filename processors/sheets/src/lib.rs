@@ -1,0 +1,30 @@
+//! The `sheets` processor: every response of a form with a sheets action becomes one row of a
+//! Google spreadsheet (or, without credentials, of a local CSV file), one column per question;
+//! a correction rewrites its row in place.
+//!
+//! Invariant (DESIGN.md promise 2): per response id, at most one row, holding the highest
+//! revision handled; the spreadsheet itself is read back to know which rows exist, so redelivered
+//! records, crashes between a write and the offset commit, and partitions moving between
+//! instances never add a second row (see [`google`] for the reasoning and its one stated limit).
+//!
+//! - [`config`], flags;
+//! - [`layout`], columns, header and row of a response;
+//! - [`auth`], service-account OAuth (JWT bearer grant);
+//! - [`api`], the Sheets API v4 client, its quotas and error classes;
+//! - [`google`], the spreadsheet target (read-back, append, update in place, rollover);
+//! - [`local`], the CSV target;
+//! - [`batcher`], batches per form within quota and size bounds;
+//! - [`processor`], the [`Sheets`] processor.
+
+pub mod api;
+pub mod auth;
+pub mod batcher;
+pub mod config;
+pub mod google;
+pub mod layout;
+pub mod local;
+pub mod processor;
+pub mod sink;
+
+pub use config::SheetsArgs;
+pub use processor::{NAME, Sheets};

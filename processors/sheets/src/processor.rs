@@ -1,0 +1,149 @@
+//! [`Sheets`]: hands each response of an exported form to the batcher and reports the outcome of
+//! the write that carried it.
+//!
+//! Invariant: `Ok` only once the row is in the target (appended, updated, or found there already
+//! at the same or a higher revision); a failure says whether it is worth retrying, with Google's
+//! `Retry-After` when it sent one.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use formstream_runtime::{Failure, Ledger, Processor, Record, RuntimeConfig};
+use formstream_schemas::Response;
+use tokio::task::JoinHandle;
+
+use crate::api::{ApiError, SheetsApi};
+use crate::auth::{ServiceAccountKey, TokenSource};
+use crate::batcher::{BatchSettings, Batcher};
+use crate::config::SheetsArgs;
+use crate::google::Google;
+use crate::local::LocalFiles;
+use crate::sink::{Pending, Sink};
+
+/// The processor's name: group `formstream-sheets`, dead letters on `sheets.dlq`, ledger of
+/// created spreadsheets on `sheets.ledger`.
+pub const NAME: &str = "sheets";
+
+pub struct Sheets {
+    batcher: Arc<Batcher>,
+    sink: Arc<Sink>,
+    writer: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Sheets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sheets")
+            .field("sink", &self.sink.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sheets {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+impl Sheets {
+    /// Google Sheets when credentials are configured (opening the ledger of created spreadsheets
+    /// first), local CSV files otherwise. `Ok(None)` when `shutdown` completes first.
+    pub async fn open(
+        args: SheetsArgs,
+        runtime: &RuntimeConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Option<Self>> {
+        let settings = BatchSettings {
+            linger: args.sheets_linger,
+            max_wait: args.sheets_max_wait,
+            max_bytes: args.sheets_max_request_bytes,
+        };
+        let Some(path) = &args.sheets_credentials else {
+            tracing::info!(dir = %args.sheets_dir.display(), "No --sheets-credentials: rows go to local CSV files.");
+            return Ok(Some(Self::new(
+                Sink::Local(LocalFiles::new(args.sheets_dir.clone())?),
+                settings,
+            )));
+        };
+        let key = ServiceAccountKey::load(path)?;
+        tracing::info!(account = %key.client_email, base_url = %args.sheets_base_url, "Exporting to Google Sheets.");
+        let client = reqwest::Client::builder()
+            .timeout(args.sheets_timeout)
+            .build()?;
+        let tokens = Arc::new(TokenSource::new(key, client.clone())?);
+        let api = SheetsApi::new(
+            &args.sheets_base_url,
+            client,
+            tokens,
+            args.sheets_writes_per_minute,
+            args.sheets_reads_per_minute,
+        );
+        let Some(ledger) = Ledger::open(&runtime.kafka, &args.ledger, NAME, shutdown).await? else {
+            return Ok(None);
+        };
+        let google = Google::new(
+            api,
+            ledger,
+            args.sheets_cell_limit,
+            args.sheets_max_request_bytes,
+        );
+        Ok(Some(Self::new(Sink::Google(google), settings)))
+    }
+
+    /// A processor writing to `sink` (tests build sinks directly).
+    pub fn new(sink: Sink, settings: BatchSettings) -> Self {
+        let sink = Arc::new(sink);
+        let batcher = Batcher::new(settings);
+        let writer = tokio::spawn(batcher.clone().run(sink.clone()));
+        Sheets {
+            batcher,
+            sink,
+            writer,
+        }
+    }
+}
+
+impl Processor for Sheets {
+    type Value = Response;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn handle(&self, record: &Record<Response>) -> Result<(), Failure> {
+        let response = &record.value;
+        let form = record
+            .form
+            .clone()
+            .ok_or_else(|| Failure::permanent(anyhow!("form {} is not known", response.form_id)))?;
+        // The form's newest version decides whether and where it is exported, so that all its
+        // responses (and their corrections) land in one place.
+        if form.current().and_then(|v| v.sheets.as_ref()).is_none() {
+            return Ok(());
+        }
+        let pending = Pending {
+            response: response.clone(),
+            form,
+            assignment: record.assignment,
+        };
+        self.batcher.submit(pending).await.map_err(|error| {
+            tracing::warn!(response_id = %response.response_id, revision = response.revision, error = %error, "Row not written.");
+            failure(error)
+        })
+    }
+
+    async fn probe(&self) -> anyhow::Result<()> {
+        self.sink.probe().await.map_err(anyhow::Error::new)
+    }
+}
+
+/// The API's outcomes as the runtime's.
+pub fn failure(error: ApiError) -> Failure {
+    if error.is_permanent() {
+        return Failure::permanent(error);
+    }
+    match error.retry_after() {
+        Some(after) => Failure::retry_after(error, after),
+        None => Failure::retriable(error),
+    }
+}
