@@ -219,6 +219,11 @@ impl FakeSheets {
         }
     }
 
+    /// Faults queued by `fail_next_writes` that no write has taken yet.
+    pub fn pending_faults(&self) -> usize {
+        self.state().faults.len()
+    }
+
     /// A spreadsheet as a person makes one: a tab `Sheet1` of 1000 x 26.
     pub fn create_spreadsheet(&self, title: &str) -> String {
         let mut state = self.state();

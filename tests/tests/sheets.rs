@@ -629,7 +629,16 @@ async fn kill_9_in_the_middle_of_a_batch_leaves_no_duplicate_and_no_missing_row(
     }
     // Applied on the fake, answered late: the process dies with appends done but not committed.
     fake.fail_next_writes(1, Fault::SlowAfter(Duration::from_secs(2)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill while that write is applied but unanswered: once a write has taken the fault.
+    let queued = Instant::now();
+    while fake.pending_faults() > 0 {
+        assert!(
+            queued.elapsed() < Duration::from_secs(60),
+            "no write took the slow fault; log:\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     process.kill();
     let before: usize = rows_by_id(&fake, &sheets).len();
     assert!(before < RECORDS, "the run was over before the kill");
