@@ -2,8 +2,8 @@
 //! Google's quota of 60 write requests per minute (enforced by the exporter and, as a check, by
 //! the fake, which answers 429 past it), across forms of skewed popularity.
 //!
-//! Ignored by default (minutes); run it with
-//! `cargo test -p formstream-tests --test sheets_bench -- --ignored --nocapture`, sized by
+//! A binary, not a test (it takes minutes, and targets are checked by benchmarks, never by tests):
+//! `cargo run -p formstream-tests --bin sheets-bench`, sized by
 //! `SHEETS_BENCH_ROWS` (default 1,000,000) and `SHEETS_BENCH_FORMS` (default 200). It prints one
 //! JSON line of figures. With `SHEETS_BENCH_KEEP_TOPICS` set, the responses topic is kept (and
 //! named) for `deploy/local/kafka.sh perf-consumer` on the same records.
@@ -91,9 +91,8 @@ fn answer(key: &str, text: &str, number: Option<f64>, choices: &[&str]) -> Answe
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a benchmark of minutes; run with --ignored"]
-async fn sheets_export_rate_under_60_writes_per_minute() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
     init_logs();
     let rows = env("SHEETS_BENCH_ROWS", 1_000_000);
     let forms_count = env("SHEETS_BENCH_FORMS", 200);
