@@ -14,12 +14,18 @@
 //! - Counts that fall to zero are removed, so a query never reports a word no answer uses.
 //!   Interned words are kept (the vocabulary of a question only grows; it is small next to the
 //!   answers).
+//! - After [`Counts::refresh`], each city's [`PRECOMPUTED`] most used words and phrases, and each
+//!   question's cities by answers, are ranked ahead of queries: a commit changes the counts, so
+//!   it ranks what it changed once, instead of every query ranking a million phrases. A city
+//!   changed since the last refresh is ranked by the query that reads it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use tantivy::tokenizer::Token;
+/// Maps with keys of our own (interned ids, city names, question keys): foldhash, several times
+/// cheaper than SipHash on these short keys.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use crate::index::{CityWords, WordCount};
 
@@ -36,18 +42,24 @@ pub struct Contribution {
 }
 
 impl Contribution {
-    /// The contribution of an answer to question `scope` (a [`scope_key`]) in `cities`, from its
-    /// words in order.
-    pub fn new(scope: String, cities: &[String], tokens: &[Token]) -> Self {
-        let mut index: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
-        let mut words = Vec::with_capacity(tokens.len());
-        let mut order = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            let next = index.len() as u32;
-            let id = *index.entry(token.text.as_str()).or_insert_with(|| {
-                words.push(token.text.clone());
-                next
-            });
+    /// The question's key: see [`scope_key`].
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The contribution of answer `text` to question `scope` (a [`scope_key`]) in `cities`.
+    pub fn new(scope: String, cities: &[String], text: &str) -> Self {
+        let mut words: Vec<String> = Vec::new();
+        let mut order: Vec<u32> = Vec::new();
+        for (_, _, word) in crate::tokenizer::words(text) {
+            // Answers are a few words: a scan beats hashing.
+            let id = match words.iter().position(|w| *w == word) {
+                Some(i) => i as u32,
+                None => {
+                    words.push(word);
+                    (words.len() - 1) as u32
+                }
+            };
             order.push(id);
         }
         let mut pairs: Vec<(u32, u32)> = order.windows(2).map(|w| (w[0], w[1])).collect();
@@ -75,27 +87,72 @@ pub enum Change {
     Remove,
 }
 
+/// How many of each city's most used words and phrases are ranked ahead of queries: the most a
+/// query may ask for (the API's `limit`) without ranking them itself.
+pub const PRECOMPUTED: usize = 100;
+
 /// The counts of every question.
 #[derive(Debug, Default)]
 pub struct Counts {
-    scopes: HashMap<String, ScopeCounts>,
+    scopes: Map<String, ScopeCounts>,
+    /// Questions changed since the last refresh.
+    changed: HashSet<String, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, Default)]
 struct ScopeCounts {
     /// Interned words: `ids[words[i]] == i`.
-    ids: HashMap<Box<str>, u32>,
+    ids: Map<Box<str>, u32>,
     words: Vec<Box<str>>,
-    cities: HashMap<Box<str>, CityCounts>,
+    cities: Map<Box<str>, CityCounts>,
+    /// The cities, most answered first (as of the last refresh).
+    ranked: Vec<Box<str>>,
+    /// A city's number of answers changed since the last refresh.
+    reorder: bool,
 }
 
 #[derive(Debug, Default)]
 struct CityCounts {
     answers: u64,
     /// Answers using each word, by word id.
-    words: HashMap<u32, u64>,
+    words: Map<u32, u64>,
     /// Answers using each phrase, by the ids of its two words (first in the high half).
-    phrases: HashMap<u64, u64>,
+    phrases: Map<u64, u64>,
+    /// The [`PRECOMPUTED`] most used words and phrases, best first (as of the last refresh).
+    top_words: Vec<(u64, u32)>,
+    top_phrases: Vec<(u64, u64)>,
+    /// Changed since the last refresh.
+    changed: bool,
+}
+
+/// A city's most used words and phrases, best first: (answers, word id) and (answers, phrase).
+type Ranked = (Vec<(u64, u32)>, Vec<(u64, u64)>);
+
+impl CityCounts {
+    /// Ranks this city's words and phrases of `scope`: `limit` of each.
+    fn rank(&self, words: &[Box<str>], limit: usize) -> Ranked {
+        let word = |id: u32| words[id as usize].as_ref();
+        let ranked_words = top_k(
+            self.words.iter().map(|(&id, &n)| (n, (word(id), id))),
+            limit,
+        );
+        let ranked_phrases = top_k(
+            self.phrases
+                .iter()
+                .map(|(&key, &n)| (n, ((word((key >> 32) as u32), word(key as u32)), key))),
+            limit,
+        );
+        (
+            ranked_words
+                .into_iter()
+                .map(|(n, (_, id))| (n, id))
+                .collect(),
+            ranked_phrases
+                .into_iter()
+                .map(|(n, (_, key))| (n, key))
+                .collect(),
+        )
+    }
 }
 
 impl ScopeCounts {
@@ -110,7 +167,7 @@ impl ScopeCounts {
     }
 }
 
-fn bump<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u64>, key: K, change: Change) {
+fn bump<K: std::hash::Hash + Eq>(counts: &mut Map<K, u64>, key: K, change: Change) {
     match change {
         Change::Add => *counts.entry(key).or_insert(0) += 1,
         Change::Remove => {
@@ -130,13 +187,28 @@ impl Counts {
         if contribution.cities.is_empty() {
             return;
         }
-        let scope = self
-            .scopes
-            .entry(contribution.scope.clone())
-            .or_default();
+        if !self.changed.contains(&contribution.scope) {
+            self.changed.insert(contribution.scope.clone());
+        }
+        if !self.scopes.contains_key(&contribution.scope) {
+            self.scopes
+                .insert(contribution.scope.clone(), ScopeCounts::default());
+        }
+        let Some(scope) = self.scopes.get_mut(&contribution.scope) else {
+            return;
+        };
+        scope.reorder = true;
         let ids: Vec<u32> = contribution.words.iter().map(|w| scope.intern(w)).collect();
         for city in &contribution.cities {
-            let counts = scope.cities.entry(city.as_str().into()).or_default();
+            if !scope.cities.contains_key(city.as_str()) {
+                scope
+                    .cities
+                    .insert(city.as_str().into(), CityCounts::default());
+            }
+            let Some(counts) = scope.cities.get_mut(city.as_str()) else {
+                continue;
+            };
+            counts.changed = true;
             counts.answers = match change {
                 Change::Add => counts.answers + 1,
                 Change::Remove => counts.answers.saturating_sub(1),
@@ -154,58 +226,88 @@ impl Counts {
         }
     }
 
+    /// Ranks what changed since the last refresh (see the module's invariants).
+    pub fn refresh(&mut self) {
+        for key in std::mem::take(&mut self.changed) {
+            let Some(scope) = self.scopes.get_mut(&key) else {
+                continue;
+            };
+            for counts in scope.cities.values_mut().filter(|c| c.changed) {
+                (counts.top_words, counts.top_phrases) = counts.rank(&scope.words, PRECOMPUTED);
+                counts.changed = false;
+            }
+            if scope.reorder {
+                scope.ranked = ranked_cities(&scope.cities, usize::MAX);
+                scope.reorder = false;
+            }
+        }
+    }
+
     /// The `limit` most frequent words and phrases of question `scope` (a [`scope_key`]) in
     /// `city`, or in each of its `cities` most answered cities; most answered cities first.
-    pub fn top(&self, scope: &str, city: Option<&str>, cities: usize, limit: usize) -> Vec<CityWords> {
+    pub fn top(
+        &self,
+        scope: &str,
+        city: Option<&str>,
+        cities: usize,
+        limit: usize,
+    ) -> Vec<CityWords> {
         let Some(scope) = self.scopes.get(scope) else {
             return Vec::new();
         };
-        let mut chosen: Vec<(&str, &CityCounts)> = match city {
+        let names: Vec<Box<str>> = match city {
             Some(city) => scope
                 .cities
                 .get_key_value(city)
-                .map(|(name, counts)| (&**name, counts))
+                .map(|(name, _)| name.clone())
                 .into_iter()
                 .collect(),
-            None => {
-                let all = scope.cities.iter().map(|(name, counts)| (&**name, counts));
-                top_k(all.map(|(name, counts)| (counts.answers, name)), cities)
-                    .into_iter()
-                    .filter_map(|(_, name)| scope.cities.get_key_value(name))
-                    .map(|(name, counts)| (&**name, counts))
-                    .collect()
-            }
+            None if scope.reorder => ranked_cities(&scope.cities, cities),
+            None => scope.ranked.iter().take(cities).cloned().collect(),
         };
-        chosen.sort_by(|a, b| b.1.answers.cmp(&a.1.answers).then_with(|| a.0.cmp(b.0)));
         let word = |id: u32| scope.words[id as usize].as_ref();
-        chosen
-            .into_iter()
-            .map(|(name, counts)| CityWords {
-                city: name.to_owned(),
-                answers: counts.answers,
-                words: top_k(counts.words.iter().map(|(&id, &n)| (n, word(id))), limit)
-                    .into_iter()
-                    .map(|(answers, w)| WordCount {
-                        word: w.to_owned(),
-                        answers,
-                    })
-                    .collect(),
-                phrases: top_k(
-                    counts
-                        .phrases
+        names
+            .iter()
+            .filter_map(|name| scope.cities.get_key_value(name))
+            .map(|(name, counts)| {
+                let fresh;
+                let (words, phrases) = if counts.changed || limit > PRECOMPUTED {
+                    fresh = counts.rank(&scope.words, limit);
+                    (&fresh.0[..], &fresh.1[..])
+                } else {
+                    (
+                        &counts.top_words[..limit.min(counts.top_words.len())],
+                        &counts.top_phrases[..limit.min(counts.top_phrases.len())],
+                    )
+                };
+                CityWords {
+                    city: name.to_string(),
+                    answers: counts.answers,
+                    words: words
                         .iter()
-                        .map(|(&key, &n)| (n, (word((key >> 32) as u32), word(key as u32)))),
-                    limit,
-                )
-                .into_iter()
-                .map(|(answers, (a, b))| WordCount {
-                    word: format!("{a} {b}"),
-                    answers,
-                })
-                .collect(),
+                        .map(|&(answers, id)| WordCount {
+                            word: word(id).to_owned(),
+                            answers,
+                        })
+                        .collect(),
+                    phrases: phrases
+                        .iter()
+                        .map(|&(answers, key)| WordCount {
+                            word: format!("{} {}", word((key >> 32) as u32), word(key as u32)),
+                            answers,
+                        })
+                        .collect(),
+                }
             })
             .collect()
     }
+}
+
+/// The `k` most answered cities, ties in name order.
+fn ranked_cities(cities: &Map<Box<str>, CityCounts>, k: usize) -> Vec<Box<str>> {
+    let mut all: Vec<(&Box<str>, u64)> = cities.iter().map(|(n, c)| (n, c.answers)).collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    all.into_iter().take(k).map(|(n, _)| n.clone()).collect()
 }
 
 /// The `k` entries with the highest counts, ties in name order, best first; one pass, a heap of
@@ -237,18 +339,23 @@ fn top_k<N: Ord + Copy>(entries: impl Iterator<Item = (u64, N)>, k: usize) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::tokens;
 
     fn answer(city: &str, text: &str) -> Contribution {
-        Contribution::new(scope_key("acme", "f", "q"), &[city.to_owned()], &tokens(text))
+        Contribution::new(scope_key("acme", "f", "q"), &[city.to_owned()], text)
     }
 
     fn words(city: &CityWords) -> Vec<(&str, u64)> {
-        city.words.iter().map(|w| (w.word.as_str(), w.answers)).collect()
+        city.words
+            .iter()
+            .map(|w| (w.word.as_str(), w.answers))
+            .collect()
     }
 
     fn phrases(city: &CityWords) -> Vec<(&str, u64)> {
-        city.phrases.iter().map(|w| (w.word.as_str(), w.answers)).collect()
+        city.phrases
+            .iter()
+            .map(|w| (w.word.as_str(), w.answers))
+            .collect()
     }
 
     #[test]
@@ -257,6 +364,8 @@ mod tests {
         counts.apply(&answer("pune", "mast mast bhai mast bhai"), Change::Add);
         counts.apply(&answer("pune", "bhai mast"), Change::Add);
         let top = counts.top(&scope_key("acme", "f", "q"), None, 10, 10);
+        counts.refresh();
+        assert_eq!(counts.top(&scope_key("acme", "f", "q"), None, 10, 10), top);
         assert_eq!(top.len(), 1);
         assert_eq!(top[0].answers, 2);
         assert_eq!(words(&top[0]), [("bhai", 2), ("mast", 2)]);
@@ -272,12 +381,22 @@ mod tests {
         let old = answer("pune", "पुराना शब्द");
         counts.apply(&old, Change::Add);
         counts.apply(&answer("delhi", "नया शब्द"), Change::Add);
+        counts.refresh();
+        assert_eq!(
+            counts.top(&scope_key("acme", "f", "q"), None, 10, 10).len(),
+            2
+        );
+        // Changes since the refresh show at once: the query ranks a changed city itself.
         counts.apply(&old, Change::Remove);
         let top = counts.top(&scope_key("acme", "f", "q"), None, 10, 10);
         assert_eq!(top.len(), 1, "{top:?}");
         assert_eq!(top[0].city, "delhi");
         assert_eq!(words(&top[0]), [("नया", 1), ("शब्द", 1)]);
-        assert!(counts.top(&scope_key("acme", "f", "q"), Some("pune"), 10, 10).is_empty());
+        assert!(
+            counts
+                .top(&scope_key("acme", "f", "q"), Some("pune"), 10, 10)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -289,6 +408,7 @@ mod tests {
             }
         }
         let scope = scope_key("acme", "f", "q");
+        counts.refresh();
         let names: Vec<String> = counts
             .top(&scope, None, 3, 2)
             .into_iter()
@@ -300,16 +420,20 @@ mod tests {
         assert_eq!(words(&one[0]), [("x", 1), ("y", 1)]);
         assert_eq!(phrases(&one[0]), [("x y", 1), ("y z", 1)]);
         assert!(counts.top(&scope, None, 3, 0)[0].words.is_empty());
-        assert!(counts.top(&scope_key("acme", "f", "other"), None, 3, 2).is_empty());
+        assert!(
+            counts
+                .top(&scope_key("acme", "f", "other"), None, 3, 2)
+                .is_empty()
+        );
     }
 
     #[test]
     fn an_answer_without_a_city_counts_nowhere_and_several_cities_count_in_each() {
         let mut counts = Counts::default();
         let scope = scope_key("acme", "f", "q");
-        counts.apply(&Contribution::new(scope.clone(), &[], &tokens("mast")), Change::Add);
+        counts.apply(&Contribution::new(scope.clone(), &[], "mast"), Change::Add);
         assert!(counts.top(&scope, None, 10, 10).is_empty());
-        let both = Contribution::new(scope.clone(), &["a".into(), "b".into()], &tokens("mast"));
+        let both = Contribution::new(scope.clone(), &["a".into(), "b".into()], "mast");
         counts.apply(&both, Change::Add);
         let top = counts.top(&scope, None, 10, 10);
         assert_eq!(top.len(), 2);

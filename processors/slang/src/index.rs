@@ -15,7 +15,7 @@
 //!   and hash collisions take the look-up.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,14 +29,14 @@ use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{
     FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
 };
-use tantivy::tokenizer::{PreTokenizedString, TokenizerManager};
+use tantivy::tokenizer::TokenizerManager;
 use tantivy::{
     DocAddress, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED,
     TantivyDocument, Term,
 };
 
 use crate::counts::{Change, Contribution, Counts, scope_key};
-use crate::tokenizer::{WORDS, WordTokenizer, tokens, words};
+use crate::tokenizer::{WORDS, WordTokenizer, words};
 
 /// Everything that can go wrong with the index; all of it is the index's (a disk, a corrupt
 /// file), never the caller's input.
@@ -72,9 +72,9 @@ pub enum IndexError {
 /// The fields of a document.
 #[derive(Debug, Clone, Copy)]
 struct Fields {
-    form: Field,
-    question: Field,
-    organisation: Field,
+    /// The question answered: [`scope_key`] of its organisation, form and key. One term to
+    /// filter on, and stored, so that the counts can be rebuilt on open.
+    scope: Field,
     response_id: Field,
     revision: Field,
     city: Field,
@@ -82,7 +82,8 @@ struct Fields {
     /// The answer as written: stored only (shown in results, and the source of the counts when
     /// the index is opened).
     text: Field,
-    /// The answer's words, pre-tokenized ([`tokens`]): indexed with positions (phrase queries).
+    /// The answer's words ([`WordTokenizer`], in Tantivy's indexing threads): indexed with
+    /// positions (phrase queries).
     words: Field,
 }
 
@@ -93,15 +94,12 @@ fn schema() -> (Schema, Fields) {
             .set_tokenizer(WORDS)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
-    // Form, question and organisation are stored so that the counts can be rebuilt on open.
     let fields = Fields {
-        form: builder.add_text_field("form", STRING | STORED),
-        question: builder.add_text_field("question", STRING | STORED),
-        organisation: builder.add_text_field("organisation", STRING | STORED),
+        scope: builder.add_text_field("scope", STRING | STORED),
         response_id: builder.add_text_field("response_id", STRING | STORED),
         revision: builder.add_i64_field("revision", FAST | STORED),
         city: builder.add_text_field("city", STRING | STORED | FAST),
-        submitted_at: builder.add_i64_field("submitted_at", FAST | STORED),
+        submitted_at: builder.add_i64_field("submitted_at", STORED),
         text: builder.add_text_field("text", STORED),
         words: builder.add_text_field("words", words),
     };
@@ -216,12 +214,12 @@ struct Book {
     /// The count changes that the next commit makes true, in order.
     changes: Vec<(Change, Arc<Contribution>)>,
     /// Hashes ([`id_hash`]) of the response ids in the index or in the writer.
-    known: HashSet<u64, BuildHasherDefault<DefaultHasher>>,
+    known: HashSet<u64, foldhash::fast::FixedState>,
 }
 
-/// A response id's hash in [`Book::known`]: fixed keys, so the same in every process.
+/// A response id's hash in [`Book::known`].
 fn id_hash(response_id: &str) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(response_id)
+    foldhash::fast::FixedState::default().hash_one(response_id)
 }
 
 /// Where the revision a response already has in the index comes from.
@@ -305,7 +303,9 @@ impl SlangIndex {
             let store = segment.get_store_reader(1)?;
             for doc in store.iter::<TantivyDocument>(segment.alive_bitset()) {
                 let doc = doc?;
-                if let Some(id) = doc.get_first(self.fields.response_id).and_then(|v| v.as_str())
+                if let Some(id) = doc
+                    .get_first(self.fields.response_id)
+                    .and_then(|v| v.as_str())
                 {
                     known.insert(id_hash(id));
                 }
@@ -314,6 +314,7 @@ impl SlangIndex {
                 }
             }
         }
+        counts.refresh();
         let documents = searcher.num_docs();
         *self.counts.write().map_err(|_| IndexError::Poisoned)? = counts;
         self.book.lock().map_err(|_| IndexError::Poisoned)?.known = known;
@@ -330,15 +331,14 @@ impl SlangIndex {
     fn stored_contribution(&self, doc: &TantivyDocument) -> Option<Contribution> {
         let f = self.fields;
         let text = |field| doc.get_first(field).and_then(|v| v.as_str());
-        let question = text(f.question)?;
         let cities: Vec<String> = doc
             .get_all(f.city)
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
         Some(Contribution::new(
-            scope_key(text(f.organisation)?, text(f.form)?, question),
+            text(f.scope)?.to_owned(),
             &cities,
-            &tokens(text(f.text)?),
+            text(f.text)?,
         ))
     }
 
@@ -353,7 +353,9 @@ impl SlangIndex {
             IndexRecordOption::Basic,
         );
         let mut out = Vec::new();
-        for (_, address) in searcher.search(&query, &TopDocs::with_limit(10_000).order_by_score())? {
+        for (_, address) in
+            searcher.search(&query, &TopDocs::with_limit(10_000).order_by_score())?
+        {
             let doc: TantivyDocument = searcher.doc(address)?;
             out.extend(self.stored_contribution(&doc).map(Arc::new));
         }
@@ -415,18 +417,26 @@ impl SlangIndex {
 
     /// Indexes the entries (see the module's invariant on revisions).
     pub fn upsert(&self, entries: &[Entry]) -> Result<Vec<Upsert>, IndexError> {
-        // Segment every answer once, before taking any lock: the index and the counts both use
-        // these words.
-        let segmented: Vec<Vec<Vec<tantivy::tokenizer::Token>>> = entries
+        // What each answer adds to the counts, before taking any lock.
+        let contributed: Vec<Vec<Arc<Contribution>>> = entries
             .iter()
-            .map(|e| e.texts.iter().map(|(_, text)| tokens(text)).collect())
+            .map(|entry| {
+                entry
+                    .texts
+                    .iter()
+                    .map(|(question, text)| {
+                        let scope = scope_key(&entry.organisation, &entry.form_id, question);
+                        Arc::new(Contribution::new(scope, &entry.cities, text))
+                    })
+                    .collect()
+            })
             .collect();
         let writer = self.writer.read().map_err(|_| IndexError::Poisoned)?;
         let searcher = self.reader.searcher();
         let mut revisions = RevisionLookup::new(&searcher, self.fields)?;
         let mut book = self.book.lock().map_err(|_| IndexError::Poisoned)?;
         let mut outcomes = Vec::with_capacity(entries.len());
-        for (entry, answers) in entries.iter().zip(segmented) {
+        for (entry, contributions) in entries.iter().zip(contributed) {
             self.uncommitted.fetch_add(1, Ordering::Relaxed);
             let hash = id_hash(&entry.response_id);
             let earlier = match book.pending.get(&entry.response_id) {
@@ -459,16 +469,7 @@ impl SlangIndex {
                     &entry.response_id,
                 ));
             }
-            let contributions: Vec<Arc<Contribution>> = entry
-                .texts
-                .iter()
-                .zip(&answers)
-                .map(|((question, _), words)| {
-                    let scope = scope_key(&entry.organisation, &entry.form_id, question);
-                    Arc::new(Contribution::new(scope, &entry.cities, words))
-                })
-                .collect();
-            for document in self.documents(entry, answers) {
+            for document in self.documents(entry, &contributions) {
                 writer.add_document(document)?;
             }
             book.changes
@@ -483,20 +484,18 @@ impl SlangIndex {
         Ok(outcomes)
     }
 
-    /// One document per answered text question, with its words (`answers`, in the order of the
-    /// entry's texts); a response with none still gets one document without a question, which
-    /// carries its revision (so that a later, older revision cannot bring back answers a
-    /// correction removed) and matches no query.
+    /// One document per answered text question (`contributions` are their answers', in the
+    /// order of the entry's texts); a response with none still gets one document without a
+    /// question, which carries its revision (so that a later, older revision cannot bring back
+    /// answers a correction removed) and matches no query.
     fn documents(
         &self,
         entry: &Entry,
-        answers: Vec<Vec<tantivy::tokenizer::Token>>,
+        contributions: &[Arc<Contribution>],
     ) -> Vec<TantivyDocument> {
         let f = self.fields;
         let base = || {
             let mut doc = TantivyDocument::default();
-            doc.add_text(f.form, &entry.form_id);
-            doc.add_text(f.organisation, &entry.organisation);
             doc.add_text(f.response_id, &entry.response_id);
             doc.add_i64(f.revision, i64::from(entry.revision));
             doc.add_i64(f.submitted_at, entry.submitted_at);
@@ -505,21 +504,15 @@ impl SlangIndex {
         let mut documents: Vec<TantivyDocument> = entry
             .texts
             .iter()
-            .zip(answers)
-            .map(|((question, text), tokens)| {
+            .zip(contributions)
+            .map(|((_, text), contribution)| {
                 let mut doc = base();
-                doc.add_text(f.question, question);
+                doc.add_text(f.scope, contribution.scope());
                 for city in &entry.cities {
                     doc.add_text(f.city, city);
                 }
                 doc.add_text(f.text, text);
-                doc.add_pre_tokenized_text(
-                    f.words,
-                    PreTokenizedString {
-                        text: String::new(),
-                        tokens,
-                    },
-                );
+                doc.add_text(f.words, text);
                 doc
             })
             .collect();
@@ -556,13 +549,15 @@ impl SlangIndex {
             book.pending.clear();
             std::mem::take(&mut book.changes)
         };
-        {
-            let mut counts = self.counts.write().map_err(|_| IndexError::Poisoned)?;
-            for (change, contribution) in &changes {
-                counts.apply(contribution, *change);
-            }
-        }
+        // Taken before the writer is let go, so that commits change the counts in their order;
+        // indexing goes on meanwhile.
+        let mut counts = self.counts.write().map_err(|_| IndexError::Poisoned)?;
         drop(writer);
+        for (change, contribution) in &changes {
+            counts.apply(contribution, *change);
+        }
+        counts.refresh();
+        drop(counts);
         if let Ok(mut committed) = self.committed.lock() {
             *committed = payload.clone();
         }
@@ -590,11 +585,10 @@ impl SlangIndex {
                 )),
             )
         };
-        let mut clauses = vec![
-            term(f.organisation, scope.organisation),
-            term(f.form, scope.form_id),
-            term(f.question, scope.question),
-        ];
+        let mut clauses = vec![term(
+            f.scope,
+            &scope_key(scope.organisation, scope.form_id, scope.question),
+        )];
         if let Some(city) = city {
             clauses.push(term(f.city, city));
         }
@@ -902,7 +896,10 @@ mod tests {
         assert_eq!(index.documents_count(), 1);
     }
 
-    fn top(index: &SlangIndex) -> Vec<(String, u64, Vec<(String, u64)>, Vec<(String, u64)>)> {
+    /// (city, answers, words, phrases), with (word, answers) pairs.
+    type Top = Vec<(String, u64, Vec<(String, u64)>, Vec<(String, u64)>)>;
+
+    fn top(index: &SlangIndex) -> Top {
         let pairs = |w: &[WordCount]| w.iter().map(|w| (w.word.clone(), w.answers)).collect();
         index
             .top_words(SCOPE, None, 10, 10)

@@ -45,9 +45,8 @@ pub fn words(text: &str) -> impl Iterator<Item = (usize, usize, String)> + '_ {
     })
 }
 
-/// The words of `text` as Tantivy tokens: what the index stores for an answer (pre-tokenized, so
-/// each answer is segmented once) and what its word counts are made of.
-pub fn tokens(text: &str) -> Vec<Token> {
+/// The words of `text` as Tantivy tokens, with their positions and offsets.
+fn tokens(text: &str) -> Vec<Token> {
     words(text)
         .enumerate()
         .map(|(position, (from, to, word))| Token {
@@ -60,8 +59,7 @@ pub fn tokens(text: &str) -> Vec<Token> {
         .collect()
 }
 
-/// The words of a text as a Tantivy token stream: registered for the indexed field, so that
-/// anything Tantivy tokenises itself splits words as [`words`] does.
+/// The words of a text as a Tantivy token stream: the indexed field's tokenizer.
 #[derive(Debug, Clone, Default)]
 pub struct WordTokenizer;
 
