@@ -463,6 +463,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = stop.send(());
     slang.await??;
+
+    // A restart's cost: reopening the index counts the words of every stored answer again.
+    let reopened = Instant::now();
+    let index = formstream_slang::SlangIndex::open(&index_dir, 256 << 20)?;
+    println!(
+        "{{\"figure\":\"reopen\",\"documents\":{},\"seconds\":{:.2},\"counts_mib_estimated\":{:.0}}}",
+        index.documents_count(),
+        reopened.elapsed().as_secs_f64(),
+        index.counts_bytes() as f64 / f64::from(1 << 20)
+    );
     Ok(())
 }
 

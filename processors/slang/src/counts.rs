@@ -226,6 +226,32 @@ impl Counts {
         }
     }
 
+    /// An estimate of the memory the counts take, in bytes, from their tables' capacities
+    /// (hashbrown: one control byte per slot besides the entry).
+    pub fn estimated_bytes(&self) -> usize {
+        fn table<K, V>(map: &Map<K, V>) -> usize {
+            map.capacity() * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        self.scopes
+            .iter()
+            .map(|(key, scope)| {
+                let words: usize = scope.words.iter().map(|w| w.len() * 2).sum();
+                let cities: usize = scope
+                    .cities
+                    .iter()
+                    .map(|(name, c)| {
+                        name.len()
+                            + table(&c.words)
+                            + table(&c.phrases)
+                            + (c.top_words.capacity() + c.top_phrases.capacity()) * 16
+                    })
+                    .sum();
+                key.len() + table(&scope.ids) + scope.words.capacity() * 16 + words + cities
+            })
+            .sum::<usize>()
+            + table(&self.scopes)
+    }
+
     /// Ranks what changed since the last refresh (see the module's invariants).
     pub fn refresh(&mut self) {
         for key in std::mem::take(&mut self.changed) {

@@ -316,10 +316,12 @@ impl SlangIndex {
         }
         counts.refresh();
         let documents = searcher.num_docs();
+        let counts_mib = counts.estimated_bytes() / (1 << 20);
         *self.counts.write().map_err(|_| IndexError::Poisoned)? = counts;
         self.book.lock().map_err(|_| IndexError::Poisoned)?.known = known;
         tracing::info!(
             documents,
+            counts_mib,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Counted the words of the slang index."
         );
@@ -567,6 +569,11 @@ impl SlangIndex {
             "Committed the slang index."
         );
         Ok(payload)
+    }
+
+    /// An estimate of the memory the word counts take, in bytes.
+    pub fn counts_bytes(&self) -> usize {
+        self.counts.read().map(|c| c.estimated_bytes()).unwrap_or(0)
     }
 
     /// Live documents (answers, plus one per response without an indexed answer).
