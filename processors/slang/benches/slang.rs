@@ -30,6 +30,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+// The allocator of the `formstream` binary, so that the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const PARTITIONS: i32 = 12;
 const CITIES: usize = 20;
 const KEY: &str = "bench-slang-key";
@@ -373,6 +377,8 @@ async fn main() -> anyhow::Result<()> {
     let search = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let search_url = format!("http://{}", search.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let rss_before = status_kib("VmRSS:");
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let slang = tokio::spawn(formstream_slang::run(
         args,
@@ -404,10 +410,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     let _ = per_partition;
     println!(
-        "{{\"figure\":\"indexing\",\"responses\":{records},\"seconds\":{elapsed:.2},\"responses_per_s\":{:.0}}}",
-        records as f64 / elapsed
+        "{{\"figure\":\"indexing\",\"responses\":{records},\"seconds\":{elapsed:.2},\"responses_per_s\":{:.0},\"cpu_seconds\":{cpu:.1},\"cpu_us_per_response\":{:.1}}}",
+        records as f64 / elapsed,
+        cpu * 1e6 / records as f64
+    );
+    // The whole bench process (producer, processor, index, counts): an upper bound on the slang
+    // processor's memory at this index size.
+    println!(
+        "{{\"figure\":\"memory\",\"rss_mib_before_indexing\":{:.0},\"rss_mib_after_indexing\":{:.0},\"peak_rss_mib\":{:.0}}}",
+        rss_before / 1024.0,
+        status_kib("VmRSS:") / 1024.0,
+        status_kib("VmHWM:") / 1024.0
     );
 
     // Query latency, one request at a time, over HTTP.
@@ -447,6 +463,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = stop.send(());
     slang.await??;
+
+    // A restart's cost: reopening the index counts the words of every stored answer again.
+    let reopened = Instant::now();
+    let index = formstream_slang::SlangIndex::open(&index_dir, 256 << 20)?;
+    println!(
+        "{{\"figure\":\"reopen\",\"documents\":{},\"seconds\":{:.2},\"counts_mib_estimated\":{:.0}}}",
+        index.documents_count(),
+        reopened.elapsed().as_secs_f64(),
+        index.counts_bytes() as f64 / f64::from(1 << 20)
+    );
     Ok(())
 }
 
@@ -474,4 +500,32 @@ async fn futures_join(
         });
     }
     out
+}
+
+/// A `kB` line of /proc/self/status (0 where there is none).
+fn status_kib(name: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU time (user and system) of this process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
 }

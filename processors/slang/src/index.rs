@@ -9,11 +9,16 @@
 //! - A response is in the index at its highest revision seen only: a revision replaces the
 //!   documents of lower ones (delete by response id, then add), and a revision at or below the
 //!   one indexed changes nothing (a redelivery, or an older revision arriving late).
+//! - The word and phrase counts ([`Counts`]) are those of the last commit (see `counts`).
+//! - Every response id in the index or in the writer is in `known` (as a hash): a response whose
+//!   hash is not there is new, and needs no look-up in the index. Only corrections, redeliveries
+//!   and hash collisions take the look-up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -30,7 +35,8 @@ use tantivy::{
     TantivyDocument, Term,
 };
 
-use crate::tokenizer::{PHRASES, PhraseTokenizer, WORDS, WordTokenizer, words};
+use crate::counts::{Change, Contribution, Counts, scope_key};
+use crate::tokenizer::{WORDS, WordTokenizer, words};
 
 /// Everything that can go wrong with the index; all of it is the index's (a disk, a corrupt
 /// file), never the caller's input.
@@ -48,6 +54,11 @@ pub enum IndexError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "the index in {0} was written by another version of formstream (its schema differs): \
+         delete that directory, and the slang processor rebuilds the index from the topic"
+    )]
+    Schema(String),
     #[error("the index's commit payload is not ours: {0}")]
     Payload(serde_json::Error),
     #[error("reading the index: {0}")]
@@ -61,40 +72,36 @@ pub enum IndexError {
 /// The fields of a document.
 #[derive(Debug, Clone, Copy)]
 struct Fields {
-    form: Field,
-    question: Field,
-    organisation: Field,
+    /// The question answered: [`scope_key`] of its organisation, form and key. One term to
+    /// filter on, and stored, so that the counts can be rebuilt on open.
+    scope: Field,
     response_id: Field,
     revision: Field,
     city: Field,
     submitted_at: Field,
-    /// Indexed with positions (phrase queries), stored (shown in results), and a fast field of
-    /// its words (terms aggregations: the most frequent words).
+    /// The answer as written: stored only (shown in results, and the source of the counts when
+    /// the index is opened).
     text: Field,
-    /// Fast field only: two-word phrases, for the most frequent phrases.
-    phrases: Field,
+    /// The answer's words ([`WordTokenizer`], in Tantivy's indexing threads): indexed with
+    /// positions (phrase queries).
+    words: Field,
 }
 
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    let text = TextOptions::default()
-        .set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(WORDS)
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        )
-        .set_stored()
-        .set_fast(WORDS);
+    let words = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(WORDS)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
     let fields = Fields {
-        form: builder.add_text_field("form", STRING),
-        question: builder.add_text_field("question", STRING),
-        organisation: builder.add_text_field("organisation", STRING),
+        scope: builder.add_text_field("scope", STRING | STORED),
         response_id: builder.add_text_field("response_id", STRING | STORED),
         revision: builder.add_i64_field("revision", FAST | STORED),
         city: builder.add_text_field("city", STRING | STORED | FAST),
-        submitted_at: builder.add_i64_field("submitted_at", FAST | STORED),
-        text: builder.add_text_field("text", text),
-        phrases: builder.add_text_field("phrases", TextOptions::default().set_fast(PHRASES)),
+        submitted_at: builder.add_i64_field("submitted_at", STORED),
+        text: builder.add_text_field("text", STORED),
+        words: builder.add_text_field("words", words),
     };
     (builder.build(), fields)
 }
@@ -185,8 +192,10 @@ pub struct SlangIndex {
     /// takes it exclusively, so that every add it must include has returned before it starts.
     writer: RwLock<IndexWriter>,
     reader: IndexReader,
-    /// Revisions added since the last commit, by response id: not visible to searchers yet.
-    pending: Mutex<HashMap<String, i32>>,
+    /// What the writer holds beyond the last commit, and the ids of everything indexed.
+    book: Mutex<Book>,
+    /// The word and phrase counts of the last commit.
+    counts: RwLock<Counts>,
     /// Per (topic, partition): the runtime's finished watermark, i.e. every record below it has
     /// been added to the writer (or dead-lettered). The next commit's payload.
     finished: Mutex<BTreeMap<String, BTreeMap<i32, i64>>>,
@@ -194,6 +203,31 @@ pub struct SlangIndex {
     committed: Mutex<Payload>,
     /// Records handled since the last commit (commit by size as well as by time).
     uncommitted: AtomicU64,
+}
+
+/// The bookkeeping of the writer's uncommitted additions.
+#[derive(Default)]
+struct Book {
+    /// Revisions added since the last commit, by response id, with their answers' contributions
+    /// to the counts: not visible to searchers yet.
+    pending: HashMap<String, (i32, Vec<Arc<Contribution>>)>,
+    /// The count changes that the next commit makes true, in order.
+    changes: Vec<(Change, Arc<Contribution>)>,
+    /// Hashes ([`id_hash`]) of the response ids in the index or in the writer.
+    known: HashSet<u64, foldhash::fast::FixedState>,
+}
+
+/// A response id's hash in [`Book::known`].
+fn id_hash(response_id: &str) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(response_id)
+}
+
+/// Where the revision a response already has in the index comes from.
+enum Earlier {
+    /// Added since the last commit, with its answers' contributions.
+    Pending(i32, Vec<Arc<Contribution>>),
+    /// In the last commit.
+    Committed(i64),
 }
 
 impl SlangIndex {
@@ -209,7 +243,12 @@ impl SlangIndex {
             source,
         })?;
         let (schema, fields) = schema();
-        let index = Index::open_or_create(directory, schema)?;
+        let index = match Index::open_or_create(directory, schema) {
+            Err(tantivy::TantivyError::SchemaError(_)) => {
+                return Err(IndexError::Schema(path.display().to_string()));
+            }
+            other => other?,
+        };
         Self::with_index(index, fields, writer_memory)
     }
 
@@ -227,9 +266,7 @@ impl SlangIndex {
         // Tokenizers are not stored in the index: register them on every open.
         let tokenizers = TokenizerManager::default();
         tokenizers.register(WORDS, WordTokenizer);
-        tokenizers.register(PHRASES, PhraseTokenizer);
-        index.set_tokenizers(tokenizers.clone());
-        index.set_fast_field_tokenizers(tokenizers);
+        index.set_tokenizers(tokenizers);
         let committed = match index.load_metas()?.payload {
             Some(text) => serde_json::from_str(&text).map_err(IndexError::Payload)?,
             None => Payload::default(),
@@ -240,16 +277,91 @@ impl SlangIndex {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        Ok(SlangIndex {
+        let slang = SlangIndex {
             index,
             fields,
             writer: RwLock::new(writer),
             reader,
-            pending: Mutex::new(HashMap::new()),
+            book: Mutex::new(Book::default()),
+            counts: RwLock::new(Counts::default()),
             finished: Mutex::new(committed.offsets.clone()),
             committed: Mutex::new(committed),
             uncommitted: AtomicU64::new(0),
-        })
+        };
+        slang.load()?;
+        Ok(slang)
+    }
+
+    /// Builds the counts and the known ids from the committed index's stored answers.
+    fn load(&self) -> Result<(), IndexError> {
+        let started = Instant::now();
+        let searcher = self.reader.searcher();
+        let mut counts = Counts::default();
+        let mut known = HashSet::default();
+        for segment in searcher.segment_readers() {
+            // Documents are read in order: one cached block at a time is enough.
+            let store = segment.get_store_reader(1)?;
+            for doc in store.iter::<TantivyDocument>(segment.alive_bitset()) {
+                let doc = doc?;
+                if let Some(id) = doc
+                    .get_first(self.fields.response_id)
+                    .and_then(|v| v.as_str())
+                {
+                    known.insert(id_hash(id));
+                }
+                if let Some(contribution) = self.stored_contribution(&doc) {
+                    counts.apply(&contribution, Change::Add);
+                }
+            }
+        }
+        counts.refresh();
+        let documents = searcher.num_docs();
+        let counts_mib = counts.estimated_bytes() / (1 << 20);
+        *self.counts.write().map_err(|_| IndexError::Poisoned)? = counts;
+        self.book.lock().map_err(|_| IndexError::Poisoned)?.known = known;
+        tracing::info!(
+            documents,
+            counts_mib,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Counted the words of the slang index."
+        );
+        Ok(())
+    }
+
+    /// The contribution of a stored document to the counts; `None` for a response's document
+    /// without an answer.
+    fn stored_contribution(&self, doc: &TantivyDocument) -> Option<Contribution> {
+        let f = self.fields;
+        let text = |field| doc.get_first(field).and_then(|v| v.as_str());
+        let cities: Vec<String> = doc
+            .get_all(f.city)
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        Some(Contribution::new(
+            text(f.scope)?.to_owned(),
+            &cities,
+            text(f.text)?,
+        ))
+    }
+
+    /// The contributions of a response's answers in the committed index.
+    fn committed_contributions(
+        &self,
+        searcher: &Searcher,
+        response_id: &str,
+    ) -> Result<Vec<Arc<Contribution>>, IndexError> {
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.response_id, response_id),
+            IndexRecordOption::Basic,
+        );
+        let mut out = Vec::new();
+        for (_, address) in
+            searcher.search(&query, &TopDocs::with_limit(10_000).order_by_score())?
+        {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            out.extend(self.stored_contribution(&doc).map(Arc::new));
+        }
+        Ok(out)
     }
 
     /// Where each of `partitions` of `topic` starts: the last commit's offset, or 0 (the
@@ -307,53 +419,85 @@ impl SlangIndex {
 
     /// Indexes the entries (see the module's invariant on revisions).
     pub fn upsert(&self, entries: &[Entry]) -> Result<Vec<Upsert>, IndexError> {
+        // What each answer adds to the counts, before taking any lock.
+        let contributed: Vec<Vec<Arc<Contribution>>> = entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .texts
+                    .iter()
+                    .map(|(question, text)| {
+                        let scope = scope_key(&entry.organisation, &entry.form_id, question);
+                        Arc::new(Contribution::new(scope, &entry.cities, text))
+                    })
+                    .collect()
+            })
+            .collect();
         let writer = self.writer.read().map_err(|_| IndexError::Poisoned)?;
         let searcher = self.reader.searcher();
         let mut revisions = RevisionLookup::new(&searcher, self.fields)?;
+        let mut book = self.book.lock().map_err(|_| IndexError::Poisoned)?;
         let mut outcomes = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let pending = self
-                .pending
-                .lock()
-                .map_err(|_| IndexError::Poisoned)?
-                .get(&entry.response_id)
-                .copied();
-            let indexed = match pending {
-                Some(revision) => Some(i64::from(revision)),
-                None => revisions.revision_of(&entry.response_id)?,
-            };
+        for (entry, contributions) in entries.iter().zip(contributed) {
             self.uncommitted.fetch_add(1, Ordering::Relaxed);
+            let hash = id_hash(&entry.response_id);
+            let earlier = match book.pending.get(&entry.response_id) {
+                Some((revision, contributions)) => {
+                    Some(Earlier::Pending(*revision, contributions.clone()))
+                }
+                None if book.known.contains(&hash) => revisions
+                    .revision_of(&entry.response_id)?
+                    .map(Earlier::Committed),
+                None => None,
+            };
+            let indexed = earlier.as_ref().map(|e| match e {
+                Earlier::Pending(revision, _) => i64::from(*revision),
+                Earlier::Committed(revision) => *revision,
+            });
             if indexed.is_some_and(|r| r >= i64::from(entry.revision)) {
                 outcomes.push(Upsert::Stale);
                 continue;
             }
+            let replaced = match earlier {
+                Some(Earlier::Pending(_, contributions)) => contributions,
+                Some(Earlier::Committed(_)) => {
+                    self.committed_contributions(&searcher, &entry.response_id)?
+                }
+                None => Vec::new(),
+            };
             if indexed.is_some() {
                 writer.delete_term(Term::from_field_text(
                     self.fields.response_id,
                     &entry.response_id,
                 ));
             }
-            for document in self.documents(entry) {
+            for document in self.documents(entry, &contributions) {
                 writer.add_document(document)?;
             }
-            self.pending
-                .lock()
-                .map_err(|_| IndexError::Poisoned)?
-                .insert(entry.response_id.clone(), entry.revision);
+            book.changes
+                .extend(replaced.into_iter().map(|c| (Change::Remove, c)));
+            book.changes
+                .extend(contributions.iter().map(|c| (Change::Add, c.clone())));
+            book.pending
+                .insert(entry.response_id.clone(), (entry.revision, contributions));
+            book.known.insert(hash);
             outcomes.push(Upsert::Indexed);
         }
         Ok(outcomes)
     }
 
-    /// One document per answered text question; a response with none still gets one document
-    /// without a question, which carries its revision (so that a later, older revision cannot
-    /// bring back answers a correction removed) and matches no query.
-    fn documents(&self, entry: &Entry) -> Vec<TantivyDocument> {
+    /// One document per answered text question (`contributions` are their answers', in the
+    /// order of the entry's texts); a response with none still gets one document without a
+    /// question, which carries its revision (so that a later, older revision cannot bring back
+    /// answers a correction removed) and matches no query.
+    fn documents(
+        &self,
+        entry: &Entry,
+        contributions: &[Arc<Contribution>],
+    ) -> Vec<TantivyDocument> {
         let f = self.fields;
         let base = || {
             let mut doc = TantivyDocument::default();
-            doc.add_text(f.form, &entry.form_id);
-            doc.add_text(f.organisation, &entry.organisation);
             doc.add_text(f.response_id, &entry.response_id);
             doc.add_i64(f.revision, i64::from(entry.revision));
             doc.add_i64(f.submitted_at, entry.submitted_at);
@@ -362,14 +506,15 @@ impl SlangIndex {
         let mut documents: Vec<TantivyDocument> = entry
             .texts
             .iter()
-            .map(|(question, text)| {
+            .zip(contributions)
+            .map(|((_, text), contribution)| {
                 let mut doc = base();
-                doc.add_text(f.question, question);
+                doc.add_text(f.scope, contribution.scope());
                 for city in &entry.cities {
                     doc.add_text(f.city, city);
                 }
                 doc.add_text(f.text, text);
-                doc.add_text(f.phrases, text);
+                doc.add_text(f.words, text);
                 doc
             })
             .collect();
@@ -380,7 +525,7 @@ impl SlangIndex {
     }
 
     /// Commits what the writer holds, with the offsets finished so far as the payload, and makes
-    /// it visible to searches. Blocking: run it off the async runtime.
+    /// it visible to searches and to the counts. Blocking: run it off the async runtime.
     pub fn commit(&self) -> Result<Payload, IndexError> {
         // Read before taking the writer: every record below these offsets was added before the
         // runtime learnt it was finished, so it is in the writer by now.
@@ -399,12 +544,22 @@ impl SlangIndex {
         prepared.set_payload(&text);
         prepared.commit()?;
         self.reader.reload()?;
-        // Searchers now see these revisions; the lookup no longer needs them in memory.
-        self.pending
-            .lock()
-            .map_err(|_| IndexError::Poisoned)?
-            .clear();
+        // Searchers now see these revisions: the look-up no longer needs them in memory, and the
+        // counts take what they changed.
+        let changes = {
+            let mut book = self.book.lock().map_err(|_| IndexError::Poisoned)?;
+            book.pending.clear();
+            std::mem::take(&mut book.changes)
+        };
+        // Taken before the writer is let go, so that commits change the counts in their order;
+        // indexing goes on meanwhile.
+        let mut counts = self.counts.write().map_err(|_| IndexError::Poisoned)?;
         drop(writer);
+        for (change, contribution) in &changes {
+            counts.apply(contribution, *change);
+        }
+        counts.refresh();
+        drop(counts);
         if let Ok(mut committed) = self.committed.lock() {
             *committed = payload.clone();
         }
@@ -414,6 +569,11 @@ impl SlangIndex {
             "Committed the slang index."
         );
         Ok(payload)
+    }
+
+    /// An estimate of the memory the word counts take, in bytes.
+    pub fn counts_bytes(&self) -> usize {
+        self.counts.read().map(|c| c.estimated_bytes()).unwrap_or(0)
     }
 
     /// Live documents (answers, plus one per response without an indexed answer).
@@ -432,11 +592,10 @@ impl SlangIndex {
                 )),
             )
         };
-        let mut clauses = vec![
-            term(f.organisation, scope.organisation),
-            term(f.form, scope.form_id),
-            term(f.question, scope.question),
-        ];
+        let mut clauses = vec![term(
+            f.scope,
+            &scope_key(scope.organisation, scope.form_id, scope.question),
+        )];
         if let Some(city) = city {
             clauses.push(term(f.city, city));
         }
@@ -447,7 +606,7 @@ impl SlangIndex {
     /// `None` when `text` has no word.
     fn words_query(&self, text: &str) -> Option<Box<dyn Query>> {
         let terms: Vec<Term> = words(text)
-            .map(|(_, _, w)| Term::from_field_text(self.fields.text, &w))
+            .map(|(_, _, w)| Term::from_field_text(self.fields.words, &w))
             .collect();
         match terms.len() {
             0 => None,
@@ -460,7 +619,7 @@ impl SlangIndex {
     }
 
     /// The most frequent words and two-word phrases of the answers, per city (the `cities` most
-    /// answered cities) or for one city, `limit` of each.
+    /// answered cities) or for one city, `limit` of each; from the counts of the last commit.
     pub fn top_words(
         &self,
         scope: Scope<'_>,
@@ -468,28 +627,9 @@ impl SlangIndex {
         cities: u32,
         limit: u32,
     ) -> Result<Vec<CityWords>, IndexError> {
-        let query = BooleanQuery::new(self.scope_query(scope, city));
-        // Exact counts for the top entries: every segment returns more candidates than asked.
-        let words = |field: &str| serde_json::json!({"terms": {"field": field, "size": limit, "segment_size": limit.saturating_mul(10).max(100)}});
-        let request = serde_json::json!({
-            "cities": {
-                "terms": {"field": "city", "size": if city.is_some() { 1 } else { cities }},
-                "aggs": {"words": words("text"), "phrases": words("phrases")}
-            }
-        });
-        let result = self.aggregate(&query, request)?;
-        let mut out = Vec::new();
-        for bucket in buckets(&result["cities"])? {
-            let city = bucket["key"].as_str().unwrap_or_default().to_owned();
-            out.push(CityWords {
-                city,
-                answers: bucket["doc_count"].as_u64().unwrap_or(0),
-                words: word_counts(&bucket["words"])?,
-                phrases: word_counts(&bucket["phrases"])?,
-            });
-        }
-        out.sort_by(|a, b| b.answers.cmp(&a.answers).then_with(|| a.city.cmp(&b.city)));
-        Ok(out)
+        let key = scope_key(scope.organisation, scope.form_id, scope.question);
+        let counts = self.counts.read().map_err(|_| IndexError::Poisoned)?;
+        Ok(counts.top(&key, city, cities as usize, limit as usize))
     }
 
     /// The cities whose answers use `word` (a word, or a phrase of several), with the number of
@@ -548,7 +688,7 @@ impl SlangIndex {
                 clauses.push((
                     Occur::Must,
                     Box::new(TermQuery::new(
-                        Term::from_field_text(self.fields.text, &word),
+                        Term::from_field_text(self.fields.words, &word),
                         IndexRecordOption::WithFreqs,
                     )),
                 ));
@@ -624,20 +764,6 @@ fn buckets(agg: &serde_json::Value) -> Result<&Vec<serde_json::Value>, IndexErro
     agg["buckets"]
         .as_array()
         .ok_or_else(|| IndexError::Aggregation(agg.to_string()))
-}
-
-/// Most answers first, ties in word order: the same index content always reads the same, however
-/// its segments happen to be laid out.
-fn word_counts(agg: &serde_json::Value) -> Result<Vec<WordCount>, IndexError> {
-    let mut counts: Vec<WordCount> = buckets(agg)?
-        .iter()
-        .map(|b| WordCount {
-            word: b["key"].as_str().unwrap_or_default().to_owned(),
-            answers: b["doc_count"].as_u64().unwrap_or(0),
-        })
-        .collect();
-    counts.sort_by(|a, b| b.answers.cmp(&a.answers).then_with(|| a.word.cmp(&b.word)));
-    Ok(counts)
 }
 
 /// The revision a searcher holds for a response id, from the postings of its term and the
@@ -775,6 +901,67 @@ mod tests {
         assert!(index.cities_of(SCOPE, "पुराना", 10).expect("q").is_empty());
         assert_eq!(index.cities_of(SCOPE, "नया", 10).expect("q")[0].answers, 1);
         assert_eq!(index.documents_count(), 1);
+    }
+
+    /// (city, answers, words, phrases), with (word, answers) pairs.
+    type Top = Vec<(String, u64, Vec<(String, u64)>, Vec<(String, u64)>)>;
+
+    fn top(index: &SlangIndex) -> Top {
+        let pairs = |w: &[WordCount]| w.iter().map(|w| (w.word.clone(), w.answers)).collect();
+        index
+            .top_words(SCOPE, None, 10, 10)
+            .expect("top words")
+            .into_iter()
+            .map(|c| (c.city, c.answers, pairs(&c.words), pairs(&c.phrases)))
+            .collect()
+    }
+
+    #[test]
+    fn counts_follow_commits_and_corrections_and_are_rebuilt_on_open() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let index = SlangIndex::open(dir.path(), 50_000_000).expect("an index");
+        index
+            .upsert(&[
+                entry("1", 0, "pune", "पुराना शब्द"),
+                entry("2", 0, "pune", "नया शब्द"),
+            ])
+            .expect("indexed");
+        assert!(top(&index).is_empty(), "nothing counts before a commit");
+        index.commit().expect("committed");
+        assert_eq!(top(&index)[0].1, 2);
+        // A correction of a committed answer, then one of a pending one.
+        index
+            .upsert(&[entry("1", 1, "delhi", "नया नया")])
+            .expect("indexed");
+        index
+            .upsert(&[entry("1", 2, "delhi", "नया शब्द")])
+            .expect("indexed");
+        index.commit().expect("committed");
+        let expected = vec![
+            (
+                "delhi".to_owned(),
+                1,
+                vec![("नया".to_owned(), 1), ("शब्द".to_owned(), 1)],
+                vec![("नया शब्द".to_owned(), 1)],
+            ),
+            (
+                "pune".to_owned(),
+                1,
+                vec![("नया".to_owned(), 1), ("शब्द".to_owned(), 1)],
+                vec![("नया शब्द".to_owned(), 1)],
+            ),
+        ];
+        assert_eq!(top(&index), expected);
+        drop(index);
+        let reopened = SlangIndex::open(dir.path(), 50_000_000).expect("reopened");
+        assert_eq!(top(&reopened), expected);
+        // The reopened index knows response 1: an older revision is stale.
+        assert_eq!(
+            reopened
+                .upsert(&[entry("1", 1, "pune", "पुराना")])
+                .expect("indexed"),
+            [Upsert::Stale]
+        );
     }
 
     #[test]

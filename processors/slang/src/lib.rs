@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod counts;
 pub mod index;
 pub mod processor;
 pub mod tokenizer;

@@ -19,8 +19,6 @@ use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 
 /// Name of [`WordTokenizer`] in the index's tokenizer managers.
 pub const WORDS: &str = "slang_words";
-/// Name of [`PhraseTokenizer`] in the index's tokenizer managers.
-pub const PHRASES: &str = "slang_phrases";
 
 /// The segmenter with ICU4X's compiled data: rules for most scripts, and dictionaries or LSTM
 /// models for the scripts written without spaces (Thai, Khmer, Lao, Burmese, Chinese, Japanese).
@@ -47,7 +45,21 @@ pub fn words(text: &str) -> impl Iterator<Item = (usize, usize, String)> + '_ {
     })
 }
 
-/// The words of a text as a Tantivy token stream (the `text` field and queries on it).
+/// The words of `text` as Tantivy tokens, with their positions and offsets.
+fn tokens(text: &str) -> Vec<Token> {
+    words(text)
+        .enumerate()
+        .map(|(position, (from, to, word))| Token {
+            offset_from: from,
+            offset_to: to,
+            position,
+            text: word,
+            position_length: 1,
+        })
+        .collect()
+}
+
+/// The words of a text as a Tantivy token stream: the indexed field's tokenizer.
 #[derive(Debug, Clone, Default)]
 pub struct WordTokenizer;
 
@@ -55,43 +67,7 @@ impl Tokenizer for WordTokenizer {
     type TokenStream<'a> = VecTokenStream;
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
-        VecTokenStream::new(
-            words(text)
-                .enumerate()
-                .map(|(position, (from, to, word))| Token {
-                    offset_from: from,
-                    offset_to: to,
-                    position,
-                    text: word,
-                    position_length: 1,
-                })
-                .collect(),
-        )
-    }
-}
-
-/// Two-word phrases ("कितना पैसा"): each pair of consecutive words, joined by a space. Only used
-/// as a fast field, for the most frequent phrases.
-#[derive(Debug, Clone, Default)]
-pub struct PhraseTokenizer;
-
-impl Tokenizer for PhraseTokenizer {
-    type TokenStream<'a> = VecTokenStream;
-
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
-        let all: Vec<(usize, usize, String)> = words(text).collect();
-        VecTokenStream::new(
-            all.windows(2)
-                .enumerate()
-                .map(|(position, pair)| Token {
-                    offset_from: pair[0].0,
-                    offset_to: pair[1].1,
-                    position,
-                    text: format!("{} {}", pair[0].2, pair[1].2),
-                    position_length: 1,
-                })
-                .collect(),
-        )
+        VecTokenStream::new(tokens(text))
     }
 }
 
@@ -197,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tantivy_streams_give_words_and_phrases_with_positions() {
+    fn the_tantivy_stream_gives_words_with_positions() {
         let mut stream = WordTokenizer.token_stream("क्या बात है");
         let mut seen = Vec::new();
         while let Some(token) = stream.next() {
@@ -207,11 +183,5 @@ mod tests {
             seen,
             [(0, "क्या".into()), (1, "बात".into()), (2, "है".into())]
         );
-        let mut phrases = PhraseTokenizer.token_stream("क्या बात है");
-        let mut seen = Vec::new();
-        while let Some(token) = phrases.next() {
-            seen.push(token.text.clone());
-        }
-        assert_eq!(seen, ["क्या बात", "बात है"]);
     }
 }
