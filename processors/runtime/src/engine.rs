@@ -5,12 +5,14 @@
 //! acknowledged the dead letter) within the current assignment of that partition. Completions from
 //! an earlier assignment (before a revoke) are dropped, never stored.
 //!
-//! Shape: one task owns the consumer and all partition state; effects run in spawned worker tasks
-//! that report back over a channel. The consumer is polled continuously, even while every partition
+//! Shape: one task owns the consumer and all partition state; effects run in a few lanes (spawned
+//! tasks, see [`worker::run_lane`]) that take units of work in slices and report completions back
+//! in batches over a channel. The consumer is polled continuously, even while every partition
 //! is paused, so that the instance keeps its group membership through an outage of any length.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +38,7 @@ use crate::metrics::{CircuitGauge, Metrics};
 use crate::processor::{ORDERING_HEADER, Output, Processor};
 use crate::tracker::OffsetTracker;
 use crate::transactions::{TransactionError, Transactor};
-use crate::worker::{self, Completion, Event, Job, WorkerContext};
+use crate::worker::{self, Job, Report, WorkerContext};
 
 /// Most records taken from the consumer per turn of the loop, so that completions and timers
 /// are not kept waiting by a long backlog.
@@ -46,6 +48,21 @@ const MAX_INTAKE: usize = 512;
 /// it, the partitions are paused instead, so that the consumer is polled again (rebalances are
 /// served on the same queue, and librdkafka expects a poll within max.poll.interval.ms).
 const MAX_INTAKE_STOP: Duration = Duration::from_secs(10);
+
+/// Maps and sets keyed by [`Tp`], touched for every record: foldhash rather than SipHash (the keys
+/// are topic names and partition numbers from the broker, not from clients).
+type TpMap<V> = HashMap<Tp, V, foldhash::fast::RandomState>;
+type TpSet = HashSet<Tp, foldhash::fast::RandomState>;
+
+/// Where a record's ordering key comes from; hashed with the key, so that a header value and a
+/// Kafka key that happen to be equal are still different keys.
+#[derive(Debug, Clone, Copy, Hash)]
+enum OrderedBy {
+    /// The `response_id` header ([`ORDERING_HEADER`]).
+    Header,
+    /// The Kafka key (the form id), for a record without the header.
+    Key,
+}
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,7 +113,7 @@ impl PartitionState {
 /// the consumer's poll, on the engine task, while it does not hold the lock).
 #[derive(Default)]
 pub struct Shared {
-    partitions: HashMap<Tp, PartitionState>,
+    partitions: TpMap<PartitionState>,
     next_epoch: u64,
 }
 
@@ -367,6 +384,16 @@ impl Limits {
     }
 }
 
+/// One lane of the worker pool, as the engine sees it.
+struct Lane {
+    /// Slices of units for the lane. Unbounded, but never holds more than `max_in_flight` units
+    /// over all lanes: `in_flight` counts them until the lane reports them ended.
+    work: mpsc::UnboundedSender<Vec<Vec<Job>>>,
+    /// Units handed to this lane and not ended yet (the engine gives new units to the lane with
+    /// the fewest).
+    units: usize,
+}
+
 pub struct Engine<P: Processor> {
     consumer: Arc<StreamConsumer<RuntimeContext>>,
     shared: Arc<Mutex<Shared>>,
@@ -375,20 +402,25 @@ pub struct Engine<P: Processor> {
     metrics: Metrics,
     /// Runnable jobs (their key is free) waiting for an in-flight slot or a closed circuit.
     ready: VecDeque<Job>,
-    /// Jobs whose worker is running (one per job, or one per batch).
+    /// Units (a job, or a batch of jobs) handed to a lane and not ended yet: at most
+    /// `max_in_flight`.
     in_flight: usize,
-    completions_tx: mpsc::UnboundedSender<Event>,
-    completions: mpsc::UnboundedReceiver<Event>,
-    /// Work for the worker pool (see `start_workers`); a worker takes one batch at a time.
-    work_tx: async_channel::Sender<Vec<Job>>,
-    work_rx: async_channel::Receiver<Vec<Job>>,
+    /// The lanes that run the units (see `start_lanes`); empty until the engine runs.
+    lanes: Vec<Lane>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    /// Hashes ordering keys for the partitions' [`KeyedQueue`]s, with a per-process random seed.
+    key_hasher: foldhash::fast::RandomState,
     circuit_rx: watch::Receiver<CircuitState>,
     /// Partitions paused by this engine (back-pressure, the circuit or the drain).
-    paused: HashSet<Tp>,
+    paused: TpSet,
     /// Partitions whose watermark moved since offsets were last stored.
-    dirty: HashSet<Tp>,
+    dirty: TpSet,
     /// When the oldest job of the ready queue became ready (for batch linger).
     ready_since: Option<Instant>,
+    /// The processor takes batches (its batch size is above 1): only then does `ready_since`
+    /// matter.
+    batching: bool,
     /// Since when the buffers have been too full to take more records from the consumer.
     intake_blocked_since: Option<Instant>,
     /// Names of the consumed topics, shared by every record's `Tp`.
@@ -411,8 +443,7 @@ impl<P: Processor> Engine<P> {
         transactor: Option<Arc<Transactor>>,
     ) -> Self {
         let shared = consumer.context().shared.clone();
-        let (completions_tx, completions) = mpsc::unbounded_channel();
-        let (work_tx, work_rx) = async_channel::unbounded();
+        let (reports_tx, reports) = mpsc::unbounded_channel();
         let circuit = CircuitBreaker::new(
             config.circuit_threshold,
             config.probe_base,
@@ -432,6 +463,7 @@ impl<P: Processor> Engine<P> {
             clean: AtomicBool::new(true),
             metrics: metrics.clone(),
         });
+        let batching = worker.processor.batch_size() > 1;
         Engine {
             consumer: Arc::new(consumer),
             shared,
@@ -440,14 +472,15 @@ impl<P: Processor> Engine<P> {
             metrics,
             ready: VecDeque::new(),
             in_flight: 0,
-            completions_tx,
-            completions,
-            work_tx,
-            work_rx,
+            lanes: Vec::new(),
+            reports_tx,
+            reports,
+            key_hasher: foldhash::fast::RandomState::default(),
             circuit_rx,
-            paused: HashSet::new(),
-            dirty: HashSet::new(),
+            paused: TpSet::default(),
+            dirty: TpSet::default(),
             ready_since: None,
+            batching,
             intake_blocked_since: None,
             topic_names: Vec::new(),
             transactor,
@@ -460,7 +493,7 @@ impl<P: Processor> Engine<P> {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let probe = tokio::spawn(worker::probe_loop(self.worker.clone()));
-        self.start_workers();
+        self.start_lanes();
         let mut housekeeping = tokio::time::interval(Duration::from_millis(50));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
@@ -480,11 +513,11 @@ impl<P: Processor> Engine<P> {
                         break;
                     }
                 }
-                Some(done) = self.completions.recv() => {
-                    self.complete(done);
-                    // Take every completion already queued before going back to the consumer.
-                    while let Ok(done) = self.completions.try_recv() {
-                        self.complete(done);
+                Some(report) = self.reports.recv() => {
+                    self.complete(report);
+                    // Take every report already queued before going back to the consumer.
+                    while let Ok(report) = self.reports.try_recv() {
+                        self.complete(report);
                     }
                     self.dispatch();
                     self.store_offsets();
@@ -638,22 +671,6 @@ impl<P: Processor> Engine<P> {
             partition: message.partition(),
         };
         let offset = message.offset();
-        let payload = message.payload().map(<[u8]>::to_vec);
-        let key = message.key().map(<[u8]>::to_vec);
-        let mut headers = Vec::new();
-        let mut ordering_key: Option<Box<str>> = None;
-        if let Some(h) = message.headers() {
-            for header in h.iter() {
-                let value = header.value.map(<[u8]>::to_vec).unwrap_or_default();
-                if header.key == ORDERING_HEADER
-                    && let Ok(id) = std::str::from_utf8(&value)
-                {
-                    ordering_key = Some(id.into());
-                }
-                headers.push((header.key.to_owned(), value));
-            }
-        }
-        let bytes = payload.as_ref().map_or(0, Vec::len) + key.as_ref().map_or(0, Vec::len) + 64;
         let timestamp_ms = message.timestamp().to_millis();
 
         let Ok(mut shared) = self.shared.lock() else {
@@ -669,18 +686,32 @@ impl<P: Processor> Engine<P> {
         if !tracker.track(offset, timestamp_ms) {
             return;
         }
-        state.buffered_records += 1;
-        state.buffered_bytes += bytes;
+        // The record outlives librdkafka's copy (it is handed to a lane): copy it out once.
+        let payload = message.payload().map(<[u8]>::to_vec);
+        let key = message.key().map(<[u8]>::to_vec);
+        let mut headers = Vec::new();
+        let mut ordering_key = None;
+        if let Some(h) = message.headers() {
+            headers.reserve_exact(h.count());
+            for header in h.iter() {
+                let value = header.value.unwrap_or_default();
+                if header.key == ORDERING_HEADER && std::str::from_utf8(value).is_ok() {
+                    ordering_key = Some(self.key_hasher.hash_one((OrderedBy::Header, value)));
+                }
+                headers.push((header.key.to_owned(), value.to_vec()));
+            }
+        }
         // Without the ordering header, the Kafka key (the form id) keeps every response's revisions
         // in order; a record with neither is ordered by nothing but its offset.
-        let ordering_key = ordering_key
-            .or_else(|| {
-                key.as_deref()
-                    .map(|k| format!("key:{}", String::from_utf8_lossy(k)).into())
-            })
-            .unwrap_or_else(|| format!("@{offset}").into());
+        let ordering_key = ordering_key.or_else(|| {
+            key.as_deref()
+                .map(|k| self.key_hasher.hash_one((OrderedBy::Key, k)))
+        });
+        let bytes = payload.as_ref().map_or(0, Vec::len) + key.as_ref().map_or(0, Vec::len) + 64;
+        state.buffered_records += 1;
+        state.buffered_bytes += bytes;
         let job = Job {
-            tp: tp.clone(),
+            tp,
             epoch: state.epoch,
             alive: state.alive.clone(),
             offset,
@@ -688,44 +719,53 @@ impl<P: Processor> Engine<P> {
             payload,
             headers,
             timestamp_ms,
-            ordering_key: ordering_key.clone(),
+            ordering_key,
             bytes,
         };
-        if let Some(job) = state.keyed.push(&ordering_key, job) {
-            drop(shared);
-            if self.ready.is_empty() {
-                self.ready_since = Some(Instant::now());
-            }
-            self.ready.push_back(job);
+        let runnable = match ordering_key {
+            Some(ordering_key) => state.keyed.push(ordering_key, job),
+            None => Some(job),
+        };
+        drop(shared);
+        if let Some(job) = runnable {
+            self.make_ready(job);
         }
     }
 
-    /// Starts the worker pool: one long-lived task per in-flight slot, each running one batch of
-    /// jobs at a time. Cheaper than a task per record (no task allocation and no move of the
-    /// worker's state per record), which is most of the no-op path's cost. The tasks end when the
-    /// engine, and with it the sending side, is dropped.
-    fn start_workers(&self) {
-        for _ in 0..self.limits.max_in_flight {
-            let worker = self.worker.clone();
-            let work = self.work_rx.clone();
-            let completions = self.completions_tx.clone();
-            tokio::spawn(async move {
-                while let Ok(jobs) = work.recv().await {
-                    for event in worker::run_jobs(&worker, jobs).await {
-                        // The engine is gone only at shutdown, when completions no longer matter.
-                        let _ = completions.send(event);
-                    }
-                }
-            });
+    /// Queues a job whose key is free for a lane.
+    fn make_ready(&mut self, job: Job) {
+        if self.batching && self.ready.is_empty() {
+            self.ready_since = Some(Instant::now());
+        }
+        self.ready.push_back(job);
+    }
+
+    /// Starts the worker pool: one lane per thread of the runtime (see [`worker::run_lane`]),
+    /// each running many units at once. The lanes end when the engine, and with it their
+    /// sending sides, is dropped and their work has ended.
+    fn start_lanes(&mut self) {
+        let threads = tokio::runtime::Handle::current().metrics().num_workers();
+        for lane in 0..threads.clamp(1, self.limits.max_in_flight) {
+            let (work, work_rx) = mpsc::unbounded_channel();
+            tokio::spawn(worker::run_lane(
+                self.worker.clone(),
+                lane,
+                work_rx,
+                self.reports_tx.clone(),
+            ));
+            self.lanes.push(Lane { work, units: 0 });
         }
     }
 
-    /// Hands ready jobs to the worker pool while slots are free and the circuit is not open.
+    /// Hands ready jobs to the lanes while in-flight slots are free and the circuit is not open:
+    /// each unit goes to the lane with the fewest units in flight, and each lane gets its units
+    /// in one message.
     fn dispatch(&mut self) {
-        if *self.circuit_rx.borrow() == CircuitState::Open {
+        if *self.circuit_rx.borrow() == CircuitState::Open || self.lanes.is_empty() {
             return;
         }
         let batch_size = self.worker.processor.batch_size().max(1);
+        let mut outgoing: Vec<Vec<Vec<Job>>> = Vec::new();
         while self.in_flight < self.limits.max_in_flight && !self.ready.is_empty() {
             if batch_size > 1
                 && self.ready.len() < batch_size
@@ -734,46 +774,66 @@ impl<P: Processor> Engine<P> {
                     .is_some_and(|since| since.elapsed() < self.worker.processor.batch_linger())
             {
                 // A partial batch waits a little for company; housekeeping comes back to it.
-                return;
+                break;
             }
             let take = batch_size.min(self.ready.len());
             let jobs: Vec<Job> = self.ready.drain(..take).collect();
-            self.ready_since = if self.ready.is_empty() {
+            self.ready_since = if self.ready.is_empty() || !self.batching {
                 None
             } else {
                 Some(Instant::now())
             };
+            let Some((lane, _)) = self
+                .lanes
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, lane)| lane.units)
+            else {
+                break;
+            };
+            if outgoing.is_empty() {
+                outgoing.resize_with(self.lanes.len(), Vec::new);
+            }
+            self.lanes[lane].units += 1;
             self.in_flight += 1;
-            // Unbounded, but never holds more than `max_in_flight` batches: `in_flight` counts
-            // them until their worker reports `WorkerExit`. Fails only once the pool is gone.
-            if self.work_tx.try_send(jobs).is_err() {
-                self.in_flight -= 1;
-                tracing::warn!("The worker pool is gone; the records stay unfinished.");
-                return;
+            outgoing[lane].push(jobs);
+        }
+        for (lane, units) in outgoing.into_iter().enumerate() {
+            if units.is_empty() {
+                continue;
+            }
+            let count = units.len();
+            // Fails only once the lane is gone.
+            if self.lanes[lane].work.send(units).is_err() {
+                self.lanes[lane].units -= count;
+                self.in_flight -= count;
+                tracing::warn!(lane, "A worker lane is gone; its records stay unfinished.");
             }
         }
     }
 
-    /// A worker's news: a finished job moves the watermark and frees its key; an exited worker
-    /// frees its slot.
-    fn complete(&mut self, event: Event) {
-        let done: Completion = match event {
-            Event::WorkerExit => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                return;
-            }
-            Event::Finished(done) => done,
+    /// A lane's news: its ended units free their in-flight slots; each finished job moves its
+    /// partition's watermark and frees its key.
+    fn complete(&mut self, report: Report) {
+        if let Some(lane) = self.lanes.get_mut(report.lane) {
+            lane.units = lane.units.saturating_sub(report.units);
+        }
+        self.in_flight = self.in_flight.saturating_sub(report.units);
+        if report.completions.is_empty() {
+            return;
+        }
+        let Ok(mut shared) = self.shared.lock() else {
+            return;
         };
-        let next = {
-            let Ok(mut shared) = self.shared.lock() else {
-                return;
-            };
+        let now = Instant::now();
+        let mut next = Vec::new();
+        for done in report.completions {
             let Some(state) = shared.partitions.get_mut(&done.tp) else {
-                return;
+                continue;
             };
             if state.epoch != done.epoch {
                 // Finished for an assignment that has since been revoked: never committed.
-                return;
+                continue;
             }
             state.buffered_records = state.buffered_records.saturating_sub(1);
             state.buffered_bytes = state.buffered_bytes.saturating_sub(done.bytes);
@@ -783,16 +843,18 @@ impl<P: Processor> Engine<P> {
             if let Some(tracker) = state.tracker.as_mut()
                 && tracker.complete(done.offset)
             {
-                state.last_progress = Instant::now();
-                self.dirty.insert(done.tp.clone());
+                state.last_progress = now;
+                if !self.dirty.contains(&done.tp) {
+                    self.dirty.insert(done.tp.clone());
+                }
             }
-            state.keyed.finish(&done.ordering_key)
-        };
-        if let Some(job) = next {
-            if self.ready.is_empty() {
-                self.ready_since = Some(Instant::now());
+            if let Some(job) = done.ordering_key.and_then(|key| state.keyed.finish(key)) {
+                next.push(job);
             }
-            self.ready.push_back(job);
+        }
+        drop(shared);
+        for job in next {
+            self.make_ready(job);
         }
     }
 
@@ -992,7 +1054,7 @@ impl<P: Processor> Engine<P> {
         self.ready.clear();
         let deadline = tokio::time::Instant::now() + self.limits.drain;
         while self.in_flight > 0 {
-            match tokio::time::timeout_at(deadline, self.completions.recv()).await {
+            match tokio::time::timeout_at(deadline, self.reports.recv()).await {
                 Ok(Some(done)) => {
                     self.complete(done);
                     self.ready.clear();

@@ -5,29 +5,38 @@
 //! Invariant: at most one item per key is running, and a key's items start in the order they
 //! were pushed. Memory is bounded by the keys in flight: a key is forgotten as soon as it has
 //! nothing running or waiting.
+//!
+//! Keys are 64-bit digests of the ordering keys (response ids), made by the engine with a
+//! per-process random seed: no string is copied or compared per record. Two different response
+//! ids with the same digest are treated as one key: they run one after the other, in offset
+//! order, which keeps every promise and only costs concurrency, for a pair that is vanishingly
+//! rare (about n² / 2⁶⁵ for n keys in flight) and that clients cannot aim for without the seed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
 
-/// Keys are response ids, which clients choose: a per-process random seed keeps collisions
-/// unpredictable, and foldhash is several times cheaper than SipHash on these short keys (the
-/// map is touched twice per record).
-type Keys<T> = HashMap<String, VecDeque<T>, foldhash::fast::RandomState>;
+/// The digests are already uniformly spread: the maps only need a cheap, fixed mixing of them.
+type Hasher = foldhash::fast::FixedState;
 
 /// Items with the same key run one at a time in arrival order; different keys run concurrently.
 #[derive(Debug)]
 pub struct KeyedQueue<T> {
-    /// The busy keys, each with the items waiting behind its running one, oldest first. A key
-    /// is here exactly while one of its items runs; an idle key has no entry.
-    keys: Keys<T>,
-    /// Items waiting over all keys, kept so that `waiting()` (a back-pressure check on every
-    /// fetch) does not walk every key.
+    /// The busy keys: exactly those with an item running. An idle key is not here.
+    busy: HashSet<u64, Hasher>,
+    /// The items waiting behind a busy key's running one, oldest first: only for keys that have
+    /// any (a subset of `busy`, never an empty queue). Most keys never have a second item in
+    /// flight, so most records touch only the small `busy` set.
+    queues: HashMap<u64, VecDeque<T>, Hasher>,
+    /// Items waiting over all keys, kept so that `waiting()` does not walk every key, and so
+    /// that `finish` skips `queues` while nothing waits.
     waiting: usize,
 }
 
 impl<T> KeyedQueue<T> {
     pub fn new() -> Self {
         KeyedQueue {
-            keys: Keys::default(),
+            busy: HashSet::default(),
+            queues: HashMap::default(),
             waiting: 0,
         }
     }
@@ -35,35 +44,33 @@ impl<T> KeyedQueue<T> {
     /// Adds an item. If its key has nothing running, the item is returned to be run now (the
     /// key is now busy); otherwise it waits behind the key's earlier items and `None` is
     /// returned.
-    pub fn push(&mut self, key: &str, item: T) -> Option<T> {
-        match self.keys.get_mut(key) {
-            Some(queue) => {
-                queue.push_back(item);
-                self.waiting += 1;
-                None
-            }
-            None => {
-                self.keys.insert(key.to_owned(), VecDeque::new());
-                Some(item)
-            }
+    pub fn push(&mut self, key: u64, item: T) -> Option<T> {
+        if self.busy.insert(key) {
+            return Some(item);
         }
+        self.queues.entry(key).or_default().push_back(item);
+        self.waiting += 1;
+        None
     }
 
     /// The key's running item finished. Returns the key's next waiting item (the key stays
     /// busy), or `None` (the key becomes idle and is forgotten, so memory is bounded by keys in
     /// flight). Finishing a key that is not busy is a no-op returning `None`.
-    pub fn finish(&mut self, key: &str) -> Option<T> {
-        let queue = self.keys.get_mut(key)?;
-        match queue.pop_front() {
-            Some(next) => {
-                self.waiting -= 1;
-                Some(next)
+    pub fn finish(&mut self, key: u64) -> Option<T> {
+        if self.waiting > 0
+            && let Entry::Occupied(mut queue) = self.queues.entry(key)
+        {
+            let next = queue.get_mut().pop_front();
+            if queue.get().is_empty() {
+                queue.remove();
             }
-            None => {
-                self.keys.remove(key);
-                None
+            if next.is_some() {
+                self.waiting -= 1;
+                return next;
             }
         }
+        self.busy.remove(&key);
+        None
     }
 
     /// Items waiting (not running).
@@ -73,14 +80,15 @@ impl<T> KeyedQueue<T> {
 
     /// Keys with an item running.
     pub fn busy_keys(&self) -> usize {
-        self.keys.len()
+        self.busy.len()
     }
 
     /// Drops everything (partition revoked); returns the number of waiting items dropped.
     /// Running items are the caller's: it knows whether to wait for them or abandon them.
     pub fn clear(&mut self) -> usize {
         let dropped = self.waiting;
-        self.keys = Keys::default();
+        self.busy = HashSet::default();
+        self.queues = HashMap::default();
         self.waiting = 0;
         dropped
     }
@@ -103,8 +111,8 @@ mod tests {
     #[test]
     fn different_keys_run_at_once() {
         let mut queue = KeyedQueue::new();
-        assert_eq!(queue.push("a", 1), Some(1));
-        assert_eq!(queue.push("b", 2), Some(2));
+        assert_eq!(queue.push(1, 1), Some(1));
+        assert_eq!(queue.push(2, 2), Some(2));
         assert_eq!(queue.busy_keys(), 2);
         assert_eq!(queue.waiting(), 0);
     }
@@ -112,40 +120,40 @@ mod tests {
     #[test]
     fn same_key_waits_and_runs_in_push_order() {
         let mut queue = KeyedQueue::new();
-        assert_eq!(queue.push("a", 1), Some(1));
-        assert_eq!(queue.push("a", 2), None);
-        assert_eq!(queue.push("a", 3), None);
+        assert_eq!(queue.push(1, 1), Some(1));
+        assert_eq!(queue.push(1, 2), None);
+        assert_eq!(queue.push(1, 3), None);
         assert_eq!(queue.waiting(), 2);
         assert_eq!(queue.busy_keys(), 1);
-        assert_eq!(queue.finish("a"), Some(2));
-        assert_eq!(queue.finish("a"), Some(3));
+        assert_eq!(queue.finish(1), Some(2));
+        assert_eq!(queue.finish(1), Some(3));
         assert_eq!(queue.waiting(), 0);
         assert_eq!(queue.busy_keys(), 1);
-        assert_eq!(queue.finish("a"), None);
+        assert_eq!(queue.finish(1), None);
         assert_eq!(queue.busy_keys(), 0);
         // Idle again: the next item runs at once.
-        assert_eq!(queue.push("a", 4), Some(4));
+        assert_eq!(queue.push(1, 4), Some(4));
     }
 
     #[test]
     fn finishing_an_idle_key_is_a_no_op() {
         let mut queue: KeyedQueue<u32> = KeyedQueue::new();
-        assert_eq!(queue.finish("a"), None);
+        assert_eq!(queue.finish(1), None);
         assert_eq!(queue.busy_keys(), 0);
     }
 
     #[test]
     fn clear_drops_waiting_items_and_forgets_keys() {
         let mut queue = KeyedQueue::new();
-        queue.push("a", 1);
-        queue.push("a", 2);
-        queue.push("b", 3);
-        queue.push("b", 4);
-        queue.push("b", 5);
+        queue.push(1, 1);
+        queue.push(1, 2);
+        queue.push(2, 3);
+        queue.push(2, 4);
+        queue.push(2, 5);
         assert_eq!(queue.clear(), 3);
         assert_eq!(queue.waiting(), 0);
         assert_eq!(queue.busy_keys(), 0);
-        assert_eq!(queue.push("b", 6), Some(6));
+        assert_eq!(queue.push(2, 6), Some(6));
     }
 
     #[derive(Debug, Clone)]
@@ -178,10 +186,10 @@ mod tests {
                 let out = match op {
                     Op::Push(key) => {
                         pushed.entry(key).or_default().push(seq);
-                        queue.push(&key.to_string(), (key, seq))
+                        queue.push(u64::from(key), (key, seq))
                     }
                     Op::Finish(key) => {
-                        let next = queue.finish(&key.to_string());
+                        let next = queue.finish(u64::from(key));
                         if next.is_none() {
                             running.remove(&key);
                         }

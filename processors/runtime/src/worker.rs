@@ -1,5 +1,6 @@
 //! A worker runs the effect of one job (or one batch of jobs of different keys) to its end: done,
-//! or dead-lettered. It decodes, waits for the record's form to be in the forms view, calls the
+//! or dead-lettered. Workers run in a few lanes (see [`run_lane`]): each lane is one task that
+//! runs many jobs concurrently and reports their completions to the engine in batches. It decodes, waits for the record's form to be in the forms view, calls the
 //! processor, retries retriable failures with backoff and full jitter (while the circuit is open it
 //! waits, and that time does not count against the budget), and dead-letters what cannot succeed.
 //!
@@ -8,11 +9,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use formstream_ingest::forms::{FormsView, now_millis};
 use formstream_schemas::{Codec, Form};
-use tokio::sync::watch;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, watch};
 
 use crate::backoff::RetryPolicy;
 use crate::circuit::{CircuitBreaker, CircuitState};
@@ -32,7 +36,9 @@ pub struct Job {
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
     pub timestamp_ms: Option<i64>,
-    pub ordering_key: Box<str>,
+    /// The digest of the record's ordering key in its partition's [`crate::keyed::KeyedQueue`];
+    /// `None` for a record ordered by nothing but its offset (neither header nor Kafka key).
+    pub ordering_key: Option<u64>,
     pub bytes: usize,
 }
 
@@ -42,21 +48,25 @@ impl Job {
     }
 }
 
-/// What a worker tells the engine.
+/// What a lane tells the engine: which of its units (a job, or a batch of jobs) have ended, and the
+/// jobs among them that finished. A job that ended without finishing (its partition was revoked,
+/// or the engine is draining) has no completion: it stays uncommitted.
 #[derive(Debug)]
-pub enum Event {
-    /// A job finished (effect done or dead-lettered).
-    Finished(Completion),
-    /// The worker has ended; its in-flight slot is free.
-    WorkerExit,
+pub struct Report {
+    /// The lane (an index into the engine's lanes).
+    pub lane: usize,
+    /// Units that ended: their in-flight slots are free.
+    pub units: usize,
+    pub completions: Vec<Completion>,
 }
 
+/// A job that finished (effect done or dead-lettered).
 #[derive(Debug)]
 pub struct Completion {
     pub tp: Tp,
     pub epoch: u64,
     pub offset: i64,
-    pub ordering_key: Box<str>,
+    pub ordering_key: Option<u64>,
     pub bytes: usize,
     /// A transactional processor's outputs for this record (empty otherwise, and when the record
     /// was dead-lettered).
@@ -69,7 +79,7 @@ impl Completion {
             tp: job.tp.clone(),
             epoch: job.epoch,
             offset: job.offset,
-            ordering_key: job.ordering_key.clone(),
+            ordering_key: job.ordering_key,
             bytes: job.bytes,
             outputs: Vec::new(),
         }
@@ -132,140 +142,382 @@ struct Attempting<V> {
     record: Record<V>,
 }
 
-/// Runs `jobs` to their end and returns the events for the engine (the last is `WorkerExit`).
-pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> Vec<Event> {
-    let mut events = Vec::with_capacity(jobs.len() + 1);
-    let first_attempt_ms = now_millis();
+/// What became of one record in one attempt: its outputs (a transactional processor's), or why
+/// it failed.
+type Outcome = Result<Vec<Output>, Failure>;
 
-    // Decode, and find each record's form.
-    let mut active: Vec<Attempting<P::Value>> = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let decoded = match &job.payload {
-            Some(bytes) => ctx
-                .codec
-                .decode::<P::Value>(bytes)
-                .await
-                .map_err(|e| e.to_string()),
-            None => Err("the record has no value (a tombstone)".to_owned()),
-        };
-        let value = match decoded {
-            Ok(value) => value,
-            Err(message) => {
-                if Box::pin(dead_letter(
-                    ctx,
-                    &job,
-                    Kind::Undecodable,
-                    &message,
-                    0,
-                    first_attempt_ms,
-                ))
-                .await
-                {
-                    events.push(Event::Finished(Completion::of(&job)));
-                }
-                continue;
-            }
-        };
-        let form = match value.form_ref() {
-            None => None,
-            Some((form_id, version)) => match find_form(ctx, &job, form_id, version).await {
-                FormLookup::Found(form) => Some(form),
-                FormLookup::Abandoned => continue,
-                FormLookup::Missing => {
-                    let message = format!(
-                        "form {form_id} version {version} did not appear in the forms view within {:?}",
-                        ctx.form_wait
-                    );
-                    if Box::pin(dead_letter(
-                        ctx,
-                        &job,
-                        Kind::UnknownForm,
-                        &message,
-                        0,
-                        first_attempt_ms,
-                    ))
-                    .await
-                    {
-                        events.push(Event::Finished(Completion::of(&job)));
+/// A job after decoding and the form lookup.
+enum Prepared<V> {
+    /// Ready for its effect.
+    Ready(Attempting<V>),
+    /// Dead-lettered (undecodable, or its form never came).
+    Finished(Completion),
+    /// Given up without finishing (revoked, or the engine is draining): stays uncommitted.
+    Abandoned,
+}
+
+/// Runs one lane of the worker pool until the engine drops its sending side and the lane's work
+/// has ended: takes units (a job, or a batch of jobs of different keys) from `work`, runs them
+/// all concurrently, and reports the units that ended, with their completions, to the engine.
+///
+/// One task per lane instead of one per in-flight slot: handing over a slice of units and
+/// reporting a batch of completions costs one wake-up each, where a task per slot cost a wake-up
+/// (and often a thread switch) per record in each direction. The engine bounds the units in
+/// flight over all lanes, so a lane's set of running units is bounded too.
+pub async fn run_lane<P: Processor>(
+    ctx: Arc<WorkerContext<P>>,
+    lane: usize,
+    mut work: mpsc::UnboundedReceiver<Vec<Vec<Job>>>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let ctx = &*ctx;
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(completions) = running.next(), if !running.is_empty() => {
+                let mut report = Report { lane, units: 1, completions };
+                // Every other unit that has ended by now goes in the same report.
+                std::future::poll_fn(|cx| {
+                    while let Poll::Ready(Some(completions)) = running.poll_next_unpin(cx) {
+                        report.units += 1;
+                        report.completions.extend(completions);
                     }
-                    continue;
-                }
+                    Poll::Ready(())
+                })
+                .await;
+                // The engine is gone only at shutdown, when completions no longer matter.
+                let _ = reports.send(report);
+            }
+            units = work.recv(), if open => match units {
+                Some(units) => running.extend(units.into_iter().map(|jobs| run_jobs(ctx, jobs))),
+                None => open = false,
             },
-        };
-        let record = Record {
-            topic: job.tp.topic.clone(),
-            partition: job.tp.partition,
-            offset: job.offset,
-            key: job.key.clone(),
-            timestamp_ms: job.timestamp_ms,
-            headers: job.headers.clone(),
-            value,
-            form,
-            attempt: 0,
-            assignment: job.epoch,
-        };
-        active.push(Attempting { job, record });
+            else => return,
+        }
     }
+}
 
-    // Attempt, retry, dead-letter.
-    let started = Instant::now();
-    let mut circuit_wait = Duration::ZERO;
-    let mut attempts = 0u32;
-    // Attempts that count against the retry budget: those that failed while the circuit stayed
-    // closed. A failure that is part of an outage (the circuit is open after it) pauses the
-    // record instead; a multi-hour outage must not dead-letter the backlog.
-    let mut budget_attempts = 0u32;
-    while !active.is_empty() {
-        circuit_wait += wait_while_open(ctx).await;
-        // Checked after every wait: a partition revoked meanwhile belongs to another instance
-        // now, and running its records here could overtake that instance's later revisions.
+/// Runs `jobs` to their end and returns those that finished (done or dead-lettered).
+///
+/// Every unit in flight is one of these futures, moved into its lane's set, so the common path
+/// is kept small: decoding, the form lookup and a first attempt that succeeds run here; failures,
+/// retries and dead letters go on in [`attempt_until_settled`], boxed.
+pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> Vec<Completion> {
+    let arrived = Instant::now();
+    let mut done = Vec::with_capacity(jobs.len());
+    let mut active: Vec<Attempting<P::Value>> = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter();
+    // Prepared without waiting, in order, up to the first job that needs to wait; it and the
+    // jobs after it go through `prepare`, boxed. (Built in a block, so that no job is held in
+    // this future's own state across the wait.)
+    let rest = {
+        let mut waiting = None;
+        for job in jobs.by_ref() {
+            match prepare_now(ctx, job) {
+                Ok(attempting) => active.push(attempting),
+                Err(job) => {
+                    waiting = Some(job);
+                    break;
+                }
+            }
+        }
+        waiting.map(|job| Box::pin(prepare_rest(ctx, job, jobs, arrived)))
+    };
+    if let Some(rest) = rest {
+        for prepared in rest.await {
+            match prepared {
+                Prepared::Ready(attempting) => active.push(attempting),
+                Prepared::Finished(completion) => done.push(completion),
+                Prepared::Abandoned => {}
+            }
+        }
+    }
+    if active.is_empty() {
+        return done;
+    }
+    let mut first = None;
+    if *ctx.circuit_tx.borrow() != CircuitState::Open && !ctx.is_stopping() {
+        // A partition revoked meanwhile belongs to another instance now.
         active.retain(|a| a.job.alive());
-        if active.is_empty() || ctx.is_stopping() {
-            break;
+        if active.is_empty() {
+            return done;
         }
-        attempts += 1;
         for attempting in &mut active {
-            attempting.record.attempt = attempts;
+            attempting.record.attempt = 1;
         }
-        let call = Instant::now();
-        let results = if active.len() == 1 {
-            vec![ctx.processor.handle(&active[0].record).await]
-        } else {
-            let records: Vec<Record<P::Value>> = active.iter().map(|a| a.record.clone()).collect();
-            ctx.processor.handle_batch(&records).await
-        };
-        ctx.metrics.effect(call.elapsed());
+        let started = Instant::now();
+        let results = call(ctx, &active).await;
+        ctx.metrics.effect(started.elapsed());
+        let outcomes = outcomes(ctx, &active, results);
+        if outcomes.iter().all(Result::is_ok) {
+            ctx.metrics.records("ok", outcomes.len() as u64);
+            note_success(ctx);
+            for (attempting, outcome) in active.iter().zip(outcomes) {
+                done.push(Completion {
+                    outputs: outcome.unwrap_or_default(),
+                    ..Completion::of(&attempting.job)
+                });
+            }
+            return done;
+        }
+        first = Some((outcomes, started));
+    }
+    Box::pin(attempt_until_settled(
+        ctx, active, first, arrived, &mut done,
+    ))
+    .await;
+    done
+}
 
-        let mut retry = Vec::new();
-        let mut retry_after: Option<Duration> = None;
-        let mut last_error = String::new();
-        let mut results = results.into_iter();
-        for attempting in active.drain(..) {
-            // A processor that returns fewer results than records has failed them retriably.
-            let result = results
+/// Decodes a job and finds its form without waiting: the common case, where the payload names a
+/// schema the codec knows and the form is in the view. Anything else (a schema to fetch from the
+/// registry, a form not in the view yet, a record to dead-letter) hands the job back for
+/// [`prepare`], which starts over and may wait.
+// The `Err` is not an error but the job handed back by value; boxing it would only add an
+// allocation on the path that waits.
+#[allow(clippy::result_large_err)]
+fn prepare_now<P: Processor>(
+    ctx: &WorkerContext<P>,
+    mut job: Job,
+) -> Result<Attempting<P::Value>, Job> {
+    let Some(bytes) = &job.payload else {
+        return Err(job);
+    };
+    // Decoding awaits only to fetch a writer schema from the registry (once per schema).
+    let Some(Ok(value)) = ctx.codec.decode::<P::Value>(bytes).now_or_never() else {
+        return Err(job);
+    };
+    let form = match value.form_ref() {
+        None => None,
+        Some((form_id, version)) => match ctx.view.get(form_id) {
+            Some(form) if form.version(version).is_some() => Some(form),
+            _ => return Err(job),
+        },
+    };
+    Ok(Attempting {
+        record: record_of(&mut job, value, form),
+        job,
+    })
+}
+
+/// The record a processor sees. The key and headers move into it from the job (the processor's
+/// copy); a dead letter takes them from there.
+fn record_of<V>(job: &mut Job, value: V, form: Option<Arc<Form>>) -> Record<V> {
+    Record {
+        topic: job.tp.topic.clone(),
+        partition: job.tp.partition,
+        offset: job.offset,
+        key: job.key.take(),
+        timestamp_ms: job.timestamp_ms,
+        headers: std::mem::take(&mut job.headers),
+        value,
+        form,
+        attempt: 0,
+        assignment: job.epoch,
+    }
+}
+
+/// [`prepare`]s `first` and then `rest`, in order.
+async fn prepare_rest<P: Processor>(
+    ctx: &WorkerContext<P>,
+    first: Job,
+    rest: std::vec::IntoIter<Job>,
+    arrived: Instant,
+) -> Vec<Prepared<P::Value>> {
+    let mut prepared = Vec::with_capacity(rest.len() + 1);
+    for job in std::iter::once(first).chain(rest) {
+        prepared.push(prepare(ctx, job, arrived).await);
+    }
+    prepared
+}
+
+/// Decodes a job and finds its form, waiting (bounded) for the forms view; dead-letters it when
+/// either cannot be done.
+async fn prepare<P: Processor>(
+    ctx: &WorkerContext<P>,
+    mut job: Job,
+    arrived: Instant,
+) -> Prepared<P::Value> {
+    let decoded = match &job.payload {
+        Some(bytes) => ctx
+            .codec
+            .decode::<P::Value>(bytes)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("the record has no value (a tombstone)".to_owned()),
+    };
+    let value = match decoded {
+        Ok(value) => value,
+        Err(message) => {
+            return Box::pin(dead_letter_unprepared(
+                ctx,
+                job,
+                Kind::Undecodable,
+                message,
+                arrived,
+            ))
+            .await;
+        }
+    };
+    let form = match value.form_ref() {
+        None => None,
+        Some((form_id, version)) => match find_form(ctx, &job, form_id, version).await {
+            FormLookup::Found(form) => Some(form),
+            FormLookup::Abandoned => return Prepared::Abandoned,
+            FormLookup::Missing => {
+                let message = format!(
+                    "form {form_id} version {version} did not appear in the forms view within {:?}",
+                    ctx.form_wait
+                );
+                return Box::pin(dead_letter_unprepared(
+                    ctx,
+                    job,
+                    Kind::UnknownForm,
+                    message,
+                    arrived,
+                ))
+                .await;
+            }
+        },
+    };
+    Prepared::Ready(Attempting {
+        record: record_of(&mut job, value, form),
+        job,
+    })
+}
+
+/// Dead-letters a job that never reached its effect.
+async fn dead_letter_unprepared<P: Processor>(
+    ctx: &WorkerContext<P>,
+    job: Job,
+    kind: Kind,
+    message: String,
+    arrived: Instant,
+) -> Prepared<P::Value> {
+    if dead_letter(
+        ctx,
+        &job,
+        job.key.as_deref(),
+        &job.headers,
+        kind,
+        &message,
+        0,
+        arrived,
+    )
+    .await
+    {
+        Prepared::Finished(Completion::of(&job))
+    } else {
+        Prepared::Abandoned
+    }
+}
+
+/// One call to the processor's effect for the active records.
+async fn call<P: Processor>(
+    ctx: &WorkerContext<P>,
+    active: &[Attempting<P::Value>],
+) -> Vec<Result<(), Failure>> {
+    if let [attempting] = active {
+        vec![ctx.processor.handle(&attempting.record).await]
+    } else {
+        let records: Vec<Record<P::Value>> = active.iter().map(|a| a.record.clone()).collect();
+        ctx.processor.handle_batch(&records).await
+    }
+}
+
+/// Each active record's outcome: its result, with a success's outputs. A processor that
+/// returns fewer results than records has failed the rest retriably.
+fn outcomes<P: Processor>(
+    ctx: &WorkerContext<P>,
+    active: &[Attempting<P::Value>],
+    results: Vec<Result<(), Failure>>,
+) -> Vec<Outcome> {
+    let mut results = results.into_iter();
+    active
+        .iter()
+        .map(|attempting| {
+            results
                 .next()
                 .unwrap_or_else(|| {
                     Err(Failure::retriable(anyhow::anyhow!(
                         "no result for this record"
                     )))
                 })
-                .and_then(|()| outputs_of(ctx, &attempting.record));
-            match result {
+                .and_then(|()| outputs_of(ctx, &attempting.record))
+        })
+        .collect()
+}
+
+/// A success reaches the breaker after any failure, and while the circuit is not closed (a
+/// record in flight through the outage may have succeeded and marked the run clean before the
+/// probe half-opened it); otherwise it would change nothing, and skips the breaker's lock.
+fn note_success<P: Processor>(ctx: &WorkerContext<P>) {
+    if !ctx.clean.load(Ordering::Acquire) || *ctx.circuit_tx.borrow() != CircuitState::Closed {
+        ctx.circuit(CircuitBreaker::on_success);
+        ctx.clean.store(true, Ordering::Release);
+    }
+}
+
+/// Attempts, retries and dead-letters `active` until every record is done, dead-lettered or
+/// abandoned, pushing what finished to `done`. `first` holds the outcomes of a first attempt
+/// already made (and when it started), if any.
+async fn attempt_until_settled<P: Processor>(
+    ctx: &WorkerContext<P>,
+    mut active: Vec<Attempting<P::Value>>,
+    first: Option<(Vec<Outcome>, Instant)>,
+    arrived: Instant,
+    done: &mut Vec<Completion>,
+) {
+    let (mut pending, started) = match first {
+        Some((outcomes, started)) => (Some(outcomes), started),
+        None => (None, Instant::now()),
+    };
+    let mut attempts = u32::from(pending.is_some());
+    let mut circuit_wait = Duration::ZERO;
+    // Attempts that count against the retry budget: those that failed while the circuit stayed
+    // closed. A failure that is part of an outage (the circuit is open after it) pauses the
+    // record instead; a multi-hour outage must not dead-letter the backlog.
+    let mut budget_attempts = 0u32;
+    loop {
+        let outcomes = match pending.take() {
+            Some(outcomes) => outcomes,
+            None => {
+                if active.is_empty() {
+                    break;
+                }
+                circuit_wait += wait_while_open(ctx).await;
+                // Checked after every wait: a partition revoked meanwhile belongs to another
+                // instance now, and running its records here could overtake that instance's
+                // later revisions.
+                active.retain(|a| a.job.alive());
+                if active.is_empty() || ctx.is_stopping() {
+                    break;
+                }
+                attempts += 1;
+                for attempting in &mut active {
+                    attempting.record.attempt = attempts;
+                }
+                let call_started = Instant::now();
+                let results = call(ctx, &active).await;
+                ctx.metrics.effect(call_started.elapsed());
+                outcomes(ctx, &active, results)
+            }
+        };
+
+        let mut retry = Vec::new();
+        let mut retry_after: Option<Duration> = None;
+        let mut last_error = String::new();
+        for (attempting, outcome) in active.drain(..).zip(outcomes) {
+            match outcome {
                 Ok(outputs) => {
                     ctx.metrics.records("ok", 1);
-                    // A success reaches the breaker after any failure, and while the circuit is
-                    // not closed (a record in flight through the outage may have succeeded and
-                    // marked the run clean before the probe half-opened it).
-                    if !ctx.clean.load(Ordering::Acquire)
-                        || *ctx.circuit_tx.borrow() != CircuitState::Closed
-                    {
-                        ctx.circuit(CircuitBreaker::on_success);
-                        ctx.clean.store(true, Ordering::Release);
-                    }
-                    events.push(Event::Finished(Completion {
+                    note_success(ctx);
+                    done.push(Completion {
                         outputs,
                         ..Completion::of(&attempting.job)
-                    }));
+                    });
                 }
                 Err(Failure::Permanent(error)) => {
                     let message = format!("{error:#}");
@@ -279,14 +531,16 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
                     if Box::pin(dead_letter(
                         ctx,
                         &attempting.job,
+                        attempting.record.key.as_deref(),
+                        &attempting.record.headers,
                         Kind::Permanent,
                         &message,
                         attempts,
-                        first_attempt_ms,
+                        arrived,
                     ))
                     .await
                     {
-                        events.push(Event::Finished(Completion::of(&attempting.job)));
+                        done.push(Completion::of(&attempting.job));
                     }
                 }
                 Err(Failure::Retriable {
@@ -331,21 +585,21 @@ pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> V
                     if Box::pin(dead_letter(
                         ctx,
                         &attempting.job,
+                        attempting.record.key.as_deref(),
+                        &attempting.record.headers,
                         Kind::RetriesExhausted,
                         &message,
                         attempts,
-                        first_attempt_ms,
+                        arrived,
                     ))
                     .await
                     {
-                        events.push(Event::Finished(Completion::of(&attempting.job)));
+                        done.push(Completion::of(&attempting.job));
                     }
                 }
             }
         }
     }
-    events.push(Event::WorkerExit);
-    events
 }
 
 /// A transactional processor's outputs for a record whose effect succeeded.
@@ -425,27 +679,35 @@ async fn wait_until_closed<P: Processor>(ctx: &WorkerContext<P>) -> Duration {
 }
 
 /// Sends the job to the dead-letter topic, retrying (with backoff) until Kafka acknowledges it or
-/// the job's partition is revoked. Returns whether it was acknowledged.
+/// the job's partition is revoked. Returns whether it was acknowledged. `key` and `headers` are the
+/// record's as fetched (the job's, or the record's once they moved there). `arrived` is when a
+/// worker took the job: its first attempt's time in the dead letter's headers.
+#[allow(clippy::too_many_arguments)]
 async fn dead_letter<P: Processor>(
     ctx: &WorkerContext<P>,
     job: &Job,
+    key: Option<&[u8]>,
+    headers: &[(String, Vec<u8>)],
     kind: Kind,
     message: &str,
     attempts: u32,
-    first_attempt_ms: i64,
+    arrived: Instant,
 ) -> bool {
+    // The wall-clock time is read only here, for the few records that are dead-lettered.
+    let last_attempt_ms = now_millis();
+    let since_arrival = i64::try_from(arrived.elapsed().as_millis()).unwrap_or(i64::MAX);
     let letter = Letter {
         source_topic: job.tp.topic.to_string(),
         partition: job.tp.partition,
         offset: job.offset,
-        key: job.key.clone(),
+        key: key.map(<[u8]>::to_vec),
         payload: job.payload.clone(),
-        headers: job.headers.clone(),
+        headers: headers.to_vec(),
         kind,
         message: message.to_owned(),
         attempts,
-        first_attempt_ms,
-        last_attempt_ms: now_millis(),
+        first_attempt_ms: last_attempt_ms.saturating_sub(since_arrival),
+        last_attempt_ms,
     };
     let mut delay = Duration::from_millis(500);
     loop {
