@@ -398,6 +398,8 @@ pub struct Behaviour {
     pub permanent: Mutex<HashSet<String>>,
     /// Response ids whose effect always fails retriably.
     pub always_retriable: Mutex<HashSet<String>>,
+    /// Response ids whose effect panics (a bug in a processor).
+    pub panics: Mutex<HashSet<String>>,
     /// While set, every effect fails retriably and the probe fails: the target is down.
     pub target_down: AtomicBool,
     /// Latency of each effect, in milliseconds.
@@ -486,6 +488,9 @@ impl Processor for TestProcessor {
     async fn handle(&self, record: &Record<Response>) -> Result<(), Failure> {
         let state = &self.state;
         let id = record.value.response_id.clone();
+        if state.behaviour.panics.lock().expect("lock").contains(&id) {
+            panic!("the test processor panics on response {id}, as the test asked");
+        }
         let mut call = Call {
             response_id: id.clone(),
             revision: record.value.revision,

@@ -503,6 +503,7 @@ impl<P: Processor> Engine<P> {
         let transactional = self.transactor.is_some();
         let consumer = self.consumer.clone();
         let mut failed = None;
+        let mut panicked = false;
         loop {
             tokio::select! {
                 biased;
@@ -514,6 +515,11 @@ impl<P: Processor> Engine<P> {
                     }
                 }
                 Some(report) = self.reports.recv() => {
+                    if report.panicked > 0 {
+                        panicked = true;
+                        self.complete(report);
+                        break;
+                    }
                     self.complete(report);
                     // Take every report already queued before going back to the consumer.
                     while let Ok(report) = self.reports.try_recv() {
@@ -575,6 +581,20 @@ impl<P: Processor> Engine<P> {
         }
         let drained = self.drain().await;
         probe.abort();
+        if panicked {
+            // What finished before the panic is committed by the drain; the panicked records and
+            // everything after them are not, and are redone after a restart.
+            tracing::error!(
+                processor = self.worker.processor.name(),
+                "The processor panicked while handling a record; stopping it."
+            );
+            drained?;
+            anyhow::bail!(
+                "the {} processor panicked while handling a record (see the panic message above); \
+                 its offset was not committed",
+                self.worker.processor.name()
+            );
+        }
         drained
     }
 

@@ -58,6 +58,9 @@ pub struct Report {
     /// Units that ended: their in-flight slots are free.
     pub units: usize,
     pub completions: Vec<Completion>,
+    /// Units among them whose processor panicked: a bug, which stops the processor (see
+    /// [`run_lane`]).
+    pub panicked: usize,
 }
 
 /// A job that finished (effect done or dead-lettered).
@@ -176,13 +179,13 @@ pub async fn run_lane<P: Processor>(
     loop {
         tokio::select! {
             biased;
-            Some(completions) = running.next(), if !running.is_empty() => {
-                let mut report = Report { lane, units: 1, completions };
+            Some(ended) = running.next(), if !running.is_empty() => {
+                let mut report = Report { lane, units: 0, completions: Vec::new(), panicked: 0 };
+                report.add(ended);
                 // Every other unit that has ended by now goes in the same report.
                 std::future::poll_fn(|cx| {
-                    while let Poll::Ready(Some(completions)) = running.poll_next_unpin(cx) {
-                        report.units += 1;
-                        report.completions.extend(completions);
+                    while let Poll::Ready(Some(ended)) = running.poll_next_unpin(cx) {
+                        report.add(ended);
                     }
                     Poll::Ready(())
                 })
@@ -191,10 +194,28 @@ pub async fn run_lane<P: Processor>(
                 let _ = reports.send(report);
             }
             units = work.recv(), if open => match units {
-                Some(units) => running.extend(units.into_iter().map(|jobs| run_jobs(ctx, jobs))),
+                // A panic ends its unit only, not the lane and the other units in it.
+                Some(units) => running.extend(
+                    units
+                        .into_iter()
+                        .map(|jobs| std::panic::AssertUnwindSafe(run_jobs(ctx, jobs)).catch_unwind()),
+                ),
                 None => open = false,
             },
             else => return,
+        }
+    }
+}
+
+impl Report {
+    /// Adds a unit that ended: with its completions, or by a panic of the processor. A panicked
+    /// unit's jobs have no completion: they stay uncommitted, and the engine stops the processor
+    /// (a panic is a bug: Kafka Streams' "log and fail", not a record to skip or retry forever).
+    fn add(&mut self, ended: std::thread::Result<Vec<Completion>>) {
+        self.units += 1;
+        match ended {
+            Ok(completions) => self.completions.extend(completions),
+            Err(_) => self.panicked += 1,
         }
     }
 }
