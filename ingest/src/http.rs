@@ -15,7 +15,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use formstream_schemas::{Encoder, Form, FormVersion, Response};
-use futures::future::join_all;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -25,8 +24,8 @@ use crate::auth::{ApiKeys, Caller, HasApiKeys};
 use crate::error::{ApiError, FieldProblem};
 use crate::flags::{FlagList, FlagsQuery, FlagsView};
 use crate::forms::{FormBody, FormView, FormsView, build_version, now_millis};
-use crate::idempotency::{Claim, Key, Submissions};
-use crate::kafka::{Delivered, PublishError, Publisher};
+use crate::idempotency::{Claim, Digest, Key, Submissions};
+use crate::kafka::{Delivered, PublishError, Publisher, Record};
 use crate::metrics::{Metrics, ResponseOutcome};
 use crate::responses::{ResponseBody, Submission, validate};
 
@@ -139,6 +138,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonBytes(bytes) = JsonBytes::from_request(request, state).await?;
+        Ok(ApiJson(parse_json(&bytes)?))
+    }
+}
+
+/// The body of a JSON request, unparsed: 415 for a wrong content type, 413 for an oversized body.
+/// For a handler that parses it with [`parse_json`] into types that borrow from it.
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let is_json = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -165,30 +177,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
                     other => ApiError::MalformedJson(other.body_text()),
                 })?;
-        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let inner = error.inner();
-            if inner.is_syntax() || inner.is_eof() {
-                ApiError::MalformedJson(inner.to_string())
-            } else {
-                let path = error.path().to_string();
-                let pointer = if path == "." {
-                    String::new()
-                } else {
-                    format!("/{}", path.replace(['.', '['], "/").replace(']', ""))
-                };
-                ApiError::Invalid(vec![FieldProblem::new(
-                    pointer,
-                    "invalid_shape",
-                    inner.to_string(),
-                )])
-            }
-        })?;
-        deserializer
-            .end()
-            .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        Ok(ApiJson(value))
+        Ok(JsonBytes(bytes))
     }
+}
+
+/// Parses a JSON body: 400 for malformed JSON, 422 (with the failing field's pointer) for JSON of
+/// the wrong shape.
+pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::MalformedJson(inner.to_string())
+        } else {
+            let path = error.path().to_string();
+            let pointer = if path == "." {
+                String::new()
+            } else {
+                format!("/{}", path.replace(['.', '['], "/").replace(']', ""))
+            };
+            ApiError::Invalid(vec![FieldProblem::new(
+                pointer,
+                "invalid_shape",
+                inner.to_string(),
+            )])
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    Ok(value)
 }
 
 fn require_ready(state: &AppState) -> Result<(), ApiError> {
@@ -462,13 +480,82 @@ async fn accept(
     pointer_prefix: &str,
 ) -> Result<Accepted, ApiError> {
     let inner = &state.inner;
+    let ready = match prepare(
+        state,
+        caller,
+        form_id,
+        body,
+        revision,
+        pointer_prefix,
+        now_millis(),
+    )? {
+        Prepared::Repeat(accepted) => return Ok(accepted),
+        Prepared::Publish(ready) => ready,
+    };
+    let span =
+        tracing::debug_span!("publish", response_id = %ready.response_id, revision, %form_id);
+    let revision_text = revision.to_string();
+    let delivered = inner
+        .publisher
+        .publish(
+            &inner.responses_topic,
+            &ready.form_id,
+            &ready.payload,
+            &[
+                ("response_id", &ready.response_id),
+                ("revision", &revision_text),
+            ],
+        )
+        .instrument(span)
+        .await;
+    inner.metrics.response(match delivered {
+        Ok(_) => ResponseOutcome::Accepted,
+        Err(_) => ResponseOutcome::Unavailable,
+    });
+    finish(state, ready, delivered)
+}
+
+/// A response that passed its checks, encoded and ready to publish.
+struct Ready {
+    form_id: String,
+    response_id: String,
+    revision: i32,
+    form_version: i32,
+    payload: Vec<u8>,
+    /// The retry-cache key this submission claimed (`Claim::Fresh`): it completes or releases it
+    /// once Kafka has answered. `None` when it has no client-supplied id, or when another request
+    /// owns the key (`Claim::InFlight`).
+    owned: Option<(Key, Digest)>,
+}
+
+/// What the first, synchronous half of accepting a response decided.
+enum Prepared {
+    /// A retry of a submission already accepted: the answer, without publishing again.
+    Repeat(Accepted),
+    /// Valid, encoded, and (when it has an id) claimed: publish it, then [`finish`].
+    Publish(Ready),
+}
+
+/// The synchronous half of accepting a response: the form, the retry cache, validation and
+/// encoding. A retry of what this instance already accepted is answered without publishing again,
+/// and a key is claimed before publishing, so that conflicting content never goes out twice.
+///
+/// Invariant: on `Err`, any key this call claimed is released again.
+fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    form_id: &str,
+    body: &ResponseBody,
+    revision: i32,
+    pointer_prefix: &str,
+    received_at: i64,
+) -> Result<Prepared, ApiError> {
+    let inner = &state.inner;
     let form = own_form(state, caller, form_id)?;
     let version: &FormVersion = form
         .current()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("form {form_id} has no versions")))?;
 
-    // A retry of what this instance already accepted is answered without publishing again, and
-    // a key is claimed before publishing, so that conflicting content never goes out twice.
     let claim = body
         .response_id
         .as_deref()
@@ -481,13 +568,13 @@ async fn accept(
             };
             (key, body.digest(form_id))
         });
-    let mut owned = false;
-    if let Some((key, digest)) = &claim {
-        match inner.submissions.claim(key, digest) {
+    let mut owned = None;
+    if let Some((key, digest)) = claim {
+        match inner.submissions.claim(&key, &digest) {
             Claim::Repeat(receipt) => {
                 inner.metrics.response(ResponseOutcome::Duplicate);
                 // The same digest means the same form: the rest of the answer is in the request.
-                return Ok(Accepted {
+                return Ok(Prepared::Repeat(Accepted {
                     response_id: key.response_id.hyphenated().to_string(),
                     revision,
                     form_id: form_id.to_owned(),
@@ -495,7 +582,7 @@ async fn accept(
                     partition: receipt.partition,
                     offset: receipt.offset,
                     duplicate: true,
-                });
+                }));
             }
             Claim::Conflict => {
                 return Err(ApiError::Conflict(format!(
@@ -505,54 +592,17 @@ async fn accept(
                 )));
             }
             Claim::InFlight => {}
-            Claim::Fresh => owned = true,
+            Claim::Fresh => owned = Some((key, digest)),
         }
     }
-    let outcome = validate_and_publish(
-        state,
-        caller,
-        form_id,
-        version,
-        body,
-        revision,
-        pointer_prefix,
-    )
-    .await;
-    if let (true, Some((key, digest))) = (owned, claim) {
-        match &outcome {
-            Ok(accepted) => inner.submissions.accepted(
-                key,
-                digest,
-                Receipt {
-                    form_version: accepted.form_version,
-                    partition: accepted.partition,
-                    offset: accepted.offset,
-                },
-            ),
-            Err(_) => inner.submissions.release(&key, &digest),
-        }
-    }
-    outcome
-}
-
-async fn validate_and_publish(
-    state: &AppState,
-    caller: &Caller,
-    form_id: &str,
-    version: &FormVersion,
-    body: &ResponseBody,
-    revision: i32,
-    pointer_prefix: &str,
-) -> Result<Accepted, ApiError> {
-    let inner = &state.inner;
-    let response = validate(
+    let encoded = validate(
         body,
         &Submission {
             organisation: &caller.organisation,
             form_id,
             form: version,
             revision,
-            received_at: now_millis(),
+            received_at,
             max_text_chars: inner.max_text_chars,
             pointer_prefix,
             phones: &inner.phones,
@@ -561,66 +611,102 @@ async fn validate_and_publish(
     .map_err(|problems| {
         inner.metrics.response(ResponseOutcome::Invalid);
         ApiError::Invalid(problems)
-    })?;
-
-    let span =
-        tracing::debug_span!("publish", response_id = %response.response_id, revision, %form_id);
-    async {
+    })
+    .and_then(|response| {
         let payload = inner
             .response_encoder
             .encode(&response)
             .map_err(|e| ApiError::Internal(e.into()))?;
-        let revision_text = revision.to_string();
-        let delivered: Delivered = inner
-            .publisher
-            .publish(
-                &inner.responses_topic,
-                form_id,
-                &payload,
-                &[
-                    ("response_id", &response.response_id),
-                    ("revision", &revision_text),
-                ],
-            )
-            .await
-            .map_err(|error| {
-                inner.metrics.response(ResponseOutcome::Unavailable);
-                tracing::warn!(
-                    response_id = %response.response_id,
-                    revision,
-                    %form_id,
-                    %error,
-                    "Kafka did not acknowledge the response; answering 503."
-                );
-                unavailable(state, error)
-            })?;
-        inner.metrics.response(ResponseOutcome::Accepted);
-        tracing::debug!(
-            partition = delivered.partition,
-            offset = delivered.offset,
-            "Response accepted."
-        );
-        let accepted = Accepted {
-            response_id: response.response_id.clone(),
+        Ok((response, payload))
+    });
+    match encoded {
+        Ok((response, payload)) => Ok(Prepared::Publish(Ready {
+            form_id: response.form_id,
+            response_id: response.response_id,
             revision,
-            form_id: form_id.to_owned(),
             form_version: response.form_version,
-            partition: delivered.partition,
-            offset: delivered.offset,
-            duplicate: false,
-        };
-        Ok(accepted)
+            payload,
+            owned,
+        })),
+        Err(error) => {
+            if let Some((key, digest)) = owned {
+                inner.submissions.release(&key, &digest);
+            }
+            Err(error)
+        }
     }
-    .instrument(span)
-    .await
+}
+
+/// The second half of accepting a response, once Kafka has answered for its record: the answer
+/// (202 only for an acknowledged record, else 503), and the retry cache completed or released.
+/// The caller counts the outcome (a batch counts all of its items at once).
+fn finish(
+    state: &AppState,
+    ready: Ready,
+    delivered: Result<Delivered, PublishError>,
+) -> Result<Accepted, ApiError> {
+    let inner = &state.inner;
+    let Ready {
+        form_id,
+        response_id,
+        revision,
+        form_version,
+        payload: _,
+        owned,
+    } = ready;
+    match delivered {
+        Ok(delivered) => {
+            tracing::debug!(
+                %response_id,
+                revision,
+                partition = delivered.partition,
+                offset = delivered.offset,
+                "Response accepted."
+            );
+            if let Some((key, digest)) = owned {
+                inner.submissions.accepted(
+                    key,
+                    digest,
+                    Receipt {
+                        form_version,
+                        partition: delivered.partition,
+                        offset: delivered.offset,
+                    },
+                );
+            }
+            Ok(Accepted {
+                response_id,
+                revision,
+                form_id,
+                form_version,
+                partition: delivered.partition,
+                offset: delivered.offset,
+                duplicate: false,
+            })
+        }
+        Err(error) => {
+            tracing::warn!(
+                %response_id,
+                revision,
+                %form_id,
+                %error,
+                "Kafka did not acknowledge the response; answering 503."
+            );
+            if let Some((key, digest)) = owned {
+                inner.submissions.release(&key, &digest);
+            }
+            Err(unavailable(state, error))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchBody {
-    /// Kept as raw JSON, so that each item is parsed once, on its own, and a malformed item fails
-    /// alone.
-    pub items: Vec<Box<serde_json::value::RawValue>>,
+pub struct BatchBody<'a> {
+    /// Kept as raw JSON borrowed from the request body, so that each item is parsed once, on its
+    /// own, without a copy, and a malformed item fails alone.
+    #[serde(borrow)]
+    pub items: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// One item's outcome in a batch.
@@ -634,6 +720,25 @@ pub struct ItemResult {
     pub problem: Option<crate::error::Problem>,
 }
 
+impl ItemResult {
+    fn of(index: usize, outcome: Result<Accepted, ApiError>) -> Self {
+        match outcome {
+            Ok(accepted) => ItemResult {
+                index,
+                status: 202,
+                accepted: Some(accepted),
+                problem: None,
+            },
+            Err(error) => ItemResult {
+                index,
+                status: error.status().as_u16(),
+                accepted: None,
+                problem: Some(error.problem()),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct BatchResult {
     pub accepted: usize,
@@ -642,13 +747,16 @@ pub struct BatchResult {
 }
 
 /// Many responses, possibly to several forms, in one request (collectors syncing after being
-/// offline). Each item is validated and published on its own and gets its own result; the answer is
-/// 207 unless Kafka acknowledged none of the valid items (503).
+/// offline). Each item is checked and answered on its own, exactly as a single POST would be; the
+/// valid ones are then published together and their acknowledgements awaited together (one wake-up
+/// per batch rather than one per record). An item is answered 202 only once Kafka acknowledged its
+/// own record. The answer is 207 unless Kafka acknowledged none of the valid items (503).
 async fn submit_batch(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<BatchBody>,
+    JsonBytes(bytes): JsonBytes,
 ) -> Result<HttpResponse, ApiError> {
+    let body: BatchBody<'_> = parse_json(&bytes)?;
     require_ready(&state)?;
     let max = state.inner.max_batch_items;
     if body.items.is_empty() || body.items.len() > max {
@@ -658,53 +766,70 @@ async fn submit_batch(
             format!("a batch holds 1 to {max} items"),
         )]));
     }
-    let futures = body.items.into_iter().enumerate().map(|(index, item)| {
-        let state = state.clone();
-        let caller = caller.clone();
-        async move {
-            let prefix = format!("/items/{index}");
-            let outcome = async {
-                let item: ResponseBody = serde_json::from_str(item.get()).map_err(|e| {
-                    ApiError::Invalid(vec![FieldProblem::new(
-                        prefix.clone(),
-                        "invalid_shape",
-                        e.to_string(),
-                    )])
-                })?;
-                let Some(form_id) = item.form_id.clone() else {
-                    return Err(ApiError::Invalid(vec![FieldProblem::new(
-                        format!("{prefix}/form_id"),
-                        "required",
-                        "each batch item names its form_id",
-                    )]));
-                };
-                if item.revision.is_some() {
-                    return Err(ApiError::Invalid(vec![FieldProblem::new(
-                        format!("{prefix}/revision"),
-                        "not_allowed",
-                        "corrections use PUT .../responses/{response_id}",
-                    )]));
-                }
-                accept(&state, &caller, &form_id, &item, 0, &prefix).await
+    let received_at = now_millis();
+    let mut outcomes: Vec<Option<Result<Accepted, ApiError>>> =
+        Vec::with_capacity(body.items.len());
+    // Items to publish, with their index in `outcomes`.
+    let mut ready: Vec<(usize, Ready)> = Vec::with_capacity(body.items.len());
+    for (index, item) in body.items.iter().enumerate() {
+        match prepare_item(&state, &caller, index, item.get(), received_at) {
+            Ok(Prepared::Publish(item)) => {
+                ready.push((index, item));
+                outcomes.push(None);
             }
-            .await;
-            match outcome {
-                Ok(accepted) => ItemResult {
-                    index,
-                    status: 202,
-                    accepted: Some(accepted),
-                    problem: None,
-                },
-                Err(error) => ItemResult {
-                    index,
-                    status: error.status().as_u16(),
-                    accepted: None,
-                    problem: Some(error.problem()),
-                },
-            }
+            Ok(Prepared::Repeat(accepted)) => outcomes.push(Some(Ok(accepted))),
+            Err(error) => outcomes.push(Some(Err(error))),
         }
-    });
-    let results = join_all(futures).await;
+    }
+    let inner = &state.inner;
+    let revisions: Vec<String> = ready.iter().map(|(_, r)| r.revision.to_string()).collect();
+    let headers: Vec<[(&str, &str); 2]> = ready
+        .iter()
+        .zip(&revisions)
+        .map(|((_, r), revision)| {
+            [
+                ("response_id", r.response_id.as_str()),
+                ("revision", revision.as_str()),
+            ]
+        })
+        .collect();
+    let records: Vec<Record<'_>> = ready
+        .iter()
+        .zip(&headers)
+        .map(|((_, r), headers)| Record {
+            key: &r.form_id,
+            payload: &r.payload,
+            headers,
+        })
+        .collect();
+    let delivered = inner
+        .publisher
+        .publish_batch(&inner.responses_topic, &records)
+        .await;
+    drop(records);
+    drop(headers);
+    let acknowledged = delivered.iter().filter(|d| d.is_ok()).count();
+    let metrics = &inner.metrics;
+    metrics.responses(ResponseOutcome::Accepted, acknowledged);
+    metrics.responses(ResponseOutcome::Unavailable, delivered.len() - acknowledged);
+    for ((index, item), delivered) in ready.into_iter().zip(delivered) {
+        if let Some(slot) = outcomes.get_mut(index) {
+            *slot = Some(finish(&state, item, delivered));
+        }
+    }
+    let results: Vec<ItemResult> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(index, outcome)| {
+            // Every slot is filled above; an empty one would be a bug, answered 500, never 202.
+            let outcome = outcome.unwrap_or_else(|| {
+                Err(ApiError::Internal(anyhow::anyhow!(
+                    "batch item {index} has no outcome"
+                )))
+            });
+            ItemResult::of(index, outcome)
+        })
+        .collect();
     let accepted = results.iter().filter(|r| r.status == 202).count();
     let unavailable = results.iter().filter(|r| r.status == 503).count();
     if accepted == 0 && unavailable > 0 {
@@ -719,6 +844,39 @@ async fn submit_batch(
         results,
     };
     Ok((StatusCode::MULTI_STATUS, axum::Json(summary)).into_response())
+}
+
+/// Parses and checks one batch item, then [`prepare`]s it as a single POST to its form.
+fn prepare_item(
+    state: &AppState,
+    caller: &Caller,
+    index: usize,
+    item: &str,
+    received_at: i64,
+) -> Result<Prepared, ApiError> {
+    let prefix = format!("/items/{index}");
+    let item: ResponseBody = serde_json::from_str(item).map_err(|e| {
+        ApiError::Invalid(vec![FieldProblem::new(
+            prefix.clone(),
+            "invalid_shape",
+            e.to_string(),
+        )])
+    })?;
+    let Some(form_id) = item.form_id.as_deref() else {
+        return Err(ApiError::Invalid(vec![FieldProblem::new(
+            format!("{prefix}/form_id"),
+            "required",
+            "each batch item names its form_id",
+        )]));
+    };
+    if item.revision.is_some() {
+        return Err(ApiError::Invalid(vec![FieldProblem::new(
+            format!("{prefix}/revision"),
+            "not_allowed",
+            "corrections use PUT .../responses/{response_id}",
+        )]));
+    }
+    prepare(state, caller, form_id, &item, 0, &prefix, received_at)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -61,14 +61,17 @@ impl<A: Clone> Submissions<A> {
         let Ok(mut entries) = self.entries.lock() else {
             return Claim::Fresh;
         };
-        match entries.get(key) {
-            None => {
-                entries.put(key.clone(), Entry::Pending(*digest));
-                Claim::Fresh
-            }
-            Some(Entry::Pending(held)) if held == digest => Claim::InFlight,
-            Some(Entry::Accepted(held, answer)) if held == digest => Claim::Repeat(answer.clone()),
-            Some(_) => Claim::Conflict,
+        // One lookup whether the key is new or not (a `get` then a `put` would take two).
+        let mut fresh = false;
+        let entry = entries.get_or_insert_with_key(key.clone(), |_| {
+            fresh = true;
+            Entry::Pending(*digest)
+        });
+        match entry {
+            _ if fresh => Claim::Fresh,
+            Entry::Pending(held) if held == digest => Claim::InFlight,
+            Entry::Accepted(held, answer) if held == digest => Claim::Repeat(answer.clone()),
+            _ => Claim::Conflict,
         }
     }
 

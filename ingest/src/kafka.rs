@@ -1,19 +1,23 @@
 //! Kafka plumbing shared by the gateway and the admin commands: client configuration, the durable
 //! producer and topic creation.
 //!
-//! Invariant: `Publisher::publish` returns `Ok` only after the broker acknowledged the record with
-//! acks=all on an idempotent producer, and returns within `produce_timeout` (plus scheduling) either way.
+//! Invariant: `Publisher::publish` and `Publisher::publish_batch` report a record `Ok` only after
+//! the broker acknowledged it with acks=all on an idempotent producer, and return within
+//! `produce_timeout` (plus scheduling) either way.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
+use tokio::sync::Notify;
 
 use crate::config::{KafkaArgs, TopicNames, TopicSettings};
 use crate::metrics::Metrics;
@@ -79,7 +83,7 @@ pub fn env_properties(
 }
 
 /// Why a record was not acknowledged.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     #[error("Kafka did not acknowledge the record within {0:?}")]
     Timeout(Duration),
@@ -113,10 +117,82 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// One record to publish: the key, the encoded value and its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub key: &'a str,
+    pub payload: &'a [u8],
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// The delivery reports of one `publish_batch` call, filled in by librdkafka's polling thread.
+///
+/// Invariant: `remaining` is the number of unsettled slots; each slot is settled at most once, and
+/// `done` is notified exactly once, by whoever settles the last slot. One wake-up per batch, however
+/// many records it holds, instead of one per record.
+struct Acks {
+    outcomes: Box<[OnceLock<Result<Delivered, PublishError>>]>,
+    remaining: AtomicUsize,
+    done: Notify,
+}
+
+impl Acks {
+    fn new(records: usize) -> Self {
+        Acks {
+            outcomes: (0..records).map(|_| OnceLock::new()).collect(),
+            remaining: AtomicUsize::new(records),
+            done: Notify::new(),
+        }
+    }
+
+    fn settle(&self, index: usize, outcome: Result<Delivered, PublishError>) {
+        let Some(slot) = self.outcomes.get(index) else {
+            return;
+        };
+        if slot.set(outcome).is_ok() && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // `notify_one` keeps a permit when nobody waits yet, so this wake-up is never lost.
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits until every slot is settled.
+    async fn all_settled(&self) {
+        while self.remaining.load(Ordering::Acquire) != 0 {
+            self.done.notified().await;
+        }
+    }
+}
+
+/// What librdkafka hands back with a record's delivery report: its batch and its place there.
+pub struct Pending {
+    acks: Arc<Acks>,
+    index: usize,
+}
+
+/// The producer's context: routes each delivery report to the batch that waits for it.
+pub struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        let outcome = match result {
+            Ok(message) => Ok(Delivered {
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Err((error, _)) => Err(PublishError::Kafka(error.clone())),
+        };
+        pending.acks.settle(pending.index, outcome);
+    }
+}
+
 /// The gateway's durable producer: idempotent, acks=all, bounded waits.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: ThreadedProducer<DeliveryContext>,
     timeout: Duration,
     metrics: Metrics,
 }
@@ -146,7 +222,7 @@ impl Publisher {
             // same response id is then a harmless duplicate).
             .set("message.timeout.ms", &timeout_ms)
             .set("request.timeout.ms", &timeout_ms)
-            .create()?;
+            .create_with_context(DeliveryContext)?;
         Ok(Publisher {
             producer,
             timeout,
@@ -162,39 +238,73 @@ impl Publisher {
         payload: &[u8],
         headers: &[(&str, &str)],
     ) -> Result<Delivered, PublishError> {
-        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-        for (name, value) in headers {
-            owned = owned.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(owned);
-        let started = Instant::now();
-        // Never wait for queue space: a full queue means Kafka is not keeping up, and the client
-        // is better served by a quick 503 than by a request that hangs.
-        let outcome = match self.producer.send_result(record) {
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(PublishError::QueueFull)
-            }
-            Err((error, _)) => Err(PublishError::Kafka(error)),
-            Ok(delivery) => match tokio::time::timeout(self.timeout, delivery).await {
-                Err(_) => Err(PublishError::Timeout(self.timeout)),
-                // The delivery future is cancelled only if the producer is dropped.
-                Ok(Err(_cancelled)) => Err(PublishError::Timeout(self.timeout)),
-                Ok(Ok(Err((error, _)))) => Err(PublishError::Kafka(error)),
-                Ok(Ok(Ok(delivery))) => Ok(Delivered {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-            },
+        let record = Record {
+            key,
+            payload,
+            headers,
         };
+        self.publish_batch(topic, &[record])
+            .await
+            .pop()
+            .unwrap_or(Err(PublishError::Timeout(self.timeout)))
+    }
+
+    /// Publishes every record and waits, at most `timeout` in all, until Kafka has acknowledged or
+    /// rejected each of them. Returns one outcome per record, in order: `Ok` only for a record the
+    /// broker acknowledged; a record with no report when the wait ends is a `Timeout`.
+    pub async fn publish_batch(
+        &self,
+        topic: &str,
+        records: &[Record<'_>],
+    ) -> Vec<Result<Delivered, PublishError>> {
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let acks = Arc::new(Acks::new(records.len()));
+        let started = Instant::now();
+        for (index, record) in records.iter().enumerate() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in record.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let pending = Box::new(Pending {
+                acks: acks.clone(),
+                index,
+            });
+            let base = BaseRecord::with_opaque_to(topic, pending)
+                .key(record.key)
+                .payload(record.payload)
+                .headers(headers);
+            // Never wait for queue space: a full queue means Kafka is not keeping up, and the
+            // client is better served by a quick 503 than by a request that hangs.
+            if let Err((error, _)) = self.producer.send(base) {
+                let error = match error {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                        PublishError::QueueFull
+                    }
+                    other => PublishError::Kafka(other),
+                };
+                acks.settle(index, Err(error));
+            }
+        }
+        // librdkafka reports every queued record within message.timeout.ms (= `timeout`); this
+        // bound only guards against a report that never comes (a producer being dropped).
+        let _ = tokio::time::timeout(self.timeout, acks.all_settled()).await;
+        let outcomes: Vec<Result<Delivered, PublishError>> = acks
+            .outcomes
+            .iter()
+            .map(|slot| {
+                slot.get()
+                    .cloned()
+                    .unwrap_or(Err(PublishError::Timeout(self.timeout)))
+            })
+            .collect();
         self.metrics
-            .observe_produce(topic, started.elapsed(), outcome.as_ref().err());
-        outcome
+            .observe_produced(topic, started.elapsed(), &outcomes);
+        outcomes
     }
 
     /// Waits until every queued record is acknowledged or `timeout` passes.
@@ -359,6 +469,88 @@ mod tests {
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect()
+    }
+
+    fn delivered(offset: i64) -> Result<Delivered, PublishError> {
+        Ok(Delivered {
+            partition: 0,
+            offset,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_settled_once_its_last_record_is_reported() {
+        let acks = Arc::new(Acks::new(3));
+        acks.settle(1, delivered(11));
+        acks.settle(1, delivered(99));
+        let waiter = tokio::spawn({
+            let acks = acks.clone();
+            async move { acks.all_settled().await }
+        });
+        acks.settle(0, Err(PublishError::QueueFull));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one record is still unreported");
+        acks.settle(2, delivered(12));
+        waiter.await.expect("the waiter finishes");
+        let outcomes: Vec<_> = acks
+            .outcomes
+            .iter()
+            .map(|slot| slot.get().cloned())
+            .collect();
+        assert!(matches!(outcomes[0], Some(Err(PublishError::QueueFull))));
+        assert_eq!(
+            outcomes[1].as_ref().map(|o| o.as_ref().ok().copied()),
+            Some(Some(Delivered {
+                partition: 0,
+                offset: 11
+            })),
+            "a second report for one record changes nothing"
+        );
+        assert_eq!(
+            outcomes[2].as_ref().map(|o| o.as_ref().ok().copied()),
+            Some(Some(Delivered {
+                partition: 0,
+                offset: 12
+            }))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_settled_before_anyone_waits_is_not_waited_for() {
+        let acks = Acks::new(2);
+        acks.settle(0, delivered(1));
+        acks.settle(1, delivered(2));
+        tokio::time::timeout(Duration::from_secs(5), acks.all_settled())
+            .await
+            .expect("no wake-up is lost");
+        // Reports for records outside the batch are ignored rather than panicking.
+        acks.settle(7, delivered(3));
+    }
+
+    /// With no broker to talk to, every record of a batch is answered, as not acknowledged,
+    /// within the produce timeout.
+    #[tokio::test]
+    async fn without_a_broker_every_record_fails_within_the_timeout() {
+        let kafka = KafkaArgs {
+            bootstrap: "127.0.0.1:9".into(),
+            properties: Vec::new(),
+        };
+        let publisher = Publisher::new(&kafka, 1, Duration::from_millis(500), Metrics::new())
+            .expect("producer");
+        let record = Record {
+            key: "k",
+            payload: b"v",
+            headers: &[("h", "1")],
+        };
+        let started = Instant::now();
+        let outcomes = publisher.publish_batch("t", &[record; 3]).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(outcomes.len(), 3);
+        assert!(outcomes.iter().all(|o| o.is_err()), "{outcomes:?}");
     }
 
     #[test]

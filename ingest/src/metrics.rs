@@ -174,20 +174,45 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_produce(&self, topic: &str, elapsed: Duration, error: Option<&PublishError>) {
-        let outcome = if error.is_some() { "error" } else { "ok" };
-        self.produce_duration
-            .with_label_values(&[topic, outcome])
-            .observe(elapsed.as_secs_f64());
-        if let Some(error) = error {
-            self.kafka_errors
-                .with_label_values(&[topic, error.kind()])
-                .inc();
+    /// Counts the outcomes of records published together. Each record is timed by the wait of
+    /// its whole call: a record of a batch counts the batch's wait.
+    pub fn observe_produced(
+        &self,
+        topic: &str,
+        elapsed: Duration,
+        outcomes: &[Result<crate::kafka::Delivered, PublishError>],
+    ) {
+        let seconds = elapsed.as_secs_f64();
+        let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        let ok = outcomes.len() - failed;
+        if ok > 0 {
+            let histogram = self.produce_duration.with_label_values(&[topic, "ok"]);
+            for _ in 0..ok {
+                histogram.observe(seconds);
+            }
+        }
+        if failed > 0 {
+            let histogram = self.produce_duration.with_label_values(&[topic, "error"]);
+            for error in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+                histogram.observe(seconds);
+                self.kafka_errors
+                    .with_label_values(&[topic, error.kind()])
+                    .inc();
+            }
         }
     }
 
     pub fn response(&self, outcome: ResponseOutcome) {
         self.responses.with_label_values(&[outcome.label()]).inc();
+    }
+
+    /// Counts `n` responses with the same outcome.
+    pub fn responses(&self, outcome: ResponseOutcome, n: usize) {
+        if n > 0 {
+            self.responses
+                .with_label_values(&[outcome.label()])
+                .inc_by(n as u64);
+        }
     }
 
     pub fn forms_view(&self, ready: bool, forms: usize) {

@@ -4,7 +4,7 @@
 //! returns every problem found, so that bad input never reaches a topic (promise 7).
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
@@ -76,7 +76,11 @@ impl ResponseBody {
             answers: &self.answers,
             metadata: &self.metadata,
         };
-        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+        // Sized for a typical response, so that serialising rarely grows the buffer.
+        let mut bytes = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut bytes, &canonical).is_err() {
+            bytes.clear();
+        }
         let mut hasher = Sha256::new();
         hasher.update(form_id.as_bytes());
         hasher.update([0]);
@@ -160,7 +164,11 @@ pub fn validate(body: &ResponseBody, at: &Submission<'_>) -> Result<Response, Ve
         },
     };
 
-    let metadata_json = Value::Object(body.metadata.clone().unwrap_or_default()).to_string();
+    // The same text as `Value::Object(map).to_string()`, without copying the map first.
+    let metadata_json = match &body.metadata {
+        None => "{}".to_owned(),
+        Some(map) => serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned()),
+    };
 
     for key in body.answers.keys() {
         if at.form.question(key).is_none() {
@@ -174,12 +182,13 @@ pub fn validate(body: &ResponseBody, at: &Submission<'_>) -> Result<Response, Ve
 
     let mut answers = Vec::with_capacity(body.answers.len());
     for question in &at.form.questions {
-        let pointer = p(&format!("/answers/{}", escape_pointer(&question.key)));
+        // Built only for a problem: a valid answer (the common case) allocates no pointer.
+        let pointer = || p(&format!("/answers/{}", escape_pointer(&question.key)));
         let value = body.answers.get(&question.key).filter(|v| !is_blank(v));
         let Some(value) = value else {
             if question.required {
                 problems.push(FieldProblem::new(
-                    pointer,
+                    pointer(),
                     "required",
                     format!("{:?} is required", question.key),
                 ));
@@ -197,12 +206,12 @@ pub fn validate(body: &ResponseBody, at: &Submission<'_>) -> Result<Response, Ve
                 Value::String(text) => {
                     let limit = question.max_length.map(|n| n as usize).unwrap_or(at.max_text_chars);
                     if text.chars().count() > limit {
-                        problems.push(FieldProblem::new(pointer, "too_long", format!("at most {limit} characters")));
+                        problems.push(FieldProblem::new(pointer(), "too_long", format!("at most {limit} characters")));
                     } else {
                         answer.text = Some(text.clone());
                     }
                 }
-                _ => problems.push(FieldProblem::new(pointer, "expected_text", "expected a string")),
+                _ => problems.push(FieldProblem::new(pointer(), "expected_text", "expected a string")),
             },
             QuestionType::Number => match parse_number(value) {
                 Some((number, text)) => {
@@ -210,7 +219,7 @@ pub fn validate(body: &ResponseBody, at: &Submission<'_>) -> Result<Response, Ve
                     answer.text = Some(text);
                 }
                 None => problems.push(FieldProblem::new(
-                    pointer,
+                    pointer(),
                     "not_a_number",
                     "expected a finite number, e.g. 12000 or \"12000.50\"",
                 )),
@@ -218,7 +227,7 @@ pub fn validate(body: &ResponseBody, at: &Submission<'_>) -> Result<Response, Ve
             QuestionType::Phone => match value.as_str().and_then(|raw| at.phones.normalise(raw, region)) {
                 Some(e164) => answer.text = Some(e164),
                 None => problems.push(FieldProblem::new(
-                    pointer,
+                    pointer(),
                     "invalid_phone",
                     "not a valid phone number; write it with its country code, or set the form's default_region",
                 )),
@@ -229,37 +238,37 @@ pub fn validate(body: &ResponseBody, at: &Submission<'_>) -> Result<Response, Ve
                     answer.text = Some(key.clone());
                 }
                 Value::String(key) => problems.push(FieldProblem::new(
-                    pointer,
+                    pointer(),
                     "unknown_choice",
                     format!("{key:?} is not a choice of {:?}", question.key),
                 )),
-                _ => problems.push(FieldProblem::new(pointer, "expected_choice", "expected one choice key")),
+                _ => problems.push(FieldProblem::new(pointer(), "expected_choice", "expected one choice key")),
             },
             QuestionType::MultipleChoice => match value {
                 Value::Array(items) => {
                     let mut seen = HashSet::new();
                     for (i, item) in items.iter().enumerate() {
-                        let at_item = format!("{pointer}/{i}");
+                        let at_item = || format!("{}/{i}", pointer());
                         match item.as_str() {
                             Some(key) if !question.choices.iter().any(|c| c.key == key) => {
                                 problems.push(FieldProblem::new(
-                                    at_item,
+                                    at_item(),
                                     "unknown_choice",
                                     format!("{key:?} is not a choice of {:?}", question.key),
                                 ))
                             }
                             Some(key) if !seen.insert(key) => problems.push(FieldProblem::new(
-                                at_item,
+                                at_item(),
                                 "duplicate_choice",
                                 format!("{key:?} is chosen twice"),
                             )),
                             Some(key) => answer.choices.push(key.to_owned()),
-                            None => problems.push(FieldProblem::new(at_item, "expected_choice", "expected a choice key")),
+                            None => problems.push(FieldProblem::new(at_item(), "expected_choice", "expected a choice key")),
                         }
                     }
                     answer.text = Some(answer.choices.join(","));
                 }
-                _ => problems.push(FieldProblem::new(pointer, "expected_choices", "expected an array of choice keys")),
+                _ => problems.push(FieldProblem::new(pointer(), "expected_choices", "expected an array of choice keys")),
             },
         }
         answers.push(answer);
@@ -326,6 +335,9 @@ pub fn normalise_phone(raw: &str, region: Option<country::Id>) -> Option<String>
 pub struct Phones {
     /// Hash of (region, raw) -> the input itself (to rule out collisions) and its E.164 form.
     cache: Mutex<LruCache<u64, CachedPhone>>,
+    /// Hashes (region, raw) into a slot: foldhash, several times cheaper than SipHash on short
+    /// strings, seeded per process so that nobody can aim inputs at one slot.
+    hasher: foldhash::fast::RandomState,
 }
 
 struct CachedPhone {
@@ -338,13 +350,12 @@ impl Phones {
     pub fn new(capacity: NonZeroUsize) -> Self {
         Phones {
             cache: Mutex::new(LruCache::new(capacity)),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
     pub fn normalise(&self, raw: &str, region: Option<country::Id>) -> Option<String> {
-        let mut hasher = DefaultHasher::new();
-        (region, raw).hash(&mut hasher);
-        let slot = hasher.finish();
+        let slot = self.hasher.hash_one((region, raw));
         if let Ok(mut cache) = self.cache.lock()
             && let Some(held) = cache.get(&slot)
             && held.region == region
