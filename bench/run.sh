@@ -33,7 +33,7 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${BENCH_OUT:-$ROOT/target/bench/$STAMP}"
 NOOP_PORT=18099
 GATEWAY_PORT=18080
-BIN="$ROOT/target/release/formstream"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/formstream"
 KAFKA="$ROOT/deploy/local/kafka.sh"
 mkdir -p "$OUT"
 COMMANDS="$OUT/commands.txt"
