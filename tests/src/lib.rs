@@ -620,3 +620,45 @@ pub fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
 pub fn kafka_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/kafka.sh")
 }
+
+/// A broker instance of one test, on ports of its own: what `kafka.sh` needs to address it. The
+/// test decides what dropping it means (`stop`, or `destroy`).
+pub struct BrokerInstance {
+    pub instance: String,
+    pub port: u16,
+    pub controller_port: u16,
+}
+
+impl BrokerInstance {
+    /// A fresh instance named `<prefix>-<unique>`, on two free ports.
+    pub fn new(prefix: &str) -> Self {
+        BrokerInstance {
+            instance: format!("{prefix}-{}", &unique()[..12]),
+            port: deploy::free_port(),
+            controller_port: deploy::free_port(),
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+
+    /// `kafka.sh <command>` for this instance: its name and ports, a small heap, its own data
+    /// directory whatever the caller's shell says, no stdin.
+    pub fn script(&self, command: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(kafka_script())
+            .arg(command)
+            .env("FORMSTREAM_KAFKA_INSTANCE", &self.instance)
+            .env("FORMSTREAM_KAFKA_PORT", self.port.to_string())
+            .env(
+                "FORMSTREAM_KAFKA_CONTROLLER_PORT",
+                self.controller_port.to_string(),
+            )
+            .env("FORMSTREAM_KAFKA_HEAP", "-Xms128m -Xmx512m")
+            .env("FORMSTREAM_KAFKA_STOP_TIMEOUT", "30")
+            .env_remove("FORMSTREAM_KAFKA_DATA_DIR")
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+}

@@ -28,50 +28,29 @@ const SCRIPT_DEADLINE: Duration = Duration::from_secs(180);
 /// A broker instance of this test only. Dropping it stops the broker and deletes its files, even
 /// when the test failed.
 struct PrivateBroker {
-    instance: String,
-    port: u16,
-    controller_port: u16,
+    broker: BrokerInstance,
     dir: PathBuf,
 }
 
 impl PrivateBroker {
     fn new() -> Self {
-        let instance = format!("outage-{}", &unique()[..12]);
+        let broker = BrokerInstance::new("outage");
         let home = std::env::var_os("FORMSTREAM_KAFKA_HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
                     .join(".cache/formstream/kafka")
             });
-        let dir = home.join("instances").join(&instance);
-        PrivateBroker {
-            instance,
-            port: free_port(),
-            controller_port: free_port(),
-            dir,
-        }
+        let dir = home.join("instances").join(&broker.instance);
+        PrivateBroker { broker, dir }
     }
 
     fn bootstrap(&self) -> String {
-        format!("localhost:{}", self.port)
+        self.broker.bootstrap()
     }
 
     fn script(&self, command: &str) -> std::process::Command {
-        let mut cmd = std::process::Command::new("bash");
-        cmd.arg(kafka_script())
-            .arg(command)
-            .env("FORMSTREAM_KAFKA_INSTANCE", &self.instance)
-            .env("FORMSTREAM_KAFKA_PORT", self.port.to_string())
-            .env(
-                "FORMSTREAM_KAFKA_CONTROLLER_PORT",
-                self.controller_port.to_string(),
-            )
-            .env("FORMSTREAM_KAFKA_HEAP", "-Xms128m -Xmx512m")
-            .env("FORMSTREAM_KAFKA_STOP_TIMEOUT", "30")
-            // This instance keeps its data in its own directory, whatever the caller's shell says.
-            .env_remove("FORMSTREAM_KAFKA_DATA_DIR")
-            .stdin(Stdio::null());
-        cmd
+        self.broker.script(command)
     }
 
     async fn run(&self, command: &str) {
@@ -82,14 +61,14 @@ impl PrivateBroker {
             .unwrap_or_else(|_| {
                 panic!(
                     "kafka.sh {command} ({}) did not finish within {SCRIPT_DEADLINE:?}",
-                    self.instance
+                    self.broker.instance
                 )
             })
             .unwrap_or_else(|e| panic!("running kafka.sh {command}: {e}"));
         assert!(
             output.status.success(),
             "kafka.sh {command} ({}) failed: {}\n{}",
-            self.instance,
+            self.broker.instance,
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
@@ -115,7 +94,7 @@ impl Drop for PrivateBroker {
             Ok(status) if status.success() => {}
             other => eprintln!(
                 "could not stop the private broker {}: {other:?}",
-                self.instance
+                self.broker.instance
             ),
         }
         if let Err(error) = std::fs::remove_dir_all(&self.dir)
@@ -124,14 +103,6 @@ impl Drop for PrivateBroker {
             eprintln!("could not delete {}: {error}", self.dir.display());
         }
     }
-}
-
-/// A port nothing listens on right now (the OS picks it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding port 0 to find a free port")
 }
 
 /// What one submission was told.

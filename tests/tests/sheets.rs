@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use formstream_schemas::{
@@ -18,7 +18,7 @@ use formstream_schemas::{
 use formstream_sheets::{Sheets, SheetsArgs};
 use formstream_tests::runtime::*;
 use formstream_tests::sheets_fake::{FakeSheets, Fault};
-use formstream_tests::unique;
+use formstream_tests::{unique, wait_until};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -614,31 +614,27 @@ async fn kill_9_in_the_middle_of_a_batch_leaves_no_duplicate_and_no_missing_row(
     );
     fake.set_latency(Duration::from_millis(150));
     let mut process = SheetsProcess::start(&topics, &flags, dir.path().join("first.log"));
-    let started = Instant::now();
-    loop {
-        let written: usize = sheets.iter().map(|s| fake.rows(s, "responses").len()).sum();
-        if written > RECORDS / 5 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "not writing; log:\n{}",
-            process.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let writing = wait_until(Duration::from_secs(120), || async {
+        sheets
+            .iter()
+            .map(|s| fake.rows(s, "responses").len())
+            .sum::<usize>()
+            > RECORDS / 5
+    })
+    .await;
+    assert!(writing, "not writing; log:\n{}", process.log_tail());
     // Applied on the fake, answered late: the process dies with appends done but not committed.
     fake.fail_next_writes(1, Fault::SlowAfter(Duration::from_secs(2)));
     // Kill while that write is applied but unanswered: once a write has taken the fault.
-    let queued = Instant::now();
-    while fake.pending_faults() > 0 {
-        assert!(
-            queued.elapsed() < Duration::from_secs(60),
-            "no write took the slow fault; log:\n{}",
-            process.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let taken = wait_until(Duration::from_secs(60), || async {
+        fake.pending_faults() == 0
+    })
+    .await;
+    assert!(
+        taken,
+        "no write took the slow fault; log:\n{}",
+        process.log_tail()
+    );
     process.kill();
     let before: usize = rows_by_id(&fake, &sheets).len();
     assert!(before < RECORDS, "the run was over before the kill");
@@ -651,24 +647,20 @@ async fn kill_9_in_the_middle_of_a_batch_leaves_no_duplicate_and_no_missing_row(
 
     fake.set_latency(Duration::ZERO);
     let mut process = SheetsProcess::start(&topics, &flags, dir.path().join("second.log"));
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if committed_offsets(&topics)
+    let finished = wait_until(Duration::from_secs(180), || async {
+        committed_offsets(&topics)
             .await
             .unwrap_or_default()
             .values()
             .sum::<i64>()
             >= RECORDS as i64
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not finished after the restart; log:\n{}",
-            process.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    assert!(
+        finished,
+        "not finished after the restart; log:\n{}",
+        process.log_tail()
+    );
     process.kill();
     let rows = rows_by_id(&fake, &sheets);
     assert_eq!(rows.len(), RECORDS, "no missing row");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use formstream_tests::deploy::{ChildGuard, free_port, repo_root, topic_flags};
 use formstream_tests::runtime::formstream_binary;
-use formstream_tests::unique;
+use formstream_tests::{BrokerInstance, unique};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
@@ -24,17 +24,13 @@ const DEADLINE: Duration = Duration::from_secs(90);
 
 /// A private SASL_SSL broker instance; `destroy`ed (stopped and deleted) on drop.
 struct SecureBroker {
-    instance: String,
-    port: u16,
-    controller_port: u16,
+    broker: BrokerInstance,
 }
 
 impl SecureBroker {
     fn start() -> Self {
         let broker = SecureBroker {
-            instance: format!("sasl-{}", &unique()[..12]),
-            port: free_port(),
-            controller_port: free_port(),
+            broker: BrokerInstance::new("sasl"),
         };
         let output = broker
             .script("start")
@@ -49,29 +45,16 @@ impl SecureBroker {
     }
 
     fn script(&self, command: &str) -> Command {
-        let mut cmd = Command::new("bash");
-        cmd.arg(repo_root().join("deploy/local/kafka.sh"))
-            .arg(command)
-            .env("FORMSTREAM_KAFKA_INSTANCE", &self.instance)
-            .env("FORMSTREAM_KAFKA_PORT", self.port.to_string())
-            .env(
-                "FORMSTREAM_KAFKA_CONTROLLER_PORT",
-                self.controller_port.to_string(),
-            )
-            .env("FORMSTREAM_KAFKA_SECURE", "1")
-            .env("FORMSTREAM_KAFKA_HEAP", "-Xms128m -Xmx512m")
-            .env(
-                "FORMSTREAM_KAFKA_START_TIMEOUT",
-                BROKER_DEADLINE.as_secs().to_string(),
-            )
-            .env("FORMSTREAM_KAFKA_STOP_TIMEOUT", "30")
-            .env_remove("FORMSTREAM_KAFKA_DATA_DIR")
-            .stdin(Stdio::null());
+        let mut cmd = self.broker.script(command);
+        cmd.env("FORMSTREAM_KAFKA_SECURE", "1").env(
+            "FORMSTREAM_KAFKA_START_TIMEOUT",
+            BROKER_DEADLINE.as_secs().to_string(),
+        );
         cmd
     }
 
     fn bootstrap(&self) -> String {
-        format!("localhost:{}", self.port)
+        self.broker.bootstrap()
     }
 
     /// The librdkafka settings kafka.sh wrote for clients: SASL_SSL, SCRAM-SHA-512, the user
@@ -103,7 +86,7 @@ impl Drop for SecureBroker {
             Ok(status) if status.success() => {}
             other => eprintln!(
                 "could not destroy the private broker {}: {other:?}",
-                self.instance
+                self.broker.instance
             ),
         }
     }
