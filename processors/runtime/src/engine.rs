@@ -515,12 +515,12 @@ impl<P: Processor> Engine<P> {
                     }
                 }
                 Some(report) = self.reports.recv() => {
-                    if report.panicked > 0 {
+                    let panic = report.panicked > 0;
+                    self.complete(report);
+                    if panic {
                         panicked = true;
-                        self.complete(report);
                         break;
                     }
-                    self.complete(report);
                     // Take every report already queued before going back to the consumer.
                     while let Ok(report) = self.reports.try_recv() {
                         self.complete(report);
