@@ -23,7 +23,6 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
-use tantivy::columnar::Column;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, TermQuery};
 use tantivy::schema::{
@@ -31,8 +30,7 @@ use tantivy::schema::{
 };
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{
-    DocAddress, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED,
-    TantivyDocument, Term,
+    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
 };
 
 use crate::counts::{Change, Contribution, Counts, scope_key};
@@ -97,7 +95,7 @@ fn schema() -> (Schema, Fields) {
     let fields = Fields {
         scope: builder.add_text_field("scope", STRING | STORED),
         response_id: builder.add_text_field("response_id", STRING | STORED),
-        revision: builder.add_i64_field("revision", FAST | STORED),
+        revision: builder.add_i64_field("revision", STORED),
         city: builder.add_text_field("city", STRING | STORED | FAST),
         submitted_at: builder.add_i64_field("submitted_at", STORED),
         text: builder.add_text_field("text", STORED),
@@ -217,17 +215,12 @@ struct Book {
     known: HashSet<u64, foldhash::fast::FixedState>,
 }
 
+/// A response's revision in the index, and what its answers contributed to the counts.
+type Indexed = (i64, Vec<Arc<Contribution>>);
+
 /// A response id's hash in [`Book::known`].
 fn id_hash(response_id: &str) -> u64 {
     foldhash::fast::FixedState::default().hash_one(response_id)
-}
-
-/// Where the revision a response already has in the index comes from.
-enum Earlier {
-    /// Added since the last commit, with its answers' contributions.
-    Pending(i32, Vec<Arc<Contribution>>),
-    /// In the last commit.
-    Committed(i64),
 }
 
 impl SlangIndex {
@@ -344,24 +337,32 @@ impl SlangIndex {
         ))
     }
 
-    /// The contributions of a response's answers in the committed index.
-    fn committed_contributions(
+    /// The revision a response has in the committed index, with its answers' contributions;
+    /// `None` when the index does not hold it.
+    fn committed_revision(
         &self,
         searcher: &Searcher,
         response_id: &str,
-    ) -> Result<Vec<Arc<Contribution>>, IndexError> {
+    ) -> Result<Option<Indexed>, IndexError> {
         let query = TermQuery::new(
             Term::from_field_text(self.fields.response_id, response_id),
             IndexRecordOption::Basic,
         );
-        let mut out = Vec::new();
+        let mut found: Option<Indexed> = None;
+        // A response has one document per answered text question, all of one revision.
         for (_, address) in
             searcher.search(&query, &TopDocs::with_limit(10_000).order_by_score())?
         {
             let doc: TantivyDocument = searcher.doc(address)?;
-            out.extend(self.stored_contribution(&doc).map(Arc::new));
+            let revision = doc
+                .get_first(self.fields.revision)
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            let (highest, contributions) = found.get_or_insert((revision, Vec::new()));
+            *highest = (*highest).max(revision);
+            contributions.extend(self.stored_contribution(&doc).map(Arc::new));
         }
-        Ok(out)
+        Ok(found)
     }
 
     /// Where each of `partitions` of `topic` starts: the last commit's offset, or 0 (the
@@ -435,37 +436,32 @@ impl SlangIndex {
             .collect();
         let writer = self.writer.read().map_err(|_| IndexError::Poisoned)?;
         let searcher = self.reader.searcher();
-        let mut revisions = RevisionLookup::new(&searcher, self.fields)?;
         let mut book = self.book.lock().map_err(|_| IndexError::Poisoned)?;
         let mut outcomes = Vec::with_capacity(entries.len());
         for (entry, contributions) in entries.iter().zip(contributed) {
             self.uncommitted.fetch_add(1, Ordering::Relaxed);
             let hash = id_hash(&entry.response_id);
+            // The revision indexed (pending first: it replaced any committed one) and what its
+            // answers contributed to the counts.
             let earlier = match book.pending.get(&entry.response_id) {
                 Some((revision, contributions)) => {
-                    Some(Earlier::Pending(*revision, contributions.clone()))
+                    Some((i64::from(*revision), contributions.clone()))
                 }
-                None if book.known.contains(&hash) => revisions
-                    .revision_of(&entry.response_id)?
-                    .map(Earlier::Committed),
+                None if book.known.contains(&hash) => {
+                    self.committed_revision(&searcher, &entry.response_id)?
+                }
                 None => None,
             };
-            let indexed = earlier.as_ref().map(|e| match e {
-                Earlier::Pending(revision, _) => i64::from(*revision),
-                Earlier::Committed(revision) => *revision,
-            });
-            if indexed.is_some_and(|r| r >= i64::from(entry.revision)) {
+            if earlier
+                .as_ref()
+                .is_some_and(|(r, _)| *r >= i64::from(entry.revision))
+            {
                 outcomes.push(Upsert::Stale);
                 continue;
             }
-            let replaced = match earlier {
-                Some(Earlier::Pending(_, contributions)) => contributions,
-                Some(Earlier::Committed(_)) => {
-                    self.committed_contributions(&searcher, &entry.response_id)?
-                }
-                None => Vec::new(),
-            };
-            if indexed.is_some() {
+            let indexed = earlier.is_some();
+            let replaced = earlier.map(|(_, c)| c).unwrap_or_default();
+            if indexed {
                 writer.delete_term(Term::from_field_text(
                     self.fields.response_id,
                     &entry.response_id,
@@ -764,55 +760,6 @@ fn buckets(agg: &serde_json::Value) -> Result<&Vec<serde_json::Value>, IndexErro
     agg["buckets"]
         .as_array()
         .ok_or_else(|| IndexError::Aggregation(agg.to_string()))
-}
-
-/// The revision a searcher holds for a response id, from the postings of its term and the
-/// revision fast field (opened once per segment per batch, not per record).
-struct RevisionLookup<'a> {
-    searcher: &'a Searcher,
-    fields: Fields,
-    columns: Vec<Option<Column<i64>>>,
-}
-
-impl<'a> RevisionLookup<'a> {
-    fn new(searcher: &'a Searcher, fields: Fields) -> Result<Self, IndexError> {
-        Ok(RevisionLookup {
-            searcher,
-            fields,
-            columns: vec![None; searcher.segment_readers().len()],
-        })
-    }
-
-    fn revision_of(&mut self, response_id: &str) -> Result<Option<i64>, IndexError> {
-        let term = Term::from_field_text(self.fields.response_id, response_id);
-        let mut highest = None;
-        for (i, segment) in self.searcher.segment_readers().iter().enumerate() {
-            let inverted = segment.inverted_index(self.fields.response_id)?;
-            let Some(mut postings) = inverted.read_postings(&term, IndexRecordOption::Basic)?
-            else {
-                continue;
-            };
-            let column = match &self.columns[i] {
-                Some(column) => column.clone(),
-                None => {
-                    let column = segment.fast_fields().i64("revision")?;
-                    self.columns[i] = Some(column.clone());
-                    column
-                }
-            };
-            let alive = segment.alive_bitset();
-            let mut doc = postings.doc();
-            while doc != TERMINATED {
-                if alive.is_none_or(|a| a.is_alive(doc))
-                    && let Some(revision) = column.first(doc)
-                {
-                    highest = highest.max(Some(revision));
-                }
-                doc = postings.advance();
-            }
-        }
-        Ok(highest)
-    }
 }
 
 #[cfg(test)]
