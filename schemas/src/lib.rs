@@ -9,6 +9,7 @@ pub mod codec;
 pub mod model;
 
 pub use codec::{
-    AvroRecord, Codec, CodecError, Encoder, RegistryConfig, RegistryError, SchemaId, Secret,
+    AvroRecord, Codec, CodecError, Decoder, Encoder, RegistryConfig, RegistryError, SchemaId,
+    Secret,
 };
 pub use model::*;

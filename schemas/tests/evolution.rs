@@ -236,3 +236,39 @@ async fn a_reader_from_before_receipts_reads_forms_with_receipts_ignoring_them()
         .unwrap();
     assert_eq!(read, FormV2::from_current(current));
 }
+
+/// A `Decoder` takes its direct path only for the reader's own schema: a payload of another
+/// version still goes through the codec's schema resolution, and a damaged one is still refused.
+#[tokio::test]
+async fn a_decoder_reads_what_the_codec_reads() {
+    let codec = Codec::single_object();
+    let own = codec
+        .encoder::<Response>("responses")
+        .await
+        .unwrap()
+        .encode(&v1())
+        .unwrap();
+    let decoder = codec.decoder::<Response>();
+    assert_eq!(decoder.decode(&own).await.unwrap(), v1());
+
+    // Written as v1, read as v2: not the reader's own schema, so resolved, with the default.
+    let v2 = codec.decoder::<ResponseV2>();
+    assert_eq!(
+        v2.decode(&own).await.unwrap(),
+        ResponseV2::from_v1(v1(), "app")
+    );
+
+    // The reader's own header on a truncated datum: an error, as from the codec.
+    let truncated = &own[..own.len() - 3];
+    let direct = decoder.decode(truncated).await.unwrap_err();
+    let resolved = codec.decode::<Response>(truncated).await.unwrap_err();
+    assert!(matches!(direct, CodecError::Decode(_)), "{direct}");
+    assert_eq!(direct.to_string(), resolved.to_string());
+    // A header naming no known schema.
+    let mut unknown = own.clone();
+    unknown[2] ^= 0xff;
+    assert!(matches!(
+        decoder.decode(&unknown).await.unwrap_err(),
+        CodecError::UnknownSchema(SchemaId::Fingerprint(_))
+    ));
+}

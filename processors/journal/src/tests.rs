@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use formstream_runtime::{Failure, Processor, Record};
+use formstream_runtime::{Failure, Processor, RawRecord, Record};
 use formstream_schemas::{Answer, Collector, Response};
 use serde_json::Value;
 
@@ -26,9 +26,8 @@ fn record(response_id: &str, offset: i64, attempt: u32, text: &str) -> Record<Re
         topic: Arc::from("responses"),
         partition: 3,
         offset,
-        key: Some(b"household".to_vec()),
         timestamp_ms: Some(1_700_000_000_000),
-        headers: Vec::new(),
+        raw: RawRecord::new(Some(b"household"), None, std::iter::empty),
         assignment: 1,
         value: Response {
             response_id: response_id.to_owned(),

@@ -13,6 +13,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::raw::RawRecord;
+
 /// Header names, all under `formstream.dlq.`.
 pub mod headers {
     pub const TOPIC: &str = "formstream.dlq.topic";
@@ -56,10 +58,8 @@ pub struct Letter {
     pub source_topic: String,
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    /// The source record's own headers, copied over.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// The source record as fetched: its key, value and headers are copied over.
+    pub record: RawRecord,
     pub kind: Kind,
     pub message: String,
     pub attempts: u32,
@@ -101,11 +101,11 @@ impl DeadLetters {
         let last = letter.last_attempt_ms.to_string();
         // Error messages can be long (cause chains); keep the header bounded.
         let message: String = letter.message.chars().take(2_000).collect();
-        let mut owned = OwnedHeaders::new_with_capacity(letter.headers.len() + 9);
-        for (name, value) in &letter.headers {
+        let mut owned = OwnedHeaders::new_with_capacity(letter.record.headers().count() + 9);
+        for (name, value) in letter.record.headers() {
             owned = owned.insert(Header {
                 key: name,
-                value: Some(value.as_slice()),
+                value: Some(value),
             });
         }
         for (name, value) in [
@@ -125,11 +125,11 @@ impl DeadLetters {
             });
         }
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(owned);
-        if let Some(key) = &letter.key {
-            record = record.key(key.as_slice());
+        if let Some(key) = letter.record.key() {
+            record = record.key(key);
         }
-        if let Some(payload) = &letter.payload {
-            record = record.payload(payload.as_slice());
+        if let Some(payload) = letter.record.payload() {
+            record = record.payload(payload);
         }
         self.producer
             .send(record, timeout)

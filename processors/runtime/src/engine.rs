@@ -36,9 +36,10 @@ use crate::dlq::DeadLetters;
 use crate::keyed::KeyedQueue;
 use crate::metrics::{CircuitGauge, Metrics};
 use crate::processor::{ORDERING_HEADER, Output, Processor};
+use crate::raw::RawRecord;
 use crate::tracker::OffsetTracker;
 use crate::transactions::{TransactionError, Transactor};
-use crate::worker::{self, Job, Report, WorkerContext};
+use crate::worker::{self, Job, Report, Unit, WorkerContext};
 
 /// Most records taken from the consumer per turn of the loop, so that completions and timers
 /// are not kept waiting by a long backlog.
@@ -388,7 +389,7 @@ impl Limits {
 struct Lane {
     /// Slices of units for the lane. Unbounded, but never holds more than `max_in_flight` units
     /// over all lanes: `in_flight` counts them until the lane reports them ended.
-    work: mpsc::UnboundedSender<Vec<Vec<Job>>>,
+    work: mpsc::UnboundedSender<Vec<Unit>>,
     /// Units handed to this lane and not ended yet (the engine gives new units to the lane with
     /// the fewest).
     units: usize,
@@ -452,7 +453,7 @@ impl<P: Processor> Engine<P> {
         let (circuit_tx, circuit_rx) = watch::channel(CircuitState::Closed);
         let worker = Arc::new(WorkerContext {
             processor,
-            codec,
+            decoder: codec.decoder(),
             view,
             dead_letters,
             retry: config.retry_policy(),
@@ -707,27 +708,24 @@ impl<P: Processor> Engine<P> {
             return;
         }
         // The record outlives librdkafka's copy (it is handed to a lane): copy it out once.
-        let payload = message.payload().map(<[u8]>::to_vec);
-        let key = message.key().map(<[u8]>::to_vec);
-        let mut headers = Vec::new();
-        let mut ordering_key = None;
-        if let Some(h) = message.headers() {
-            headers.reserve_exact(h.count());
-            for header in h.iter() {
-                let value = header.value.unwrap_or_default();
-                if header.key == ORDERING_HEADER && std::str::from_utf8(value).is_ok() {
-                    ordering_key = Some(self.key_hasher.hash_one((OrderedBy::Header, value)));
-                }
-                headers.push((header.key.to_owned(), value.to_vec()));
-            }
-        }
-        // Without the ordering header, the Kafka key (the form id) keeps every response's revisions
-        // in order; a record with neither is ordered by nothing but its offset.
-        let ordering_key = ordering_key.or_else(|| {
-            key.as_deref()
-                .map(|k| self.key_hasher.hash_one((OrderedBy::Key, k)))
+        let headers = message.headers();
+        let raw = RawRecord::new(message.key(), message.payload(), || {
+            headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .map(|header| (header.key, header.value.unwrap_or_default()))
         });
-        let bytes = payload.as_ref().map_or(0, Vec::len) + key.as_ref().map_or(0, Vec::len) + 64;
+        // The response id orders a response's revisions; without it, the Kafka key (the form id)
+        // does; a record with neither is ordered by nothing but its offset.
+        let ordering_key = match raw.header(ORDERING_HEADER) {
+            Some(id) if std::str::from_utf8(id).is_ok() => {
+                Some(self.key_hasher.hash_one((OrderedBy::Header, id)))
+            }
+            _ => raw
+                .key()
+                .map(|key| self.key_hasher.hash_one((OrderedBy::Key, key))),
+        };
+        let bytes = raw.len() + 64;
         state.buffered_records += 1;
         state.buffered_bytes += bytes;
         let job = Job {
@@ -735,9 +733,7 @@ impl<P: Processor> Engine<P> {
             epoch: state.epoch,
             alive: state.alive.clone(),
             offset,
-            key,
-            payload,
-            headers,
+            raw,
             timestamp_ms,
             ordering_key,
             bytes,
@@ -785,7 +781,7 @@ impl<P: Processor> Engine<P> {
             return;
         }
         let batch_size = self.worker.processor.batch_size().max(1);
-        let mut outgoing: Vec<Vec<Vec<Job>>> = Vec::new();
+        let mut outgoing: Vec<Vec<Unit>> = Vec::new();
         while self.in_flight < self.limits.max_in_flight && !self.ready.is_empty() {
             if batch_size > 1
                 && self.ready.len() < batch_size
@@ -796,8 +792,15 @@ impl<P: Processor> Engine<P> {
                 // A partial batch waits a little for company; housekeeping comes back to it.
                 break;
             }
-            let take = batch_size.min(self.ready.len());
-            let jobs: Vec<Job> = self.ready.drain(..take).collect();
+            let unit = if batch_size == 1 {
+                let Some(job) = self.ready.pop_front() else {
+                    break;
+                };
+                Unit::One(job)
+            } else {
+                let take = batch_size.min(self.ready.len());
+                Unit::Batch(self.ready.drain(..take).collect())
+            };
             self.ready_since = if self.ready.is_empty() || !self.batching {
                 None
             } else {
@@ -816,7 +819,7 @@ impl<P: Processor> Engine<P> {
             }
             self.lanes[lane].units += 1;
             self.in_flight += 1;
-            outgoing[lane].push(jobs);
+            outgoing[lane].push(unit);
         }
         for (lane, units) in outgoing.into_iter().enumerate() {
             if units.is_empty() {

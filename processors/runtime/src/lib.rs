@@ -15,6 +15,7 @@ pub mod keyed;
 pub mod ledger;
 pub mod metrics;
 pub mod processor;
+pub mod raw;
 pub mod replay;
 pub mod tracker;
 pub mod transactions;
@@ -22,7 +23,7 @@ pub mod worker;
 
 pub use config::RuntimeConfig;
 pub use ledger::{Entry, Ledger, LedgerArgs, LedgerError};
-pub use processor::{Failure, Output, Payload, Processor, Record, Source};
+pub use processor::{Failure, Output, Payload, Processor, RawRecord, Record, Source};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use formstream_schemas::{AvroRecord, Form, FormVersion, Response, ResponseFlag};
 
+pub use crate::raw::{Headers, RawRecord};
+
 /// What went wrong with one record, and what the runtime should do about it.
 #[derive(Debug)]
 pub enum Failure {
@@ -103,10 +105,11 @@ pub struct Record<V> {
     pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
     /// Milliseconds since the epoch (the record's Kafka timestamp).
     pub timestamp_ms: Option<i64>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// The record as fetched: its Kafka key, its headers and its encoded value (see
+    /// [`Record::key`] and [`Record::header`]).
+    pub raw: RawRecord,
     pub value: V,
     /// The form the value refers to (see [`Payload::form_ref`]), as the forms view holds it.
     pub form: Option<Arc<Form>>,
@@ -117,6 +120,24 @@ pub struct Record<V> {
     /// exporter's row index) reads the target back when it sees a newer one, since the partition
     /// may have been processed by another instance meanwhile.
     pub assignment: u64,
+}
+
+impl<V> Record<V> {
+    /// The record's Kafka key (the form id, for a response).
+    pub fn key(&self) -> Option<&[u8]> {
+        self.raw.key()
+    }
+
+    /// The value of the record's first header named `name` (`response_id` and `revision`, for a
+    /// response published by the gateway).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.raw.header(name)
+    }
+
+    /// The record's headers, in order: (name, value).
+    pub fn headers(&self) -> Headers<'_> {
+        self.raw.headers()
+    }
 }
 
 impl<V: Payload> Record<V> {

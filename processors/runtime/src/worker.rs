@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use formstream_ingest::forms::{FormsView, now_millis};
-use formstream_schemas::{Codec, Form};
+use formstream_schemas::{Decoder, Form};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -24,6 +24,7 @@ use crate::dlq::{DeadLetters, Kind, Letter};
 use crate::engine::Tp;
 use crate::metrics::Metrics;
 use crate::processor::{Failure, Output, Payload, Processor, Record};
+use crate::raw::RawRecord;
 
 /// A fetched record, waiting for or in the hands of a worker.
 #[derive(Debug)]
@@ -32,9 +33,8 @@ pub struct Job {
     pub epoch: u64,
     pub alive: Arc<AtomicBool>,
     pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// The record as fetched; it moves into the [`Record`] the processor sees.
+    pub raw: RawRecord,
     pub timestamp_ms: Option<i64>,
     /// The digest of the record's ordering key in its partition's [`crate::keyed::KeyedQueue`];
     /// `None` for a record ordered by nothing but its offset (neither header nor Kafka key).
@@ -92,7 +92,7 @@ impl Completion {
 /// What every worker shares.
 pub struct WorkerContext<P: Processor> {
     pub processor: Arc<P>,
-    pub codec: Codec,
+    pub decoder: Decoder<P::Value>,
     pub view: Arc<FormsView>,
     pub dead_letters: DeadLetters,
     pub retry: RetryPolicy,
@@ -170,7 +170,7 @@ enum Prepared<V> {
 pub async fn run_lane<P: Processor>(
     ctx: Arc<WorkerContext<P>>,
     lane: usize,
-    mut work: mpsc::UnboundedReceiver<Vec<Vec<Job>>>,
+    mut work: mpsc::UnboundedReceiver<Vec<Unit>>,
     reports: mpsc::UnboundedSender<Report>,
 ) {
     let ctx = &*ctx;
@@ -195,11 +195,12 @@ pub async fn run_lane<P: Processor>(
             }
             units = work.recv(), if open => match units {
                 // A panic ends its unit only, not the lane and the other units in it.
-                Some(units) => running.extend(
-                    units
-                        .into_iter()
-                        .map(|jobs| std::panic::AssertUnwindSafe(run_jobs(ctx, jobs)).catch_unwind()),
-                ),
+                Some(units) => {
+                    let arrived = Instant::now();
+                    running.extend(units.into_iter().map(|unit| {
+                        std::panic::AssertUnwindSafe(run_unit(ctx, unit, arrived)).catch_unwind()
+                    }));
+                }
                 None => open = false,
             },
             else => return,
@@ -211,22 +212,103 @@ impl Report {
     /// Adds a unit that ended: with its completions, or by a panic of the processor. A panicked
     /// unit's jobs have no completion: they stay uncommitted, and the engine stops the processor
     /// (a panic is a bug: Kafka Streams' "log and fail", not a record to skip or retry forever).
-    fn add(&mut self, ended: std::thread::Result<Vec<Completion>>) {
+    fn add(&mut self, ended: std::thread::Result<Finished>) {
         self.units += 1;
         match ended {
-            Ok(completions) => self.completions.extend(completions),
+            Ok(Finished::None) => {}
+            Ok(Finished::One(completion)) => self.completions.push(completion),
+            Ok(Finished::Many(completions)) => self.completions.extend(completions),
             Err(_) => self.panicked += 1,
         }
     }
 }
 
-/// Runs `jobs` to their end and returns those that finished (done or dead-lettered).
+/// What the engine hands a lane to run: one job (the common case), or a batch of jobs of
+/// different keys for a processor whose [`Processor::batch_size`] is above 1.
+#[derive(Debug)]
+pub enum Unit {
+    One(Job),
+    Batch(Vec<Job>),
+}
+
+/// The jobs of a unit that finished (done or dead-lettered): most units are one job, which needs
+/// no vector.
+pub enum Finished {
+    None,
+    One(Completion),
+    Many(Vec<Completion>),
+}
+
+impl From<Vec<Completion>> for Finished {
+    fn from(mut completions: Vec<Completion>) -> Self {
+        match completions.len() {
+            0 => Finished::None,
+            1 => completions.pop().map_or(Finished::None, Finished::One),
+            _ => Finished::Many(completions),
+        }
+    }
+}
+
+/// Runs a unit to its end. `arrived` is when its lane received it.
+async fn run_unit<P: Processor>(ctx: &WorkerContext<P>, unit: Unit, arrived: Instant) -> Finished {
+    match unit {
+        Unit::One(job) => run_one(ctx, job, arrived).await,
+        Unit::Batch(jobs) => Box::pin(run_jobs(ctx, jobs, arrived)).await.into(),
+    }
+}
+
+/// Runs one job to its end: decoding, the form lookup and a first attempt that succeeds run
+/// here, without a vector or a box; anything else takes the general path ([`run_jobs`]'s).
 ///
-/// Every unit in flight is one of these futures, moved into its lane's set, so the common path
-/// is kept small: decoding, the form lookup and a first attempt that succeeds run here; failures,
-/// retries and dead letters go on in [`attempt_until_settled`], boxed.
-pub async fn run_jobs<P: Processor>(ctx: &WorkerContext<P>, jobs: Vec<Job>) -> Vec<Completion> {
-    let arrived = Instant::now();
+/// Every unit in flight is one of these futures, moved into its lane's set, so it is kept small.
+async fn run_one<P: Processor>(ctx: &WorkerContext<P>, job: Job, arrived: Instant) -> Finished {
+    let mut attempting = match prepare_now(ctx, job) {
+        Ok(attempting) => attempting,
+        // A schema to fetch, a form to wait for, or a record to dead-letter.
+        Err(job) => return Box::pin(run_jobs(ctx, vec![job], arrived)).await.into(),
+    };
+    if !attempting.job.alive() {
+        // Revoked meanwhile: the partition belongs to another instance now.
+        return Finished::None;
+    }
+    let mut first = None;
+    if *ctx.circuit_tx.borrow() != CircuitState::Open && !ctx.is_stopping() {
+        attempting.record.attempt = 1;
+        let started = Instant::now();
+        let result = ctx.processor.handle(&attempting.record).await;
+        ctx.metrics.effect(started.elapsed());
+        match result.and_then(|()| outputs_of(ctx, &attempting.record)) {
+            Ok(outputs) => {
+                ctx.metrics.records("ok", 1);
+                note_success(ctx);
+                return Finished::One(Completion {
+                    outputs,
+                    ..Completion::of(&attempting.job)
+                });
+            }
+            Err(failure) => first = Some((vec![Err(failure)], started)),
+        }
+    }
+    let mut done = Vec::new();
+    Box::pin(attempt_until_settled(
+        ctx,
+        vec![attempting],
+        first,
+        arrived,
+        &mut done,
+    ))
+    .await;
+    done.into()
+}
+
+/// Runs `jobs` to their end and returns those that finished (done or dead-lettered): decoding,
+/// the form lookup and a first attempt that succeeds run here; failures, retries and dead
+/// letters go on in [`attempt_until_settled`], boxed. `arrived` is when a lane received them.
+async fn run_jobs<P: Processor>(
+    ctx: &WorkerContext<P>,
+    jobs: Vec<Job>,
+    arrived: Instant,
+) -> Vec<Completion> {
     let mut done = Vec::with_capacity(jobs.len());
     let mut active: Vec<Attempting<P::Value>> = Vec::with_capacity(jobs.len());
     let mut jobs = jobs.into_iter();
@@ -303,11 +385,11 @@ fn prepare_now<P: Processor>(
     ctx: &WorkerContext<P>,
     mut job: Job,
 ) -> Result<Attempting<P::Value>, Job> {
-    let Some(bytes) = &job.payload else {
+    let Some(bytes) = job.raw.payload() else {
         return Err(job);
     };
     // Decoding awaits only to fetch a writer schema from the registry (once per schema).
-    let Some(Ok(value)) = ctx.codec.decode::<P::Value>(bytes).now_or_never() else {
+    let Some(Ok(value)) = ctx.decoder.decode(bytes).now_or_never() else {
         return Err(job);
     };
     let form = match value.form_ref() {
@@ -323,16 +405,15 @@ fn prepare_now<P: Processor>(
     })
 }
 
-/// The record a processor sees. The key and headers move into it from the job (the processor's
-/// copy); a dead letter takes them from there.
+/// The record a processor sees. The raw record moves into it from the job; a dead letter takes
+/// it from there.
 fn record_of<V>(job: &mut Job, value: V, form: Option<Arc<Form>>) -> Record<V> {
     Record {
         topic: job.tp.topic.clone(),
         partition: job.tp.partition,
         offset: job.offset,
-        key: job.key.take(),
         timestamp_ms: job.timestamp_ms,
-        headers: std::mem::take(&mut job.headers),
+        raw: std::mem::take(&mut job.raw),
         value,
         form,
         attempt: 0,
@@ -361,12 +442,8 @@ async fn prepare<P: Processor>(
     mut job: Job,
     arrived: Instant,
 ) -> Prepared<P::Value> {
-    let decoded = match &job.payload {
-        Some(bytes) => ctx
-            .codec
-            .decode::<P::Value>(bytes)
-            .await
-            .map_err(|e| e.to_string()),
+    let decoded = match job.raw.payload() {
+        Some(bytes) => ctx.decoder.decode(bytes).await.map_err(|e| e.to_string()),
         None => Err("the record has no value (a tombstone)".to_owned()),
     };
     let value = match decoded {
@@ -417,18 +494,7 @@ async fn dead_letter_unprepared<P: Processor>(
     message: String,
     arrived: Instant,
 ) -> Prepared<P::Value> {
-    if dead_letter(
-        ctx,
-        &job,
-        job.key.as_deref(),
-        &job.headers,
-        kind,
-        &message,
-        0,
-        arrived,
-    )
-    .await
-    {
+    if dead_letter(ctx, &job, &job.raw, kind, &message, 0, arrived).await {
         Prepared::Finished(Completion::of(&job))
     } else {
         Prepared::Abandoned
@@ -552,8 +618,7 @@ async fn attempt_until_settled<P: Processor>(
                     if Box::pin(dead_letter(
                         ctx,
                         &attempting.job,
-                        attempting.record.key.as_deref(),
-                        &attempting.record.headers,
+                        &attempting.record.raw,
                         Kind::Permanent,
                         &message,
                         attempts,
@@ -606,8 +671,7 @@ async fn attempt_until_settled<P: Processor>(
                     if Box::pin(dead_letter(
                         ctx,
                         &attempting.job,
-                        attempting.record.key.as_deref(),
-                        &attempting.record.headers,
+                        &attempting.record.raw,
                         Kind::RetriesExhausted,
                         &message,
                         attempts,
@@ -700,15 +764,13 @@ async fn wait_until_closed<P: Processor>(ctx: &WorkerContext<P>) -> Duration {
 }
 
 /// Sends the job to the dead-letter topic, retrying (with backoff) until Kafka acknowledges it or
-/// the job's partition is revoked. Returns whether it was acknowledged. `key` and `headers` are the
-/// record's as fetched (the job's, or the record's once they moved there). `arrived` is when a
-/// worker took the job: its first attempt's time in the dead letter's headers.
-#[allow(clippy::too_many_arguments)]
+/// the job's partition is revoked. Returns whether it was acknowledged. `raw` is the record as
+/// fetched (the job's, or the record's once it moved there). `arrived` is when a worker took the
+/// job: its first attempt's time in the dead letter's headers.
 async fn dead_letter<P: Processor>(
     ctx: &WorkerContext<P>,
     job: &Job,
-    key: Option<&[u8]>,
-    headers: &[(String, Vec<u8>)],
+    raw: &RawRecord,
     kind: Kind,
     message: &str,
     attempts: u32,
@@ -721,9 +783,7 @@ async fn dead_letter<P: Processor>(
         source_topic: job.tp.topic.to_string(),
         partition: job.tp.partition,
         offset: job.offset,
-        key: key.map(<[u8]>::to_vec),
-        payload: job.payload.clone(),
-        headers: headers.to_vec(),
+        record: raw.clone(),
         kind,
         message: message.to_owned(),
         attempts,

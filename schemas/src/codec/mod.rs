@@ -300,6 +300,21 @@ impl Codec {
         })
     }
 
+    /// A decoder of `T`, prepared once: see [`Decoder`].
+    pub fn decoder<T: AvroRecord>(&self) -> Decoder<T> {
+        let reader = self.reader::<T>();
+        let own = match &reader.direct {
+            Some(_) => self.learn_fingerprint(T::schema(), reader.fingerprint).ok(),
+            None => None,
+        };
+        Decoder {
+            codec: self.clone(),
+            reader,
+            own,
+            _record: PhantomData,
+        }
+    }
+
     /// Decodes a payload in either format into `T`, resolving its writer schema to `T::schema()`.
     pub async fn decode<T: AvroRecord>(&self, payload: &[u8]) -> Result<T, CodecError> {
         let writer = self.writer_of::<T>(payload).await?;
@@ -446,6 +461,40 @@ impl Codec {
         let reader = Arc::new(Reader::of::<T>());
         write(&self.inner.readers).insert(key, reader.clone());
         reader
+    }
+}
+
+/// Decodes payloads into one record type, as [`Codec::decode`] does, with the look-ups of the
+/// common case done once: a payload in single-object encoding whose writer schema is `T`'s own
+/// (what this version of formstream writes) is decoded straight away, without taking the
+/// codec's locks or reference counts, which every thread decoding at once would contend for.
+/// Any other payload goes through [`Codec::decode`].
+pub struct Decoder<T> {
+    codec: Codec,
+    reader: Arc<Reader>,
+    /// `T`'s own schema as a writer schema; `None` when it cannot take the direct path.
+    own: Option<Arc<Writer>>,
+    _record: PhantomData<fn() -> T>,
+}
+
+impl<T: AvroRecord> Decoder<T> {
+    pub async fn decode(&self, payload: &[u8]) -> Result<T, CodecError> {
+        if let (Some(own), Some(schema)) = (&self.own, &self.reader.direct)
+            && payload.get(..2) == Some(SINGLE_OBJECT_MAGIC.as_slice())
+            && payload.get(2..SINGLE_OBJECT_HEADER_LEN) == Some(self.reader.fingerprint.as_slice())
+        {
+            return decode_direct::<T>(&payload[SINGLE_OBJECT_HEADER_LEN..], schema, own);
+        }
+        self.codec.decode(payload).await
+    }
+}
+
+impl<T> fmt::Debug for Decoder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("codec", &self.codec)
+            .field("direct", &self.own.is_some())
+            .finish()
     }
 }
 
