@@ -25,7 +25,7 @@ use crate::error::{ApiError, FieldProblem};
 use crate::flags::{FlagList, FlagsQuery, FlagsView};
 use crate::forms::{FormBody, FormView, FormsView, build_version, now_millis};
 use crate::idempotency::{Claim, Digest, Key, Submissions};
-use crate::kafka::{Delivered, PublishError, Publisher, Record};
+use crate::kafka::{Delivered, OnSettled, PublishError, Publisher, Record};
 use crate::metrics::{Metrics, ResponseOutcome};
 use crate::responses::{ResponseBody, Submission, validate};
 
@@ -51,7 +51,7 @@ pub struct Inner {
     pub phones: crate::responses::Phones,
     pub retry_after_secs: u64,
     /// Recent submissions with a client-supplied id, to answer retries without publishing again.
-    pub submissions: Submissions<Receipt>,
+    pub submissions: Arc<Submissions<Receipt>>,
     /// Form writes are rare; one at a time per instance keeps version numbers gap-free here.
     pub form_writes: tokio::sync::Mutex<()>,
 }
@@ -100,8 +100,9 @@ async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> 
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().clone();
     let started = Instant::now();
-    metrics.request_started();
+    let in_flight = InFlight::start(&metrics);
     let response = next.run(request).await;
+    drop(in_flight);
     metrics.request_finished(
         &route,
         method.as_str(),
@@ -109,6 +110,23 @@ async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> 
         started.elapsed(),
     );
     response
+}
+
+/// One request in the in-flight gauge, until it is answered or abandoned (the client went away
+/// and the server dropped the request's future before it was answered).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.request_started();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> HttpResponse {
@@ -323,7 +341,7 @@ async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError
     state
         .inner
         .publisher
-        .publish(&state.inner.forms_topic, &form.id, &payload, &[])
+        .publish(&state.inner.forms_topic, &form.id, &payload, &[], None)
         .await
         .map_err(|error| {
             tracing::warn!(form_id = %form.id, %error, "Kafka did not acknowledge the form; answering 503.");
@@ -480,7 +498,7 @@ async fn accept(
     pointer_prefix: &str,
 ) -> Result<Accepted, ApiError> {
     let inner = &state.inner;
-    let ready = match prepare(
+    let mut ready = match prepare(
         state,
         caller,
         form_id,
@@ -495,6 +513,7 @@ async fn accept(
     let span =
         tracing::debug_span!("publish", response_id = %ready.response_id, revision, %form_id);
     let revision_text = revision.to_string();
+    let settle = settle_claims(&inner.submissions, vec![ready.claim()]);
     let delivered = inner
         .publisher
         .publish(
@@ -505,6 +524,7 @@ async fn accept(
                 ("response_id", &ready.response_id),
                 ("revision", &revision_text),
             ],
+            settle,
         )
         .instrument(span)
         .await;
@@ -522,10 +542,61 @@ struct Ready {
     revision: i32,
     form_version: i32,
     payload: Vec<u8>,
-    /// The retry-cache key this submission claimed (`Claim::Fresh`): it completes or releases it
-    /// once Kafka has answered. `None` when it has no client-supplied id, or when another request
-    /// owns the key (`Claim::InFlight`).
+    /// The retry-cache key this submission claimed (`Claim::Fresh`), completed or released as
+    /// Kafka answers for its record ([`settle_claims`]). `None` when it has no client-supplied id,
+    /// or when another request owns the key (`Claim::InFlight`).
     owned: Option<(Key, Digest)>,
+}
+
+impl Ready {
+    /// The claim to settle when Kafka answers for this record, taken out of it.
+    fn claim(&mut self) -> Option<Claimed> {
+        let (key, digest) = self.owned.take()?;
+        Some(Claimed {
+            key,
+            digest,
+            form_version: self.form_version,
+        })
+    }
+}
+
+/// A retry-cache claim waiting for Kafka's answer for its record.
+struct Claimed {
+    key: Key,
+    digest: Digest,
+    form_version: i32,
+}
+
+/// Settles the claims of published records (one per record, in order; `None` for a record that
+/// claimed nothing) as Kafka answers for each: an acknowledged record's answer is remembered for
+/// its retries, a refused one's key is released so that a retry can publish it. This runs on
+/// librdkafka's thread, whether or not the request still waits: a client that went away
+/// mid-publish must not leave its key claimed forever, which would publish every retry again.
+fn settle_claims(
+    submissions: &Arc<Submissions<Receipt>>,
+    claims: Vec<Option<Claimed>>,
+) -> Option<OnSettled> {
+    if claims.iter().all(Option::is_none) {
+        return None;
+    }
+    let submissions = submissions.clone();
+    Some(Box::new(move |index, outcome| {
+        let Some(Some(claimed)) = claims.get(index) else {
+            return;
+        };
+        match outcome {
+            Ok(delivered) => submissions.accepted(
+                claimed.key.clone(),
+                claimed.digest,
+                Receipt {
+                    form_version: claimed.form_version,
+                    partition: delivered.partition,
+                    offset: delivered.offset,
+                },
+            ),
+            Err(_) => submissions.release(&claimed.key, &claimed.digest),
+        }
+    }))
 }
 
 /// What the first, synchronous half of accepting a response decided.
@@ -637,22 +708,21 @@ fn prepare(
     }
 }
 
-/// The second half of accepting a response, once Kafka has answered for its record: the answer
-/// (202 only for an acknowledged record, else 503), and the retry cache completed or released.
-/// The caller counts the outcome (a batch counts all of its items at once).
+/// The second half of accepting a response, once Kafka has answered for its record: the answer,
+/// 202 only for an acknowledged record, else 503 (its retry-cache claim is settled by
+/// [`settle_claims`]). The caller counts the outcome (a batch counts all of its items at once).
 fn finish(
     state: &AppState,
     ready: Ready,
     delivered: Result<Delivered, PublishError>,
 ) -> Result<Accepted, ApiError> {
-    let inner = &state.inner;
     let Ready {
         form_id,
         response_id,
         revision,
         form_version,
         payload: _,
-        owned,
+        owned: _,
     } = ready;
     match delivered {
         Ok(delivered) => {
@@ -663,17 +733,6 @@ fn finish(
                 offset = delivered.offset,
                 "Response accepted."
             );
-            if let Some((key, digest)) = owned {
-                inner.submissions.accepted(
-                    key,
-                    digest,
-                    Receipt {
-                        form_version,
-                        partition: delivered.partition,
-                        offset: delivered.offset,
-                    },
-                );
-            }
             Ok(Accepted {
                 response_id,
                 revision,
@@ -692,9 +751,6 @@ fn finish(
                 %error,
                 "Kafka did not acknowledge the response; answering 503."
             );
-            if let Some((key, digest)) = owned {
-                inner.submissions.release(&key, &digest);
-            }
             Err(unavailable(state, error))
         }
     }
@@ -782,6 +838,10 @@ async fn submit_batch(
         }
     }
     let inner = &state.inner;
+    let settle = settle_claims(
+        &inner.submissions,
+        ready.iter_mut().map(|(_, r)| r.claim()).collect(),
+    );
     let revisions: Vec<String> = ready.iter().map(|(_, r)| r.revision.to_string()).collect();
     let headers: Vec<[(&str, &str); 2]> = ready
         .iter()
@@ -804,7 +864,7 @@ async fn submit_batch(
         .collect();
     let delivered = inner
         .publisher
-        .publish_batch(&inner.responses_topic, &records)
+        .publish_batch(&inner.responses_topic, &records, settle)
         .await;
     drop(records);
     drop(headers);

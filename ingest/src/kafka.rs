@@ -134,14 +134,21 @@ struct Acks {
     outcomes: Box<[OnceLock<Result<Delivered, PublishError>>]>,
     remaining: AtomicUsize,
     done: Notify,
+    on_settled: Option<OnSettled>,
 }
 
+/// Called with each record's index and outcome as soon as it is known: on librdkafka's polling
+/// thread for a delivery report. It runs whether or not anyone still waits for the batch, so what
+/// must follow Kafka's answer (the gateway's retry cache) does even when the client went away.
+pub type OnSettled = Box<dyn Fn(usize, &Result<Delivered, PublishError>) + Send + Sync>;
+
 impl Acks {
-    fn new(records: usize) -> Self {
+    fn new(records: usize, on_settled: Option<OnSettled>) -> Self {
         Acks {
             outcomes: (0..records).map(|_| OnceLock::new()).collect(),
             remaining: AtomicUsize::new(records),
             done: Notify::new(),
+            on_settled,
         }
     }
 
@@ -149,7 +156,13 @@ impl Acks {
         let Some(slot) = self.outcomes.get(index) else {
             return;
         };
-        if slot.set(outcome).is_ok() && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if slot.set(outcome).is_err() {
+            return;
+        }
+        if let (Some(on_settled), Some(outcome)) = (&self.on_settled, slot.get()) {
+            on_settled(index, outcome);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             // `notify_one` keeps a permit when nobody waits yet, so this wake-up is never lost.
             self.done.notify_one();
         }
@@ -230,20 +243,22 @@ impl Publisher {
         })
     }
 
-    /// Publishes one record and waits for its acknowledgement, at most `timeout`.
+    /// Publishes one record and waits for its acknowledgement, at most `timeout` (`on_settled`:
+    /// see [`Publisher::publish_batch`]).
     pub async fn publish(
         &self,
         topic: &str,
         key: &str,
         payload: &[u8],
         headers: &[(&str, &str)],
+        on_settled: Option<OnSettled>,
     ) -> Result<Delivered, PublishError> {
         let record = Record {
             key,
             payload,
             headers,
         };
-        self.publish_batch(topic, &[record])
+        self.publish_batch(topic, &[record], on_settled)
             .await
             .pop()
             .unwrap_or(Err(PublishError::Timeout(self.timeout)))
@@ -252,15 +267,18 @@ impl Publisher {
     /// Publishes every record and waits, at most `timeout` in all, until Kafka has acknowledged or
     /// rejected each of them. Returns one outcome per record, in order: `Ok` only for a record the
     /// broker acknowledged; a record with no report when the wait ends is a `Timeout`.
+    /// `on_settled` hears each record's own outcome from librdkafka, even if this future is
+    /// dropped after its first poll (which queues every record).
     pub async fn publish_batch(
         &self,
         topic: &str,
         records: &[Record<'_>],
+        on_settled: Option<OnSettled>,
     ) -> Vec<Result<Delivered, PublishError>> {
         if records.is_empty() {
             return Vec::new();
         }
-        let acks = Arc::new(Acks::new(records.len()));
+        let acks = Arc::new(Acks::new(records.len(), on_settled));
         let started = Instant::now();
         for (index, record) in records.iter().enumerate() {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -480,7 +498,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_is_settled_once_its_last_record_is_reported() {
-        let acks = Arc::new(Acks::new(3));
+        // What the hook heard: (index, offset or -1 for a failure).
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook: OnSettled = Box::new({
+            let heard = heard.clone();
+            move |index, outcome| {
+                let offset = outcome.as_ref().map_or(-1, |d| d.offset);
+                heard.lock().expect("not poisoned").push((index, offset));
+            }
+        });
+        let acks = Arc::new(Acks::new(3, Some(hook)));
         acks.settle(1, delivered(11));
         acks.settle(1, delivered(99));
         let waiter = tokio::spawn({
@@ -513,11 +540,16 @@ mod tests {
                 offset: 12
             }))
         );
+        assert_eq!(
+            *heard.lock().expect("not poisoned"),
+            vec![(1, 11), (0, -1), (2, 12)],
+            "the hook hears each record once, as it is settled"
+        );
     }
 
     #[tokio::test]
     async fn a_batch_settled_before_anyone_waits_is_not_waited_for() {
-        let acks = Acks::new(2);
+        let acks = Acks::new(2, None);
         acks.settle(0, delivered(1));
         acks.settle(1, delivered(2));
         tokio::time::timeout(Duration::from_secs(5), acks.all_settled())
@@ -543,7 +575,7 @@ mod tests {
             headers: &[("h", "1")],
         };
         let started = Instant::now();
-        let outcomes = publisher.publish_batch("t", &[record; 3]).await;
+        let outcomes = publisher.publish_batch("t", &[record; 3], None).await;
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",

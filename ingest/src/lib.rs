@@ -126,7 +126,7 @@ pub async fn run(
         max_batch_items: config.max_batch_items,
         phones: responses::Phones::default(),
         retry_after_secs: config.retry_after_secs,
-        submissions: idempotency::Submissions::new(cache_size),
+        submissions: Arc::new(idempotency::Submissions::new(cache_size)),
         form_writes: tokio::sync::Mutex::new(()),
     });
     let app = http::router(state, config.max_body_bytes);

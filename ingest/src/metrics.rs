@@ -164,8 +164,13 @@ impl Metrics {
         self.http_in_flight.inc();
     }
 
-    pub fn request_finished(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    /// A request answered or abandoned: out of the in-flight gauge.
+    pub fn request_ended(&self) {
         self.http_in_flight.dec();
+    }
+
+    /// An answered request, by route, method and status.
+    pub fn request_finished(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         self.http_requests
             .with_label_values(&[route, method, status_label(status)])
             .inc();
