@@ -327,6 +327,15 @@ impl TestGateway {
         .await
     }
 
+    /// The sum of the gateway's samples of metric `name` (see [`runtime::metric_value`]), read
+    /// from its `/metrics`, which counts itself among the requests in flight. `None` when the
+    /// scrape fails.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let response = self.client.get(self.url("/metrics")).send().await.ok()?;
+        let text = response.text().await.ok()?;
+        Some(runtime::metric_value(&text, name, &[]))
+    }
+
     /// Reads every record of this gateway's responses topic (see [`read_responses`]).
     pub async fn responses_on_topic(&self, expected: usize) -> Vec<Landed> {
         read_responses(

@@ -35,7 +35,7 @@ async fn a_retry_after_the_client_went_away_mid_publish_is_answered_from_the_cac
     // ...which is closed once the gateway holds the request (it is in flight beside the scrape
     // that asks), and so before Kafka answers (the linger holds the record back).
     assert!(
-        wait_until(Duration::from_secs(10), || in_flight_at_least(&app, 2)).await,
+        wait_until(Duration::from_secs(10), || in_flight_at_least(&app, 2.0)).await,
         "the request never showed as in flight"
     );
     stream.shutdown().await.expect("closing");
@@ -71,7 +71,7 @@ async fn a_retry_after_the_client_went_away_mid_publish_is_answered_from_the_cac
     // The abandoned request left the in-flight gauge too: only the scrape is in flight.
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            in_flight(&app).await == Some(1)
+            in_flight(&app).await == Some(1.0)
         })
         .await,
         "the in-flight gauge still counts the abandoned request: {:?}",
@@ -80,22 +80,12 @@ async fn a_retry_after_the_client_went_away_mid_publish_is_answered_from_the_cac
     app.finish().await;
 }
 
-/// `formstream_gateway_http_requests_in_flight`, read from `/metrics` (which counts itself).
-async fn in_flight(app: &TestGateway) -> Option<i64> {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
+/// `formstream_gateway_http_requests_in_flight`, counting the scrape that reads it.
+async fn in_flight(app: &TestGateway) -> Option<f64> {
+    app.metric("formstream_gateway_http_requests_in_flight")
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("formstream_gateway_http_requests_in_flight "))
-        .and_then(|value| value.trim().parse().ok())
 }
 
-async fn in_flight_at_least(app: &TestGateway, count: i64) -> bool {
+async fn in_flight_at_least(app: &TestGateway, count: f64) -> bool {
     in_flight(app).await.is_some_and(|n| n >= count)
 }

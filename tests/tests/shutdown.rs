@@ -8,13 +8,6 @@ use formstream_tests::{GatewayOptions, spawn_gateway, valid_response, wait_until
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The value of an unlabelled gauge in a Prometheus text exposition.
-fn gauge(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_requests_in_flight_and_their_records_reach_the_topic() {
     // A long linger keeps each produce waiting for its batch, so requests are verifiably in
@@ -54,18 +47,11 @@ async fn shutdown_finishes_requests_in_flight_and_their_records_reach_the_topic(
     }
 
     // Wait until the gateway holds several of them (the /metrics request itself counts as one).
-    let client = gateway.client.clone();
-    let metrics_url = gateway.url("/metrics");
-    let in_flight = wait_until(Duration::from_secs(20), || {
-        let client = client.clone();
-        let url = metrics_url.clone();
-        async move {
-            let Ok(response) = client.get(&url).send().await else {
-                return false;
-            };
-            let text = response.text().await.unwrap_or_default();
-            gauge(&text, "formstream_gateway_http_requests_in_flight").unwrap_or(0.0) >= 3.0
-        }
+    let in_flight = wait_until(Duration::from_secs(20), || async {
+        gateway
+            .metric("formstream_gateway_http_requests_in_flight")
+            .await
+            .is_some_and(|n| n >= 3.0)
     })
     .await;
     assert!(in_flight, "requests never piled up in flight");
