@@ -7,9 +7,9 @@
 //! whatever it forgets.
 
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use lru::LruCache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use uuid::Uuid;
 
 /// Who submitted which revision of which response. Scoped by organisation, so that one
@@ -46,56 +46,67 @@ pub enum Claim<A> {
     Conflict,
 }
 
+/// The remembered submissions: quick_cache's sharded S3-FIFO cache, whose every operation on a
+/// key is atomic under its shard's lock. Every response of a gateway goes through it twice (its
+/// claim, then its answer from the delivery report), on request threads and librdkafka's at once:
+/// a single LRU behind one mutex cost several times more, in contention and in the cache misses
+/// of relinking its list.
 pub struct Submissions<A> {
-    entries: Mutex<LruCache<Key, Entry<A>>>,
+    entries: Cache<Key, Entry<A>>,
 }
 
 impl<A: Clone> Submissions<A> {
     pub fn new(capacity: NonZeroUsize) -> Self {
         Submissions {
-            entries: Mutex::new(LruCache::new(capacity)),
+            entries: Cache::new(capacity.get()),
         }
     }
 
     pub fn claim(&self, key: &Key, digest: &Digest) -> Claim<A> {
-        let Ok(mut entries) = self.entries.lock() else {
-            return Claim::Fresh;
-        };
-        // One lookup whether the key is new or not (a `get` then a `put` would take two).
-        let mut fresh = false;
-        let entry = entries.get_or_insert_with_key(key.clone(), |_| {
-            fresh = true;
-            Entry::Pending(*digest)
+        // One atomic step whether the key is new or not: a concurrent claim of the same key
+        // waits for this one's placeholder to be filled, so two claims are never both `Fresh`.
+        let held = self.entries.entry(key, None, |_, held| {
+            EntryAction::Retain(match held {
+                Entry::Pending(held) if held == digest => Claim::InFlight,
+                Entry::Accepted(held, answer) if held == digest => Claim::Repeat(answer.clone()),
+                _ => Claim::Conflict,
+            })
         });
-        match entry {
-            _ if fresh => Claim::Fresh,
-            Entry::Pending(held) if held == digest => Claim::InFlight,
-            Entry::Accepted(held, answer) if held == digest => Claim::Repeat(answer.clone()),
-            _ => Claim::Conflict,
+        match held {
+            EntryResult::Retained(claim) => claim,
+            EntryResult::Vacant(slot) => match slot.insert(Entry::Pending(*digest)) {
+                Ok(()) => Claim::Fresh,
+                // The placeholder was taken away (the cache was cleared): what it held is unknown.
+                Err(_) => Claim::Conflict,
+            },
+            // Neither comes from `Retain` without a timeout; refusing is what keeps the invariant.
+            EntryResult::Removed(..) | EntryResult::Replaced(..) | EntryResult::Timeout => {
+                Claim::Conflict
+            }
         }
     }
 
     /// Records the answer of a `Fresh` claim that Kafka acknowledged.
     pub fn accepted(&self, key: Key, digest: Digest, answer: A) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        // Updated in place when still held (the common case): cheaper than a second insert.
-        match entries.peek_mut(&key) {
-            Some(entry) => *entry = Entry::Accepted(digest, answer),
-            None => {
-                entries.put(key, Entry::Accepted(digest, answer));
+        let mut answer = Some(answer);
+        let held = self.entries.entry(&key, None, |_, held| {
+            if let Some(answer) = answer.take() {
+                *held = Entry::Accepted(digest, answer);
             }
+            EntryAction::Retain(())
+        });
+        // Evicted while in flight: remembered again.
+        if let (EntryResult::Vacant(slot), Some(answer)) = (held, answer) {
+            let _ = slot.insert(Entry::Accepted(digest, answer));
         }
     }
 
     /// Forgets a `Fresh` claim whose publish failed, so that a retry can try again.
     pub fn release(&self, key: &Key, digest: &Digest) {
-        if let Ok(mut entries) = self.entries.lock()
-            && matches!(entries.peek(key), Some(Entry::Pending(held)) if held == digest)
-        {
-            entries.pop(key);
-        }
+        self.entries.remove_if(
+            key,
+            |held| matches!(held, Entry::Pending(held) if held == digest),
+        );
     }
 }
 
@@ -136,6 +147,40 @@ mod tests {
         assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Fresh);
         assert_eq!(cache.claim(&key("b", 0), &[2; 32]), Claim::Fresh);
         assert_eq!(cache.claim(&key("a", 1), &[3; 32]), Claim::Fresh);
+    }
+
+    #[test]
+    fn of_many_concurrent_claims_of_a_key_exactly_one_is_fresh() {
+        for round in 0..200 {
+            let cache = cache();
+            let claims: Vec<Claim<&str>> = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| cache.claim(&key("a", round), &[1; 32])))
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().expect("no panic"))
+                    .collect()
+            });
+            let fresh = claims.iter().filter(|c| **c == Claim::Fresh).count();
+            assert_eq!(fresh, 1, "round {round}: {claims:?}");
+            assert!(
+                claims
+                    .iter()
+                    .all(|c| matches!(c, Claim::Fresh | Claim::InFlight))
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_is_remembered_even_after_its_claim_was_evicted() {
+        let cache = cache();
+        assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Fresh);
+        for revision in 1..=64 {
+            cache.claim(&key("b", revision), &[2; 32]);
+        }
+        cache.accepted(key("a", 0), [1; 32], "answer");
+        assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Repeat("answer"));
     }
 
     #[test]

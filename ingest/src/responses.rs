@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::Arc;
 
-use lru::LruCache;
+use quick_cache::sync::Cache;
 
 use formstream_schemas::{Answer, Collector, FormVersion, QuestionType, Response};
 use phonenumber::country;
@@ -170,21 +170,18 @@ pub fn validate(body: &ResponseBody, at: &Submission<'_>) -> Result<Response, Ve
         Some(map) => serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned()),
     };
 
-    for key in body.answers.keys() {
-        if at.form.question(key).is_none() {
-            problems.push(FieldProblem::new(
-                p(&format!("/answers/{}", escape_pointer(key))),
-                "unknown_question",
-                format!("form version {} has no question {key:?}", at.form.version),
-            ));
-        }
-    }
-
     let mut answers = Vec::with_capacity(body.answers.len());
+    // Answers that name a question of the form; when that is all of them (question keys are
+    // unique), no answer needs looking up to find one that names none.
+    let mut known = 0;
+    // Unknown answers are listed before the answers' own problems, as they come in the body.
+    let unknown_at = problems.len();
     for question in &at.form.questions {
         // Built only for a problem: a valid answer (the common case) allocates no pointer.
         let pointer = || p(&format!("/answers/{}", escape_pointer(&question.key)));
-        let value = body.answers.get(&question.key).filter(|v| !is_blank(v));
+        let value = body.answers.get(&question.key);
+        known += usize::from(value.is_some());
+        let value = value.filter(|v| !is_blank(v));
         let Some(value) = value else {
             if question.required {
                 problems.push(FieldProblem::new(
@@ -273,6 +270,20 @@ pub fn validate(body: &ResponseBody, at: &Submission<'_>) -> Result<Response, Ve
         }
         answers.push(answer);
     }
+    if known < body.answers.len() {
+        let unknown = body
+            .answers
+            .keys()
+            .filter(|key| at.form.question(key).is_none())
+            .map(|key| {
+                FieldProblem::new(
+                    p(&format!("/answers/{}", escape_pointer(key))),
+                    "unknown_question",
+                    format!("form version {} has no question {key:?}", at.form.version),
+                )
+            });
+        problems.splice(unknown_at..unknown_at, unknown.collect::<Vec<_>>());
+    }
 
     if !problems.is_empty() {
         return Err(problems);
@@ -329,12 +340,13 @@ pub fn normalise_phone(raw: &str, region: Option<country::Id>) -> Option<String>
 
 /// Recently normalised phone numbers. libphonenumber's validity check runs dozens of regular
 /// expressions (a third of the gateway's CPU without this cache), and a collector's own number
-/// arrives with every response they submit.
+/// arrives with every response they submit. quick_cache's sharded cache: a hit takes a shard's
+/// read lock, so the request threads do not queue for it.
 ///
 /// Invariant: a cached answer is exactly what [`normalise_phone`] returns for the same input.
 pub struct Phones {
     /// Hash of (region, raw) -> the input itself (to rule out collisions) and its E.164 form.
-    cache: Mutex<LruCache<u64, CachedPhone>>,
+    cache: Cache<u64, Arc<CachedPhone>>,
     /// Hashes (region, raw) into a slot: foldhash, several times cheaper than SipHash on short
     /// strings, seeded per process so that nobody can aim inputs at one slot.
     hasher: foldhash::fast::RandomState,
@@ -349,31 +361,28 @@ struct CachedPhone {
 impl Phones {
     pub fn new(capacity: NonZeroUsize) -> Self {
         Phones {
-            cache: Mutex::new(LruCache::new(capacity)),
+            cache: Cache::new(capacity.get()),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
 
     pub fn normalise(&self, raw: &str, region: Option<country::Id>) -> Option<String> {
         let slot = self.hasher.hash_one((region, raw));
-        if let Ok(mut cache) = self.cache.lock()
-            && let Some(held) = cache.get(&slot)
+        if let Some(held) = self.cache.get(&slot)
             && held.region == region
             && *held.raw == *raw
         {
             return held.e164.as_deref().map(str::to_owned);
         }
         let e164 = normalise_phone(raw, region);
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.put(
-                slot,
-                CachedPhone {
-                    region,
-                    raw: raw.into(),
-                    e164: e164.as_deref().map(Box::from),
-                },
-            );
-        }
+        self.cache.insert(
+            slot,
+            Arc::new(CachedPhone {
+                region,
+                raw: raw.into(),
+                e164: e164.as_deref().map(Box::from),
+            }),
+        );
         e164
     }
 }
