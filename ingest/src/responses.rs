@@ -4,10 +4,11 @@
 //! returns every problem found, so that bad input never reaches a topic (promise 7).
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::{self, Write as _};
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 
+use arrayvec::ArrayString;
 use quick_cache::sync::Cache;
 
 use formstream_schemas::{Answer, Collector, FormVersion, QuestionType, Response};
@@ -57,35 +58,98 @@ impl ResponseBody {
     /// A digest of what the client said to which form, to tell a retry of the same submission
     /// from a different submission that reuses its id. A batch item and a single request of the
     /// same submission digest alike (the form comes from the argument, never from the body).
+    ///
+    /// SHA-256 of an unambiguous encoding of the parsed body (see [`Canonical`]), not of its JSON
+    /// text: field order and white space do not count, content does. It lives only in this
+    /// process's retry cache, so the encoding may change between versions.
     pub fn digest(&self, form_id: &str) -> [u8; 32] {
-        /// The body without `form_id`, borrowed: no copy of the answers on the hot path.
-        #[derive(Serialize)]
-        struct Canonical<'a> {
-            response_id: &'a Option<String>,
-            revision: &'a Option<i32>,
-            submitted_at: &'a Option<String>,
-            collector: &'a CollectorBody,
-            answers: &'a BTreeMap<String, Value>,
-            metadata: &'a Option<serde_json::Map<String, Value>>,
+        let mut canonical = Canonical(Sha256::new());
+        canonical.text(form_id);
+        canonical.optional_text(self.response_id.as_deref());
+        match self.revision {
+            None => canonical.tag(b'-'),
+            Some(revision) => {
+                canonical.tag(b'r');
+                canonical.0.update(revision.to_le_bytes());
+            }
         }
-        let canonical = Canonical {
-            response_id: &self.response_id,
-            revision: &self.revision,
-            submitted_at: &self.submitted_at,
-            collector: &self.collector,
-            answers: &self.answers,
-            metadata: &self.metadata,
-        };
-        // Sized for a typical response, so that serialising rarely grows the buffer.
-        let mut bytes = Vec::with_capacity(1024);
-        if serde_json::to_writer(&mut bytes, &canonical).is_err() {
-            bytes.clear();
+        canonical.optional_text(self.submitted_at.as_deref());
+        canonical.text(&self.collector.id);
+        canonical.optional_text(self.collector.phone.as_deref());
+        canonical.object(self.answers.iter());
+        match &self.metadata {
+            None => canonical.tag(b'-'),
+            Some(metadata) => canonical.object(metadata.iter()),
         }
-        let mut hasher = Sha256::new();
-        hasher.update(form_id.as_bytes());
-        hasher.update([0]);
-        hasher.update(&bytes);
-        hasher.finalize().into()
+        canonical.0.finalize().into()
+    }
+}
+
+/// Writes values into a hasher so that different values never write the same bytes: each is
+/// tagged with its kind, strings and collections carry their length, and a number its JSON text
+/// with an end mark (so `1` and `1.0` differ, as they do in JSON). Cheaper than serialising the
+/// body to JSON and hashing the text, which escaped every string on the way.
+struct Canonical(Sha256);
+
+impl Canonical {
+    fn tag(&mut self, tag: u8) {
+        self.0.update([tag]);
+    }
+
+    fn length(&mut self, tag: u8, length: usize) {
+        self.tag(tag);
+        self.0.update((length as u64).to_le_bytes());
+    }
+
+    fn text(&mut self, text: &str) {
+        self.length(b's', text.len());
+        self.0.update(text.as_bytes());
+    }
+
+    fn optional_text(&mut self, text: Option<&str>) {
+        match text {
+            None => self.tag(b'-'),
+            Some(text) => self.text(text),
+        }
+    }
+
+    /// Entries in the map's own order, which is by key: answers are a `BTreeMap`, and so is
+    /// serde_json's `Map` without its `preserve_order` feature (a test holds both to it).
+    fn object<'a>(&mut self, entries: impl ExactSizeIterator<Item = (&'a String, &'a Value)>) {
+        self.length(b'{', entries.len());
+        for (key, value) in entries {
+            self.text(key);
+            self.value(value);
+        }
+    }
+
+    fn value(&mut self, value: &Value) {
+        match value {
+            Value::Null => self.tag(b'n'),
+            Value::Bool(false) => self.tag(b'f'),
+            Value::Bool(true) => self.tag(b't'),
+            Value::Number(number) => {
+                self.tag(b'#');
+                // Digits, sign, '.', 'e' and '+': never the end mark.
+                let _ = write!(self, "{number}");
+                self.tag(b';');
+            }
+            Value::String(text) => self.text(text),
+            Value::Array(items) => {
+                self.length(b'[', items.len());
+                for item in items {
+                    self.value(item);
+                }
+            }
+            Value::Object(map) => self.object(map.iter()),
+        }
+    }
+}
+
+impl fmt::Write for Canonical {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.0.update(text.as_bytes());
+        Ok(())
     }
 }
 
@@ -330,7 +394,7 @@ fn parse_number(value: &Value) -> Option<(f64, String)> {
 
 /// E.164 if `raw` is a valid number, read with `region` when it has no country code.
 pub fn normalise_phone(raw: &str, region: Option<country::Id>) -> Option<String> {
-    if raw.len() > 64 {
+    if raw.len() > MAX_PHONE_INPUT {
         return None;
     }
     let number = phonenumber::parse(region, raw).ok()?;
@@ -346,17 +410,25 @@ pub fn normalise_phone(raw: &str, region: Option<country::Id>) -> Option<String>
 /// Invariant: a cached answer is exactly what [`normalise_phone`] returns for the same input.
 pub struct Phones {
     /// Hash of (region, raw) -> the input itself (to rule out collisions) and its E.164 form.
-    cache: Cache<u64, Arc<CachedPhone>>,
+    cache: Cache<u64, CachedPhone>,
     /// Hashes (region, raw) into a slot: foldhash, several times cheaper than SipHash on short
     /// strings, seeded per process so that nobody can aim inputs at one slot.
     hasher: foldhash::fast::RandomState,
 }
 
+/// Held inline and copied out on a hit: no allocation, and no reference count that the request
+/// threads would contend for on a busy collector's number.
+#[derive(Clone, Copy)]
 struct CachedPhone {
     region: Option<country::Id>,
-    raw: Box<str>,
-    e164: Option<Box<str>>,
+    raw: ArrayString<MAX_PHONE_INPUT>,
+    e164: Option<ArrayString<E164_MAX>>,
 }
+
+/// Longest phone input read at all; longer ones are invalid.
+const MAX_PHONE_INPUT: usize = 64;
+/// "+" and at most 15 digits.
+const E164_MAX: usize = 16;
 
 impl Phones {
     pub fn new(capacity: NonZeroUsize) -> Self {
@@ -370,19 +442,22 @@ impl Phones {
         let slot = self.hasher.hash_one((region, raw));
         if let Some(held) = self.cache.get(&slot)
             && held.region == region
-            && *held.raw == *raw
+            && held.raw.as_str() == raw
         {
-            return held.e164.as_deref().map(str::to_owned);
+            return held.e164.map(|e164| e164.as_str().to_owned());
         }
         let e164 = normalise_phone(raw, region);
-        self.cache.insert(
-            slot,
-            Arc::new(CachedPhone {
-                region,
-                raw: raw.into(),
-                e164: e164.as_deref().map(Box::from),
-            }),
-        );
+        // An input or a number too long to hold is answered, just not remembered.
+        if let Ok(raw) = ArrayString::from(raw) {
+            let held = match e164.as_deref().map(ArrayString::from) {
+                None => Some(None),
+                Some(Ok(e164)) => Some(Some(e164)),
+                Some(Err(_)) => None,
+            };
+            if let Some(e164) = held {
+                self.cache.insert(slot, CachedPhone { region, raw, e164 });
+            }
+        }
         e164
     }
 }
@@ -547,6 +622,11 @@ mod tests {
             ("+44 20 7946 0958", None),
             ("12", Some(country::Id::IN)),
             ("098765 43210", Some(country::Id::IN)),
+            // Too long to be a number, or to be remembered.
+            (
+                "+91 98765 43210                                                   x",
+                None,
+            ),
         ];
         for _ in 0..3 {
             for (raw, region) in inputs {
@@ -583,5 +663,48 @@ mod tests {
             a.digest("f"),
             "a batch item digests like the single request"
         );
+    }
+
+    #[test]
+    fn different_content_never_digests_alike() {
+        let digest = |json: &str| {
+            serde_json::from_str::<ResponseBody>(json)
+                .expect(json)
+                .digest("f")
+        };
+        // Pairs that a careless encoding (no kinds, lengths or end marks) would run together.
+        let bodies = [
+            r#"{"collector":{"id":"c"},"answers":{}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":"bc"}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"ab":"c"}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":["b","c"]}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":["bc"]}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":[["b"],"c"]}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":1}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":1.0}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":"1"}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":11}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":null}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":""}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":false}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":{}}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":[]}}"#,
+            r#"{"collector":{"id":"c"},"answers":{"a":{"b":"c"}}}"#,
+            r#"{"collector":{"id":"c"},"answers":{},"metadata":{}}"#,
+            r#"{"collector":{"id":"c","phone":""},"answers":{}}"#,
+            r#"{"collector":{"id":""},"answers":{}}"#,
+            r#"{"response_id":"c","collector":{"id":""},"answers":{}}"#,
+            r#"{"submitted_at":"c","collector":{"id":""},"answers":{}}"#,
+            r#"{"revision":0,"collector":{"id":"c"},"answers":{}}"#,
+            r#"{"revision":1,"collector":{"id":"c"},"answers":{}}"#,
+        ];
+        let digests: HashSet<[u8; 32]> = bodies.iter().map(|b| digest(b)).collect();
+        assert_eq!(digests.len(), bodies.len());
+        assert_eq!(
+            digest(r#"{"collector":{"id":"c"},"answers":{},"metadata":{"a":1,"b":{"c":2,"d":3}}}"#),
+            digest(r#"{"collector":{"id":"c"},"answers":{},"metadata":{"b":{"d":3,"c":2},"a":1}}"#),
+            "metadata's order does not count either"
+        );
+        assert_eq!(digest(bodies[7]), digest(bodies[7]), "and the same, alike");
     }
 }
