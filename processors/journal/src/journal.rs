@@ -60,7 +60,7 @@ impl Journal {
             "revision": value.revision,
             "form_id": value.form_id,
             "form_version": value.form_version,
-            "topic": &*record.topic,
+            "topic": record.topic,
             "partition": record.partition,
             "offset": record.offset,
             "attempt": record.attempt,

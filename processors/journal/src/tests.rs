@@ -1,7 +1,6 @@
 //! Unit tests of the journal's line format and fault injection (no Kafka: records are built
 //! directly, as the runtime would hand them over).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use formstream_runtime::{Failure, Processor, RawRecord, Record};
@@ -23,7 +22,7 @@ fn args(dir: &tempfile::TempDir) -> JournalArgs {
 
 fn record(response_id: &str, offset: i64, attempt: u32, text: &str) -> Record<Response> {
     Record {
-        topic: Arc::from("responses"),
+        topic: "responses",
         partition: 3,
         offset,
         timestamp_ms: Some(1_700_000_000_000),

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ use crate::processor::{ORDERING_HEADER, Output, Processor};
 use crate::raw::RawRecord;
 use crate::tracker::OffsetTracker;
 use crate::transactions::{TransactionError, Transactor};
-use crate::worker::{self, Job, Report, Unit, WorkerContext};
+use crate::worker::{self, Alive, Job, Report, Unit, WorkerContext};
 
 /// Most records taken from the consumer per turn of the loop, so that completions and timers
 /// are not kept waiting by a long backlog.
@@ -66,10 +66,25 @@ enum OrderedBy {
 }
 
 /// A topic partition.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tp {
-    pub topic: Arc<str>,
+    pub topic: &'static str,
     pub partition: i32,
+}
+
+/// The one copy of a topic's name, kept for the life of the process. Every record carries its
+/// topic from the engine to a lane and back: as a reference count, that was several atomic
+/// writes per record to one cache line, from the engine's thread and every lane's. A process
+/// reads a handful of topics, so keeping their names costs nothing.
+pub fn intern(topic: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(name) = names.iter().find(|name| **name == topic) {
+        return name;
+    }
+    let name: &'static str = Box::leak(topic.into());
+    names.push(name);
+    name
 }
 
 /// What this instance holds for one assigned partition.
@@ -77,7 +92,7 @@ struct PartitionState {
     /// Changes with every assignment, so that completions of a revoked assignment are recognised.
     epoch: u64,
     /// Cleared on revoke: workers of this assignment stop retrying and never dead-letter.
-    alive: Arc<AtomicBool>,
+    alive: Arc<Alive>,
     /// Created at the first record fetched after the assignment.
     tracker: Option<OffsetTracker>,
     /// Records waiting behind an earlier record of the same key.
@@ -98,7 +113,7 @@ impl PartitionState {
     fn new(epoch: u64) -> Self {
         PartitionState {
             epoch,
-            alive: Arc::new(AtomicBool::new(true)),
+            alive: Arc::new(Alive::default()),
             tracker: None,
             keyed: KeyedQueue::new(),
             buffered_records: 0,
@@ -209,7 +224,7 @@ impl ClientContext for RuntimeContext {
             return;
         };
         for (topic, stats) in statistics.topics {
-            let topic: Arc<str> = topic.into();
+            let topic = intern(&topic);
             for (partition, p) in stats.partitions {
                 // -1 is librdkafka's internal "UA" partition, and offsets it does not know yet.
                 let end = if p.ls_offset >= 0 {
@@ -218,13 +233,7 @@ impl ClientContext for RuntimeContext {
                     p.hi_offset
                 };
                 if partition >= 0 && end >= 0 {
-                    ends.insert(
-                        Tp {
-                            topic: topic.clone(),
-                            partition,
-                        },
-                        end,
-                    );
+                    ends.insert(Tp { topic, partition }, end);
                 }
             }
         }
@@ -282,14 +291,14 @@ impl ConsumerContext for RuntimeContext {
         if let Ok(mut shared) = self.shared.lock() {
             for element in revoked.elements() {
                 let tp = Tp {
-                    topic: element.topic().into(),
+                    topic: intern(element.topic()),
                     partition: element.partition(),
                 };
                 let Some(state) = shared.partitions.remove(&tp) else {
                     continue;
                 };
                 // Workers of this assignment stop; their completions will be dropped.
-                state.alive.store(false, Ordering::Release);
+                state.alive.end();
                 // A transactional processor's finished work is committed only with its outputs;
                 // what no transaction committed yet is redone by the new owner, exactly once.
                 if let Some(tracker) = &state.tracker
@@ -297,12 +306,12 @@ impl ConsumerContext for RuntimeContext {
                     && !self.transactional
                 {
                     let _ = commit.add_partition_offset(
-                        &tp.topic,
+                        tp.topic,
                         tp.partition,
                         Offset::Offset(tracker.watermark()),
                     );
                 }
-                self.metrics.forget_partition(&tp.topic, tp.partition);
+                self.metrics.forget_partition(tp.topic, tp.partition);
             }
         }
         self.metrics
@@ -338,7 +347,7 @@ impl ConsumerContext for RuntimeContext {
                 let epoch = shared.next_epoch;
                 shared.partitions.insert(
                     Tp {
-                        topic: element.topic().into(),
+                        topic: intern(element.topic()),
                         partition: element.partition(),
                     },
                     PartitionState::new(epoch),
@@ -424,8 +433,8 @@ pub struct Engine<P: Processor> {
     batching: bool,
     /// Since when the buffers have been too full to take more records from the consumer.
     intake_blocked_since: Option<Instant>,
-    /// Names of the consumed topics, shared by every record's `Tp`.
-    topic_names: Vec<Arc<str>>,
+    /// Names of the consumed topics, as interned (without the lock of [`intern`] per record).
+    topic_names: Vec<&'static str>,
     /// For a transactional processor: commits outputs and offsets together.
     transactor: Option<Arc<Transactor>>,
     commit_interval: Duration,
@@ -616,7 +625,7 @@ impl<P: Processor> Engine<P> {
                 };
                 if watermark <= state.stored
                     || offsets
-                        .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(watermark))
+                        .add_partition_offset(tp.topic, tp.partition, Offset::Offset(watermark))
                         .is_err()
                 {
                     continue;
@@ -627,7 +636,7 @@ impl<P: Processor> Engine<P> {
                         .range(..watermark)
                         .flat_map(|(_, o)| o.iter().cloned()),
                 );
-                covered.push((tp.clone(), state.epoch, watermark));
+                covered.push((*tp, state.epoch, watermark));
             }
         }
         if covered.is_empty() {
@@ -675,13 +684,13 @@ impl<P: Processor> Engine<P> {
         }
     }
 
-    /// The shared name of a consumed topic (one allocation per topic, not per record).
-    fn topic_name(&mut self, topic: &str) -> Arc<str> {
-        if let Some(name) = self.topic_names.iter().find(|name| ***name == *topic) {
-            return name.clone();
+    /// The interned name of a consumed topic.
+    fn topic_name(&mut self, topic: &str) -> &'static str {
+        if let Some(name) = self.topic_names.iter().find(|name| **name == topic) {
+            return name;
         }
-        let name: Arc<str> = topic.into();
-        self.topic_names.push(name.clone());
+        let name = intern(topic);
+        self.topic_names.push(name);
         name
     }
 
@@ -868,7 +877,7 @@ impl<P: Processor> Engine<P> {
             {
                 state.last_progress = now;
                 if !self.dirty.contains(&done.tp) {
-                    self.dirty.insert(done.tp.clone());
+                    self.dirty.insert(done.tp);
                 }
             }
             if let Some(job) = done.ordering_key.and_then(|key| state.keyed.finish(key)) {
@@ -897,7 +906,7 @@ impl<P: Processor> Engine<P> {
                 {
                     self.worker
                         .processor
-                        .finished_below(&tp.topic, tp.partition, watermark);
+                        .finished_below(tp.topic, tp.partition, watermark);
                 }
             }
         }
@@ -917,7 +926,7 @@ impl<P: Processor> Engine<P> {
                 };
                 if watermark > state.stored
                     && list
-                        .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(watermark))
+                        .add_partition_offset(tp.topic, tp.partition, Offset::Offset(watermark))
                         .is_ok()
                 {
                     state.stored = watermark;
@@ -994,7 +1003,7 @@ impl<P: Processor> Engine<P> {
         let mut list = TopicPartitionList::new();
         if want_paused {
             for tp in assigned.iter().filter(|tp| !self.paused.contains(*tp)) {
-                let _ = list.add_partition(&tp.topic, tp.partition);
+                let _ = list.add_partition(tp.topic, tp.partition);
             }
             if list.count() > 0 {
                 match self.consumer.pause(&list) {
@@ -1013,7 +1022,7 @@ impl<P: Processor> Engine<P> {
             }
         } else if !self.paused.is_empty() {
             for tp in &self.paused {
-                let _ = list.add_partition(&tp.topic, tp.partition);
+                let _ = list.add_partition(tp.topic, tp.partition);
             }
             match self.consumer.resume(&list) {
                 Ok(()) => {
@@ -1052,7 +1061,7 @@ impl<P: Processor> Engine<P> {
                     state.last_progress.elapsed().as_secs_f64()
                 };
                 self.metrics
-                    .partition(&tp.topic, tp.partition, lag, lag_seconds, position);
+                    .partition(tp.topic, tp.partition, lag, lag_seconds, position);
             }
         }
         self.metrics.in_flight(self.in_flight, buffered);
@@ -1110,7 +1119,7 @@ impl<P: Processor> Engine<P> {
         // Workers still running must not dead-letter or retry after we leave.
         if let Ok(shared) = self.shared.lock() {
             for state in shared.partitions.values() {
-                state.alive.store(false, Ordering::Release);
+                state.alive.end();
             }
         }
         outcome

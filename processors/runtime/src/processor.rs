@@ -102,7 +102,7 @@ pub enum Source {
 /// One decoded record, as a processor sees it.
 #[derive(Debug, Clone)]
 pub struct Record<V> {
-    pub topic: Arc<str>,
+    pub topic: &'static str,
     pub partition: i32,
     pub offset: i64,
     /// Milliseconds since the epoch (the record's Kafka timestamp).

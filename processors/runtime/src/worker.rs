@@ -31,7 +31,7 @@ use crate::raw::RawRecord;
 pub struct Job {
     pub tp: Tp,
     pub epoch: u64,
-    pub alive: Arc<AtomicBool>,
+    pub alive: Arc<Alive>,
     pub offset: i64,
     /// The record as fetched; it moves into the [`Record`] the processor sees.
     pub raw: RawRecord,
@@ -44,7 +44,29 @@ pub struct Job {
 
 impl Job {
     fn alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        self.alive.0.load(Ordering::Acquire)
+    }
+}
+
+/// Whether a partition's assignment still holds; cleared on revoke. Every job holds a reference,
+/// taken by the engine and dropped by a lane, and the lanes read the flag for every record: it
+/// sits on a cache line of its own, apart from the reference count, so that those reads do not
+/// miss each time the count changes.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct Alive(AtomicBool);
+
+impl Default for Alive {
+    /// A new assignment holds.
+    fn default() -> Self {
+        Alive(AtomicBool::new(true))
+    }
+}
+
+impl Alive {
+    /// Ends the assignment: its workers stop retrying and never dead-letter.
+    pub fn end(&self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -79,7 +101,7 @@ pub struct Completion {
 impl Completion {
     fn of(job: &Job) -> Self {
         Completion {
-            tp: job.tp.clone(),
+            tp: job.tp,
             epoch: job.epoch,
             offset: job.offset,
             ordering_key: job.ordering_key,
@@ -409,7 +431,7 @@ fn prepare_now<P: Processor>(
 /// it from there.
 fn record_of<V>(job: &mut Job, value: V, form: Option<Arc<Form>>) -> Record<V> {
     Record {
-        topic: job.tp.topic.clone(),
+        topic: job.tp.topic,
         partition: job.tp.partition,
         offset: job.offset,
         timestamp_ms: job.timestamp_ms,
