@@ -7,7 +7,8 @@
 # responses topic (12 partitions) with BENCH_RECORDS realistic responses through the real gateway's
 # batch endpoint (Avro values, form-id keys, response-id headers, 300 skewed forms), (c) measures
 # Kafka's own ConsumerPerformance on that topic, (d) runs `formstream process noop` on a fresh
-# consumer group over the same topic until every record is done (no-op effect), (e) runs it again
+# consumer group over the same topic until every record is done (no-op effect), at the default
+# 512 units in flight and again at BENCH_WIDE_IN_FLIGHT (4096), (e) runs it again
 # with a 50 ms effect and 512 records in flight over BENCH_LATENCY_RECORDS records, and reports
 # throughput against the ideal (in-flight / latency), and the processor's peak RSS. Each
 # measurement runs BENCH_REPS times; the table shows the median and the raw runs.
@@ -23,7 +24,7 @@
 #
 # Environment (all optional): BENCH_RECORDS (2000000), BENCH_LATENCY_RECORDS (100000),
 # BENCH_VALIDATE_RECORDS (1000000),
-# BENCH_REPS (3), BENCH_OUT (target/bench/runtime-<timestamp>).
+# BENCH_REPS (3), BENCH_WIDE_IN_FLIGHT (4096), BENCH_OUT (target/bench/runtime-<timestamp>).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +33,8 @@ RECORDS="${BENCH_RECORDS:-2000000}"
 LATENCY_RECORDS="${BENCH_LATENCY_RECORDS:-100000}"
 VALIDATE_RECORDS="${BENCH_VALIDATE_RECORDS:-1000000}"
 REPS="${BENCH_REPS:-3}"
+# The no-op runs twice per pair: at the default --max-in-flight (512) and at this many.
+WIDE_IN_FLIGHT="${BENCH_WIDE_IN_FLIGHT:-4096}"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 OUT="${BENCH_OUT:-$ROOT/target/bench/runtime-$STAMP}"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/formstream"
@@ -127,6 +130,10 @@ for i in $(seq "$REPS"); do
   log "noop processor, run $i/$REPS"
   measure noop "$OK" "$total" --group-id "$PREFIX-noop-$i" --dlq-topic "$PREFIX-noop.dlq" >"$OUT/noop-$i.json"
   cat "$OUT/noop-$i.json" >&2
+  log "noop processor, $WIDE_IN_FLIGHT in flight, run $i/$REPS"
+  measure noop "$OK" "$total" --group-id "$PREFIX-noop-wide-$i" --dlq-topic "$PREFIX-noop.dlq" \
+    --max-in-flight "$WIDE_IN_FLIGHT" >"$OUT/noop-wide-$i.json"
+  cat "$OUT/noop-wide-$i.json" >&2
 done
 for i in $(seq "$REPS"); do
   log "50 ms effect, 512 in flight, run $i/$REPS"
@@ -141,9 +148,9 @@ for i in $(seq "$REPS"); do
   cat "$OUT/validate-$i.json" >&2
 done
 
-python3 - "$OUT" "$REPS" "$total" <<'PY'
+python3 - "$OUT" "$REPS" "$total" "$WIDE_IN_FLIGHT" <<'PY'
 import json, statistics, sys, re
-out, reps, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out, reps, total, wide = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def runs(name):
     return [json.loads(open(f"{out}/{name}-{i}.json").read()) for i in range(1, reps + 1)]
 def perf(i, column):
@@ -154,12 +161,13 @@ def perf(i, column):
     # start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec,
     # rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
     return float(rows[-1].split(",")[column])
-noop, lat, val = runs("noop"), runs("latency"), runs("validate")
+noop, wide_noop, lat, val = runs("noop"), runs("noop-wide"), runs("latency"), runs("validate")
 NMSG, FETCH_NMSG = 5, 9
 perfs = [p for p in (perf(i, FETCH_NMSG) for i in range(1, reps + 1)) if p is not None]
 perfs_with_join = [p for p in (perf(i, NMSG) for i in range(1, reps + 1)) if p is not None]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 noop_rates = [r.get("records_per_s", 0) for r in noop]
+wide_rates = [r.get("records_per_s", 0) for r in wide_noop]
 lat_rates = [r.get("records_per_s", 0) for r in lat]
 ideal = 512 / 0.050
 print(f"\nRecords on the topic: {total} (12 partitions). Medians of {reps} runs (raw runs in order).\n")
@@ -167,18 +175,20 @@ print("| measurement | median | raw runs | peak RSS MiB (median) |")
 print("|---|---|---|---|")
 print(f"| Kafka ConsumerPerformance, fetch.nMsg.sec (group join excluded) | {med(perfs):,.0f} rec/s | {' / '.join(f'{p:,.0f}' for p in perfs)} | - |")
 print(f"| Kafka ConsumerPerformance, nMsg.sec (group join included) | {med(perfs_with_join):,.0f} rec/s | {' / '.join(f'{p:,.0f}' for p in perfs_with_join)} | - |")
-print(f"| runtime, no-op processor | {med(noop_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in noop_rates)} | {med([r.get('peak_rss_mib', 0) for r in noop])} |")
+print(f"| runtime, no-op processor, 512 in flight (default) | {med(noop_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in noop_rates)} | {med([r.get('peak_rss_mib', 0) for r in noop])} |")
+print(f"| runtime, no-op processor, {wide} in flight | {med(wide_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in wide_rates)} | {med([r.get('peak_rss_mib', 0) for r in wide_noop])} |")
 print(f"| runtime, 50 ms effect, 512 in flight | {med(lat_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in lat_rates)} | {med([r.get('peak_rss_mib', 0) for r in lat])} |")
 val_rates = [r.get("records_per_s", 0) for r in val]
 print(f"| validate, 5 rules per form, transactions (committed flags/s) | {med(val_rates):,.0f} rec/s | {' / '.join(f'{r:,}' for r in val_rates)} | {med([r.get('peak_rss_mib', 0) for r in val])} |")
-print(f"\n- no-op / ConsumerPerformance: {med(noop_rates) / med(perfs):.2f} (ratio of the medians)")
-if len(perfs) == len(noop_rates):
-    pairs = [n / p for n, p in zip(noop_rates, perfs) if p]
-    print(f"- no-op / ConsumerPerformance, run by run (each no-op run right after its ConsumerPerformance run): "
-          f"{' / '.join(f'{r:.2f}' for r in pairs)}; median {med(pairs):.2f}")
+for label, rates in (("512 in flight", noop_rates), (f"{wide} in flight", wide_rates)):
+    print(f"\n- no-op ({label}) / ConsumerPerformance: {med(rates) / med(perfs):.2f} (ratio of the medians)")
+    if len(perfs) == len(rates):
+        pairs = [n / p for n, p in zip(rates, perfs) if p]
+        print(f"- no-op ({label}) / ConsumerPerformance, run by run (each right after its ConsumerPerformance run): "
+              f"{' / '.join(f'{r:.2f}' for r in pairs)}; median {med(pairs):.2f}")
 print(f"- 50 ms effect / ideal ({ideal:,.0f} rec/s = 512 / 50 ms): {med(lat_rates) / ideal:.2f}")
 print(f"- validate / ConsumerPerformance: {med(val_rates) / med(perfs):.2f}")
-for r in noop + lat + val:
+for r in noop + wide_noop + lat + val:
     if "error" in r:
         print(f"- ERROR: {r['error']}")
 PY
