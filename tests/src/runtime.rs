@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -417,6 +417,8 @@ pub struct ProcessorState {
     calls: Mutex<Vec<Call>>,
     /// Response ids whose effect is running now.
     running: Mutex<HashSet<String>>,
+    /// The most effects that ever ran at once.
+    peak_running: AtomicUsize,
     /// Calls that started while another call of the same response id was running: each one is a
     /// per-key ordering violation.
     overlaps: Mutex<Vec<Call>>,
@@ -455,6 +457,11 @@ impl ProcessorState {
                 .insert(call.offset);
         }
         offsets
+    }
+
+    /// The most effects that ever ran at once (`--max-in-flight` bounds it).
+    pub fn peak_running(&self) -> usize {
+        self.peak_running.load(Ordering::SeqCst)
     }
 
     pub fn overlaps(&self) -> Vec<Call> {
@@ -499,17 +506,18 @@ impl Processor for TestProcessor {
             attempt: record.attempt,
             outcome: Outcome::Ok,
         };
-        if !state
-            .running
-            .lock()
-            .expect("running lock")
-            .insert(id.clone())
         {
+            let mut running = state.running.lock().expect("running lock");
+            if !running.insert(id.clone()) {
+                state
+                    .overlaps
+                    .lock()
+                    .expect("overlaps lock")
+                    .push(call.clone());
+            }
             state
-                .overlaps
-                .lock()
-                .expect("overlaps lock")
-                .push(call.clone());
+                .peak_running
+                .fetch_max(running.len(), Ordering::SeqCst);
         }
         let latency = state.behaviour.latency_ms.load(Ordering::SeqCst);
         if latency > 0 {

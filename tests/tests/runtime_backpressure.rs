@@ -64,6 +64,13 @@ async fn buffers_stay_within_their_bound_and_the_backlog_drains() {
         highest >= (MAX_BUFFERED / 2) as f64,
         "the buffers never filled ({highest}): the test did not exercise back-pressure"
     );
+    // Units wait in the lanes beyond the in-flight bound, but never run beyond it: the bound is
+    // what protects a rate-limited target.
+    let peak = state.peak_running();
+    assert!(
+        (2..=8).contains(&peak),
+        "{peak} effects ran at once; --max-in-flight is 8"
+    );
 
     // Nothing skipped: every offset effected, and the commits reach the ends.
     let committed = wait_committed_to_ends(&topics, Duration::from_secs(30)).await;

@@ -45,6 +45,13 @@ use crate::worker::{self, Alive, Job, Report, Unit, WorkerContext};
 /// are not kept waiting by a long backlog.
 const MAX_INTAKE: usize = 512;
 
+/// Units handed to the lanes, as a multiple of `--max-in-flight`. The lanes run at most
+/// `--max-in-flight` at once and keep the rest waiting, so that a lane never idles while the
+/// engine gets its turn: with only as many units handed over as may run, a processor whose
+/// effects end at once (a no-op, a CPU-bound transform) spent a part of every round trip with
+/// its lanes empty. Memory stays bounded by the buffer limits, which count these units too.
+const LANE_BACKLOG: usize = 4;
+
 /// Longest the engine stops taking records from the consumer because its buffers are full. Past
 /// it, the partitions are paused instead, so that the consumer is polled again (rebalances are
 /// served on the same queue, and librdkafka expects a poll within max.poll.interval.ms).
@@ -396,8 +403,9 @@ impl Limits {
 
 /// One lane of the worker pool, as the engine sees it.
 struct Lane {
-    /// Slices of units for the lane. Unbounded, but never holds more than `max_in_flight` units
-    /// over all lanes: `in_flight` counts them until the lane reports them ended.
+    /// Slices of units for the lane. Unbounded, but never holds more than `LANE_BACKLOG` x
+    /// `max_in_flight` units over all lanes: `in_flight` counts them until the lane reports them
+    /// ended.
     work: mpsc::UnboundedSender<Vec<Unit>>,
     /// Units handed to this lane and not ended yet (the engine gives new units to the lane with
     /// the fewest).
@@ -412,8 +420,8 @@ pub struct Engine<P: Processor> {
     metrics: Metrics,
     /// Runnable jobs (their key is free) waiting for an in-flight slot or a closed circuit.
     ready: VecDeque<Job>,
-    /// Units (a job, or a batch of jobs) handed to a lane and not ended yet: at most
-    /// `max_in_flight`.
+    /// Units (a job, or a batch of jobs) handed to a lane and not ended yet, running or waiting
+    /// there: at most `LANE_BACKLOG` x `max_in_flight`.
     in_flight: usize,
     /// The lanes that run the units (see `start_lanes`); empty until the engine runs.
     lanes: Vec<Lane>,
@@ -766,15 +774,19 @@ impl<P: Processor> Engine<P> {
     }
 
     /// Starts the worker pool: one lane per thread of the runtime (see [`worker::run_lane`]),
-    /// each running many units at once. The lanes end when the engine, and with it their
-    /// sending sides, is dropped and their work has ended.
+    /// each running many units at once, their limits adding up to `max_in_flight`. The lanes
+    /// end when the engine, and with it their sending sides, is dropped and their work has ended.
     fn start_lanes(&mut self) {
         let threads = tokio::runtime::Handle::current().metrics().num_workers();
-        for lane in 0..threads.clamp(1, self.limits.max_in_flight) {
+        let max = self.limits.max_in_flight;
+        let lanes = threads.clamp(1, max);
+        for lane in 0..lanes {
             let (work, work_rx) = mpsc::unbounded_channel();
+            let limit = max / lanes + usize::from(lane < max % lanes);
             tokio::spawn(worker::run_lane(
                 self.worker.clone(),
                 lane,
+                limit,
                 work_rx,
                 self.reports_tx.clone(),
             ));
@@ -782,16 +794,16 @@ impl<P: Processor> Engine<P> {
         }
     }
 
-    /// Hands ready jobs to the lanes while in-flight slots are free and the circuit is not open:
-    /// each unit goes to the lane with the fewest units in flight, and each lane gets its units
-    /// in one message.
+    /// Hands ready jobs to the lanes while they hold fewer than `LANE_BACKLOG` x `max_in_flight`
+    /// units and the circuit is not open: each unit goes to the lane with the fewest units, and
+    /// each lane gets its units in one message.
     fn dispatch(&mut self) {
         if *self.circuit_rx.borrow() == CircuitState::Open || self.lanes.is_empty() {
             return;
         }
         let batch_size = self.worker.processor.batch_size().max(1);
         let mut outgoing: Vec<Vec<Unit>> = Vec::new();
-        while self.in_flight < self.limits.max_in_flight && !self.ready.is_empty() {
+        while self.in_flight < self.limits.max_in_flight * LANE_BACKLOG && !self.ready.is_empty() {
             if batch_size > 1
                 && self.ready.len() < batch_size
                 && self

@@ -93,7 +93,7 @@ impl Metrics {
         let in_flight = gauge(
             &registry,
             "formstream_processor_records_in_flight",
-            "Records whose effect is running or waiting for a retry.",
+            "Units (records, or batches of them) handed to the worker lanes: effect running, waiting for a retry, or waiting in a lane for one of the --max-in-flight slots.",
             &["processor"],
         );
         let buffered = gauge(

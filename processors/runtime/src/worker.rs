@@ -7,6 +7,7 @@
 //! Invariant: a job is reported finished only after its effect succeeded or Kafka acknowledged its
 //! dead letter; a job of a revoked partition is abandoned without being reported or dead-lettered.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -182,23 +183,35 @@ enum Prepared<V> {
 }
 
 /// Runs one lane of the worker pool until the engine drops its sending side and the lane's work
-/// has ended: takes units (a job, or a batch of jobs of different keys) from `work`, runs them
-/// all concurrently, and reports the units that ended, with their completions, to the engine.
+/// has ended: takes units (a job, or a batch of jobs of different keys) from `work`, runs up to
+/// `limit` of them concurrently, keeps the rest waiting in order, and reports the units that
+/// ended, with their completions, to the engine.
 ///
 /// One task per lane instead of one per in-flight slot: handing over a slice of units and
 /// reporting a batch of completions costs one wake-up each, where a task per slot cost a wake-up
-/// (and often a thread switch) per record in each direction. The engine bounds the units in
-/// flight over all lanes, so a lane's set of running units is bounded too.
+/// (and often a thread switch) per record in each direction. The lanes' limits add up to
+/// `--max-in-flight`, so that many effects at most run at once; the engine hands over more units
+/// than that (see `LANE_BACKLOG`), so that a lane whose units end quickly starts the next ones
+/// without waiting for the engine's turn.
 pub async fn run_lane<P: Processor>(
     ctx: Arc<WorkerContext<P>>,
     lane: usize,
+    limit: usize,
     mut work: mpsc::UnboundedReceiver<Vec<Unit>>,
     reports: mpsc::UnboundedSender<Report>,
 ) {
     let ctx = &*ctx;
+    let limit = limit.max(1);
     let mut running = FuturesUnordered::new();
+    let mut waiting: VecDeque<(Unit, Instant)> = VecDeque::new();
     let mut open = true;
     loop {
+        while running.len() < limit
+            && let Some((unit, arrived)) = waiting.pop_front()
+        {
+            // A panic ends its unit only, not the lane and the other units in it.
+            running.push(std::panic::AssertUnwindSafe(run_unit(ctx, unit, arrived)).catch_unwind());
+        }
         tokio::select! {
             biased;
             Some(ended) = running.next(), if !running.is_empty() => {
@@ -216,15 +229,13 @@ pub async fn run_lane<P: Processor>(
                 let _ = reports.send(report);
             }
             units = work.recv(), if open => match units {
-                // A panic ends its unit only, not the lane and the other units in it.
                 Some(units) => {
                     let arrived = Instant::now();
-                    running.extend(units.into_iter().map(|unit| {
-                        std::panic::AssertUnwindSafe(run_unit(ctx, unit, arrived)).catch_unwind()
-                    }));
+                    waiting.extend(units.into_iter().map(|unit| (unit, arrived)));
                 }
                 None => open = false,
             },
+            // Nothing runs, so nothing waits either (the loop above started it), and no more comes.
             else => return,
         }
     }
