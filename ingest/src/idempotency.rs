@@ -9,7 +9,8 @@
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::sync::{Cache, DefaultLifecycle, EntryAction, EntryResult};
+use quick_cache::{DefaultHashBuilder, OptionsBuilder, UnitWeighter};
 use uuid::Uuid;
 
 /// Who submitted which revision of which response. Scoped by organisation, so that one
@@ -51,15 +52,37 @@ pub enum Claim<A> {
 /// claim, then its answer from the delivery report), on request threads and librdkafka's at once:
 /// a single LRU behind one mutex cost several times more, in contention and in the cache misses
 /// of relinking its list.
+///
+/// A new entry sits in the cache's cold part until it is used again (its answer, here) or pushed
+/// out. quick_cache gives that part 3 % of the capacity by default: a claim whose answer took a
+/// while (a slow broker) would be forgotten after 3,000 newer ones, and a conflicting content
+/// could then be published for its key. Half the capacity keeps it for 50,000.
 pub struct Submissions<A> {
     entries: Cache<Key, Entry<A>>,
 }
 
+/// The part of the capacity for entries used more than once (answered claims).
+const HOT_ALLOCATION: f64 = 0.5;
+
 impl<A: Clone> Submissions<A> {
     pub fn new(capacity: NonZeroUsize) -> Self {
-        Submissions {
-            entries: Cache::new(capacity.get()),
-        }
+        let items = capacity.get();
+        let entries = OptionsBuilder::new()
+            .estimated_items_capacity(items)
+            .weight_capacity(u64::try_from(items).unwrap_or(u64::MAX))
+            .hot_allocation(HOT_ALLOCATION)
+            .build()
+            .map(|options| {
+                Cache::with_options(
+                    options,
+                    UnitWeighter,
+                    DefaultHashBuilder::default(),
+                    DefaultLifecycle::default(),
+                )
+            })
+            // Only for options out of their range, which these are not.
+            .unwrap_or_else(|_| Cache::new(items));
+        Submissions { entries }
     }
 
     pub fn claim(&self, key: &Key, digest: &Digest) -> Claim<A> {
@@ -175,12 +198,32 @@ mod tests {
     #[test]
     fn an_answer_is_remembered_even_after_its_claim_was_evicted() {
         let cache = cache();
-        assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Fresh);
+        // A full cache first: a claim made then is new, and goes where new entries are evicted.
         for revision in 1..=64 {
             cache.claim(&key("b", revision), &[2; 32]);
         }
+        assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Fresh);
+        for revision in 65..=128 {
+            cache.claim(&key("b", revision), &[2; 32]);
+        }
+        assert!(cache.entries.peek(&key("a", 0)).is_none(), "evicted");
         cache.accepted(key("a", 0), [1; 32], "answer");
         assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Repeat("answer"));
+    }
+
+    #[test]
+    fn an_unanswered_claim_outlives_many_newer_ones() {
+        let cache = Submissions::<&str>::new(NonZeroUsize::new(1_000).expect("non-zero"));
+        // Steady traffic: each claim is answered soon after.
+        let submit = |revision| {
+            cache.claim(&key("b", revision), &[2; 32]);
+            cache.accepted(key("b", revision), [2; 32], "answer");
+        };
+        (1..=2_000).for_each(submit);
+        assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Fresh);
+        // Far more than quick_cache's default cold part (3 %) would keep unanswered.
+        (2_001..=2_300).for_each(submit);
+        assert_eq!(cache.claim(&key("a", 0), &[2; 32]), Claim::Conflict);
     }
 
     #[test]
