@@ -203,14 +203,20 @@ pub async fn run_lane<P: Processor>(
     let ctx = &*ctx;
     let limit = limit.max(1);
     let mut running = FuturesUnordered::new();
-    let mut waiting: VecDeque<(Unit, Instant)> = VecDeque::new();
+    let mut waiting: VecDeque<Unit> = VecDeque::new();
     let mut open = true;
     loop {
-        while running.len() < limit
-            && let Some((unit, arrived)) = waiting.pop_front()
-        {
-            // A panic ends its unit only, not the lane and the other units in it.
-            running.push(std::panic::AssertUnwindSafe(run_unit(ctx, unit, arrived)).catch_unwind());
+        if running.len() < limit && !waiting.is_empty() {
+            // One clock read for the units started together: when their first attempt began.
+            let started = Instant::now();
+            while running.len() < limit
+                && let Some(unit) = waiting.pop_front()
+            {
+                // A panic ends its unit only, not the lane and the other units in it.
+                running.push(
+                    std::panic::AssertUnwindSafe(run_unit(ctx, unit, started)).catch_unwind(),
+                );
+            }
         }
         tokio::select! {
             biased;
@@ -229,10 +235,7 @@ pub async fn run_lane<P: Processor>(
                 let _ = reports.send(report);
             }
             units = work.recv(), if open => match units {
-                Some(units) => {
-                    let arrived = Instant::now();
-                    waiting.extend(units.into_iter().map(|unit| (unit, arrived)));
-                }
+                Some(units) => waiting.extend(units),
                 None => open = false,
             },
             // Nothing runs, so nothing waits either (the loop above started it), and no more comes.
@@ -282,7 +285,7 @@ impl From<Vec<Completion>> for Finished {
     }
 }
 
-/// Runs a unit to its end. `arrived` is when its lane received it.
+/// Runs a unit to its end. `arrived` is when its lane started it.
 async fn run_unit<P: Processor>(ctx: &WorkerContext<P>, unit: Unit, arrived: Instant) -> Finished {
     match unit {
         Unit::One(job) => run_one(ctx, job, arrived).await,
@@ -336,7 +339,7 @@ async fn run_one<P: Processor>(ctx: &WorkerContext<P>, job: Job, arrived: Instan
 
 /// Runs `jobs` to their end and returns those that finished (done or dead-lettered): decoding,
 /// the form lookup and a first attempt that succeeds run here; failures, retries and dead
-/// letters go on in [`attempt_until_settled`], boxed. `arrived` is when a lane received them.
+/// letters go on in [`attempt_until_settled`], boxed. `arrived` is when a lane started them.
 async fn run_jobs<P: Processor>(
     ctx: &WorkerContext<P>,
     jobs: Vec<Job>,
@@ -798,7 +801,7 @@ async fn wait_until_closed<P: Processor>(ctx: &WorkerContext<P>) -> Duration {
 
 /// Sends the job to the dead-letter topic, retrying (with backoff) until Kafka acknowledges it or
 /// the job's partition is revoked. Returns whether it was acknowledged. `raw` is the record as
-/// fetched (the job's, or the record's once it moved there). `arrived` is when a worker took the
+/// fetched (the job's, or the record's once it moved there). `arrived` is when a lane started the
 /// job: its first attempt's time in the dead letter's headers.
 async fn dead_letter<P: Processor>(
     ctx: &WorkerContext<P>,
