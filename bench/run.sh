@@ -9,7 +9,8 @@
 # after a warm-up, recording its RSS and CPU, (e) measures Kafka's own ProducerPerformance on a
 # fresh topic with the same record size, partitions, acks=all and idempotence, and (f) prints the
 # results. Each measurement runs BENCH_REPS times; the table shows the median and the raw runs.
-# Everything it started is stopped on exit (the broker only if this script started it).
+# Everything it started is stopped on exit (the broker only if this script started it), and its
+# topics are deleted (BENCH_KEEP_TOPICS=1 keeps them).
 #
 # Environment (all optional): BENCH_DURATION (15s), BENCH_WARMUP (3s), BENCH_REPS (3),
 # BENCH_CONNECTIONS (64), BENCH_BATCH_CONNECTIONS (4), BENCH_BATCH_SIZE (500),
@@ -53,6 +54,10 @@ cleanup() {
   for pid in "${STARTED_PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  # A run leaves millions of records on the broker's disk; BENCH_KEEP_TOPICS=1 keeps them.
+  if [[ -n "${TOPIC:-}" && "${BENCH_KEEP_TOPICS:-0}" != 1 ]]; then
+    "$KAFKA" topics --delete --topic "$TOPIC-.*" >/dev/null 2>&1 || true
+  fi
   if [[ "$STARTED_BROKER" == 1 ]]; then "$KAFKA" stop || true; fi
 }
 trap cleanup EXIT

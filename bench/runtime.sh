@@ -24,7 +24,8 @@
 #
 # Environment (all optional): BENCH_RECORDS (2000000), BENCH_LATENCY_RECORDS (100000),
 # BENCH_VALIDATE_RECORDS (1000000),
-# BENCH_REPS (3), BENCH_WIDE_IN_FLIGHT (4096), BENCH_OUT (target/bench/runtime-<timestamp>).
+# BENCH_REPS (3), BENCH_WIDE_IN_FLIGHT (4096), BENCH_OUT (target/bench/runtime-<timestamp>),
+# BENCH_KEEP_TOPICS=1 to keep the run's topics (deleted at the end otherwise).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,7 +50,14 @@ log() { echo "bench: $*" >&2; }
 run() { echo "$*" >>"$COMMANDS"; "$@"; }
 
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  # A run leaves millions of records on the broker's disk; BENCH_KEEP_TOPICS=1 keeps them.
+  if [[ "${BENCH_KEEP_TOPICS:-0}" != 1 ]]; then
+    "$KAFKA" topics --delete --topic "$PREFIX-.*" >/dev/null 2>&1 || true
+  fi
+}
 trap cleanup EXIT
 
 "$KAFKA" start
