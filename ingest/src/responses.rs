@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Write as _};
-use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 
 use arrayvec::ArrayString;
@@ -409,21 +408,13 @@ pub fn normalise_phone(raw: &str, region: Option<country::Id>) -> Option<String>
 ///
 /// Invariant: a cached answer is exactly what [`normalise_phone`] returns for the same input.
 pub struct Phones {
-    /// Hash of (region, raw) -> the input itself (to rule out collisions) and its E.164 form.
-    cache: Cache<u64, CachedPhone>,
-    /// Hashes (region, raw) into a slot: foldhash, several times cheaper than SipHash on short
-    /// strings, seeded per process so that nobody can aim inputs at one slot.
-    hasher: foldhash::fast::RandomState,
+    /// (region, input as written) -> its E.164 form, or `None` for an invalid number. Held inline
+    /// and copied out on a hit: no allocation, and no reference count that the request threads
+    /// would contend for on a busy collector's number.
+    cache: Cache<PhoneInput, Option<ArrayString<E164_MAX>>>,
 }
 
-/// Held inline and copied out on a hit: no allocation, and no reference count that the request
-/// threads would contend for on a busy collector's number.
-#[derive(Clone, Copy)]
-struct CachedPhone {
-    region: Option<country::Id>,
-    raw: ArrayString<MAX_PHONE_INPUT>,
-    e164: Option<ArrayString<E164_MAX>>,
-}
+type PhoneInput = (Option<country::Id>, ArrayString<MAX_PHONE_INPUT>);
 
 /// Longest phone input read at all; longer ones are invalid.
 const MAX_PHONE_INPUT: usize = 64;
@@ -434,29 +425,21 @@ impl Phones {
     pub fn new(capacity: NonZeroUsize) -> Self {
         Phones {
             cache: Cache::new(capacity.get()),
-            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
     pub fn normalise(&self, raw: &str, region: Option<country::Id>) -> Option<String> {
-        let slot = self.hasher.hash_one((region, raw));
-        if let Some(held) = self.cache.get(&slot)
-            && held.region == region
-            && held.raw.as_str() == raw
-        {
-            return held.e164.map(|e164| e164.as_str().to_owned());
+        // Longer than any input read: invalid, as `normalise_phone` says too.
+        let input: PhoneInput = (region, ArrayString::from(raw).ok()?);
+        if let Some(held) = self.cache.get(&input) {
+            return held.map(|e164| e164.as_str().to_owned());
         }
         let e164 = normalise_phone(raw, region);
-        // An input or a number too long to hold is answered, just not remembered.
-        if let Ok(raw) = ArrayString::from(raw) {
-            let held = match e164.as_deref().map(ArrayString::from) {
-                None => Some(None),
-                Some(Ok(e164)) => Some(Some(e164)),
-                Some(Err(_)) => None,
-            };
-            if let Some(e164) = held {
-                self.cache.insert(slot, CachedPhone { region, raw, e164 });
-            }
+        match e164.as_deref().map(ArrayString::from) {
+            None => self.cache.insert(input, None),
+            Some(Ok(held)) => self.cache.insert(input, Some(held)),
+            // A number too long to hold is answered, just not remembered.
+            Some(Err(_)) => {}
         }
         e164
     }
