@@ -8,12 +8,7 @@ use helpers::*;
 use proptest::prelude::*;
 
 async fn valid_payload() -> Vec<u8> {
-    Codec::single_object()
-        .encoder::<Response>("responses")
-        .await
-        .unwrap()
-        .encode(&responses()[1])
-        .unwrap()
+    encoded::<Response>(&Codec::single_object(), "responses", &responses()[1]).await
 }
 
 #[tokio::test]
@@ -103,23 +98,13 @@ async fn a_huge_array_count_is_refused_before_allocating() {
 async fn an_enum_index_out_of_range_is_a_decode_error() {
     let codec = Codec::single_object();
     let flag = &flags()[0];
-    let mut payload = codec
-        .encoder::<ResponseFlag>("f")
-        .await
-        .unwrap()
-        .encode(flag)
-        .unwrap();
+    let mut payload = encoded::<ResponseFlag>(&codec, "f", flag).await;
     // `status` follows six fields; find it by re-encoding with the other status and diffing.
     let other = ResponseFlag {
         status: FlagStatus::Flagged,
         ..flag.clone()
     };
-    let other = codec
-        .encoder::<ResponseFlag>("f")
-        .await
-        .unwrap()
-        .encode(&other)
-        .unwrap();
+    let other = encoded::<ResponseFlag>(&codec, "f", &other).await;
     let at = payload
         .iter()
         .zip(&other)

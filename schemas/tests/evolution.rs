@@ -17,12 +17,7 @@ fn v1() -> Response {
 #[tokio::test]
 async fn single_object_backward_new_reader_reads_old_data_with_the_default() {
     let producer = Codec::single_object();
-    let old = producer
-        .encoder::<Response>("responses")
-        .await
-        .unwrap()
-        .encode(&v1())
-        .unwrap();
+    let old = encoded::<Response>(&producer, "responses", &v1()).await;
 
     let consumer = Codec::single_object();
     let read: ResponseV2 = consumer.decode(&old).await.unwrap();
@@ -32,12 +27,8 @@ async fn single_object_backward_new_reader_reads_old_data_with_the_default() {
 #[tokio::test]
 async fn single_object_forward_old_reader_reads_new_data_ignoring_the_field() {
     let producer = Codec::single_object();
-    let new = producer
-        .encoder::<ResponseV2>("responses")
-        .await
-        .unwrap()
-        .encode(&ResponseV2::from_v1(v1(), "web"))
-        .unwrap();
+    let new =
+        encoded::<ResponseV2>(&producer, "responses", &ResponseV2::from_v1(v1(), "web")).await;
 
     // A consumer that only has the compiled-in schemas cannot know v2's fingerprint...
     let err = Codec::single_object()
@@ -59,12 +50,7 @@ async fn single_object_forward_old_reader_reads_new_data_ignoring_the_field() {
 async fn confluent_backward_new_reader_reads_old_data_with_the_default() {
     let fake = FakeRegistry::start(None).await;
     let producer = Codec::with_registry(fake.config()).unwrap();
-    let old = producer
-        .encoder::<Response>("responses")
-        .await
-        .unwrap()
-        .encode(&v1())
-        .unwrap();
+    let old = encoded::<Response>(&producer, "responses", &v1()).await;
 
     let consumer = Codec::with_registry(fake.config()).unwrap();
     let read: ResponseV2 = consumer.decode(&old).await.unwrap();
@@ -79,12 +65,8 @@ async fn confluent_forward_old_reader_reads_new_data_ignoring_the_field() {
         .register("responses-value", Response::SCHEMA_JSON)
         .await;
     let producer = Codec::with_registry(fake.config()).unwrap();
-    let new = producer
-        .encoder::<ResponseV2>("responses")
-        .await
-        .unwrap()
-        .encode(&ResponseV2::from_v1(v1(), "sms"))
-        .unwrap();
+    let new =
+        encoded::<ResponseV2>(&producer, "responses", &ResponseV2::from_v1(v1(), "sms")).await;
     let v2_id = u32::from_be_bytes(new[1..5].try_into().unwrap());
     assert_ne!(v1_id, v2_id);
     assert_eq!(
@@ -130,12 +112,7 @@ async fn an_incompatible_schema_is_refused_with_a_clear_permanent_registry_error
 async fn forms_written_before_rules_read_with_no_rules_and_no_notifications() {
     let current = forms()[1].clone();
     let old = FormV1::from_current(current.clone());
-    let bytes = Codec::single_object()
-        .encoder::<FormV1>("forms")
-        .await
-        .unwrap()
-        .encode(&old)
-        .unwrap();
+    let bytes = encoded::<FormV1>(&Codec::single_object(), "forms", &old).await;
 
     let consumer = Codec::single_object_with_writers(vec![FORM_V1.clone()]);
     let read: Form = consumer.decode(&bytes).await.unwrap();
@@ -191,12 +168,7 @@ async fn forms_written_before_receipts_read_with_no_receipt() {
         version.sheets = None;
     }
 
-    let bytes = Codec::single_object()
-        .encoder::<FormV2>("forms")
-        .await
-        .unwrap()
-        .encode(&old)
-        .unwrap();
+    let bytes = encoded::<FormV2>(&Codec::single_object(), "forms", &old).await;
     let consumer = Codec::single_object_with_writers(vec![FORM_V2.clone()]);
     let read: Form = consumer.decode(&bytes).await.unwrap();
     assert_eq!(read, expected);
@@ -242,12 +214,7 @@ async fn a_reader_from_before_receipts_reads_forms_with_receipts_ignoring_them()
 #[tokio::test]
 async fn a_decoder_reads_what_the_codec_reads() {
     let codec = Codec::single_object();
-    let own = codec
-        .encoder::<Response>("responses")
-        .await
-        .unwrap()
-        .encode(&v1())
-        .unwrap();
+    let own = encoded::<Response>(&codec, "responses", &v1()).await;
     let decoder = codec.decoder::<Response>();
     assert_eq!(decoder.decode(&own).await.unwrap(), v1());
 

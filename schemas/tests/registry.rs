@@ -70,12 +70,7 @@ async fn basic_auth_is_sent_when_configured_and_refusal_is_clear() {
         ..fake.config()
     };
     let codec = Codec::with_registry(config).unwrap();
-    let bytes = codec
-        .encoder::<Response>("responses")
-        .await
-        .unwrap()
-        .encode(&responses()[1])
-        .unwrap();
+    let bytes = encoded::<Response>(&codec, "responses", &responses()[1]).await;
     let back: Response = codec.decode(&bytes).await.unwrap();
     assert_eq!(back, responses()[1]);
 }
@@ -100,12 +95,7 @@ async fn a_failing_registry_is_a_retriable_registry_error_and_is_not_cached() {
     assert!(err.to_string().contains("injected failure"), "{err}");
 
     fake.state.lock().unwrap().fail_with = None;
-    let bytes = codec
-        .encoder::<Response>("responses")
-        .await
-        .unwrap()
-        .encode(&responses()[0])
-        .unwrap();
+    let bytes = encoded::<Response>(&codec, "responses", &responses()[0]).await;
 
     // Same for fetching by id: a failure, then success once the registry recovers.
     let consumer = Codec::with_registry(fake.config()).unwrap();

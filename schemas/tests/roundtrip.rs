@@ -76,12 +76,7 @@ async fn confluent_round_trips_every_record_type() {
 #[tokio::test]
 async fn a_single_object_payload_is_decoded_by_another_codec() {
     // The producer and the consumer are different processes: nothing may depend on shared state.
-    let bytes = Codec::single_object()
-        .encoder::<Response>("responses")
-        .await
-        .unwrap()
-        .encode(&responses()[1])
-        .unwrap();
+    let bytes = encoded::<Response>(&Codec::single_object(), "responses", &responses()[1]).await;
     let back: Response = Codec::single_object().decode(&bytes).await.unwrap();
     assert_eq!(back, responses()[1]);
 }
@@ -122,12 +117,7 @@ async fn header_of<T: AvroRecord>() -> Vec<u8> {
 #[tokio::test]
 async fn reading_a_payload_as_the_wrong_record_type_is_a_decode_error() {
     let codec = Codec::single_object();
-    let bytes = codec
-        .encoder::<Form>("forms")
-        .await
-        .unwrap()
-        .encode(&forms()[1])
-        .unwrap();
+    let bytes = encoded::<Form>(&codec, "forms", &forms()[1]).await;
     let err = codec.decode::<Response>(&bytes).await.unwrap_err();
     assert!(matches!(err, CodecError::Decode(_)), "{err}");
     assert!(err.to_string().contains("io.formstream.v1.Form"), "{err}");
@@ -205,7 +195,7 @@ mod properties {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let codec = Codec::single_object();
             let back: Response = rt.block_on(async {
-                let bytes = codec.encoder::<Response>("responses").await.unwrap().encode(&r).unwrap();
+                let bytes = encoded::<Response>(&codec, "responses", &r).await;
                 codec.decode(&bytes).await
             }).unwrap();
             prop_assert_eq!(back, r);

@@ -18,6 +18,16 @@ use serde::{Deserialize, Serialize};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+/// `value` as `codec`'s encoder for `topic` writes it.
+pub async fn encoded<T: AvroRecord>(codec: &Codec, topic: &str, value: &T) -> Vec<u8> {
+    codec
+        .encoder::<T>(topic)
+        .await
+        .expect("an encoder")
+        .encode(value)
+        .expect("encodes")
+}
+
 pub fn forms() -> Vec<Form> {
     let q =
         |key: &str, kind: QuestionType, choices: Vec<Choice>, max_length: Option<i32>| Question {
