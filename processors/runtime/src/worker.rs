@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::RetryPolicy;
 use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::dlq::{DeadLetters, Kind, Letter};
-use crate::engine::Tp;
+use crate::engine::TopicPartition;
 use crate::metrics::Metrics;
 use crate::processor::{Failure, Output, Payload, Processor, Record};
 use crate::raw::RawRecord;
@@ -30,7 +30,7 @@ use crate::raw::RawRecord;
 /// A fetched record, waiting for or in the hands of a worker.
 #[derive(Debug)]
 pub struct Job {
-    pub tp: Tp,
+    pub tp: TopicPartition,
     pub epoch: u64,
     pub alive: Arc<Alive>,
     pub offset: i64,
@@ -45,7 +45,7 @@ pub struct Job {
 
 impl Job {
     fn alive(&self) -> bool {
-        self.alive.0.load(Ordering::Acquire)
+        self.alive.holds()
     }
 }
 
@@ -65,6 +65,11 @@ impl Default for Alive {
 }
 
 impl Alive {
+    /// Whether the assignment still holds.
+    pub fn holds(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
     /// Ends the assignment: its workers stop retrying and never dead-letter.
     pub fn end(&self) {
         self.0.store(false, Ordering::Release);
@@ -89,7 +94,7 @@ pub struct Report {
 /// A job that finished (effect done or dead-lettered).
 #[derive(Debug)]
 pub struct Completion {
-    pub tp: Tp,
+    pub tp: TopicPartition,
     pub epoch: u64,
     pub offset: i64,
     pub ordering_key: Option<u64>,
@@ -100,7 +105,8 @@ pub struct Completion {
 }
 
 impl Completion {
-    fn of(job: &Job) -> Self {
+    /// The completion of `job`, without outputs.
+    pub fn of(job: &Job) -> Self {
         Completion {
             tp: job.tp,
             epoch: job.epoch,
