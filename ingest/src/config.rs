@@ -1,7 +1,7 @@
 //! Command-line and environment configuration of the gateway and of the shared Kafka client.
 //!
 //! Every flag has an `env` twin (`FORMSTREAM_...`) and a doc comment, which is its `--help` text and its
-//! README entry. Every default says why it is the default.
+//! entry in docs/configuration.md. Every default says why it is the default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -2,7 +2,8 @@
 //! reads every partition itself, from the beginning, and keeps reading new records.
 //!
 //! No consumer group coordinates these readers and nothing is committed: each view is a cache
-//! rebuilt from Kafka at start-up (DESIGN.md promise 5), so every instance needs every record.
+//! rebuilt from Kafka at start-up (docs/design.md, promise 5), so every instance needs every
+//! record.
 //!
 //! Invariant: [`Followed::CaughtUp`] is reported exactly once, and only after every partition has
 //! been read up to the end it had when the follower started (or to its end, whichever comes first),

@@ -1,8 +1,8 @@
 //! The formstream ingest gateway: a forms API, and validated, durable submission of responses to
 //! Kafka.
 //!
-//! Invariant (DESIGN.md promises 1 and 7): a response is answered 2xx only after Kafka acknowledged
-//! it (idempotent producer, acks=all), and only valid responses are published.
+//! Invariant (docs/design.md, promises 1 and 7): a response is answered 2xx only after Kafka
+//! acknowledged it (idempotent producer, acks=all), and only valid responses are published.
 
 pub mod auth;
 pub mod config;

@@ -2,7 +2,7 @@
 //! evaluated against every response by the validate processor. Both use this module, so a rule
 //! means the same thing at save time and at run time.
 //!
-//! Semantics (README.md, "Rules", says the same for form designers):
+//! Semantics (docs/actions.md, "validate", says the same for form designers):
 //! - Each answer is bound to its question key: a number answer is a CEL `double`, a text or phone
 //!   answer a `string`, a single choice the chosen key (`string`), a multiple choice a `list` of
 //!   chosen keys. Numbers therefore compare as numbers, never as text. Integer literals compare

@@ -1,4 +1,4 @@
-//! Helpers for the processor runtime's end-to-end tests (issue 3, DESIGN.md promises 2 to 6):
+//! Helpers for the processor runtime's end-to-end tests (docs/design.md, promises 2 to 6):
 //! fresh topics and groups, a producer of Avro responses (and of garbage), an in-process test
 //! processor whose behaviour the test programs (transient failures, permanent failures, a target
 //! that goes down, latency) and that records every call, the runtime spawned in-process with a

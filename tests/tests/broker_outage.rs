@@ -1,4 +1,5 @@
-//! The broker stopped in the middle of a test (DESIGN.md promise 1: acknowledged means durable).
+//! The broker stopped in the middle of a test (docs/design.md, promise 1:
+//! acknowledged means durable).
 //!
 //! A private broker instance (its own name, ports and data, started and stopped with the project's
 //! `deploy/local/kafka.sh`) is stopped while clients keep submitting, so the shared broker and the

@@ -1,5 +1,5 @@
 //! End-to-end tests of the ingest gateway against the real broker: what a client is told, and
-//! what lands on the topics (DESIGN.md promises 1 and 7).
+//! what lands on the topics (docs/design.md, promises 1 and 7).
 //!
 //! Invariant proved here: a 2xx names a record that is on the topic exactly where the gateway said,
 //! decodable and typed; anything the gateway refuses never reaches a topic.

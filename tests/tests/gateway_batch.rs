@@ -1,5 +1,5 @@
 //! The batch endpoint publishes its valid items together and awaits their acknowledgements
-//! together; these tests prove that each item is still answered for its own record (DESIGN.md
+//! together; these tests prove that each item is still answered for its own record (docs/design.md,
 //! promises 1 and 7), against the real broker.
 //!
 //! Invariant proved here: an item answered 202 is on the topic exactly at the partition and offset

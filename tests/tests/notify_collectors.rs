@@ -1,5 +1,5 @@
 //! The notify-collectors processor on the real broker, with the Twilio fake and a verifying
-//! webhook receiver (issue 4, "the data collector is told"; DESIGN.md promises 2 to 4): a flagged
+//! webhook receiver (docs/design.md, promises 2 to 4): a flagged
 //! response gets one SMS and one signed webhook, a clean one nothing; redelivery to a fresh group
 //! and a fresh instance (its ledger rebuilt from Kafka) adds nothing; an ambiguous Twilio failure is
 //! reconciled into exactly one SMS; 429s and an outage are retried behind the circuit breaker and

@@ -1,4 +1,4 @@
-//! The receipts processor on the real broker with the Twilio fake (issue 5; DESIGN.md promises 2
+//! The receipts processor on the real broker with the Twilio fake (docs/design.md, promises 2
 //! to 4): every valid response gets exactly one receipt with the right text and number, a later
 //! revision and a redelivery to a fresh instance add none; an ambiguous 5xx is reconciled, not
 //! re-sent; Twilio down for longer than the consumer session timeout loses nothing; numbers that

@@ -1,5 +1,5 @@
 //! Permanent failures, spent retry budgets and poison records go to the dead-letter topic, and
-//! their partition carries on (DESIGN.md promises 3 and 7; issue 3, test 2).
+//! their partition carries on (docs/design.md, promises 3 and 7).
 //!
 //! Invariant proved here: each such record lands on the DLQ once, with its original value bytes
 //! (or none), its original headers, and the `formstream.dlq.*` headers naming its topic,

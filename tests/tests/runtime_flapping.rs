@@ -1,7 +1,7 @@
 //! A flapping outage: the target answers the circuit breaker's probes but still fails every
 //! effect, so the circuit goes half-open and opens again many times. Records must be paused,
 //! not dead-lettered: failures that are part of an outage do not spend the retry budget
-//! (DESIGN.md promise 4: outages pause the pipeline; they lose nothing).
+//! (docs/design.md, promise 4: outages pause the pipeline; they lose nothing).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
-//! `kill -9` of a processor process in the middle of 50,000 records, then a restart (DESIGN.md
-//! promises 2 and 3; issue 3, test 3).
+//! `kill -9` of a processor process in the middle of 50,000 records, then a restart (docs/design.md,
+//! promises 2 and 3).
 //!
 //! The processor is the `journal` test processor of the `formstream` binary: each effect appends a
 //! JSON line to a file and syncs it before the runtime may commit. Build the binary first

@@ -1,5 +1,5 @@
-//! The processor's target is down for longer than the consumer session timeout (DESIGN.md
-//! promise 4; issue 3, test 5).
+//! The processor's target is down for longer than the consumer session timeout (docs/design.md,
+//! promise 4).
 //!
 //! `max.poll.interval.ms` is lowered to 7 s (librdkafka wants it at least the 6 s session
 //! timeout), so that a runtime that stopped polling while its partitions are paused would leave

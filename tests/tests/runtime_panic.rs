@@ -1,5 +1,6 @@
 //! A processor that panics stops its runtime, and nothing from the panicked record on is
-//! committed (DESIGN.md promise 2: nothing is skipped).
+//! committed (docs/design.md, promise 2: nothing is
+//! skipped).
 //!
 //! Invariant proved here: after a panic, `run` returns an error that says so; the group's
 //! committed offset is at or below the panicked record (what finished before it may be

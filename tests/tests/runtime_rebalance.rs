@@ -1,5 +1,5 @@
-//! A second instance joins the group and later leaves it while records keep coming (DESIGN.md
-//! promises 2, 3 and 6; issue 3, test 4): cooperative-sticky rebalances move partitions both ways.
+//! A second instance joins the group and later leaves it while records keep coming (docs/design.md,
+//! promises 2, 3 and 6): cooperative-sticky rebalances move partitions both ways.
 //!
 //! Invariant proved here: no record is lost (every record is effected at least once, by one
 //! instance or the other), both instances did work, the instance that left did so cleanly, and the

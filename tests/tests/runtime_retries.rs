@@ -1,5 +1,5 @@
 //! The processor runtime retries transient failures until the effect happens, one revision of a
-//! response at a time (DESIGN.md promises 2 and 3; issue 3, test 1).
+//! response at a time (docs/design.md, promises 2 and 3).
 //!
 //! Invariant proved here: every record's effect is observed; the revisions of one response are
 //! handled strictly in offset order (never two at once, never a later one before an earlier one

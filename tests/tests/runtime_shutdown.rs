@@ -1,4 +1,5 @@
-//! Graceful shutdown commits what was done (DESIGN.md promises 2 and 3; issue 3, test 6).
+//! Graceful shutdown commits what was done (docs/design.md, promises 2 and
+//! 3).
 //!
 //! The periodic commit is set to a minute, so only the shutdown's own commit can make these
 //! tests pass.

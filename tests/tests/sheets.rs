@@ -1,6 +1,6 @@
 //! The sheets exporter end to end, on the real broker, against the stateful Sheets fake
-//! (tests/src/sheets_fake.rs) and, for the local default, CSV files (DESIGN.md promise 2;
-//! issue 6).
+//! (tests/src/sheets_fake.rs) and, for the local default, CSV files (docs/design.md,
+//! promise 2).
 //!
 //! Invariants proved here: every response of an exported form has exactly one row, holding its
 //! highest revision, with one column per question of every version, however the records are

@@ -1,6 +1,6 @@
 //! Flags of the journal and no-op processors. Every flag has an `env` twin
-//! (`FORMSTREAM_JOURNAL_...`, `FORMSTREAM_NOOP_...`) and a doc comment (its `--help` and README
-//! entry); every default says why it is the default.
+//! (`FORMSTREAM_JOURNAL_...`, `FORMSTREAM_NOOP_...`) and a doc comment (its `--help`, and its entry
+//! in docs/configuration.md); every default says why it is the default.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -9,8 +9,8 @@
 //! own group, retries and circuit breaker. A Twilio outage then pauses notifications, never
 //! validation.
 //!
-//! Invariant (DESIGN.md promise 2): per (response id, revision) and channel, at most one SMS and
-//! one webhook notification (one `webhook-id`), whatever is redelivered or replayed. The effect
+//! Invariant (docs/design.md, promise 2): per (response id, revision) and channel, at most one SMS
+//! and one webhook notification (one `webhook-id`), whatever is redelivered or replayed. The effect
 //! ledger ([`formstream_runtime::Ledger`], a compacted topic) records `Attempted` before each
 //! effect and `Done` after; an `Attempted` SMS is reconciled against Twilio's message list (by
 //! recipient and reference) before any re-send, and an `Attempted` webhook is re-delivered with

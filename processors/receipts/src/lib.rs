@@ -2,7 +2,7 @@
 //! revision), as soon as the response is in, to the number they answered on the form's phone
 //! question, with a text from the form's MiniJinja template and a short receipt reference.
 //!
-//! Invariant (DESIGN.md promise 2): at most one SMS per response id, whatever is redelivered,
+//! Invariant (docs/design.md, promise 2): at most one SMS per response id, whatever is redelivered,
 //! replayed or corrected, across crashes and instances. [`formstream_notify::OnceSms`] keeps it:
 //! the runtime's effect ledger (the compacted topic `receipts.ledger`, keyed by response id)
 //! records `Attempted` before each send and `Done` with the Twilio sid after; an `Attempted`

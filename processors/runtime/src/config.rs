@@ -1,8 +1,8 @@
 //! Configuration of a processor's runtime: consumer group, concurrency and memory bounds, retry
 //! budget, circuit breaker, commits and the metrics endpoint.
 //!
-//! Every flag has an `env` twin (`FORMSTREAM_...`) and a doc comment (its `--help` and README
-//! entry); every default says why it is the default.
+//! Every flag has an `env` twin (`FORMSTREAM_...`) and a doc comment (its `--help`, and its entry
+//! in docs/configuration.md); every default says why it is the default.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The effect ledger: what a processor did (or started doing) outside Kafka, per effect key, kept
 //! in a compacted Kafka topic so that it survives restarts and partitions moving between
-//! instances (DESIGN.md promise 5: the topic is the state; the in-memory map is a cache rebuilt
-//! from it at start-up).
+//! instances (docs/design.md, promise 5: the topic is the state; the in-memory map is a cache
+//! rebuilt from it at start-up).
 //!
 //! A processor whose effect cannot be made idempotent by its target (Twilio has no idempotency
 //! key) uses it like this, per effect key such as `<response_id>:<revision>:sms`:

@@ -3,8 +3,8 @@
 //! concurrency, retries with backoff, the dead-letter topic, the circuit breaker, commits of
 //! finished offsets only, rebalances, graceful shutdown and metrics.
 //!
-//! Invariant (DESIGN.md promises 2 to 6): an offset is committed only when every record below it
-//! has had its effect or has been dead-lettered.
+//! Invariant (docs/design.md, promises 2 to 6): an offset is committed only when every record
+//! below it has had its effect or has been dead-lettered.
 
 pub mod backoff;
 pub mod circuit;

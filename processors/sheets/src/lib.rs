@@ -2,7 +2,7 @@
 //! Google spreadsheet (or, without credentials, of a local CSV file), one column per question;
 //! a correction rewrites its row in place.
 //!
-//! Invariant (DESIGN.md promise 2): per response id, at most one row, holding the highest
+//! Invariant (docs/design.md, promise 2): per response id, at most one row, holding the highest
 //! revision handled; the spreadsheet itself is read back to know which rows exist, so redelivered
 //! records, crashes between a write and the offset commit, and partitions moving between
 //! instances never add a second row (see [`google`] for the reasoning and its one stated limit).

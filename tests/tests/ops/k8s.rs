@@ -290,7 +290,7 @@ fn the_keda_example_scales_a_processor_on_its_consumer_group() {
         assert_eq!(args[0], "process", "{target} is a processor");
         let trigger = &object["spec"]["triggers"][0];
         assert_eq!(trigger["type"].as_str(), Some("kafka"));
-        // The processor's default consumer group (README: `formstream-<processor>`).
+        // The processor's default consumer group (docs/configuration.md: `formstream-<processor>`).
         assert_eq!(
             trigger["metadata"]["consumerGroup"].as_str(),
             Some(format!("formstream-{}", args[1]).as_str())

@@ -4,11 +4,13 @@
 //!   binary's flags;
 //! - `k8s`: deploy/k8s against the binary's flags and defaults;
 //! - `dashboards`: the Grafana dashboard's and the alert rules' PromQL against the code's metrics;
+//! - `docs`: every Markdown link and anchor of the repository works;
 //! - `sasl_ssl`: the gateway and a processor on a private SASL_SSL broker;
 //! - `prometheus_scrape`: a real Prometheus scraping a gateway and a processor.
 
 mod compose;
 mod dashboards;
+mod docs;
 mod k8s;
 mod prometheus_scrape;
 mod sasl_ssl;
