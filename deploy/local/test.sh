@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # deploy/local/test.sh: the project's test command (README and CI run exactly this).
+#   0. installs missing system packages (deploy/local/setup.sh test: promtool, prometheus, ...)
 #   1. starts the local Kafka broker (deploy/local/kafka.sh start; a no-op when it already runs)
 #   2. exports FORMSTREAM_TEST_BOOTSTRAP (and KAFKA_BOOTSTRAP) for the integration tests
 #   3. cargo fmt --all -- --check
 #   4. cargo clippy --workspace --all-targets -- -D warnings
 #   5. cargo build --bin formstream            (the kill -9 test runs the real binary)
 #   6. promtool check rules / test rules / check config on deploy/prometheus/ (alert rules and
-#      their unit tests, the compose scrape config); fails when promtool is missing
+#      their unit tests, the compose scrape config)
 #   7. cargo test --workspace [ARGS...]       (extra arguments go to cargo test; the scrape test
 #      runs the real `prometheus` binary, the SASL_SSL test a private broker)
 # Every step runs even when an earlier one failed; a summary follows; exit 1 if any step failed.
@@ -23,6 +24,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 KAFKA="$REPO/deploy/local/kafka.sh"
 cd "$REPO"
 
+"$REPO/deploy/local/setup.sh" test
 started_here=0
 if ! "$KAFKA" status >/dev/null 2>&1; then started_here=1; fi
 "$KAFKA" start
@@ -56,10 +58,10 @@ if [[ "${FORMSTREAM_TEST_SKIP_LINT:-0}" != 1 ]]; then
   step fmt cargo fmt --all -- --check
   step clippy cargo clippy --workspace --all-targets -- -D warnings
 fi
-# Alert rules and their unit tests (Debian package `prometheus`; .ci/run installs it). A missing
-# promtool fails the run rather than skipping: untested alert rules are how pages go silent.
+# Alert rules and their unit tests (promtool: Debian package `prometheus`, which setup.sh installs).
+# A missing promtool fails the run rather than skipping: untested alert rules are how pages go silent.
 promtool_checks() {
-  command -v promtool >/dev/null || { echo "test.sh: promtool not found (apt-get install prometheus)" >&2; return 1; }
+  command -v promtool >/dev/null || { echo "test.sh: promtool not found (deploy/local/setup.sh test)" >&2; return 1; }
   promtool check rules deploy/prometheus/alerts.yml \
     && promtool test rules deploy/prometheus/alerts.test.yml \
     && promtool check config --syntax-only deploy/prometheus/prometheus.yml
