@@ -3,10 +3,10 @@
 //! commits it on revoke and at shutdown); a transactional processor commits the watermarks in a
 //! Kafka transaction together with the outputs of the records below them.
 //!
-//! Invariant (DESIGN.md promise 3): the offset offered for commit on a partition is its tracker's
-//! watermark in the current assignment, so every record below it has finished (its effect
-//! succeeded, or Kafka acknowledged its dead letter); it is offered only when it grew; and a
-//! transaction carries exactly the outputs of the records below the offsets it commits.
+//! Invariant (docs/design.md, promise 3): the offset offered for commit on a partition is its
+//! tracker's watermark in the current assignment, so every record below it has finished (its
+//! effect succeeded, or Kafka acknowledged its dead letter); it is offered only when it grew; and
+//! a transaction carries exactly the outputs of the records below the offsets it commits.
 
 use std::time::Instant;
 
