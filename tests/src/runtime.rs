@@ -828,6 +828,75 @@ pub async fn group_state(topics: &RuntimeTopics) -> anyhow::Result<(String, usiz
     .await?
 }
 
+/// The group's members as the broker describes them: each member's client id and the partitions
+/// of `topics.responses` assigned to it (empty while the group rebalances).
+pub async fn group_assignment(
+    topics: &RuntimeTopics,
+) -> anyhow::Result<Vec<(String, BTreeSet<i32>)>> {
+    let (bootstrap, group, topic) = (
+        topics.bootstrap.clone(),
+        topics.group.clone(),
+        topics.responses.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let consumer = group_client(&bootstrap, &format!("test-describe-{}", unique()));
+        let list = consumer
+            .fetch_group_list(Some(&group), Timeout::After(Duration::from_secs(10)))
+            .context("describing the group")?;
+        let info = list
+            .groups()
+            .iter()
+            .find(|g| g.name() == group)
+            .context("the group is not listed")?;
+        info.members()
+            .iter()
+            .map(|member| {
+                let partitions = match member.assignment() {
+                    Some(bytes) if !bytes.is_empty() => assigned_partitions(bytes, &topic)
+                        .with_context(|| format!("member {}'s assignment", member.id()))?,
+                    _ => BTreeSet::new(),
+                };
+                Ok((member.client_id().to_owned(), partitions))
+            })
+            .collect()
+    })
+    .await?
+}
+
+/// The partitions of `topic` in a consumer protocol assignment (Kafka's ConsumerProtocol:
+/// version, then [topic, [partition]], big-endian).
+fn assigned_partitions(bytes: &[u8], topic: &str) -> anyhow::Result<BTreeSet<i32>> {
+    struct Reader<'a>(&'a [u8]);
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
+            anyhow::ensure!(self.0.len() >= n, "truncated assignment");
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+        fn i16(&mut self) -> anyhow::Result<i16> {
+            Ok(i16::from_be_bytes(self.take(2)?.try_into()?))
+        }
+        fn i32(&mut self) -> anyhow::Result<i32> {
+            Ok(i32::from_be_bytes(self.take(4)?.try_into()?))
+        }
+    }
+    let mut reader = Reader(bytes);
+    reader.i16()?;
+    let mut partitions = BTreeSet::new();
+    for _ in 0..reader.i32()?.max(0) {
+        let length = reader.i16()?.max(0) as usize;
+        let name = String::from_utf8_lossy(reader.take(length)?).into_owned();
+        for _ in 0..reader.i32()?.max(0) {
+            let partition = reader.i32()?;
+            if name == topic {
+                partitions.insert(partition);
+            }
+        }
+    }
+    Ok(partitions)
+}
+
 /// Asserts the commit invariant: every offset below each partition's committed offset has been
 /// effected (or is in `dead_lettered`). Returns the committed offsets.
 pub fn assert_committed_not_ahead(

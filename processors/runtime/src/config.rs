@@ -118,11 +118,14 @@ pub struct RuntimeConfig {
     )]
     pub metrics_listen: SocketAddr,
 
-    /// A stable name for this instance (e.g. a StatefulSet pod name), used by transactional
-    /// processors as their transactional id: a restarted instance then fences its crashed
-    /// predecessor at once. Unset: a random id, and a crashed instance's open transaction holds
-    /// its partitions back until the transaction timeout (15 s). Never share one between two live
-    /// instances: the newer fences the older.
+    /// A stable name for this instance (e.g. a StatefulSet pod name). The consumer joins its
+    /// group as a static member (`group.instance.id`): restarted under the same name, even after
+    /// a crash, it takes its partitions back at once, without a rebalance of the other members;
+    /// a transactional processor also uses it as its transactional id, so a restart fences its
+    /// crashed predecessor at once. The price: a static member's partitions move to the others
+    /// only after --session-timeout, also when it stops cleanly. Unset: a dynamic member with a
+    /// random transactional id. Never share one between two live instances: the newer fences
+    /// the older.
     #[arg(long, env = "FORMSTREAM_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
@@ -142,6 +145,12 @@ impl RuntimeConfig {
         self.dlq_topic
             .clone()
             .unwrap_or_else(|| format!("{processor}.dlq"))
+    }
+
+    /// The consumer's static membership (`group.instance.id`), when an instance id is set. The
+    /// same name for every processor of a process is fine: each processor has its own group.
+    pub fn group_instance_id(&self) -> Option<&str> {
+        self.instance_id.as_deref()
     }
 
     /// The transactional id of a transactional processor's producer (see `instance_id`).

@@ -55,7 +55,8 @@ pub fn source_topic(source: &Source, config: &RuntimeConfig) -> String {
 }
 
 /// Runs `processor` until `shutdown` completes: waits for the forms view, joins the consumer
-/// group, processes, and at shutdown drains, commits and leaves the group. Serves /metrics,
+/// group, processes, and at shutdown drains, commits and leaves the group (a static member, with
+/// an instance id, stays until its session times out). Serves /metrics,
 /// /healthz and /readyz on `metrics_listener` (or on the configured address).
 pub async fn run<P: Processor>(
     processor: P,
@@ -183,8 +184,15 @@ pub async fn run<P: Processor>(
     // The processor's own start offsets are asked on every assignment (see `RuntimeContext`).
     let processor = Arc::new(processor);
     let hook = processor.clone();
-    let consumer: StreamConsumer<RuntimeContext> = client_config_with(&config.kafka, &tunables)
-        .set("group.id", &group)
+    let mut client = client_config_with(&config.kafka, &tunables);
+    client.set("group.id", &group);
+    // Static membership (KIP-345): a member restarted under the same instance id replaces its
+    // previous self, takes back the same partitions at once and triggers no rebalance of the
+    // others; a crashed dynamic member's partitions would wait for the session timeout instead.
+    if let Some(instance) = config.group_instance_id() {
+        client.set("group.instance.id", instance);
+    }
+    let consumer: StreamConsumer<RuntimeContext> = client
         // At least once: librdkafka commits only what the engine stored, and the engine stores
         // only finished offsets (the tracker's watermark). A transactional processor's offsets
         // are committed by its transactions instead.
@@ -220,7 +228,8 @@ pub async fn run<P: Processor>(
     let outcome = engine.run(shutdown).await;
     ready.store(false, Ordering::Release);
     // The engine (and with it the consumer) is dropped here: librdkafka closes the consumer,
-    // which commits on revoke and leaves the group.
+    // which commits on revoke and leaves the group (a static member stays in it until its
+    // session times out, so that a restart under the same instance id resumes at once).
     let _ = stop_view.send(true);
     let _ = stop_http.send(true);
     let _ = follower.await;
