@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use formstream_ingest::config::{
-    GatewayConfig, KafkaArgs, RegistryArgs, TopicNames, TopicSettings,
-};
-use formstream_ingest::kafka::{TopicOutcome, ensure_topics, spine_topics};
+use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, TopicSettings};
+use formstream_core::topics::{TopicOutcome, ensure_topics, spine_topics};
+use formstream_ingest::config::GatewayConfig;
 use formstream_journal::{Journal, JournalArgs, Noop, NoopArgs};
 use formstream_notify_collectors::{NotifyCollectors, NotifyCollectorsArgs};
 use formstream_receipts::{Receipts, ReceiptsArgs};
@@ -281,7 +280,7 @@ enum TopicsCommand {
         #[arg(long, default_value_t = usize::MAX)]
         count: usize,
         /// Stop once no record arrived for this long.
-        #[arg(long, default_value = "5s", value_parser = formstream_ingest::config::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = formstream_core::config::parse_duration)]
         idle: Duration,
         #[command(flatten)]
         kafka: KafkaArgs,
@@ -353,8 +352,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             topics,
             registry,
         }) => {
-            let codec = formstream_ingest::codec(&registry)?;
-            formstream_ingest::tail::tail(
+            let codec = formstream_core::codec(&registry)?;
+            formstream_core::tail::tail(
                 &kafka,
                 &topics,
                 &codec,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use formstream_ingest::config::parse_duration;
+use formstream_core::config::parse_duration;
 use futures::StreamExt;
 use hyper::header::HeaderValue;
 use serde::Serialize;

@@ -135,7 +135,7 @@ pub fn generate_forms(
     seed: u64,
 ) -> anyhow::Result<Vec<BenchForm>> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let now = formstream_ingest::forms::now_millis();
+    let now = formstream_core::time::now_millis();
     (0..count)
         .map(|i| {
             let id = format!("{prefix}-{i:04}");
@@ -451,7 +451,7 @@ pub async fn check_sample(
                 form_id: &form.id,
                 form: &form.version,
                 revision: 0,
-                received_at: formstream_ingest::forms::now_millis(),
+                received_at: formstream_core::time::now_millis(),
                 max_text_chars: 10_000,
                 pointer_prefix: "",
                 phones: &formstream_ingest::responses::Phones::default(),

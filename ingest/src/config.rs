@@ -1,4 +1,5 @@
-//! Command-line and environment configuration of the gateway and of the shared Kafka client.
+//! Command-line and environment configuration of the gateway. The groups it shares with the
+//! processors (Kafka, topics, registry) are `formstream_core::config`'s.
 //!
 //! Every flag has an `env` twin (`FORMSTREAM_...`) and a doc comment, which is its `--help` text and its
 //! entry in docs/configuration.md. Every default says why it is the default.
@@ -8,99 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-
-/// How to reach Kafka. Shared by every component that talks to the broker.
-#[derive(Debug, Clone, Args)]
-pub struct KafkaArgs {
-    /// Kafka bootstrap servers, comma-separated.
-    // The local broker started by deploy/local/kafka.sh listens here.
-    #[arg(
-        long = "kafka-bootstrap",
-        env = "FORMSTREAM_KAFKA_BOOTSTRAP",
-        default_value = "localhost:9092"
-    )]
-    pub bootstrap: String,
-
-    /// Extra librdkafka property, as key=value (repeatable), e.g. security.protocol=SASL_SSL.
-    /// In the environment, separate several with commas, or set one variable per property:
-    /// FORMSTREAM_KAFKA_X_SASL_PASSWORD sets sasl.password (`_` reads as `.`, `__` as `_`); a flag
-    /// overrides such a variable.
-    #[arg(
-        long = "kafka-property",
-        short = 'X',
-        env = "FORMSTREAM_KAFKA_PROPERTIES",
-        hide_env_values = true,
-        value_delimiter = ',',
-        value_parser = parse_key_value
-    )]
-    pub properties: Vec<(String, String)>,
-}
-
-/// Names of the project's topics. Tests use fresh names per run.
-#[derive(Debug, Clone, Args)]
-pub struct TopicNames {
-    /// Compacted topic of form definitions, keyed by form id.
-    #[arg(long, env = "FORMSTREAM_FORMS_TOPIC", default_value = "forms")]
-    pub forms_topic: String,
-
-    /// Topic of response revisions, keyed by form id.
-    #[arg(long, env = "FORMSTREAM_RESPONSES_TOPIC", default_value = "responses")]
-    pub responses_topic: String,
-
-    /// Topic of validation outcomes, keyed by form id (written by the validate processor).
-    #[arg(long, env = "FORMSTREAM_FLAGS_TOPIC", default_value = "response-flags")]
-    pub flags_topic: String,
-}
-
-/// How the project's topics are created.
-#[derive(Debug, Clone, Args)]
-pub struct TopicSettings {
-    /// Partitions of the responses and response-flags topics.
-    // 12 lets up to 12 instances of each processor share the load; more can be added later.
-    #[arg(long, env = "FORMSTREAM_RESPONSES_PARTITIONS", default_value_t = 12)]
-    pub responses_partitions: i32,
-
-    /// Partitions of the forms topic.
-    // Forms are few and small; every instance reads all of them anyway.
-    #[arg(long, env = "FORMSTREAM_FORMS_PARTITIONS", default_value_t = 3)]
-    pub forms_partitions: i32,
-
-    /// Replication factor of created topics.
-    // 1 suits the single local broker; use 3 on a production cluster.
-    #[arg(long, env = "FORMSTREAM_REPLICATION_FACTOR", default_value_t = 1)]
-    pub replication_factor: i32,
-
-    /// retention.ms of the responses and response-flags topics; -1 keeps records forever.
-    // Forever, so that a new processor can backfill from the very first response.
-    #[arg(long, env = "FORMSTREAM_RESPONSES_RETENTION_MS", default_value_t = -1, allow_hyphen_values = true)]
-    pub responses_retention_ms: i64,
-
-    /// min.insync.replicas of created topics.
-    // 1 suits one broker; with replication factor 3 use 2, so acks=all survives one broker down.
-    #[arg(long, env = "FORMSTREAM_MIN_INSYNC_REPLICAS", default_value_t = 1)]
-    pub min_insync_replicas: i32,
-}
-
-/// Where to find a Confluent-compatible schema registry, if any.
-#[derive(Debug, Clone, Args)]
-pub struct RegistryArgs {
-    /// Schema registry URL. When set, values use the Confluent wire format; otherwise Avro
-    /// single-object encoding with the compiled-in schemas.
-    #[arg(long, env = "FORMSTREAM_SCHEMA_REGISTRY_URL")]
-    pub schema_registry_url: Option<String>,
-
-    /// Schema registry basic-auth user.
-    #[arg(long, env = "FORMSTREAM_SCHEMA_REGISTRY_USERNAME")]
-    pub schema_registry_username: Option<String>,
-
-    /// Schema registry basic-auth password.
-    #[arg(
-        long,
-        env = "FORMSTREAM_SCHEMA_REGISTRY_PASSWORD",
-        hide_env_values = true
-    )]
-    pub schema_registry_password: Option<String>,
-}
+use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, TopicSettings, parse_duration};
 
 /// The `formstream gateway` command.
 #[derive(Debug, Clone, Args)]
@@ -175,52 +84,4 @@ pub struct GatewayConfig {
     /// Longest the gateway waits for in-flight requests and the producer at shutdown.
     #[arg(long, env = "FORMSTREAM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-}
-
-/// Parses `key=value`.
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("expected key=value, got {s:?}")),
-    }
-}
-
-/// Parses durations such as `500ms`, `5s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration like 500ms, 5s or 2m, got {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown duration unit in {s:?}: use ms, s or m")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
-
-    #[test]
-    fn key_values_parse() {
-        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert!(parse_key_value("=b").is_err());
-        assert!(parse_key_value("nothing").is_err());
-    }
 }

@@ -21,16 +21,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use formstream_core::config::KafkaArgs;
+use formstream_core::follow::{Followed, TopicFollower};
+use formstream_core::time::rfc3339;
 use formstream_schemas::{Codec, FlagStatus, ResponseFlag, Violation};
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::KafkaArgs;
 use crate::error::FieldProblem;
-use crate::follow::{Followed, TopicFollower};
-use crate::forms::rfc3339;
 use crate::metrics::Metrics;
 
 /// Items per page when the client does not say.

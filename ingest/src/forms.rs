@@ -9,6 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 
+use formstream_core::config::KafkaArgs;
+use formstream_core::follow::{Followed, TopicFollower};
+use formstream_core::time::rfc3339;
 use formstream_schemas::{
     Choice, Codec, Form, FormVersion, Notify, Question, QuestionType, Rule, Sheets, Slang,
 };
@@ -16,13 +19,9 @@ use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
-use crate::config::KafkaArgs;
 use crate::error::FieldProblem;
-use crate::follow::{Followed, TopicFollower};
 use crate::metrics::Metrics;
 use crate::receipt::ReceiptBody;
 use crate::rules::{RuleSet, translate_constraint};
@@ -281,17 +280,6 @@ impl FormView {
             updated_at: rfc3339(version.created_at),
         }
     }
-}
-
-pub fn rfc3339(millis: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-pub fn now_millis() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Checks a form body and, when it is valid, builds version `version` of the form.

@@ -1,86 +1,23 @@
-//! Kafka plumbing shared by the gateway and the admin commands: client configuration, the durable
-//! producer and topic creation.
+//! The gateway's durable Kafka producer.
 //!
 //! Invariant: `Publisher::publish` and `Publisher::publish_batch` report a record `Ok` only after
 //! the broker acknowledged it with acks=all on an idempotent producer, and return within
 //! `produce_timeout` (plus scheduling) either way.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use formstream_core::config::KafkaArgs;
+use formstream_core::kafka::client_config_with;
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use tokio::sync::Notify;
 
-use crate::config::{KafkaArgs, TopicNames, TopicSettings};
 use crate::metrics::Metrics;
-
-/// A base librdkafka configuration: bootstrap servers plus every `-X key=value`.
-pub fn client_config(kafka: &KafkaArgs) -> ClientConfig {
-    client_config_with(kafka, &[])
-}
-
-/// Like [`client_config`], with the component's own tunable defaults applied first, so that a
-/// `-X key=value` overrides them. Settings a guarantee rests on (idempotence, acks, manual offset
-/// store) are set by the caller afterwards, so that no `-X` can weaken them.
-pub fn client_config_with(kafka: &KafkaArgs, tunables: &[(&str, String)]) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.bootstrap);
-    for (key, value) in tunables {
-        config.set(*key, value);
-    }
-    // Environment before flags, as clap ranks a flag above its variable.
-    for (key, value) in env_properties(std::env::vars_os()) {
-        config.set(key, value);
-    }
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
-    config
-}
-
-/// Prefix of the one-variable-per-property form of `-X`: `FORMSTREAM_KAFKA_X_SASL_PASSWORD=...`
-/// sets `sasl.password`.
-pub const ENV_PROPERTY_PREFIX: &str = "FORMSTREAM_KAFKA_X_";
-
-/// librdkafka properties given as `FORMSTREAM_KAFKA_X_<KEY>` variables: the key lower-cased, `_`
-/// read as `.` and `__` as `_` (the convention of the Confluent images' `KAFKA_*` variables).
-///
-/// Why a second environment form next to `FORMSTREAM_KAFKA_PROPERTIES`: a Kubernetes Secret or a
-/// compose `env_file` maps naturally to one variable per secret, and a comma-separated list
-/// cannot carry a value that contains a comma (a SCRAM password, `sasl.oauthbearer.extensions`).
-/// Variables that are not valid UTF-8 are skipped; an unknown key fails client creation with
-/// librdkafka's error naming it, so a typo is not silently ignored.
-pub fn env_properties(
-    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
-) -> Vec<(String, String)> {
-    let mut properties: Vec<(String, String)> = vars
-        .into_iter()
-        .filter_map(|(name, value)| {
-            let key = name.to_str()?.strip_prefix(ENV_PROPERTY_PREFIX)?;
-            if key.is_empty() {
-                return None;
-            }
-            let key = key
-                .to_ascii_lowercase()
-                .split("__")
-                .map(|part| part.replace('_', "."))
-                .collect::<Vec<_>>()
-                .join("_");
-            Some((key, value.into_string().ok()?))
-        })
-        .collect();
-    // The environment has no order; sorting makes the resulting configuration deterministic.
-    properties.sort();
-    properties
-}
 
 /// Why a record was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -331,163 +268,9 @@ impl Publisher {
     }
 }
 
-/// The number of partitions of `topic`, or 0 when the broker does not know the topic (yet).
-pub fn partition_count<C: ClientContext>(
-    client: &Client<C>,
-    topic: &str,
-    timeout: Duration,
-) -> Result<usize, KafkaError> {
-    let metadata = client.fetch_metadata(Some(topic), Timeout::After(timeout))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .unwrap_or(0))
-}
-
-/// One topic the project needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TopicSpec {
-    pub name: String,
-    pub partitions: i32,
-    pub replication_factor: i32,
-    pub config: Vec<(&'static str, String)>,
-}
-
-/// The topics the gateway writes, with their configuration.
-pub fn spine_topics(names: &TopicNames, settings: &TopicSettings) -> Vec<TopicSpec> {
-    let min_isr = settings.min_insync_replicas.to_string();
-    let retention = settings.responses_retention_ms.to_string();
-    vec![
-        TopicSpec {
-            name: names.forms_topic.clone(),
-            partitions: settings.forms_partitions,
-            replication_factor: settings.replication_factor,
-            config: vec![
-                // Compaction keeps the newest record per form id, which carries every version.
-                ("cleanup.policy", "compact".into()),
-                ("min.insync.replicas", min_isr.clone()),
-                // A form with its whole history can outgrow the 1 MB default.
-                ("max.message.bytes", (8 * 1024 * 1024).to_string()),
-            ],
-        },
-        TopicSpec {
-            name: names.responses_topic.clone(),
-            partitions: settings.responses_partitions,
-            replication_factor: settings.replication_factor,
-            config: vec![
-                ("retention.ms", retention.clone()),
-                ("min.insync.replicas", min_isr.clone()),
-            ],
-        },
-        TopicSpec {
-            name: names.flags_topic.clone(),
-            partitions: settings.responses_partitions,
-            replication_factor: settings.replication_factor,
-            config: vec![
-                ("retention.ms", retention),
-                ("min.insync.replicas", min_isr),
-            ],
-        },
-    ]
-}
-
-/// What `ensure_topics` did with each topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicOutcome {
-    Created,
-    Existed { partitions: usize },
-}
-
-/// Creates each topic that does not exist yet; existing topics are left as they are.
-pub async fn ensure_topics(
-    kafka: &KafkaArgs,
-    specs: &[TopicSpec],
-    timeout: Duration,
-) -> anyhow::Result<Vec<(String, TopicOutcome)>> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
-    let new_topics: Vec<NewTopic<'_>> = specs
-        .iter()
-        .map(|spec| {
-            let mut topic = NewTopic::new(
-                &spec.name,
-                spec.partitions,
-                TopicReplication::Fixed(spec.replication_factor),
-            );
-            for (key, value) in &spec.config {
-                topic = topic.set(key, value);
-            }
-            topic
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout)));
-    let results = tokio::time::timeout(timeout, admin.create_topics(&new_topics, &options))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "Kafka at {} did not answer within {timeout:?}",
-                kafka.bootstrap
-            )
-        })??;
-
-    let mut existing: HashMap<String, usize> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(results.len());
-    for result in results {
-        match result {
-            Ok(name) => outcomes.push((name, TopicOutcome::Created)),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                if existing.is_empty() {
-                    existing = partition_counts(&admin, timeout)?;
-                }
-                let partitions = existing.get(&name).copied().unwrap_or(0);
-                outcomes.push((name, TopicOutcome::Existed { partitions }));
-            }
-            Err((name, code)) => anyhow::bail!("could not create topic {name}: {code}"),
-        }
-    }
-    for (name, outcome) in &outcomes {
-        let wanted = specs.iter().find(|s| &s.name == name).map(|s| s.partitions);
-        if let (TopicOutcome::Existed { partitions }, Some(wanted)) = (outcome, wanted)
-            && *partitions != wanted as usize
-        {
-            tracing::warn!(
-                topic = %name,
-                partitions,
-                configured = wanted,
-                "Topic exists with a different partition count; it was left as it is."
-            );
-        }
-    }
-    Ok(outcomes)
-}
-
-fn partition_counts(
-    admin: &AdminClient<DefaultClientContext>,
-    timeout: Duration,
-) -> anyhow::Result<HashMap<String, usize>> {
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Timeout::After(timeout))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .map(|t| (t.name().to_owned(), t.partitions().len()))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsString;
-
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-            .collect()
-    }
 
     fn delivered(offset: i64) -> Result<Delivered, PublishError> {
         Ok(Delivered {
@@ -583,52 +366,5 @@ mod tests {
         );
         assert_eq!(outcomes.len(), 3);
         assert!(outcomes.iter().all(|o| o.is_err()), "{outcomes:?}");
-    }
-
-    #[test]
-    fn env_properties_map_names_to_librdkafka_keys() {
-        let found = env_properties(vars(&[
-            ("FORMSTREAM_KAFKA_X_SASL_MECHANISM", "SCRAM-SHA-512"),
-            ("FORMSTREAM_KAFKA_X_SASL_PASSWORD", "p,a=ss"),
-            ("FORMSTREAM_KAFKA_X_SSL_CA_LOCATION", "/etc/ca.pem"),
-            ("FORMSTREAM_KAFKA_X_SOME__ODD_KEY", "x"),
-            ("FORMSTREAM_KAFKA_X_", "ignored"),
-            ("FORMSTREAM_KAFKA_BOOTSTRAP", "ignored"),
-            ("PATH", "/bin"),
-        ]));
-        assert_eq!(
-            found,
-            vec![
-                ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned()),
-                ("sasl.password".to_owned(), "p,a=ss".to_owned()),
-                ("some_odd.key".to_owned(), "x".to_owned()),
-                ("ssl.ca.location".to_owned(), "/etc/ca.pem".to_owned()),
-            ]
-        );
-    }
-
-    /// The build links librdkafka with SSL, so SASL_SSL clusters (PLAIN, SCRAM, OAUTHBEARER with
-    /// OIDC) work; the default rdkafka build has none of them, and a feature lost in a dependency
-    /// update would otherwise only show on a production cluster.
-    #[test]
-    fn librdkafka_has_ssl_and_sasl() {
-        let features = ClientConfig::new()
-            .create_native_config()
-            .expect("a native configuration")
-            .get("builtin.features")
-            .expect("builtin.features");
-        let features: Vec<&str> = features.split(',').collect();
-        for wanted in [
-            "ssl",
-            "sasl_plain",
-            "sasl_scram",
-            "sasl_oauthbearer",
-            "oidc",
-        ] {
-            assert!(
-                features.contains(&wanted),
-                "librdkafka lacks {wanted}: {features:?}"
-            );
-        }
     }
 }

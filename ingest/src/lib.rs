@@ -8,7 +8,6 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod flags;
-pub mod follow;
 pub mod forms;
 pub mod http;
 pub mod idempotency;
@@ -17,7 +16,6 @@ pub mod metrics;
 pub mod receipt;
 pub mod responses;
 pub mod rules;
-pub mod tail;
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -25,34 +23,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use formstream_schemas::{Codec, Form, RegistryConfig, Response};
+use formstream_core::codec;
+use formstream_core::topics::{ensure_topics, spine_topics};
+use formstream_schemas::{Form, Response};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::ApiKeys;
-use crate::config::{GatewayConfig, RegistryArgs};
+use crate::config::GatewayConfig;
 use crate::flags::FlagsView;
 use crate::forms::FormsView;
 use crate::http::{AppState, Inner};
-use crate::kafka::{Publisher, ensure_topics, spine_topics};
+use crate::kafka::Publisher;
 use crate::metrics::Metrics;
-
-/// The codec the configuration asks for: Confluent wire format with a registry, single-object
-/// encoding without.
-pub fn codec(registry: &RegistryArgs) -> anyhow::Result<Codec> {
-    match &registry.schema_registry_url {
-        None => Ok(Codec::single_object()),
-        Some(url) => Ok(Codec::with_registry(RegistryConfig {
-            url: url.clone(),
-            username: registry.schema_registry_username.clone(),
-            password: registry
-                .schema_registry_password
-                .clone()
-                .map(formstream_schemas::Secret::new),
-            timeout: Duration::from_secs(10),
-        })?),
-    }
-}
 
 /// Runs the gateway on `listener` until `shutdown` completes, then stops accepting requests, lets
 /// those in flight finish (bounded by the configured shutdown timeout) and flushes the producer.

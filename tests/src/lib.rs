@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use formstream_core::kafka::partition_count;
 use formstream_ingest::config::GatewayConfig;
-use formstream_ingest::kafka::partition_count;
 use formstream_schemas::{Codec, Response};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use formstream_ingest::config::KafkaArgs;
-use formstream_ingest::kafka::{TopicSpec, ensure_topics};
+use formstream_core::config::KafkaArgs;
+use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_runtime::{Failure, Processor, Record, RuntimeConfig};
 use formstream_schemas::{
     Answer, Codec, Collector, Form, FormVersion, Question, QuestionType, Response,
@@ -224,7 +224,7 @@ pub fn test_response(form_id: &str, response_id: &str, revision: i32) -> Respons
     }
 }
 
-pub use formstream_ingest::forms::now_millis as now_ms;
+pub use formstream_core::time::now_millis as now_ms;
 
 /// Where a produced record landed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use formstream_ingest::config::KafkaArgs;
-use formstream_ingest::kafka::{TopicSpec, ensure_topics};
+use formstream_core::config::KafkaArgs;
+use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_schemas::{Codec, Encoder, FlagStatus, ResponseFlag, Violation};
 use formstream_tests::*;
 use rdkafka::ClientConfig;

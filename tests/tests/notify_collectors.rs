@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use formstream_ingest::kafka::{TopicSpec, ensure_topics};
+use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_notify::{SmsSender, TwilioClient, WebhookSender};
 use formstream_notify_collectors::message::reference;
 use formstream_notify_collectors::processor::NAME;

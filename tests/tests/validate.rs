@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use formstream_ingest::kafka::{TopicSpec, ensure_topics};
+use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_schemas::{
     Answer, Choice, Codec, FlagStatus, Form, FormVersion, Question, QuestionType, Response,
     ResponseFlag, Rule,

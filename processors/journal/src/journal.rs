@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
-use formstream_ingest::forms::now_millis;
+use formstream_core::time::now_millis;
 use formstream_runtime::{Failure, Processor, Record};
 use formstream_schemas::Response;
 use serde_json::json;

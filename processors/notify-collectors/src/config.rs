@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use formstream_ingest::config::parse_duration;
+use formstream_core::config::parse_duration;
 use formstream_notify::{SmsArgs, WebhookSecret};
 use formstream_runtime::LedgerArgs;
 use serde::Deserialize;

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use formstream_ingest::config::parse_duration;
+use formstream_core::config::parse_duration;
 use formstream_schemas::Secret;
 use time::Date;
 

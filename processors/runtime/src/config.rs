@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use formstream_ingest::config::{KafkaArgs, RegistryArgs, TopicNames, parse_duration};
+use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, parse_duration};
 
 use crate::backoff::RetryPolicy;
 

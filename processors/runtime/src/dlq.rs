@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use formstream_ingest::config::KafkaArgs;
-use formstream_ingest::kafka::client_config;
+use formstream_core::config::KafkaArgs;
+use formstream_core::kafka::client_config;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -44,9 +44,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use formstream_ingest::config::KafkaArgs;
-use formstream_ingest::follow::{Followed, TopicFollower};
-use formstream_ingest::kafka::{TopicSpec, client_config_with, ensure_topics, partition_count};
+use formstream_core::config::KafkaArgs;
+use formstream_core::follow::{Followed, TopicFollower};
+use formstream_core::kafka::{client_config_with, partition_count};
+use formstream_core::topics::{TopicSpec, ensure_topics};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

@@ -34,8 +34,9 @@ use anyhow::Context;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use formstream_core::kafka::client_config_with;
+use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_ingest::forms::{FormsView, follow_forms_topic};
-use formstream_ingest::kafka::{TopicSpec, client_config_with, ensure_topics};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -69,7 +70,7 @@ pub async fn run<P: Processor>(
     let group = config.group_id(&name);
     let dlq_topic = config.dlq_topic(&name);
     let metrics = Metrics::new(&name);
-    let codec = formstream_ingest::codec(&config.registry)?;
+    let codec = formstream_core::codec(&config.registry)?;
 
     if config.create_dlq_topic {
         let spec = TopicSpec {

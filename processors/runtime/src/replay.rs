@@ -11,8 +11,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
-use formstream_ingest::config::{KafkaArgs, TopicNames};
-use formstream_ingest::kafka::client_config;
+use formstream_core::config::{KafkaArgs, TopicNames};
+use formstream_core::kafka::client_config;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
@@ -460,7 +460,7 @@ mod tests {
     use std::time::Instant;
 
     use clap::Parser;
-    use formstream_ingest::kafka::{TopicSpec, ensure_topics};
+    use formstream_core::topics::{TopicSpec, ensure_topics};
     use rdkafka::message::Message;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 

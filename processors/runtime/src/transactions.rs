@@ -15,8 +15,8 @@
 
 use std::time::Duration;
 
-use formstream_ingest::config::KafkaArgs;
-use formstream_ingest::kafka::client_config;
+use formstream_core::config::KafkaArgs;
+use formstream_core::kafka::client_config;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use formstream_ingest::config::parse_duration;
+use formstream_core::config::parse_duration;
 use formstream_runtime::LedgerArgs;
 
 /// `formstream process sheets`: where rows go, and the quotas that bound how fast.

@@ -6,7 +6,7 @@
 //! version), so every instance, before or after a restart, puts a question in the same column
 //! without reading the header back, and a question removed from a later version keeps its column.
 
-use formstream_ingest::forms::rfc3339;
+use formstream_core::time::rfc3339;
 use formstream_schemas::{Answer, Choice, Form, QuestionType, Response};
 use serde_json::Value;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use formstream_ingest::config::parse_duration;
+use formstream_core::config::parse_duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct SlangArgs {

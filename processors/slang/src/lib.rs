@@ -69,7 +69,7 @@ pub async fn run(
     let follower = tokio::spawn(follow_forms_topic(
         runtime.kafka.clone(),
         runtime.topics.forms_topic.clone(),
-        formstream_ingest::codec(&runtime.registry)?,
+        formstream_core::codec(&runtime.registry)?,
         forms.clone(),
         formstream_ingest::metrics::Metrics::new(),
         stopped.clone(),

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use anyhow::anyhow;
-use formstream_ingest::forms::now_millis;
+use formstream_core::time::now_millis;
 use formstream_ingest::rules::RuleSet;
 use formstream_runtime::processor::ORDERING_HEADER;
 use formstream_runtime::{Failure, Output, Processor, Record, RuntimeConfig};
@@ -39,7 +39,7 @@ impl Validate {
     /// Builds the processor for `config`'s topics: flags are encoded for the flags topic (and
     /// registered with the schema registry when one is configured).
     pub async fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
-        let codec = formstream_ingest::codec(&config.registry)?;
+        let codec = formstream_core::codec(&config.registry)?;
         let flags_topic = config.topics.flags_topic.clone();
         let encoder = codec.encoder::<ResponseFlag>(&flags_topic).await?;
         Ok(Validate {

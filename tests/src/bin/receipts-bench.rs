@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
     /// The fake's answer time for each create.
-    #[arg(long, default_value = "100ms", value_parser = formstream_ingest::config::parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = formstream_core::config::parse_duration)]
     latency: Duration,
     /// The runtime's --max-in-flight (at least rate x latency to reach the rate).
     #[arg(long, default_value_t = 128)]

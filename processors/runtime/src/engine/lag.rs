@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use formstream_ingest::forms::now_millis;
+use formstream_core::time::now_millis;
 
 use super::Engine;
 use super::partitions::{PartitionState, TopicPartition};
