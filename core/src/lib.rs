@@ -7,6 +7,7 @@
 //! - [`kafka`]: librdkafka client configuration (`-X` properties from flags and the environment);
 //! - [`topics`]: the project's topics and their creation;
 //! - [`follow`]: reading a whole topic into an in-memory view;
+//! - [`forms`]: the forms view and its follower;
 //! - [`tail`]: `formstream topics tail`, records decoded to JSON;
 //! - [`time`]: milliseconds since the epoch, and RFC 3339;
 //! - [`codec`]: the Avro codec the registry flags ask for.
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod follow;
+pub mod forms;
 pub mod kafka;
 pub mod tail;
 pub mod time;

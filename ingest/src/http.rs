@@ -24,7 +24,9 @@ use uuid::Uuid;
 use crate::auth::{ApiKeys, Caller, HasApiKeys};
 use crate::error::{ApiError, FieldProblem};
 use crate::flags::{FlagList, FlagsQuery, FlagsView};
-use crate::forms::{FormBody, FormView, FormsView, build_version};
+use formstream_core::forms::FormsView;
+
+use crate::forms::{FormBody, FormView, build_version};
 use crate::idempotency::{Claim, Digest, Key, Submissions};
 use crate::kafka::{Delivered, OnSettled, PublishError, Publisher, Record};
 use crate::metrics::{Metrics, ResponseOutcome};

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use formstream_core::codec;
+use formstream_core::forms::{FormsView, follow_forms_topic};
 use formstream_core::topics::{ensure_topics, spine_topics};
 use formstream_schemas::{Form, Response};
 use tokio::net::TcpListener;
@@ -32,7 +33,6 @@ use tokio::sync::watch;
 use crate::auth::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::flags::FlagsView;
-use crate::forms::FormsView;
 use crate::http::{AppState, Inner};
 use crate::kafka::Publisher;
 use crate::metrics::Metrics;
@@ -75,7 +75,7 @@ pub async fn run(
 
     let view = Arc::new(FormsView::default());
     let (stop_view, view_stopped) = watch::channel(false);
-    let follower = tokio::spawn(forms::follow_forms_topic(
+    let follower = tokio::spawn(follow_forms_topic(
         config.kafka.clone(),
         config.topics.forms_topic.clone(),
         codec.clone(),

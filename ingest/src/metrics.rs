@@ -9,6 +9,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
+use formstream_core::forms::FormsObserver;
+
 use crate::kafka::PublishError;
 
 /// Buckets from 0.5 ms to 10 s: the gateway's p99 target is 20 ms, and a broker outage pushes
@@ -220,17 +222,6 @@ impl Metrics {
         }
     }
 
-    pub fn forms_view(&self, ready: bool, forms: usize) {
-        self.forms_view_ready.set(i64::from(ready));
-        self.forms_view_forms.set(forms as i64);
-    }
-
-    pub fn forms_view_decode_error(&self, topic: &str) {
-        self.forms_view_decode_errors
-            .with_label_values(&[topic])
-            .inc();
-    }
-
     pub fn flags_view(&self, ready: bool, responses: usize, open: usize) {
         self.flags_view_ready.set(i64::from(ready));
         self.flags_view_responses.set(responses as i64);
@@ -250,6 +241,20 @@ impl Metrics {
             tracing::error!(%error, "Could not encode metrics.");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// The gateway's forms view reports into its metrics.
+impl FormsObserver for Metrics {
+    fn decode_error(&self, topic: &str) {
+        self.forms_view_decode_errors
+            .with_label_values(&[topic])
+            .inc();
+    }
+
+    fn view_changed(&self, ready: bool, forms: usize) {
+        self.forms_view_ready.set(i64::from(ready));
+        self.forms_view_forms.set(forms as i64);
     }
 }
 

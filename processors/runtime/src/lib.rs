@@ -34,9 +34,9 @@ use anyhow::Context;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use formstream_core::forms::{FormsView, follow_forms_topic};
 use formstream_core::kafka::client_config_with;
 use formstream_core::topics::{TopicSpec, ensure_topics};
-use formstream_ingest::forms::{FormsView, follow_forms_topic};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -110,7 +110,8 @@ pub async fn run<P: Processor>(
         config.topics.forms_topic.clone(),
         codec.clone(),
         view.clone(),
-        formstream_ingest::metrics::Metrics::new(),
+        // The runtime's /readyz waits for the view; its figures are not exported.
+        (),
         view_stopped,
     ));
     let shutdown = async move {

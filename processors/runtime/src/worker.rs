@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use formstream_core::forms::FormsView;
 use formstream_core::time::now_millis;
-use formstream_ingest::forms::FormsView;
 use formstream_schemas::{Decoder, Form};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};

@@ -11,9 +11,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use formstream_core::forms::FormsView;
 use formstream_ingest::auth::{ApiKeys, Caller, HasApiKeys};
 use formstream_ingest::error::{ApiError, FieldProblem};
-use formstream_ingest::forms::FormsView;
 use formstream_schemas::Form;
 use serde::{Deserialize, Serialize};
 

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use formstream_core::forms::{FormsView, follow_forms_topic};
 use formstream_ingest::auth::ApiKeys;
-use formstream_ingest::forms::{FormsView, follow_forms_topic};
 use formstream_runtime::RuntimeConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -71,7 +71,8 @@ pub async fn run(
         runtime.topics.forms_topic.clone(),
         formstream_core::codec(&runtime.registry)?,
         forms.clone(),
-        formstream_ingest::metrics::Metrics::new(),
+        // The search API answers 503 until this view is ready; its figures are not exported.
+        (),
         stopped.clone(),
     ));
     let listener = match search_listener {

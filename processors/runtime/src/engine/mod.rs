@@ -35,7 +35,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use formstream_ingest::forms::FormsView;
+use formstream_core::forms::FormsView;
 use formstream_schemas::Codec;
 use futures::FutureExt;
 use rdkafka::TopicPartitionList;
