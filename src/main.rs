@@ -366,7 +366,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::New { organisation, name }) => {
-            let (key, hash) = formstream_ingest::auth::new_key();
+            let (key, hash) = formstream_core::api::keys::new_key();
             println!("API key (give it to the client; it is not stored anywhere):\n  {key}\n");
             println!(
                 "Add to the API keys file:\n[[keys]]\norganisation = {organisation:?}\nname = {name:?}\nsha256 = \"{hash}\""

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use formstream_ingest::forms::{FormBody, build_version};
-use formstream_ingest::responses::{ResponseBody, Submission, normalise_phone, validate};
+use formstream_core::forms::{FormBody, build_version};
+use formstream_core::phones::normalise_phone;
+use formstream_core::responses::{ResponseBody, Submission, validate};
 use formstream_schemas::{Codec, FormVersion, Response};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -454,7 +455,7 @@ pub async fn check_sample(
                 received_at: formstream_core::time::now_millis(),
                 max_text_chars: 10_000,
                 pointer_prefix: "",
-                phones: &formstream_ingest::responses::Phones::default(),
+                phones: &formstream_core::phones::Phones::default(),
             },
         )
         .map_err(|problems| {

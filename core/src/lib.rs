@@ -5,20 +5,30 @@
 //! - [`config`]: the command-line groups every component flattens (Kafka, topic names and
 //!   settings, the schema registry) and the parsers of their values;
 //! - [`kafka`]: librdkafka client configuration (`-X` properties from flags and the environment);
-//! - [`topics`]: the project's topics and their creation;
+//! - [`topics`]: the project's topics and their creation; [`tail`]: records decoded to JSON;
 //! - [`follow`]: reading a whole topic into an in-memory view;
-//! - [`forms`]: the forms view and its follower;
-//! - [`tail`]: `formstream topics tail`, records decoded to JSON;
-//! - [`time`]: milliseconds since the epoch, and RFC 3339;
+//! - [`forms`]: the form model (API shapes, the checks that build a version) and the forms view;
+//! - [`rules`]: CEL business rules, checked at save time and evaluated per response;
+//! - [`receipt`]: receipt templates (MiniJinja), checked at save time and rendered per response;
+//! - [`responses`]: validation of a submitted response against its form version;
+//! - [`phones`]: phone numbers in E.164; [`time`]: epoch milliseconds and RFC 3339;
+//! - [`problem`]: a problem with one field of a request;
+//! - [`api`]: what the HTTP servers share (API keys, problem+json errors);
 //! - [`codec`]: the Avro codec the registry flags ask for.
 //!
-//! Invariant: nothing here serves HTTP or produces to the spine topics; what it decides (a form is
-//! valid, a rule holds) means the same in the gateway and in every processor.
+//! Invariant: nothing here produces to the spine topics; what it decides (a form is valid, a rule
+//! holds, a template renders) means the same in the gateway and in every processor.
 
+pub mod api;
 pub mod config;
 pub mod follow;
 pub mod forms;
 pub mod kafka;
+pub mod phones;
+pub mod problem;
+pub mod receipt;
+pub mod responses;
+pub mod rules;
 pub mod tail;
 pub mod time;
 pub mod topics;

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use formstream_core::config::KafkaArgs;
 use formstream_core::follow::{Followed, TopicFollower};
+use formstream_core::problem::FieldProblem;
 use formstream_core::time::rfc3339;
 use formstream_schemas::{Codec, FlagStatus, ResponseFlag, Violation};
 use rdkafka::Message;
@@ -30,7 +31,6 @@ use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::error::FieldProblem;
 use crate::metrics::Metrics;
 
 /// Items per page when the client does not say.

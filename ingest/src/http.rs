@@ -14,6 +14,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
+use formstream_core::api::{ApiError, ApiKeys, Caller, HasApiKeys, Problem};
+use formstream_core::forms::{FormBody, FormView, FormsView, build_version};
+use formstream_core::phones::Phones;
+use formstream_core::problem::FieldProblem;
+use formstream_core::responses::{ResponseBody, Submission, validate};
 use formstream_core::time::now_millis;
 use formstream_schemas::{Encoder, Form, FormVersion, Response};
 use serde::de::DeserializeOwned;
@@ -21,16 +26,11 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::auth::{ApiKeys, Caller, HasApiKeys};
-use crate::error::{ApiError, FieldProblem};
+use crate::digest::digest;
 use crate::flags::{FlagList, FlagsQuery, FlagsView};
-use formstream_core::forms::FormsView;
-
-use crate::forms::{FormBody, FormView, build_version};
 use crate::idempotency::{Claim, Digest, Key, Submissions};
 use crate::kafka::{Delivered, OnSettled, PublishError, Publisher, Record};
 use crate::metrics::{Metrics, ResponseOutcome};
-use crate::responses::{ResponseBody, Submission, validate};
 
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ pub struct Inner {
     pub metrics: Metrics,
     pub max_text_chars: usize,
     pub max_batch_items: usize,
-    pub phones: crate::responses::Phones,
+    pub phones: Phones,
     pub retry_after_secs: u64,
     /// Recent submissions with a client-supplied id, to answer retries without publishing again.
     pub submissions: Arc<Submissions<Receipt>>,
@@ -137,6 +137,7 @@ async fn readyz(State(state): State<AppState>) -> HttpResponse {
         (StatusCode::OK, "ready").into_response()
     } else {
         ApiError::NotReady {
+            view: "forms",
             retry_after_secs: 1,
         }
         .into_response()
@@ -235,6 +236,7 @@ fn require_ready(state: &AppState) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::NotReady {
+            view: "forms",
             retry_after_secs: state.inner.retry_after_secs,
         })
     }
@@ -640,7 +642,7 @@ fn prepare(
                 response_id,
                 revision,
             };
-            (key, body.digest(form_id))
+            (key, digest(body, form_id))
         });
     let mut owned = None;
     if let Some((key, digest)) = claim {
@@ -776,7 +778,7 @@ pub struct ItemResult {
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub accepted: Option<Accepted>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<crate::error::Problem>,
+    pub problem: Option<Problem>,
 }
 
 impl ItemResult {
@@ -969,7 +971,8 @@ async fn list_flags(
     let listing = query.check().map_err(ApiError::Invalid)?;
     let flags = &state.inner.flags;
     if !flags.is_ready() {
-        return Err(ApiError::FlagsNotReady {
+        return Err(ApiError::NotReady {
+            view: "flags",
             retry_after_secs: state.inner.retry_after_secs,
         });
     }

@@ -4,18 +4,13 @@
 //! Invariant (docs/design.md, promises 1 and 7): a response is answered 2xx only after Kafka
 //! acknowledged it (idempotent producer, acks=all), and only valid responses are published.
 
-pub mod auth;
 pub mod config;
-pub mod error;
+pub mod digest;
 pub mod flags;
-pub mod forms;
 pub mod http;
 pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
-pub mod receipt;
-pub mod responses;
-pub mod rules;
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -23,14 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use formstream_core::api::ApiKeys;
 use formstream_core::codec;
 use formstream_core::forms::{FormsView, follow_forms_topic};
+use formstream_core::phones::Phones;
 use formstream_core::topics::{ensure_topics, spine_topics};
 use formstream_schemas::{Form, Response};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::flags::FlagsView;
 use crate::http::{AppState, Inner};
@@ -107,7 +103,7 @@ pub async fn run(
         metrics,
         max_text_chars: config.max_text_chars,
         max_batch_items: config.max_batch_items,
-        phones: responses::Phones::default(),
+        phones: Phones::default(),
         retry_after_secs: config.retry_after_secs,
         submissions: Arc::new(idempotency::Submissions::new(cache_size)),
         form_writes: tokio::sync::Mutex::new(()),

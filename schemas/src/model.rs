@@ -86,7 +86,7 @@ impl QuestionType {
     }
 }
 
-/// A business rule over the answers; its semantics are defined in formstream-ingest's `rules`
+/// A business rule over the answers; its semantics are defined in formstream-core's `rules`
 /// module, which both the gateway (at save time) and the validate processor use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
@@ -107,7 +107,7 @@ pub struct Notify {
 }
 
 /// A form version's receipt action: text the respondent once per response. The template's
-/// semantics (variables, checks) are defined in formstream-ingest's `receipt` module, which both
+/// semantics (variables, checks) are defined in formstream-core's `receipt` module, which both
 /// the gateway (at save time) and the receipts processor use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptAction {

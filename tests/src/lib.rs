@@ -210,7 +210,7 @@ fn write_keys_file() -> anyhow::Result<tempfile::TempPath> {
     let entry = |org: &str, key: &str| {
         format!(
             "[[keys]]\norganisation = \"{org}\"\nname = \"test\"\nsha256 = \"{}\"\n\n",
-            hex::encode(formstream_ingest::auth::hash_key(key))
+            hex::encode(formstream_core::api::keys::hash_key(key))
         )
     };
     file.write_all(entry("acme", ACME_KEY).as_bytes())?;

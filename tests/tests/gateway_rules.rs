@@ -107,7 +107,7 @@ async fn a_form_with_rules_is_stored_shown_back_and_updated_as_a_new_version() {
     assert!(latest.versions[0].notify.sms_collector);
     assert_eq!(latest.versions[1].rules[0].expression, "\"hi\" in langs");
     for version in &latest.versions {
-        formstream_ingest::rules::RuleSet::compile(version).expect("stored rules compile");
+        formstream_core::rules::RuleSet::compile(version).expect("stored rules compile");
     }
     app.finish().await;
 }

@@ -127,7 +127,7 @@ fn keys_file(dir: &Path) -> PathBuf {
     let entry = |org: &str, key: &str| {
         format!(
             "[[keys]]\norganisation = \"{org}\"\nsha256 = \"{}\"\nname = \"test\"\n",
-            hex::encode(formstream_ingest::auth::hash_key(key))
+            hex::encode(formstream_core::api::keys::hash_key(key))
         )
     };
     std::fs::write(

@@ -11,7 +11,7 @@
 use std::future::Future;
 
 use anyhow::anyhow;
-use formstream_ingest::responses::normalise_phone;
+use formstream_core::phones::normalise_phone;
 use formstream_notify::{Delivery, OnceSms, RateLimit, SmsSender, redact};
 use formstream_runtime::{Failure, Ledger, Processor, Record, RuntimeConfig};
 use formstream_schemas::Response;

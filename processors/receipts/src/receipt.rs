@@ -5,7 +5,7 @@
 //! reconciliation of one receipt looks for and sends the same text, and the text always carries
 //! the reference that reconciliation searches for.
 
-use formstream_ingest::receipt;
+use formstream_core::receipt;
 use formstream_schemas::{FormVersion, ReceiptAction, Response};
 
 /// The receipt reference of a response, e.g. `RC3F2A9C1B7E`: per response, not per revision

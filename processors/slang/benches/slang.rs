@@ -338,7 +338,7 @@ async fn main() -> anyhow::Result<()> {
     // Index them.
     let dir = tempfile::tempdir()?;
     let keys = dir.path().join("keys.toml");
-    let hash: String = formstream_ingest::auth::hash_key(KEY)
+    let hash: String = formstream_core::api::keys::hash_key(KEY)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

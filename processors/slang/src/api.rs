@@ -11,9 +11,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use formstream_core::api::{ApiError, ApiKeys, Caller, HasApiKeys};
 use formstream_core::forms::FormsView;
-use formstream_ingest::auth::{ApiKeys, Caller, HasApiKeys};
-use formstream_ingest::error::{ApiError, FieldProblem};
+use formstream_core::problem::FieldProblem;
 use formstream_schemas::Form;
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +139,7 @@ fn scoped(
 ) -> Result<Arc<Form>, ApiError> {
     if !state.forms.is_ready() {
         return Err(ApiError::NotReady {
+            view: "forms",
             retry_after_secs: state.retry_after_secs,
         });
     }

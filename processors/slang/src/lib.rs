@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use formstream_core::api::ApiKeys;
 use formstream_core::forms::{FormsView, follow_forms_topic};
-use formstream_ingest::auth::ApiKeys;
 use formstream_runtime::RuntimeConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

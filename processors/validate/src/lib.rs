@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use anyhow::anyhow;
+use formstream_core::rules::RuleSet;
 use formstream_core::time::now_millis;
-use formstream_ingest::rules::RuleSet;
 use formstream_runtime::processor::ORDERING_HEADER;
 use formstream_runtime::{Failure, Output, Processor, Record, RuntimeConfig};
 use formstream_schemas::{Encoder, FlagStatus, Response, ResponseFlag};

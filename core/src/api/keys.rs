@@ -13,7 +13,7 @@ use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 #[derive(Debug, Deserialize)]
 struct KeysFile {

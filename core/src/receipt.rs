@@ -19,7 +19,7 @@ use formstream_schemas::{FormVersion, Question, QuestionType, ReceiptAction, Res
 use minijinja::{Environment, Value, context};
 use serde::{Deserialize, Serialize};
 
-use crate::error::FieldProblem;
+use crate::problem::FieldProblem;
 
 /// Twilio's hard limit on a message body: a template longer than that cannot produce a message.
 pub const MAX_TEMPLATE_CHARS: usize = 1_600;

@@ -4,22 +4,17 @@
 //! returns every problem found, so that bad input never reaches a topic (promise 7).
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::{self, Write as _};
-use std::num::NonZeroUsize;
-
-use arrayvec::ArrayString;
-use quick_cache::sync::Cache;
 
 use formstream_schemas::{Answer, Collector, FormVersion, QuestionType, Response};
 use phonenumber::country;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::error::FieldProblem;
+use crate::phones::Phones;
+use crate::problem::FieldProblem;
 
 /// The body of `POST /v1/forms/{form_id}/responses` (and of each batch item, which adds `form_id`,
 /// and of a correction, which adds `revision`).
@@ -51,105 +46,6 @@ pub struct CollectorBody {
     pub id: String,
     #[serde(default)]
     pub phone: Option<String>,
-}
-
-impl ResponseBody {
-    /// A digest of what the client said to which form, to tell a retry of the same submission
-    /// from a different submission that reuses its id. A batch item and a single request of the
-    /// same submission digest alike (the form comes from the argument, never from the body).
-    ///
-    /// SHA-256 of an unambiguous encoding of the parsed body (see [`Canonical`]), not of its JSON
-    /// text: field order and white space do not count, content does. It lives only in this
-    /// process's retry cache, so the encoding may change between versions.
-    pub fn digest(&self, form_id: &str) -> [u8; 32] {
-        let mut canonical = Canonical(Sha256::new());
-        canonical.text(form_id);
-        canonical.optional_text(self.response_id.as_deref());
-        match self.revision {
-            None => canonical.tag(b'-'),
-            Some(revision) => {
-                canonical.tag(b'r');
-                canonical.0.update(revision.to_le_bytes());
-            }
-        }
-        canonical.optional_text(self.submitted_at.as_deref());
-        canonical.text(&self.collector.id);
-        canonical.optional_text(self.collector.phone.as_deref());
-        canonical.object(self.answers.iter());
-        match &self.metadata {
-            None => canonical.tag(b'-'),
-            Some(metadata) => canonical.object(metadata.iter()),
-        }
-        canonical.0.finalize().into()
-    }
-}
-
-/// Writes values into a hasher so that different values never write the same bytes: each is
-/// tagged with its kind, strings and collections carry their length, and a number its JSON text
-/// with an end mark (so `1` and `1.0` differ, as they do in JSON). Cheaper than serialising the
-/// body to JSON and hashing the text, which escaped every string on the way.
-struct Canonical(Sha256);
-
-impl Canonical {
-    fn tag(&mut self, tag: u8) {
-        self.0.update([tag]);
-    }
-
-    fn length(&mut self, tag: u8, length: usize) {
-        self.tag(tag);
-        self.0.update((length as u64).to_le_bytes());
-    }
-
-    fn text(&mut self, text: &str) {
-        self.length(b's', text.len());
-        self.0.update(text.as_bytes());
-    }
-
-    fn optional_text(&mut self, text: Option<&str>) {
-        match text {
-            None => self.tag(b'-'),
-            Some(text) => self.text(text),
-        }
-    }
-
-    /// Entries in the map's own order, which is by key: answers are a `BTreeMap`, and so is
-    /// serde_json's `Map` without its `preserve_order` feature (a test holds both to it).
-    fn object<'a>(&mut self, entries: impl ExactSizeIterator<Item = (&'a String, &'a Value)>) {
-        self.length(b'{', entries.len());
-        for (key, value) in entries {
-            self.text(key);
-            self.value(value);
-        }
-    }
-
-    fn value(&mut self, value: &Value) {
-        match value {
-            Value::Null => self.tag(b'n'),
-            Value::Bool(false) => self.tag(b'f'),
-            Value::Bool(true) => self.tag(b't'),
-            Value::Number(number) => {
-                self.tag(b'#');
-                // Digits, sign, '.', 'e' and '+': never the end mark.
-                let _ = write!(self, "{number}");
-                self.tag(b';');
-            }
-            Value::String(text) => self.text(text),
-            Value::Array(items) => {
-                self.length(b'[', items.len());
-                for item in items {
-                    self.value(item);
-                }
-            }
-            Value::Object(map) => self.object(map.iter()),
-        }
-    }
-}
-
-impl fmt::Write for Canonical {
-    fn write_str(&mut self, text: &str) -> fmt::Result {
-        self.0.update(text.as_bytes());
-        Ok(())
-    }
 }
 
 /// Context of one validation: who submits, to what, and when.
@@ -391,67 +287,6 @@ fn parse_number(value: &Value) -> Option<(f64, String)> {
     number.is_finite().then_some((number, text))
 }
 
-/// E.164 if `raw` is a valid number, read with `region` when it has no country code.
-pub fn normalise_phone(raw: &str, region: Option<country::Id>) -> Option<String> {
-    if raw.len() > MAX_PHONE_INPUT {
-        return None;
-    }
-    let number = phonenumber::parse(region, raw).ok()?;
-    phonenumber::is_valid(&number)
-        .then(|| number.format().mode(phonenumber::Mode::E164).to_string())
-}
-
-/// Recently normalised phone numbers. libphonenumber's validity check runs dozens of regular
-/// expressions (a third of the gateway's CPU without this cache), and a collector's own number
-/// arrives with every response they submit. quick_cache's sharded cache: a hit takes a shard's
-/// read lock, so the request threads do not queue for it.
-///
-/// Invariant: a cached answer is exactly what [`normalise_phone`] returns for the same input.
-pub struct Phones {
-    /// (region, input as written) -> its E.164 form, or `None` for an invalid number. Held inline
-    /// and copied out on a hit: no allocation, and no reference count that the request threads
-    /// would contend for on a busy collector's number.
-    cache: Cache<PhoneInput, Option<ArrayString<E164_MAX>>>,
-}
-
-type PhoneInput = (Option<country::Id>, ArrayString<MAX_PHONE_INPUT>);
-
-/// Longest phone input read at all; longer ones are invalid.
-const MAX_PHONE_INPUT: usize = 64;
-/// "+" and at most 15 digits.
-const E164_MAX: usize = 16;
-
-impl Phones {
-    pub fn new(capacity: NonZeroUsize) -> Self {
-        Phones {
-            cache: Cache::new(capacity.get()),
-        }
-    }
-
-    pub fn normalise(&self, raw: &str, region: Option<country::Id>) -> Option<String> {
-        // Longer than any input read: invalid, as `normalise_phone` says too.
-        let input: PhoneInput = (region, ArrayString::from(raw).ok()?);
-        if let Some(held) = self.cache.get(&input) {
-            return held.map(|e164| e164.as_str().to_owned());
-        }
-        let e164 = normalise_phone(raw, region);
-        match e164.as_deref().map(ArrayString::from) {
-            None => self.cache.insert(input, None),
-            Some(Ok(held)) => self.cache.insert(input, Some(held)),
-            // A number too long to hold is answered, just not remembered.
-            Some(Err(_)) => {}
-        }
-        e164
-    }
-}
-
-impl Default for Phones {
-    fn default() -> Self {
-        // Enough for the collectors active on one gateway; respondents rarely repeat.
-        Phones::new(NonZeroUsize::new(16_384).unwrap_or(NonZeroUsize::MIN))
-    }
-}
-
 /// RFC 6901 escaping of one pointer segment.
 fn escape_pointer(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
@@ -594,100 +429,5 @@ mod tests {
                 ("/answers/income", "required")
             ]
         );
-    }
-
-    #[test]
-    fn cached_phones_answer_as_uncached_ones() {
-        let phones = Phones::new(NonZeroUsize::new(2).expect("non-zero"));
-        let inputs = [
-            ("098765 43210", Some(country::Id::IN)),
-            ("098765 43210", None),
-            ("+44 20 7946 0958", None),
-            ("12", Some(country::Id::IN)),
-            ("098765 43210", Some(country::Id::IN)),
-            // Too long to be a number, or to be remembered.
-            (
-                "+91 98765 43210                                                   x",
-                None,
-            ),
-        ];
-        for _ in 0..3 {
-            for (raw, region) in inputs {
-                assert_eq!(
-                    phones.normalise(raw, region),
-                    normalise_phone(raw, region),
-                    "{raw} in {region:?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn digests_ignore_field_order_but_not_content() {
-        let a: ResponseBody =
-            serde_json::from_str(r#"{"collector":{"id":"c"},"answers":{"a":1,"b":2}}"#).expect("a");
-        let b: ResponseBody =
-            serde_json::from_str(r#"{"answers":{"b":2,"a":1},"collector":{"id":"c"}}"#).expect("b");
-        let c: ResponseBody =
-            serde_json::from_str(r#"{"answers":{"b":3,"a":1},"collector":{"id":"c"}}"#).expect("c");
-        assert_eq!(a.digest("f"), b.digest("f"));
-        assert_ne!(a.digest("f"), c.digest("f"));
-        assert_ne!(
-            a.digest("f"),
-            a.digest("g"),
-            "the form is part of the submission"
-        );
-        let item: ResponseBody = serde_json::from_str(
-            r#"{"form_id":"f","collector":{"id":"c"},"answers":{"a":1,"b":2}}"#,
-        )
-        .expect("item");
-        assert_eq!(
-            item.digest("f"),
-            a.digest("f"),
-            "a batch item digests like the single request"
-        );
-    }
-
-    #[test]
-    fn different_content_never_digests_alike() {
-        let digest = |json: &str| {
-            serde_json::from_str::<ResponseBody>(json)
-                .expect(json)
-                .digest("f")
-        };
-        // Pairs that a careless encoding (no kinds, lengths or end marks) would run together.
-        let bodies = [
-            r#"{"collector":{"id":"c"},"answers":{}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":"bc"}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"ab":"c"}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":["b","c"]}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":["bc"]}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":[["b"],"c"]}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":1}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":1.0}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":"1"}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":11}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":null}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":""}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":false}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":{}}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":[]}}"#,
-            r#"{"collector":{"id":"c"},"answers":{"a":{"b":"c"}}}"#,
-            r#"{"collector":{"id":"c"},"answers":{},"metadata":{}}"#,
-            r#"{"collector":{"id":"c","phone":""},"answers":{}}"#,
-            r#"{"collector":{"id":""},"answers":{}}"#,
-            r#"{"response_id":"c","collector":{"id":""},"answers":{}}"#,
-            r#"{"submitted_at":"c","collector":{"id":""},"answers":{}}"#,
-            r#"{"revision":0,"collector":{"id":"c"},"answers":{}}"#,
-            r#"{"revision":1,"collector":{"id":"c"},"answers":{}}"#,
-        ];
-        let digests: HashSet<[u8; 32]> = bodies.iter().map(|b| digest(b)).collect();
-        assert_eq!(digests.len(), bodies.len());
-        assert_eq!(
-            digest(r#"{"collector":{"id":"c"},"answers":{},"metadata":{"a":1,"b":{"c":2,"d":3}}}"#),
-            digest(r#"{"collector":{"id":"c"},"answers":{},"metadata":{"b":{"d":3,"c":2},"a":1}}"#),
-            "metadata's order does not count either"
-        );
-        assert_eq!(digest(bodies[7]), digest(bodies[7]), "and the same, alike");
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP layer's errors and their RFC 9457 `application/problem+json` bodies.
+//! The HTTP errors of the gateway and of the slang search API, and their RFC 9457
+//! `application/problem+json` bodies.
 //!
 //! Invariant: a client sees a precise problem for what it can fix (4xx, listing every field
 //! problem), and an opaque one for what it cannot (5xx); internal causes are logged, never sent.
@@ -7,25 +8,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::problem::FieldProblem;
+
 pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// One problem with one field of a request, located by a JSON pointer (RFC 6901).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldProblem {
-    pub pointer: String,
-    pub code: &'static str,
-    pub detail: String,
-}
-
-impl FieldProblem {
-    pub fn new(pointer: impl Into<String>, code: &'static str, detail: impl Into<String>) -> Self {
-        FieldProblem {
-            pointer: pointer.into(),
-            code,
-            detail: detail.into(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -50,10 +35,12 @@ pub enum ApiError {
         retry_after_secs: u64,
         cause: String,
     },
-    #[error("the forms view is still loading")]
-    NotReady { retry_after_secs: u64 },
-    #[error("the flags view is still loading")]
-    FlagsNotReady { retry_after_secs: u64 },
+    /// An in-memory view (`"forms"`, `"flags"`) has not caught up with its topic yet.
+    #[error("the {view} view is still loading")]
+    NotReady {
+        view: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -81,9 +68,9 @@ impl ApiError {
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            ApiError::Unavailable { .. }
-            | ApiError::NotReady { .. }
-            | ApiError::FlagsNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::NotReady { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,9 +91,7 @@ impl ApiError {
                 ("/problems/precondition-failed", "Precondition failed")
             }
             ApiError::Unavailable { .. } => ("/problems/unavailable", "Service unavailable"),
-            ApiError::NotReady { .. } | ApiError::FlagsNotReady { .. } => {
-                ("/problems/not-ready", "Service not ready")
-            }
+            ApiError::NotReady { .. } => ("/problems/not-ready", "Service not ready"),
             ApiError::Internal(_) => ("/problems/internal", "Internal error"),
         };
         let detail = match self {
@@ -153,8 +138,9 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable {
                 retry_after_secs, ..
             }
-            | ApiError::NotReady { retry_after_secs }
-            | ApiError::FlagsNotReady { retry_after_secs } => {
+            | ApiError::NotReady {
+                retry_after_secs, ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             ApiError::Unauthorized => {
