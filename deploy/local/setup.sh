@@ -38,6 +38,8 @@ if [[ "$purpose" == test ]]; then
   need prometheus         has promtool prometheus
   # kafka.sh's fast broker probe (Kafka's own client is the slow fallback), and debugging.
   need kcat               has kcat
+  # objcopy and readelf: deploy/split-debuginfo.sh and its test.
+  need binutils           has objcopy readelf
 fi
 
 if ((${#missing[@]})); then

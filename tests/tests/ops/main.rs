@@ -6,11 +6,13 @@
 //! - `dashboards`: the Grafana dashboard's and the alert rules' PromQL against the code's metrics;
 //! - `docs`: every Markdown link and anchor of the repository works;
 //! - `sasl_ssl`: the gateway and a processor on a private SASL_SSL broker;
-//! - `prometheus_scrape`: a real Prometheus scraping a gateway and a processor.
+//! - `prometheus_scrape`: a real Prometheus scraping a gateway and a processor;
+//! - `release_binary`: deploy/split-debuginfo.sh, the binary without its debug info.
 
 mod compose;
 mod dashboards;
 mod docs;
 mod k8s;
 mod prometheus_scrape;
+mod release_binary;
 mod sasl_ssl;
