@@ -452,6 +452,13 @@ pub struct RawRecord {
     pub payload: Vec<u8>,
 }
 
+impl RawRecord {
+    /// The header `name` as a number, if it is one.
+    pub fn header_i64(&self, name: &str) -> Option<i64> {
+        self.headers.get(name)?.parse().ok()
+    }
+}
+
 /// Reads raw records of `topic`; see [`read_responses`] for when it returns.
 pub async fn read_topic(
     bootstrap: &str,

@@ -18,9 +18,10 @@ use anyhow::Context;
 use clap::Parser;
 use formstream_core::config::KafkaArgs;
 use formstream_core::topics::{TopicSpec, ensure_topics};
-use formstream_runtime::{Failure, Processor, Record, RuntimeConfig};
+use formstream_runtime::{Failure, Processor, Record, RuntimeConfig, Target, TargetRef, Targets};
 use formstream_schemas::{
-    Answer, Codec, Collector, Form, FormVersion, Question, QuestionType, Response,
+    Answer, Codec, Collector, FlagStatus, Form, FormVersion, Question, QuestionType, Response,
+    ResponseFlag, Violation,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -224,6 +225,40 @@ pub fn test_response(form_id: &str, response_id: &str, revision: i32) -> Respons
     }
 }
 
+/// A flag of a new response to version 1 of `form`, revision 0, as validate publishes it: two
+/// violations when `status` is flagged; the collector's phone `phone`.
+pub fn test_flag(form: &Form, status: FlagStatus, phone: Option<&str>) -> ResponseFlag {
+    let violations = match status {
+        FlagStatus::Clean => Vec::new(),
+        FlagStatus::Flagged => vec![
+            Violation {
+                rule_id: "savings_le_income".to_owned(),
+                message: "Savings cannot exceed income.".to_owned(),
+                question_keys: vec!["monthly_savings".to_owned(), "monthly_income".to_owned()],
+                error: None,
+            },
+            Violation {
+                rule_id: "age".to_owned(),
+                message: "Check the age.".to_owned(),
+                question_keys: vec!["age".to_owned()],
+                error: None,
+            },
+        ],
+    };
+    ResponseFlag {
+        response_id: uuid::Uuid::new_v4().to_string(),
+        form_id: form.id.clone(),
+        form_version: 1,
+        organisation: form.organisation.clone(),
+        revision: 0,
+        collector_id: "collector-17".to_owned(),
+        collector_phone: phone.map(str::to_owned),
+        status,
+        violations,
+        evaluated_at: now_ms(),
+    }
+}
+
 pub use formstream_core::time::now_millis as now_ms;
 
 /// Where a produced record landed.
@@ -338,6 +373,40 @@ impl TestProducer {
         produced
     }
 
+    /// Publishes each (partition, flag) to the flags topic (key = form id, header
+    /// `response_id`, as validate writes them), in order; a flag without a partition goes where
+    /// its key does. Returns where each landed.
+    pub async fn flags(&self, items: &[(Option<i32>, ResponseFlag)]) -> Vec<(i32, i64)> {
+        let encoder = self
+            .codec
+            .encoder::<ResponseFlag>(&self.topics.flags)
+            .await
+            .expect("a flags encoder");
+        let mut landed = Vec::with_capacity(items.len());
+        for (partition, flag) in items {
+            let payload = encoder.encode(flag).expect("encoding a flag");
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "response_id",
+                value: Some(flag.response_id.as_bytes()),
+            });
+            let mut record = FutureRecord::to(&self.topics.flags)
+                .key(&flag.form_id)
+                .payload(&payload)
+                .headers(headers);
+            if let Some(partition) = partition {
+                record = record.partition(*partition);
+            }
+            let delivery = self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(30)))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("publishing a flag");
+            landed.push((delivery.partition, delivery.offset));
+        }
+        landed
+    }
+
     /// Publishes raw bytes (or no value at all) to a partition of the responses topic.
     pub async fn raw(
         &self,
@@ -375,6 +444,7 @@ impl TestProducer {
 pub enum Outcome {
     Ok,
     Retriable,
+    Forbidden,
     Permanent,
 }
 
@@ -382,6 +452,7 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Call {
     pub response_id: String,
+    pub organisation: String,
     pub revision: i32,
     pub partition: i32,
     pub offset: i64,
@@ -407,7 +478,19 @@ pub struct Behaviour {
     /// While set, the probe answers even when the target is down: a flapping target, which
     /// closes the circuit half-way again and again while every effect still fails.
     pub probe_answers_while_down: AtomicBool,
+    /// While set, each record writes to a target of its own organisation ([`TARGET_KIND`], one
+    /// per organisation): failures open that organisation's circuit only.
+    pub targets_per_organisation: AtomicBool,
+    /// Organisations whose target is down: their effects fail retriably, naming the target,
+    /// and its probe fails.
+    pub down_organisations: Mutex<HashSet<String>>,
+    /// Organisations whose target refuses access (a 403): their effects fail as forbidden,
+    /// naming the target, and its probe fails.
+    pub refusing_organisations: Mutex<HashSet<String>>,
 }
+
+/// The kind of the test processor's targets (see [`Behaviour::targets_per_organisation`]).
+pub const TARGET_KIND: &str = "endpoint";
 
 /// What the test processor saw. Shared between the processor (inside the runtime) and the test.
 #[derive(Debug, Default)]
@@ -423,6 +506,9 @@ pub struct ProcessorState {
     /// per-key ordering violation.
     overlaps: Mutex<Vec<Call>>,
     pub probes: AtomicU64,
+    /// Probes of a target (one per organisation, see [`Behaviour::targets_per_organisation`]),
+    /// by organisation.
+    target_probes: Mutex<BTreeMap<String, u64>>,
 }
 
 impl ProcessorState {
@@ -471,6 +557,39 @@ impl ProcessorState {
     pub fn set_target_down(&self, down: bool) {
         self.behaviour.target_down.store(down, Ordering::SeqCst);
     }
+
+    /// Takes `organisation`'s target down (or back up).
+    pub fn set_organisation_down(&self, organisation: &str, down: bool) {
+        set_member(&self.behaviour.down_organisations, organisation, down);
+    }
+
+    /// Makes `organisation`'s target refuse access (or stop refusing).
+    pub fn set_organisation_refusing(&self, organisation: &str, refusing: bool) {
+        set_member(
+            &self.behaviour.refusing_organisations,
+            organisation,
+            refusing,
+        );
+    }
+
+    /// Probes of `organisation`'s target so far.
+    pub fn target_probes(&self, organisation: &str) -> u64 {
+        self.target_probes
+            .lock()
+            .expect("probes lock")
+            .get(organisation)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn set_member(set: &Mutex<HashSet<String>>, member: &str, present: bool) {
+    let mut set = set.lock().expect("lock");
+    if present {
+        set.insert(member.to_owned());
+    } else {
+        set.remove(member);
+    }
 }
 
 /// The in-process test processor; clones share their state.
@@ -500,6 +619,7 @@ impl Processor for TestProcessor {
         }
         let mut call = Call {
             response_id: id.clone(),
+            organisation: record.value.organisation.clone(),
             revision: record.value.revision,
             partition: record.partition,
             offset: record.offset,
@@ -524,7 +644,30 @@ impl Processor for TestProcessor {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let behaviour = &state.behaviour;
-        let result = if behaviour.target_down.load(Ordering::SeqCst) {
+        let organisation = &record.value.organisation;
+        let result = if behaviour.targets_per_organisation.load(Ordering::SeqCst)
+            && behaviour
+                .down_organisations
+                .lock()
+                .expect("lock")
+                .contains(organisation)
+        {
+            Err(
+                Failure::retriable(anyhow::anyhow!("{organisation}'s target is down"))
+                    .at(TARGET_KIND),
+            )
+        } else if behaviour.targets_per_organisation.load(Ordering::SeqCst)
+            && behaviour
+                .refusing_organisations
+                .lock()
+                .expect("lock")
+                .contains(organisation)
+        {
+            Err(Failure::forbidden(anyhow::anyhow!(
+                "{organisation}'s target answered 403 Forbidden"
+            ))
+            .at(TARGET_KIND))
+        } else if behaviour.target_down.load(Ordering::SeqCst) {
             Err(Failure::retriable(anyhow::anyhow!("target is down")))
         } else if behaviour.permanent.lock().expect("lock").contains(&id) {
             Err(Failure::permanent(anyhow::anyhow!(
@@ -550,6 +693,7 @@ impl Processor for TestProcessor {
         call.outcome = match &result {
             Ok(()) => Outcome::Ok,
             Err(Failure::Retriable { .. }) => Outcome::Retriable,
+            Err(Failure::Forbidden { .. }) => Outcome::Forbidden,
             Err(Failure::Permanent(_)) => Outcome::Permanent,
         };
         // Record the call before the runtime can learn of its end (and commit past it).
@@ -565,6 +709,63 @@ impl Processor for TestProcessor {
             && !behaviour.probe_answers_while_down.load(Ordering::SeqCst)
         {
             anyhow::bail!("target is still down");
+        }
+        // Were the targets of all organisations one (a processor without targets), it would be
+        // down while any organisation's is.
+        if !behaviour
+            .down_organisations
+            .lock()
+            .expect("lock")
+            .is_empty()
+            || !behaviour
+                .refusing_organisations
+                .lock()
+                .expect("lock")
+                .is_empty()
+        {
+            anyhow::bail!("an organisation's target is down");
+        }
+        Ok(())
+    }
+
+    fn targets<'a>(&'a self, record: &'a Record<Response>) -> Targets<'a> {
+        if !self
+            .state
+            .behaviour
+            .targets_per_organisation
+            .load(Ordering::SeqCst)
+        {
+            return Targets::none();
+        }
+        Targets::one(TargetRef {
+            organisation: &record.value.organisation,
+            kind: TARGET_KIND,
+            address: "https://endpoint.example/in",
+        })
+    }
+
+    async fn probe_target(&self, target: &Target) -> Result<(), anyhow::Error> {
+        let organisation = target.organisation();
+        *self
+            .state
+            .target_probes
+            .lock()
+            .expect("probes lock")
+            .entry(organisation.to_owned())
+            .or_default() += 1;
+        let behaviour = &self.state.behaviour;
+        if behaviour
+            .down_organisations
+            .lock()
+            .expect("lock")
+            .contains(organisation)
+            || behaviour
+                .refusing_organisations
+                .lock()
+                .expect("lock")
+                .contains(organisation)
+        {
+            anyhow::bail!("{organisation}'s target still fails");
         }
         Ok(())
     }
@@ -639,6 +840,29 @@ impl RunningRuntime {
             let metrics = self.metrics().await;
             metric_value(&metrics, "formstream_processor_circuit_state", &[]) == circuit
                 && metric_value(&metrics, "formstream_processor_paused_partitions", &[]) == paused
+        })
+        .await;
+    }
+
+    /// Waits until `open` circuits of targets of `kind` are open (or half-open) with records
+    /// waiting for them (none when `open` is 0), and no partition paused, as /metrics reports.
+    pub async fn wait_for_target_circuits(
+        &self,
+        kind: &str,
+        open: f64,
+        deadline: Duration,
+        what: &str,
+    ) {
+        eventually(deadline, what, || async move {
+            let metrics = self.metrics().await;
+            metric_value(
+                &metrics,
+                "formstream_processor_open_circuits",
+                &[("kind", kind)],
+            ) == open
+                && (metric_value(&metrics, "formstream_processor_records_waiting", &[]) > 0.0)
+                    == (open > 0.0)
+                && metric_value(&metrics, "formstream_processor_paused_partitions", &[]) == 0.0
         })
         .await;
     }

@@ -15,8 +15,9 @@
 //! token it issued.
 //!
 //! A test scripts failures: 429s (with `Retry-After`), 5xx before or after a write is applied
-//! (the ambiguous case), slowness, and a per-minute write quota enforced like Google's (429 when
-//! passed). Invariant: every write the fake applied is in its state, whatever it answered, and
+//! (the ambiguous case), slowness, a per-minute write quota enforced like Google's (429 when
+//! passed), and spreadsheets not shared with the service account (every call on them answers
+//! 403 PERMISSION_DENIED, as Google does). Invariant: every write the fake applied is in its state, whatever it answered, and
 //! [`FakeSheets::write_requests`] counts every write request received.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -136,6 +137,10 @@ struct FakeState {
     cell_limit: u64,
     write_quota: Option<usize>,
     recent_writes: VecDeque<Instant>,
+    /// Spreadsheets the service account has no access to.
+    unshared: HashSet<String>,
+    /// Calls refused with 403 because their spreadsheet is not shared.
+    refused_requests: usize,
 }
 
 #[derive(Clone)]
@@ -217,6 +222,22 @@ impl FakeSheets {
         for _ in 0..n {
             state.faults.push_back(fault.clone());
         }
+    }
+
+    /// Takes the service account's access to spreadsheet `id` away (or gives it back): every
+    /// call on it answers 403 PERMISSION_DENIED, as Google does for a spreadsheet not shared.
+    pub fn set_shared(&self, id: &str, shared: bool) {
+        let mut state = self.state();
+        if shared {
+            state.unshared.remove(id);
+        } else {
+            state.unshared.insert(id.to_owned());
+        }
+    }
+
+    /// Calls refused because their spreadsheet is not shared.
+    pub fn refused_requests(&self) -> usize {
+        self.state().refused_requests
     }
 
     /// Faults queued by `fail_next_writes` that no write has taken yet.
@@ -415,6 +436,17 @@ async fn handle(
         .filter(|s| !s.is_empty())
         .map(percent_decode)
         .collect();
+    // `{id}`, `{id}:batchUpdate`, `{id}/values/...`: the spreadsheet is the first segment.
+    if let Some(id) = segments
+        .first()
+        .map(|s| s.split(':').next().unwrap_or_default())
+    {
+        let mut state = lock(&shared.state);
+        if state.unshared.contains(id) {
+            state.refused_requests += 1;
+            return google_error(StatusCode::FORBIDDEN, "The caller does not have permission");
+        }
+    }
     let body: Value = if body.is_empty() {
         Value::Null
     } else {

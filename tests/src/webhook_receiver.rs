@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -45,6 +45,8 @@ pub struct ReceivedWebhook {
     pub verified: bool,
     /// The status the receiver answered.
     pub answered: u16,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -197,6 +199,7 @@ async fn receive(
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             verified,
             answered: answer.map_or(204, |(status, _)| status),
+            at: Instant::now(),
         });
         (answer, state.delay)
     };

@@ -6,6 +6,10 @@
 //! reconciled against Twilio's message list before any re-send and a webhook is re-delivered
 //! with the same `webhook-id`. `Attempted` is recorded (acknowledged by Kafka) before each effect
 //! and `Done` after it. Phone numbers appear in logs only redacted.
+//!
+//! Targets: a flagged record's effect writes to the SMS sender's account and/or the form's
+//! webhook receiver, each with the flag's organisation; each has a circuit of its own, so that
+//! one organisation's receiver that is down holds back only that organisation's notifications.
 
 use std::future::Future;
 
@@ -14,7 +18,9 @@ use formstream_notify::once;
 use formstream_notify::{
     Delivery, Envelope, OnceSms, SmsSender, WebhookError, WebhookSender, redact,
 };
-use formstream_runtime::{Entry, Failure, Ledger, Processor, Record, RuntimeConfig, Source};
+use formstream_runtime::{
+    Entry, Failure, Ledger, Processor, Record, RuntimeConfig, Source, Target, TargetRef, Targets,
+};
 use formstream_schemas::{FlagStatus, FormVersion, ResponseFlag};
 
 use crate::config::{NotifyCollectorsArgs, WebhookSecrets};
@@ -23,6 +29,10 @@ use crate::message;
 /// The processor's name: group `formstream-notify-collectors`, dead letters on
 /// `notify-collectors.dlq`, ledger on `notify-collectors.ledger`.
 pub const NAME: &str = "notify-collectors";
+
+/// The kind of target a webhook goes to: the form's receiver (an SMS goes to the sender's, see
+/// [`formstream_notify::SmsSender::kind`]).
+pub const WEBHOOK: &str = "webhook";
 
 /// The processor; see the module header.
 pub struct NotifyCollectors {
@@ -176,7 +186,7 @@ impl NotifyCollectors {
             .await
             .map_err(|error| {
                 tracing::warn!(response_id, revision = flag.revision, webhook_id = %id, kind = error.kind(), "Webhook not delivered.");
-                webhook_failure(error)
+                webhook_failure(error).at(WEBHOOK)
             })?;
         tracing::info!(response_id, revision = flag.revision, webhook_id = %id, status = delivered.status, "Webhook delivered.");
         self.record(&key, Entry::done(format!("HTTP {}", delivered.status)))
@@ -224,6 +234,63 @@ impl Processor for NotifyCollectors {
     async fn probe(&self) -> anyhow::Result<()> {
         self.sms.probe().await
     }
+
+    /// A flagged record's SMS sender account and webhook receiver, as its form version asks.
+    fn targets<'a>(&'a self, record: &'a Record<ResponseFlag>) -> Targets<'a> {
+        let flag = &record.value;
+        let mut targets = Targets::none();
+        if flag.status == FlagStatus::Clean {
+            return targets;
+        }
+        let (Some(owner), Some(form)) = (record.form.as_deref(), record.form_version()) else {
+            return targets;
+        };
+        // The form's organisation: the one that set up its notifications.
+        let organisation = owner.organisation.as_str();
+        if form.notify.sms_collector && flag.collector_phone.is_some() {
+            let sms = self.sms.sms();
+            targets = targets.and(TargetRef {
+                organisation,
+                kind: sms.kind(),
+                address: sms.account(),
+            });
+        }
+        if let Some(url) = &form.notify.webhook_url {
+            targets = targets.and(TargetRef {
+                organisation,
+                kind: WEBHOOK,
+                address: url,
+            });
+        }
+        targets
+    }
+
+    /// The SMS account answers an authenticated read. A webhook receiver has no read to ask:
+    /// its probe is its first waiting notification, re-delivered with the same `webhook-id`.
+    async fn probe_target(&self, target: &Target) -> anyhow::Result<()> {
+        if target.kind() == WEBHOOK {
+            return Ok(());
+        }
+        self.sms.probe().await
+    }
+
+    /// A receiver by its URL's origin (its path or query may hold a token); an SMS account by
+    /// its id.
+    fn target_name(&self, target: &Target) -> String {
+        if target.kind() == WEBHOOK {
+            return format!("webhook receiver {}", origin(target.address()));
+        }
+        format!("{} account {}", target.kind(), target.address())
+    }
+}
+
+/// `scheme://host[:port]` of a URL, without user information, path or query; `?` when it is not
+/// a URL.
+fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(url) => url.origin().ascii_serialization(),
+        Err(_) => "?".to_owned(),
+    }
 }
 
 fn webhook_failure(error: WebhookError) -> Failure {
@@ -265,5 +332,14 @@ mod tests {
             .is_retriable()
         );
         assert!(!webhook_failure(WebhookError::Invalid("bad url".into())).is_retriable());
+    }
+
+    #[test]
+    fn a_receiver_is_named_by_its_origin_only() {
+        assert_eq!(
+            origin("https://user:pw@hooks.example:8443/in/T0KEN?sig=abc"),
+            "https://hooks.example:8443"
+        );
+        assert_eq!(origin("not a url"), "?");
     }
 }

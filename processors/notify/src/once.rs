@@ -84,7 +84,10 @@ impl OnceSms {
 
     /// Sends `body` (which must contain `reference`) to `to`, once per `key`; see the module
     /// header. Errors are the runtime's failures: what Twilio refused for good is permanent,
-    /// everything else (rate limits, outages, ambiguous answers, the ledger) is retried.
+    /// everything else (rate limits, outages, ambiguous answers, the ledger) is retried. The
+    /// sender's failures name their target by the sender's kind ([`SmsSender::kind`]), so that
+    /// they count against the circuit of the processor's target of that kind (its
+    /// [`formstream_runtime::Processor::targets`]).
     pub async fn send(
         &self,
         key: &str,
@@ -104,7 +107,7 @@ impl OnceSms {
                     .sms
                     .find_sent(to, &attempted, since)
                     .await
-                    .map_err(sms_failure)?;
+                    .map_err(|error| sms_failure(error).at(self.sms.kind()))?;
                 if let Some(found) = found {
                     tracing::info!(%key, to = %redact::phone(to), sid = %found.sid, "An earlier attempt had sent the SMS; recorded, not re-sent.");
                     record(&self.ledger, key, Entry::done(found.sid.clone())).await?;
@@ -120,7 +123,8 @@ impl OnceSms {
         record(&self.ledger, key, Entry::attempted(reference)).await?;
         let sent = self.sms.send(to, body).await.map_err(|error| {
             tracing::warn!(%key, to = %redact::phone(to), kind = error.kind(), code = ?error.code(), "SMS not sent.");
-            sms_failure(error)
+            // The sender's failures are its target's (the ledger's are the processor's own).
+            sms_failure(error).at(self.sms.kind())
         })?;
         tracing::debug!(%key, to = %redact::phone(to), sid = %sent.sid, via = self.sms.kind(), "SMS sent.");
         record(&self.ledger, key, Entry::done(sent.sid.clone())).await?;

@@ -162,7 +162,16 @@ impl SmsSender {
         }
     }
 
-    /// `twilio` or `outbox`, for logs and metric labels.
+    /// The account messages are sent from: the Twilio account SID, or `outbox`. An identifier,
+    /// not a secret: it is logged at start.
+    pub fn account(&self) -> &str {
+        match self {
+            SmsSender::Twilio(client) => &client.config().account_sid,
+            SmsSender::Outbox(_) => "outbox",
+        }
+    }
+
+    /// `twilio` or `outbox`, for logs and metric labels (and the kind of target an SMS goes to).
     pub fn kind(&self) -> &'static str {
         match self {
             SmsSender::Twilio(_) => "twilio",

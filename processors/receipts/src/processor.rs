@@ -7,13 +7,18 @@
 //! cannot exist (checked with libphonenumber before any request), Twilio's refusals (21211,
 //! 21408, 21610, 21614, 21617 and other 4xx, with their code), a template that cannot render the
 //! response. Phone numbers appear in logs only redacted.
+//!
+//! Target: the SMS sender's account, with the response's organisation, so that what one
+//! organisation's receipts do to the account's circuit never holds back another's.
 
 use std::future::Future;
 
 use anyhow::anyhow;
 use formstream_core::phones::normalise_phone;
 use formstream_notify::{Delivery, OnceSms, RateLimit, SmsSender, redact};
-use formstream_runtime::{Failure, Ledger, Processor, Record, RuntimeConfig};
+use formstream_runtime::{
+    Failure, Ledger, Processor, Record, RuntimeConfig, Target, TargetRef, Targets,
+};
 use formstream_schemas::Response;
 
 use crate::config::ReceiptsArgs;
@@ -131,5 +136,34 @@ impl Processor for Receipts {
     /// While the circuit is open: Twilio answers an authenticated read (the outbox always can).
     async fn probe(&self) -> anyhow::Result<()> {
         self.sms.probe().await
+    }
+
+    /// The SMS sender's account, for a response of a form with a receipt action.
+    fn targets<'a>(&'a self, record: &'a Record<Response>) -> Targets<'a> {
+        let Some(owner) = record.form.as_deref() else {
+            return Targets::none();
+        };
+        if record
+            .form_version()
+            .is_none_or(|form| form.receipt.is_none())
+        {
+            return Targets::none();
+        }
+        let sms = self.sms.sms();
+        Targets::one(TargetRef {
+            // The form's organisation: the one that set up its receipts.
+            organisation: &owner.organisation,
+            kind: sms.kind(),
+            address: sms.account(),
+        })
+    }
+
+    /// Twilio answers an authenticated read (the outbox always can).
+    async fn probe_target(&self, _target: &Target) -> anyhow::Result<()> {
+        self.sms.probe().await
+    }
+
+    fn target_name(&self, target: &Target) -> String {
+        format!("{} account {}", target.kind(), target.address())
     }
 }

@@ -5,7 +5,8 @@
 //! processor's probe, at growing intervals. When a probe answers, the circuit is half-open: the
 //! runtime resumes, and the next record decides — a success closes the circuit, a failure opens
 //! it again at once. Permanent failures say nothing about the target's health and never reach
-//! the breaker.
+//! the breaker. A refusal of access (a 403) counts as a retriable failure, and the breaker
+//! remembers since when the target has been refusing, until its next success.
 //!
 //! Invariant: a probe time is due exactly while the circuit is open, and the interval between
 //! probes stays within `[probe_base, probe_max]`, doubling after each failure while the outage
@@ -47,6 +48,9 @@ pub struct CircuitBreaker {
     /// open-duration metric. Kept through half-open and reopening: the outage is not over
     /// until the circuit closes.
     opened_at: Option<Instant>,
+    /// Since when the target has refused access (its first refusal since the last success), so
+    /// that a refusal that lasts can be told from a moment's.
+    refused_since: Option<Instant>,
 }
 
 impl CircuitBreaker {
@@ -63,6 +67,7 @@ impl CircuitBreaker {
             probe_interval: probe_base,
             next_probe: None,
             opened_at: None,
+            refused_since: None,
         }
     }
 
@@ -76,6 +81,7 @@ impl CircuitBreaker {
     /// count but leaves the circuit open: the probe decides when records flow again.
     pub fn on_success(&mut self) {
         self.failures = 0;
+        self.refused_since = None;
         if self.state == CircuitState::HalfOpen {
             self.state = CircuitState::Closed;
             self.probe_interval = self.probe_base;
@@ -105,6 +111,20 @@ impl CircuitBreaker {
             }
             CircuitState::Closed | CircuitState::Open => false,
         }
+    }
+
+    /// The target refused access at `now`: a retriable failure (see
+    /// [`CircuitBreaker::on_retriable_failure`], whose result it returns) that also starts the
+    /// refusal's clock, unless it runs already.
+    pub fn on_refused(&mut self, now: Instant) -> bool {
+        self.refused_since.get_or_insert(now);
+        self.on_retriable_failure(now)
+    }
+
+    /// How long the target has refused access at `now`, if it has since its last success.
+    pub fn refused_for(&self, now: Instant) -> Option<Duration> {
+        self.refused_since
+            .map(|since| now.saturating_duration_since(since))
     }
 
     /// When the next probe is due (Some only while Open).
@@ -300,6 +320,24 @@ mod tests {
         breaker.on_retriable_failure(t0);
         breaker.probe_failed(t0);
         assert_eq!(breaker.next_probe_at(), Some(t0 + Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn a_refusal_lasts_until_the_next_success() {
+        let t0 = Instant::now();
+        let mut breaker = breaker();
+        assert_eq!(breaker.refused_for(t0), None);
+        assert!(!breaker.on_refused(t0));
+        // Other failures in between do not restart the clock.
+        breaker.on_retriable_failure(t0 + BASE);
+        assert!(
+            breaker.on_refused(t0 + 2 * BASE),
+            "refusals count towards opening"
+        );
+        assert_eq!(breaker.refused_for(t0 + 5 * BASE), Some(5 * BASE));
+        breaker.probe_succeeded();
+        breaker.on_success();
+        assert_eq!(breaker.refused_for(t0 + 5 * BASE), None);
     }
 
     #[test]

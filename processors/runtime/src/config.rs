@@ -11,6 +11,7 @@ use clap::Args;
 use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, parse_duration};
 
 use crate::backoff::RetryPolicy;
+use crate::targets::CircuitSettings;
 
 #[derive(Debug, Clone, Args)]
 pub struct RuntimeConfig {
@@ -50,7 +51,8 @@ pub struct RuntimeConfig {
     pub max_in_flight: usize,
 
     /// Records fetched but not yet finished; at it, the runtime stops taking records until half
-    /// are done.
+    /// are done. Records waiting for a target's open circuit count for at most half of it (past
+    /// half, their partitions pause), and fetched records never pass twice it.
     // Bounds memory (with --max-buffered-bytes) when the effect is slower than the topic.
     #[arg(
         long,
@@ -92,6 +94,13 @@ pub struct RuntimeConfig {
     /// Longest interval between probes while the circuit is open.
     #[arg(long, env = "FORMSTREAM_PROBE_MAX", default_value = "30s", value_parser = parse_duration)]
     pub probe_max: Duration,
+
+    /// How long a target (a spreadsheet, a webhook receiver) may refuse access (a 403) before its
+    /// records are dead-lettered with the reason; until then they wait, as for an outage, while
+    /// someone fixes the sharing or the credentials.
+    // As long as --retry-max-elapsed: a refusal gets the same time to be fixed as any failure.
+    #[arg(long, env = "FORMSTREAM_FORBIDDEN_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub forbidden_timeout: Duration,
 
     /// How often finished offsets are committed (librdkafka auto.commit.interval.ms).
     #[arg(long, env = "FORMSTREAM_COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -158,6 +167,16 @@ impl RuntimeConfig {
         match &self.instance_id {
             Some(instance) => format!("formstream-{processor}-{instance}"),
             None => format!("formstream-{processor}-{}", uuid::Uuid::new_v4()),
+        }
+    }
+
+    /// The settings of each target's circuit (see [`crate::targets`]).
+    pub fn target_circuits(&self) -> CircuitSettings {
+        CircuitSettings {
+            threshold: self.circuit_threshold,
+            probe_base: self.probe_base,
+            probe_max: self.probe_max,
+            forbidden_timeout: self.forbidden_timeout,
         }
     }
 

@@ -39,6 +39,8 @@ pub enum Kind {
     Undecodable,
     /// The form the record refers to never appeared in the forms view.
     UnknownForm,
+    /// The record's target refused access for longer than `--forbidden-timeout`.
+    Forbidden,
 }
 
 impl Kind {
@@ -48,6 +50,7 @@ impl Kind {
             Kind::RetriesExhausted => "retries_exhausted",
             Kind::Undecodable => "undecodable",
             Kind::UnknownForm => "unknown_form",
+            Kind::Forbidden => "forbidden",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The formstream processor runtime. A processor implements [`Processor`] (a name and an effect);
 //! [`run`] does everything else: consuming with a consumer group, decoding, per-key ordering with
-//! concurrency, retries with backoff, the dead-letter topic, the circuit breaker, commits of
-//! finished offsets only, rebalances, graceful shutdown and metrics.
+//! concurrency, retries with backoff, the dead-letter topic, a circuit per target (and the
+//! processor's own), commits of finished offsets only, rebalances, graceful shutdown and metrics.
 //!
 //! Invariant (docs/design.md, promises 2 to 6): an offset is committed only when every record
 //! below it has had its effect or has been dead-lettered.
@@ -17,13 +17,16 @@ pub mod metrics;
 pub mod processor;
 pub mod raw;
 pub mod replay;
+pub mod targets;
 pub mod tracker;
 pub mod transactions;
 pub mod worker;
 
 pub use config::RuntimeConfig;
 pub use ledger::{Entry, Ledger, LedgerArgs, LedgerError};
-pub use processor::{Failure, Output, Payload, Processor, RawRecord, Record, Source};
+pub use processor::{
+    Failure, Output, Payload, Processor, RawRecord, Record, Source, Target, TargetRef, Targets,
+};
 
 use std::future::Future;
 use std::sync::Arc;

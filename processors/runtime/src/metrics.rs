@@ -36,6 +36,8 @@ pub struct Metrics {
     committed_offset: IntGaugeVec,
     paused_partitions: IntGaugeVec,
     circuit_state: IntGaugeVec,
+    open_circuits: IntGaugeVec,
+    waiting: IntGaugeVec,
     commits: IntCounterVec,
     rebalances: IntCounterVec,
     /// Children resolved once: these are touched for every record.
@@ -75,7 +77,7 @@ impl Metrics {
         let dead_letters = counter(
             &registry,
             "formstream_processor_dead_letters_total",
-            "Records sent to the dead-letter topic, by kind (permanent, retries_exhausted, undecodable, unknown_form).",
+            "Records sent to the dead-letter topic, by kind (permanent, retries_exhausted, undecodable, unknown_form, forbidden).",
             &["processor", "kind"],
         );
         let effect_duration = HistogramVec::new(
@@ -134,7 +136,19 @@ impl Metrics {
         let circuit_state = gauge(
             &registry,
             "formstream_processor_circuit_state",
-            "The circuit breaker: 0 closed, 1 half-open, 2 open (partitions paused, target probed).",
+            "The processor's one circuit (failures that name no target; see formstream_processor_open_circuits for the circuits per target): 0 closed, 1 half-open, 2 open (partitions paused, target probed).",
+            &["processor"],
+        );
+        let open_circuits = gauge(
+            &registry,
+            "formstream_processor_open_circuits",
+            "Targets (webhook receivers, spreadsheets, Twilio accounts, each per organisation) whose circuit is open or half-open, by kind: their records wait while the others flow. Logs name each target.",
+            &["processor", "kind"],
+        );
+        let waiting = gauge(
+            &registry,
+            "formstream_processor_records_waiting",
+            "Records held back because their target's circuit is open (counted in the buffered records too).",
             &["processor"],
         );
         let commits = counter(
@@ -187,6 +201,8 @@ impl Metrics {
             committed_offset,
             paused_partitions,
             circuit_state,
+            open_circuits,
+            waiting,
             commits,
             rebalances,
         }
@@ -261,6 +277,20 @@ impl Metrics {
         self.circuit_state
             .with_label_values(&[&self.processor])
             .set(state as i64);
+    }
+
+    /// `count` targets of `kind` have their circuit open or half-open.
+    pub fn open_circuits(&self, kind: &str, count: usize) {
+        self.open_circuits
+            .with_label_values(&[&self.processor, kind])
+            .set(count as i64);
+    }
+
+    /// Records waiting for their target's circuit.
+    pub fn waiting(&self, records: usize) {
+        self.waiting
+            .with_label_values(&[&self.processor])
+            .set(records as i64);
     }
 
     pub fn commit(&self, ok: bool) {

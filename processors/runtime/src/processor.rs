@@ -12,6 +12,7 @@ use std::time::Duration;
 use formstream_schemas::{AvroRecord, Form, FormVersion, Response, ResponseFlag};
 
 pub use crate::raw::{Headers, RawRecord};
+pub use crate::targets::{Target, TargetRef, Targets};
 
 /// What went wrong with one record, and what the runtime should do about it.
 #[derive(Debug)]
@@ -19,10 +20,23 @@ pub enum Failure {
     /// Worth trying again later (a timeout, a 429, a 5xx, a dependency that is down). The runtime
     /// retries with exponential backoff and full jitter, waiting at least `retry_after` when the
     /// target said so, until the retry budget is spent; then the record is dead-lettered.
-    /// Consecutive retriable failures open the circuit breaker and pause the partitions.
+    /// Consecutive retriable failures open the circuit breaker of the target they name (see
+    /// [`Failure::at`]), or the processor's one circuit, which pauses every partition.
     Retriable {
         error: anyhow::Error,
         retry_after: Option<Duration>,
+        /// The kind of the record's target that failed ([`Processor::targets`]); `None`: the
+        /// failure is the processor's own (its ledger, its disk), not one target's.
+        target: Option<&'static str>,
+    },
+    /// The target refuses access (a spreadsheet not shared with the exporter: a 403). Retried
+    /// like a retriable failure while an operator can fix it; once the target has refused for
+    /// longer than `--forbidden-timeout`, the record is dead-lettered (kind `forbidden`) with the
+    /// reason.
+    Forbidden {
+        error: anyhow::Error,
+        /// As for [`Failure::Retriable`].
+        target: Option<&'static str>,
     },
     /// Will never succeed (invalid input, a rejected request): dead-lettered at once.
     Permanent(anyhow::Error),
@@ -33,6 +47,7 @@ impl Failure {
         Failure::Retriable {
             error: error.into(),
             retry_after: None,
+            target: None,
         }
     }
 
@@ -40,6 +55,14 @@ impl Failure {
         Failure::Retriable {
             error: error.into(),
             retry_after: Some(after),
+            target: None,
+        }
+    }
+
+    pub fn forbidden(error: impl Into<anyhow::Error>) -> Self {
+        Failure::Forbidden {
+            error: error.into(),
+            target: None,
         }
     }
 
@@ -47,13 +70,38 @@ impl Failure {
         Failure::Permanent(error.into())
     }
 
+    /// Says which of the record's targets failed, by its kind (see [`TargetRef::kind`]): the
+    /// failure then counts against that target's circuit only. A permanent failure says nothing
+    /// about a target's health and is left as it is.
+    pub fn at(mut self, kind: &'static str) -> Self {
+        match &mut self {
+            Failure::Retriable { target, .. } | Failure::Forbidden { target, .. } => {
+                *target = Some(kind);
+            }
+            Failure::Permanent(_) => {}
+        }
+        self
+    }
+
+    /// The kind of target the failure names, if any (see [`Failure::at`]).
+    pub fn target(&self) -> Option<&'static str> {
+        match self {
+            Failure::Retriable { target, .. } | Failure::Forbidden { target, .. } => *target,
+            Failure::Permanent(_) => None,
+        }
+    }
+
+    /// Whether the record will be tried again (a retriable failure, or a refusal of access
+    /// within `--forbidden-timeout`).
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Failure::Retriable { .. })
+        !matches!(self, Failure::Permanent(_))
     }
 
     pub fn error(&self) -> &anyhow::Error {
         match self {
-            Failure::Retriable { error, .. } | Failure::Permanent(error) => error,
+            Failure::Retriable { error, .. }
+            | Failure::Forbidden { error, .. }
+            | Failure::Permanent(error) => error,
         }
     }
 }
@@ -242,8 +290,36 @@ pub trait Processor: Send + Sync + 'static {
     /// effects below it are durable. Called on the engine's task: keep it cheap.
     fn finished_below(&self, _topic: &str, _partition: i32, _offset: i64) {}
 
-    /// Asked while the circuit is open: `Ok` when the target answers again.
+    /// Asked while the processor's one circuit is open (failures that name no target): `Ok`
+    /// when the target answers again.
     fn probe(&self) -> impl Future<Output = Result<(), anyhow::Error>> + Send {
         async { Ok(()) }
+    }
+
+    /// The targets `record`'s effect writes to (a webhook receiver, a spreadsheet, a Twilio
+    /// account), each with the record's organisation. The runtime keeps a circuit per target: a
+    /// failure that names its target ([`Failure::at`]) counts against that target's circuit,
+    /// and while it is open only the records that go to that target wait; the others flow.
+    /// Called for every record: borrow, do not allocate. None (the default): every failure
+    /// counts against the processor's one circuit.
+    fn targets<'a>(&'a self, _record: &'a Record<Self::Value>) -> Targets<'a> {
+        Targets::none()
+    }
+
+    /// Asked while the circuit of `target` is open, on the breaker's schedule: `Ok` when the
+    /// target answers again (its waiting records are then tried one at a time until one
+    /// succeeds). The default answers at once: the first waiting record is the probe.
+    fn probe_target(
+        &self,
+        _target: &Target,
+    ) -> impl Future<Output = Result<(), anyhow::Error>> + Send {
+        async { Ok(()) }
+    }
+
+    /// How logs name `target` (metrics never do: they count open circuits by kind). The default
+    /// names its kind only, since an address may carry a secret; say more when it is safe (a
+    /// spreadsheet id, a URL's origin).
+    fn target_name(&self, target: &Target) -> String {
+        target.kind().to_owned()
     }
 }

@@ -1,11 +1,16 @@
 //! A worker runs the effect of one job (or one batch of jobs of different keys) to its end: done,
-//! or dead-lettered. Workers run in a few lanes (see [`run_lane`]): each lane is one task that
-//! runs many jobs concurrently and reports their completions to the engine in batches. It decodes, waits for the record's form to be in the forms view, calls the
-//! processor, retries retriable failures with backoff and full jitter (while the circuit is open it
-//! waits, and that time does not count against the budget), and dead-letters what cannot succeed.
+//! or dead-lettered, or handed back to wait for its target's circuit. Workers run in a few lanes
+//! (see [`run_lane`]): each lane is one task that runs many jobs concurrently and reports their
+//! completions to the engine in batches. It decodes, waits for the record's form to be in the
+//! forms view, calls the processor, retries retriable failures with backoff and full jitter, and
+//! dead-letters what cannot succeed. While the processor's one circuit is open it waits; a record
+//! whose target's circuit is open (see [`crate::targets`]) is handed back to the engine, which
+//! keeps it until the circuit lets it go, so that it holds no slot of `--max-in-flight` meanwhile.
+//! Neither wait counts against the retry budget.
 //!
 //! Invariant: a job is reported finished only after its effect succeeded or Kafka acknowledged its
-//! dead letter; a job of a revoked partition is abandoned without being reported or dead-lettered.
+//! dead letter; a job handed back to wait is not finished (its offset stays uncommitted, its key
+//! busy); a job of a revoked partition is abandoned without being reported or dead-lettered.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +32,7 @@ use crate::engine::TopicPartition;
 use crate::metrics::Metrics;
 use crate::processor::{Failure, Output, Payload, Processor, Record};
 use crate::raw::RawRecord;
+use crate::targets::{Target, TargetCircuits, Targets};
 
 /// A fetched record, waiting for or in the hands of a worker.
 #[derive(Debug)]
@@ -42,6 +48,43 @@ pub struct Job {
     /// `None` for a record ordered by nothing but its offset (neither header nor Kafka key).
     pub ordering_key: Option<u64>,
     pub bytes: usize,
+    /// How far its attempts had gone, for a job that waited for its target's circuit; `None` for
+    /// a job that has not been tried yet.
+    pub resume: Option<Box<Progress>>,
+}
+
+/// How far a record's attempts have gone: carried through a wait for its target's circuit, so
+/// that the wait neither resets nor spends its retry budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// When a lane first started the record (its dead letter's first-attempt time).
+    arrived: Instant,
+    /// Attempts made.
+    attempts: u32,
+    /// Attempts that count against the retry budget: failures after which its circuit stayed
+    /// closed. A failure that is part of an outage (its circuit opened) does not count.
+    counted: u32,
+    /// Time spent trying, waits for a circuit left out.
+    spent: Duration,
+}
+
+impl Progress {
+    /// A record not tried yet, started by its lane at `arrived`.
+    fn new(arrived: Instant) -> Self {
+        Progress {
+            arrived,
+            attempts: 0,
+            counted: 0,
+            spent: Duration::ZERO,
+        }
+    }
+}
+
+/// A job handed back to the engine to wait while its target's circuit is open.
+#[derive(Debug)]
+pub struct Waiter {
+    pub target: Arc<Target>,
+    pub job: Job,
 }
 
 impl Job {
@@ -77,9 +120,10 @@ impl Alive {
     }
 }
 
-/// What a lane tells the engine: which of its units (a job, or a batch of jobs) have ended, and the
-/// jobs among them that finished. A job that ended without finishing (its partition was revoked,
-/// or the engine is draining) has no completion: it stays uncommitted.
+/// What a lane tells the engine: which of its units (a job, or a batch of jobs) have ended, the
+/// jobs among them that finished, and those handed back to wait for their target's circuit. A
+/// job that ended without finishing (its partition was revoked, or the engine is draining) has no
+/// completion: it stays uncommitted.
 #[derive(Debug)]
 pub struct Report {
     /// The lane (an index into the engine's lanes).
@@ -87,6 +131,8 @@ pub struct Report {
     /// Units that ended: their in-flight slots are free.
     pub units: usize,
     pub completions: Vec<Completion>,
+    /// Jobs to keep until their target's circuit lets them go.
+    pub waiting: Vec<Waiter>,
     /// Units among them whose processor panicked: a bug, which stops the processor (see
     /// [`run_lane`]).
     pub panicked: usize,
@@ -127,8 +173,11 @@ pub struct WorkerContext<P: Processor> {
     pub dead_letters: DeadLetters,
     pub retry: RetryPolicy,
     pub form_wait: Duration,
+    /// The processor's one circuit, for failures that name no target.
     pub circuit: Mutex<CircuitBreaker>,
     pub circuit_tx: watch::Sender<CircuitState>,
+    /// A circuit per target (see [`crate::targets`]).
+    pub targets: TargetCircuits,
     /// Set when the engine starts draining: waiting work (backoff, open circuit, a missing form,
     /// an unwritable dead letter) is abandoned uncommitted; effects already running finish.
     pub stopping: watch::Sender<bool>,
@@ -228,7 +277,13 @@ pub async fn run_lane<P: Processor>(
         tokio::select! {
             biased;
             Some(ended) = running.next(), if !running.is_empty() => {
-                let mut report = Report { lane, units: 0, completions: Vec::new(), panicked: 0 };
+                let mut report = Report {
+                    lane,
+                    units: 0,
+                    completions: Vec::new(),
+                    waiting: Vec::new(),
+                    panicked: 0,
+                };
                 report.add(ended);
                 // Every other unit that has ended by now goes in the same report.
                 std::future::poll_fn(|cx| {
@@ -260,7 +315,11 @@ impl Report {
         match ended {
             Ok(Finished::None) => {}
             Ok(Finished::One(completion)) => self.completions.push(completion),
-            Ok(Finished::Many(completions)) => self.completions.extend(completions),
+            Ok(Finished::Waiting(waiter)) => self.waiting.push(*waiter),
+            Ok(Finished::Many(settled)) => {
+                self.completions.extend(settled.done);
+                self.waiting.extend(settled.waiting);
+            }
             Err(_) => self.panicked += 1,
         }
     }
@@ -274,20 +333,40 @@ pub enum Unit {
     Batch(Vec<Job>),
 }
 
-/// The jobs of a unit that finished (done or dead-lettered): most units are one job, which needs
-/// no vector.
+/// What became of a unit's jobs: finished (done or dead-lettered), or handed back to wait for
+/// their target. Most units are one job, which needs no vector.
 pub enum Finished {
     None,
     One(Completion),
-    Many(Vec<Completion>),
+    /// Boxed: rare, and it would make every unit's outcome larger.
+    Waiting(Box<Waiter>),
+    Many(Settled),
 }
 
-impl From<Vec<Completion>> for Finished {
-    fn from(mut completions: Vec<Completion>) -> Self {
-        match completions.len() {
-            0 => Finished::None,
-            1 => completions.pop().map_or(Finished::None, Finished::One),
-            _ => Finished::Many(completions),
+/// The jobs of a unit that finished, and those handed back to wait for their target.
+#[derive(Default)]
+pub struct Settled {
+    done: Vec<Completion>,
+    waiting: Vec<Waiter>,
+}
+
+impl Settled {
+    fn extend(&mut self, other: Settled) {
+        self.done.extend(other.done);
+        self.waiting.extend(other.waiting);
+    }
+}
+
+impl From<Settled> for Finished {
+    fn from(mut settled: Settled) -> Self {
+        match (settled.done.len(), settled.waiting.len()) {
+            (0, 0) => Finished::None,
+            (1, 0) => settled.done.pop().map_or(Finished::None, Finished::One),
+            (0, 1) => settled
+                .waiting
+                .pop()
+                .map_or(Finished::None, |waiter| Finished::Waiting(Box::new(waiter))),
+            _ => Finished::Many(settled),
         }
     }
 }
@@ -296,8 +375,41 @@ impl From<Vec<Completion>> for Finished {
 async fn run_unit<P: Processor>(ctx: &WorkerContext<P>, unit: Unit, arrived: Instant) -> Finished {
     match unit {
         Unit::One(job) => run_one(ctx, job, arrived).await,
-        Unit::Batch(jobs) => Box::pin(run_jobs(ctx, jobs, arrived)).await.into(),
+        Unit::Batch(jobs) => Box::pin(run_batch(ctx, jobs, arrived)).await.into(),
     }
+}
+
+/// Runs a batch: its jobs not tried yet together, and those coming back from a wait for their
+/// target each with its own progress.
+async fn run_batch<P: Processor>(
+    ctx: &WorkerContext<P>,
+    jobs: Vec<Job>,
+    arrived: Instant,
+) -> Settled {
+    if jobs.iter().all(|job| job.resume.is_none()) {
+        return run_jobs(ctx, jobs, Progress::new(arrived)).await;
+    }
+    let (resumed, fresh): (Vec<Job>, Vec<Job>) =
+        jobs.into_iter().partition(|job| job.resume.is_some());
+    let mut settled = if fresh.is_empty() {
+        Settled::default()
+    } else {
+        run_jobs(ctx, fresh, Progress::new(arrived)).await
+    };
+    for outcome in futures::future::join_all(resumed.into_iter().map(|job| resume(ctx, job))).await
+    {
+        settled.extend(outcome);
+    }
+    settled
+}
+
+/// Runs a job that waited for its target's circuit, from where its attempts had got to.
+async fn resume<P: Processor>(ctx: &WorkerContext<P>, mut job: Job) -> Settled {
+    let progress = job
+        .resume
+        .take()
+        .map_or_else(|| Progress::new(Instant::now()), |progress| *progress);
+    run_jobs(ctx, vec![job], progress).await
 }
 
 /// Runs one job to its end: decoding, the form lookup and a first attempt that succeeds run
@@ -305,25 +417,44 @@ async fn run_unit<P: Processor>(ctx: &WorkerContext<P>, unit: Unit, arrived: Ins
 ///
 /// Every unit in flight is one of these futures, moved into its lane's set, so it is kept small.
 async fn run_one<P: Processor>(ctx: &WorkerContext<P>, job: Job, arrived: Instant) -> Finished {
+    if job.resume.is_some() {
+        return Box::pin(resume(ctx, job)).await.into();
+    }
     let mut attempting = match prepare_now(ctx, job) {
         Ok(attempting) => attempting,
         // A schema to fetch, a form to wait for, or a record to dead-letter.
-        Err(job) => return Box::pin(run_jobs(ctx, vec![job], arrived)).await.into(),
+        Err(job) => {
+            return Box::pin(run_jobs(ctx, vec![job], Progress::new(arrived)))
+                .await
+                .into();
+        }
     };
     if !attempting.job.alive() {
         // Revoked meanwhile: the partition belongs to another instance now.
         return Finished::None;
     }
+    attempting.record.attempt = 1;
+    // The targets are asked again after the effect rather than kept across it: this future is
+    // every unit in flight, and stays small.
+    if let Some(target) = ctx
+        .targets
+        .holding(&ctx.processor.targets(&attempting.record))
+    {
+        return Finished::Waiting(Box::new(wait_for(
+            attempting,
+            target,
+            Progress::new(arrived),
+        )));
+    }
     let mut first = None;
     if *ctx.circuit_tx.borrow() != CircuitState::Open && !ctx.is_stopping() {
-        attempting.record.attempt = 1;
         let started = Instant::now();
         let result = ctx.processor.handle(&attempting.record).await;
         ctx.metrics.effect(started.elapsed());
         match result.and_then(|()| outputs_of(ctx, &attempting.record)) {
             Ok(outputs) => {
                 ctx.metrics.records("ok", 1);
-                note_success(ctx);
+                note_success(ctx, &ctx.processor.targets(&attempting.record));
                 return Finished::One(Completion {
                     outputs,
                     ..Completion::of(&attempting.job)
@@ -332,27 +463,31 @@ async fn run_one<P: Processor>(ctx: &WorkerContext<P>, job: Job, arrived: Instan
             Err(failure) => first = Some((vec![Err(failure)], started)),
         }
     }
-    let mut done = Vec::new();
+    let mut settled = Settled::default();
     Box::pin(attempt_until_settled(
         ctx,
         vec![attempting],
         first,
-        arrived,
-        &mut done,
+        Progress::new(arrived),
+        &mut settled,
     ))
     .await;
-    done.into()
+    settled.into()
 }
 
-/// Runs `jobs` to their end and returns those that finished (done or dead-lettered): decoding,
-/// the form lookup and a first attempt that succeeds run here; failures, retries and dead
-/// letters go on in [`attempt_until_settled`], boxed. `arrived` is when a lane started them.
+/// Runs `jobs` to their end and returns those that finished (done or dead-lettered) or wait for
+/// their target: decoding, the form lookup and a first attempt that succeeds run here; failures,
+/// retries and dead letters go on in [`attempt_until_settled`], boxed. `progress` says how far
+/// their attempts had got (nowhere, unless they come back from a wait).
 async fn run_jobs<P: Processor>(
     ctx: &WorkerContext<P>,
     jobs: Vec<Job>,
-    arrived: Instant,
-) -> Vec<Completion> {
-    let mut done = Vec::with_capacity(jobs.len());
+    progress: Progress,
+) -> Settled {
+    let mut settled = Settled {
+        done: Vec::with_capacity(jobs.len()),
+        waiting: Vec::new(),
+    };
     let mut active: Vec<Attempting<P::Value>> = Vec::with_capacity(jobs.len());
     let mut jobs = jobs.into_iter();
     // Prepared without waiting, in order, up to the first job that needs to wait; it and the
@@ -369,29 +504,30 @@ async fn run_jobs<P: Processor>(
                 }
             }
         }
-        waiting.map(|job| Box::pin(prepare_rest(ctx, job, jobs, arrived)))
+        waiting.map(|job| Box::pin(prepare_rest(ctx, job, jobs, progress.arrived)))
     };
     if let Some(rest) = rest {
         for prepared in rest.await {
             match prepared {
                 Prepared::Ready(attempting) => active.push(attempting),
-                Prepared::Finished(completion) => done.push(completion),
+                Prepared::Finished(completion) => settled.done.push(completion),
                 Prepared::Abandoned => {}
             }
         }
     }
+    hold_back(ctx, &mut active, progress, &mut settled.waiting);
     if active.is_empty() {
-        return done;
+        return settled;
     }
     let mut first = None;
     if *ctx.circuit_tx.borrow() != CircuitState::Open && !ctx.is_stopping() {
         // A partition revoked meanwhile belongs to another instance now.
         active.retain(|a| a.job.alive());
         if active.is_empty() {
-            return done;
+            return settled;
         }
         for attempting in &mut active {
-            attempting.record.attempt = 1;
+            attempting.record.attempt = progress.attempts + 1;
         }
         let started = Instant::now();
         let results = call(ctx, &active).await;
@@ -399,22 +535,55 @@ async fn run_jobs<P: Processor>(
         let outcomes = outcomes(ctx, &active, results);
         if outcomes.iter().all(Result::is_ok) {
             ctx.metrics.records("ok", outcomes.len() as u64);
-            note_success(ctx);
             for (attempting, outcome) in active.iter().zip(outcomes) {
-                done.push(Completion {
+                note_success(ctx, &ctx.processor.targets(&attempting.record));
+                settled.done.push(Completion {
                     outputs: outcome.unwrap_or_default(),
                     ..Completion::of(&attempting.job)
                 });
             }
-            return done;
+            return settled;
         }
         first = Some((outcomes, started));
     }
     Box::pin(attempt_until_settled(
-        ctx, active, first, arrived, &mut done,
+        ctx,
+        active,
+        first,
+        progress,
+        &mut settled,
     ))
     .await;
-    done
+    settled
+}
+
+/// Hands the records whose target's circuit holds them back to the engine, to wait there
+/// (keeping no slot of `--max-in-flight`); the others stay, in order.
+fn hold_back<P: Processor>(
+    ctx: &WorkerContext<P>,
+    active: &mut Vec<Attempting<P::Value>>,
+    progress: Progress,
+    waiting: &mut Vec<Waiter>,
+) {
+    let mut index = 0;
+    while index < active.len() {
+        let held = ctx
+            .targets
+            .holding(&ctx.processor.targets(&active[index].record));
+        match held {
+            Some(target) => waiting.push(wait_for(active.remove(index), target, progress)),
+            None => index += 1,
+        }
+    }
+}
+
+/// The job of a record to keep until `target`'s circuit lets it go: the record as fetched moves
+/// back into it (the decoded value is dropped; it is decoded again when it runs).
+fn wait_for<V>(attempting: Attempting<V>, target: Arc<Target>, progress: Progress) -> Waiter {
+    let Attempting { mut job, record } = attempting;
+    job.raw = record.raw;
+    job.resume = Some(Box::new(progress));
+    Waiter { target, job }
 }
 
 /// Decodes a job and finds its form without waiting: the common case, where the payload names a
@@ -580,36 +749,140 @@ fn outcomes<P: Processor>(
         .collect()
 }
 
-/// A success reaches the breaker after any failure, and while the circuit is not closed (a
-/// record in flight through the outage may have succeeded and marked the run clean before the
-/// probe half-opened it); otherwise it would change nothing, and skips the breaker's lock.
-fn note_success<P: Processor>(ctx: &WorkerContext<P>) {
+/// A record's effect succeeded. With targets, their circuits hear of it (nothing to do, and no
+/// lock, while none of them failed lately). Without, the processor's one breaker does, after any
+/// failure and while its circuit is not closed (a record in flight through the outage may have
+/// succeeded and marked the run clean before the probe half-opened it); otherwise it would change
+/// nothing, and its lock is skipped.
+fn note_success<P: Processor>(ctx: &WorkerContext<P>, targets: &Targets<'_>) {
+    if !targets.is_empty() {
+        ctx.targets.succeeded(targets);
+        return;
+    }
     if !ctx.clean.load(Ordering::Acquire) || *ctx.circuit_tx.borrow() != CircuitState::Closed {
         ctx.circuit(CircuitBreaker::on_success);
         ctx.clean.store(true, Ordering::Release);
     }
 }
 
-/// Attempts, retries and dead-letters `active` until every record is done, dead-lettered or
-/// abandoned, pushing what finished to `done`. `first` holds the outcomes of a first attempt
-/// already made (and when it started), if any.
+/// What a retriable failure (or a refusal of access) did to the circuit it counts against.
+struct Noted {
+    /// Its circuit stayed closed: the failure counts against the retry budget.
+    counts: bool,
+    /// For a refusal: how long its target has refused access.
+    refused_for: Option<Duration>,
+}
+
+/// Tells the circuit of the target the failure names (or, when it names none of the record's
+/// targets, the processor's one circuit) about a retriable failure or a refusal at `now`.
+fn note_failure<P: Processor>(
+    ctx: &WorkerContext<P>,
+    record: &Record<P::Value>,
+    failure: &Failure,
+    now: tokio::time::Instant,
+) -> Noted {
+    let refused = matches!(failure, Failure::Forbidden { .. });
+    let targets = ctx.processor.targets(record);
+    let mut named = targets.of_kind(failure.target()).peekable();
+    if named.peek().is_none() {
+        ctx.clean.store(false, Ordering::Release);
+        let mut refused_for = None;
+        ctx.circuit(|breaker| {
+            if refused {
+                breaker.on_refused(now);
+                refused_for = breaker.refused_for(now);
+            } else {
+                breaker.on_retriable_failure(now);
+            }
+        });
+        return Noted {
+            counts: *ctx.circuit_tx.borrow() == CircuitState::Closed,
+            refused_for,
+        };
+    }
+    let mut noted = Noted {
+        counts: true,
+        refused_for: None,
+    };
+    for target in named {
+        let failed = ctx
+            .targets
+            .failed(*target, refused, now, |t| ctx.processor.target_name(t));
+        noted.counts &= !failed.holds;
+        if refused {
+            noted.refused_for = noted.refused_for.max(failed.refused_for);
+        }
+    }
+    noted
+}
+
+/// Why a record refused past `--forbidden-timeout` is dead-lettered, naming its target.
+fn refusal_message<P: Processor>(
+    ctx: &WorkerContext<P>,
+    record: &Record<P::Value>,
+    failure: &Failure,
+    refused_for: Duration,
+) -> String {
+    let targets = ctx.processor.targets(record);
+    let target = targets
+        .of_kind(failure.target())
+        .next()
+        .map(|target| {
+            let target = Target::new(*target);
+            format!(
+                "{} (organisation {})",
+                ctx.processor.target_name(&target),
+                target.organisation()
+            )
+        })
+        .unwrap_or_else(|| "the target".to_owned());
+    format!(
+        "{target} has refused access for {}s, longer than --forbidden-timeout ({}s): {:#}",
+        refused_for.as_secs(),
+        ctx.targets.settings().forbidden_timeout.as_secs(),
+        failure.error()
+    )
+}
+
+/// Says, before a record is dead-lettered, why.
+fn warn_dead_lettering(job: &Job, message: &str, why: &str) {
+    tracing::warn!(
+        topic = %job.tp.topic,
+        partition = job.tp.partition,
+        offset = job.offset,
+        error = %message,
+        "{why}; dead-lettering."
+    );
+}
+
+/// Attempts, retries and dead-letters `active` until every record is done, dead-lettered,
+/// abandoned or handed back to wait for its target, pushing each to `settled`. `first` holds the
+/// outcomes of a first attempt already made (and when it started), if any; `progress`, how far
+/// the records' attempts had got before.
 async fn attempt_until_settled<P: Processor>(
     ctx: &WorkerContext<P>,
     mut active: Vec<Attempting<P::Value>>,
     first: Option<(Vec<Outcome>, Instant)>,
-    arrived: Instant,
-    done: &mut Vec<Completion>,
+    progress: Progress,
+    settled: &mut Settled,
 ) {
     let (mut pending, started) = match first {
         Some((outcomes, started)) => (Some(outcomes), started),
         None => (None, Instant::now()),
     };
-    let mut attempts = u32::from(pending.is_some());
-    let mut circuit_wait = Duration::ZERO;
-    // Attempts that count against the retry budget: those that failed while the circuit stayed
+    let arrived = progress.arrived;
+    let mut attempts = progress.attempts + u32::from(pending.is_some());
+    // Attempts that count against the retry budget: those after which the circuit stayed
     // closed. A failure that is part of an outage (the circuit is open after it) pauses the
     // record instead; a multi-hour outage must not dead-letter the backlog.
-    let mut budget_attempts = 0u32;
+    let mut counted = progress.counted;
+    let mut circuit_wait = Duration::ZERO;
+    let progress_now = |attempts, counted, circuit_wait: Duration| Progress {
+        arrived,
+        attempts,
+        counted,
+        spent: progress.spent + started.elapsed().saturating_sub(circuit_wait),
+    };
     loop {
         let outcomes = match pending.take() {
             Some(outcomes) => outcomes,
@@ -623,6 +896,11 @@ async fn attempt_until_settled<P: Processor>(
                 // later revisions.
                 active.retain(|a| a.job.alive());
                 if active.is_empty() || ctx.is_stopping() {
+                    break;
+                }
+                let now = progress_now(attempts, counted, circuit_wait);
+                hold_back(ctx, &mut active, now, &mut settled.waiting);
+                if active.is_empty() {
                     break;
                 }
                 attempts += 1;
@@ -639,68 +917,97 @@ async fn attempt_until_settled<P: Processor>(
         let mut retry = Vec::new();
         let mut retry_after: Option<Duration> = None;
         let mut last_error = String::new();
+        let mut counts = false;
         for (attempting, outcome) in active.drain(..).zip(outcomes) {
-            match outcome {
+            let failure = match outcome {
                 Ok(outputs) => {
                     ctx.metrics.records("ok", 1);
-                    note_success(ctx);
-                    done.push(Completion {
+                    note_success(ctx, &ctx.processor.targets(&attempting.record));
+                    settled.done.push(Completion {
                         outputs,
                         ..Completion::of(&attempting.job)
                     });
+                    continue;
                 }
-                Err(Failure::Permanent(error)) => {
+                Err(failure) => failure,
+            };
+            let (kind, message) = match &failure {
+                Failure::Permanent(error) => {
                     let message = format!("{error:#}");
-                    tracing::warn!(
-                        topic = %attempting.job.tp.topic,
-                        partition = attempting.job.tp.partition,
-                        offset = attempting.job.offset,
-                        error = %message,
-                        "Permanent failure; dead-lettering."
-                    );
-                    if Box::pin(dead_letter(
+                    warn_dead_lettering(&attempting.job, &message, "Permanent failure");
+                    (Kind::Permanent, message)
+                }
+                Failure::Retriable { .. } | Failure::Forbidden { .. } => {
+                    let noted = note_failure(
                         ctx,
-                        &attempting.job,
-                        &attempting.record.raw,
-                        Kind::Permanent,
-                        &message,
-                        attempts,
-                        arrived,
-                    ))
-                    .await
-                    {
-                        done.push(Completion::of(&attempting.job));
+                        &attempting.record,
+                        &failure,
+                        tokio::time::Instant::now(),
+                    );
+                    match noted.refused_for {
+                        Some(refused_for)
+                            if refused_for >= ctx.targets.settings().forbidden_timeout =>
+                        {
+                            let message =
+                                refusal_message(ctx, &attempting.record, &failure, refused_for);
+                            warn_dead_lettering(
+                                &attempting.job,
+                                &message,
+                                "Access refused past --forbidden-timeout",
+                            );
+                            (Kind::Forbidden, message)
+                        }
+                        _ => {
+                            counts |= noted.counts;
+                            last_error = format!("{:#}", failure.error());
+                            if let Failure::Retriable {
+                                retry_after: Some(after),
+                                ..
+                            } = failure
+                            {
+                                retry_after = retry_after.max(Some(after));
+                            }
+                            retry.push(attempting);
+                            continue;
+                        }
                     }
                 }
-                Err(Failure::Retriable {
-                    error,
-                    retry_after: after,
-                }) => {
-                    last_error = format!("{error:#}");
-                    retry_after = retry_after.max(after);
-                    let now = tokio::time::Instant::now();
-                    ctx.clean.store(false, Ordering::Release);
-                    ctx.circuit(|breaker| {
-                        breaker.on_retriable_failure(now);
-                    });
-                    retry.push(attempting);
-                }
+            };
+            if Box::pin(dead_letter(
+                ctx,
+                &attempting.job,
+                &attempting.record.raw,
+                kind,
+                &message,
+                attempts,
+                arrived,
+            ))
+            .await
+            {
+                settled.done.push(Completion::of(&attempting.job));
             }
         }
         if retry.is_empty() {
             break;
         }
         ctx.metrics.records("retried", retry.len() as u64);
-        if *ctx.circuit_tx.borrow() == CircuitState::Closed {
-            budget_attempts += 1;
+        if counts {
+            counted += 1;
         }
-        let elapsed = started.elapsed().saturating_sub(circuit_wait);
-        let delay = ctx.retry.next_delay(
-            budget_attempts.max(1),
-            elapsed,
-            retry_after,
-            &mut rand::rng(),
+        // Records whose target's circuit opened wait in the engine from now on, not here.
+        hold_back(
+            ctx,
+            &mut retry,
+            progress_now(attempts, counted, circuit_wait),
+            &mut settled.waiting,
         );
+        if retry.is_empty() {
+            break;
+        }
+        let elapsed = progress_now(attempts, counted, circuit_wait).spent;
+        let delay = ctx
+            .retry
+            .next_delay(counted.max(1), elapsed, retry_after, &mut rand::rng());
         match delay {
             Some(delay) => {
                 tracing::debug!(records = retry.len(), attempts, ?delay, error = %last_error, "Retriable failure; retrying.");
@@ -722,7 +1029,7 @@ async fn attempt_until_settled<P: Processor>(
                     ))
                     .await
                     {
-                        done.push(Completion::of(&attempting.job));
+                        settled.done.push(Completion::of(&attempting.job));
                     }
                 }
             }

@@ -30,10 +30,17 @@ pub enum ApiError {
     /// No answer (refused, reset, timed out).
     #[error("no answer from the Sheets API: {0}")]
     Unavailable(String),
-    /// The credentials were refused, or the spreadsheet is not shared with the service account:
-    /// retried (the circuit opens) while an operator fixes it, rather than dead-lettering rows.
-    #[error("Google refused the credentials or the access: {0}")]
+    /// The credentials were refused (401, or no token could be had): retried (the circuit
+    /// opens) while an operator fixes them, rather than dead-lettering rows.
+    #[error("Google refused the credentials: {0}")]
     Auth(String),
+    /// 403 PERMISSION_DENIED: the spreadsheet is not shared with the service account. Retried
+    /// while someone shares it, until the spreadsheet has refused for `--forbidden-timeout`;
+    /// then its rows are dead-lettered with this reason.
+    #[error(
+        "Google refused access to the spreadsheet (is it shared with the exporter's service account?): {0}"
+    )]
+    Forbidden(String),
     /// Any other 4xx: the request can never succeed as it is.
     #[error("the Sheets API refused the request ({status}): {detail}")]
     Rejected { status: u16, detail: String },
@@ -247,7 +254,7 @@ impl SheetsApi {
                 self.tokens.invalidate().await;
                 ApiError::Auth(detail)
             }
-            403 if !detail.contains("RATE_LIMIT") => ApiError::Auth(detail),
+            403 if !detail.contains("RATE_LIMIT") => ApiError::Forbidden(detail),
             403 | 408 | 429 => ApiError::Throttled {
                 status: code,
                 retry_after: after,

@@ -124,6 +124,16 @@ impl Google {
         }
     }
 
+    /// Whether `spreadsheet_id` can be written again: any answer but a 429/5xx, a refusal of
+    /// access or no answer. (For a chain the exporter creates, `spreadsheet_id` is its form id,
+    /// which Google answers 404: the API answers.)
+    pub async fn probe_spreadsheet(&self, spreadsheet_id: &str) -> Result<(), ApiError> {
+        match self.api.tabs(spreadsheet_id).await {
+            Ok(_) | Err(ApiError::Rejected { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     fn book(&self, form_id: &str, home: &Home) -> Arc<tokio::sync::Mutex<Book>> {
         let mut books = self.books.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = || {

@@ -4,12 +4,19 @@
 //! Invariant: `Ok` only once the row is in the target (appended, updated, or found there already
 //! at the same or a higher revision); a failure says whether it is worth retrying, with Google's
 //! `Retry-After` when it sent one.
+//!
+//! Target: each Google spreadsheet, with its form's organisation, has a circuit of its own, so
+//! that one organisation's spreadsheet that refuses access (not shared: 403) or fails holds back
+//! only that spreadsheet's rows; after `--forbidden-timeout` of refusals they are dead-lettered
+//! with the reason. (Local CSV files have none: their failures are the exporter's own.)
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use formstream_runtime::{Failure, Ledger, Processor, Record, RuntimeConfig};
+use formstream_runtime::{
+    Failure, Ledger, Processor, Record, RuntimeConfig, Target, TargetRef, Targets,
+};
 use formstream_schemas::Response;
 use tokio::task::JoinHandle;
 
@@ -24,6 +31,9 @@ use crate::sink::{Pending, Sink};
 /// The processor's name: group `formstream-sheets`, dead letters on `sheets.dlq`, ledger of
 /// created spreadsheets on `sheets.ledger`.
 pub const NAME: &str = "sheets";
+
+/// The kind of the exporter's targets.
+pub const SPREADSHEET: &str = "spreadsheet";
 
 pub struct Sheets {
     batcher: Arc<Batcher>,
@@ -128,12 +138,45 @@ impl Processor for Sheets {
         };
         self.batcher.submit(pending).await.map_err(|error| {
             tracing::warn!(response_id = %response.response_id, revision = response.revision, error = %error, "Row not written.");
-            failure(error)
+            failure(error).at(SPREADSHEET)
         })
     }
 
     async fn probe(&self) -> anyhow::Result<()> {
         self.sink.probe().await.map_err(anyhow::Error::new)
+    }
+
+    /// The spreadsheet the form's newest version exports to, when rows go to Google: named by
+    /// its id, or, for a chain the exporter creates, by the form id.
+    fn targets<'a>(&'a self, record: &'a Record<Response>) -> Targets<'a> {
+        if !self.sink.is_google() {
+            return Targets::none();
+        }
+        let Some(form) = record.form.as_deref() else {
+            return Targets::none();
+        };
+        let Some(sheets) = form.current().and_then(|v| v.sheets.as_ref()) else {
+            return Targets::none();
+        };
+        Targets::one(TargetRef {
+            organisation: &form.organisation,
+            kind: SPREADSHEET,
+            address: sheets
+                .spreadsheet_id
+                .as_deref()
+                .unwrap_or(&record.value.form_id),
+        })
+    }
+
+    async fn probe_target(&self, target: &Target) -> anyhow::Result<()> {
+        self.sink
+            .probe_spreadsheet(target.address())
+            .await
+            .map_err(anyhow::Error::new)
+    }
+
+    fn target_name(&self, target: &Target) -> String {
+        format!("spreadsheet {}", target.address())
     }
 }
 
@@ -141,6 +184,9 @@ impl Processor for Sheets {
 pub fn failure(error: ApiError) -> Failure {
     if error.is_permanent() {
         return Failure::permanent(error);
+    }
+    if matches!(error, ApiError::Forbidden(_)) {
+        return Failure::forbidden(error);
     }
     match error.retry_after() {
         Some(after) => Failure::retry_after(error, after),

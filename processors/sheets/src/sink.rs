@@ -47,6 +47,19 @@ impl Sink {
         }
     }
 
+    /// Whether rows go to Google (whose spreadsheets are targets with a circuit each).
+    pub fn is_google(&self) -> bool {
+        matches!(self, Sink::Google(_))
+    }
+
+    /// While a spreadsheet's circuit is open: can it be written again?
+    pub async fn probe_spreadsheet(&self, spreadsheet_id: &str) -> Result<(), ApiError> {
+        match self {
+            Sink::Google(google) => google.probe_spreadsheet(spreadsheet_id).await,
+            Sink::Local(local) => local.probe(),
+        }
+    }
+
     /// While the circuit is open: does the target answer?
     pub async fn probe(&self) -> Result<(), ApiError> {
         match self {

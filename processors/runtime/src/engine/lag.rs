@@ -105,6 +105,7 @@ impl<P: Processor> Engine<P> {
             }
         }
         self.metrics.in_flight(self.lanes.in_flight(), buffered);
+        self.report_targets();
     }
 }
 

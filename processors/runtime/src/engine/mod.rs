@@ -16,6 +16,7 @@
 //! - [`lanes`]: the ready queue and the hand-over of units to the lanes;
 //! - [`commit`]: what may be committed, stored or put in a transaction;
 //! - [`pause`]: back-pressure (stopping intake, pausing and resuming partitions);
+//! - [`waiting`]: records waiting for their target's circuit, and the probes of open targets;
 //! - [`rebalance`]: the consumer's context (assign, revoke and commit on revoke, start offsets);
 //! - [`lag`]: lag in records and seconds, for /metrics.
 
@@ -26,6 +27,7 @@ mod lanes;
 mod partitions;
 mod pause;
 mod rebalance;
+mod waiting;
 
 pub use partitions::{TopicPartition, intern};
 pub use rebalance::{RuntimeContext, StartOffsets};
@@ -42,17 +44,20 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::config::RuntimeConfig;
 use crate::dlq::DeadLetters;
 use crate::metrics::{CircuitGauge, Metrics};
 use crate::processor::Processor;
+use crate::targets::TargetCircuits;
 use crate::transactions::Transactor;
 use crate::worker::{self, Report, WorkerContext};
 use lanes::Lanes;
 use partitions::{PartitionSet, Partitions};
 use pause::Backpressure;
+use waiting::Waiting;
 
 /// Most records taken from the consumer per turn of the loop, so that completions and timers
 /// are not kept waiting by a long backlog.
@@ -96,6 +101,15 @@ pub struct Engine<P: Processor> {
     backpressure: Backpressure,
     /// Partitions whose watermark moved since offsets were last stored.
     moved: PartitionSet,
+    /// Records waiting for their target's circuit.
+    waiting: Waiting,
+    /// Probes of open targets under way.
+    probes: JoinSet<()>,
+    /// Revocations seen when the waiting records were last checked for ended assignments.
+    revocations_seen: u64,
+    /// Kinds of target whose circuits were ever reported, so that a kind whose circuits all
+    /// closed reports 0.
+    circuit_kinds: Vec<&'static str>,
     /// Names of the consumed topics, as interned (without the lock of [`intern`] per record).
     topic_names: Vec<&'static str>,
     /// For a transactional processor: commits outputs and offsets together.
@@ -138,6 +152,7 @@ impl<P: Processor> Engine<P> {
             form_wait: config.form_wait,
             circuit: Mutex::new(circuit),
             circuit_tx,
+            targets: TargetCircuits::new(config.target_circuits()),
             stopping: watch::channel(false).0,
             clean: AtomicBool::new(true),
             metrics: metrics.clone(),
@@ -155,6 +170,10 @@ impl<P: Processor> Engine<P> {
             circuit_rx,
             backpressure: Backpressure::default(),
             moved: PartitionSet::default(),
+            waiting: Waiting::default(),
+            probes: JoinSet::new(),
+            revocations_seen: 0,
+            circuit_kinds: Vec::new(),
             topic_names: Vec::new(),
             transactor,
             commit_interval: config.commit_interval.max(Duration::from_millis(10)),
@@ -220,6 +239,7 @@ impl<P: Processor> Engine<P> {
                     self.dispatch();
                 }
                 _ = housekeeping.tick() => {
+                    self.tend_targets();
                     self.apply_pauses();
                     self.dispatch();
                     self.store_offsets();
@@ -250,10 +270,12 @@ impl<P: Processor> Engine<P> {
             // transaction committed.
             self.worker.stopping.send_replace(true);
             probe.abort();
+            self.probes.abort_all();
             return Err(anyhow::Error::new(error).context("stopping the processor"));
         }
         let drained = self.drain().await;
         probe.abort();
+        self.probes.abort_all();
         if panicked {
             // What finished before the panic is committed by the drain; the panicked records and
             // everything after them are not, and are redone after a restart.
@@ -283,6 +305,9 @@ impl<P: Processor> Engine<P> {
     /// partition's watermark and frees its key.
     fn complete(&mut self, report: Report) {
         self.lanes.ended(report.lane, report.units);
+        for waiter in report.waiting {
+            self.waiting.add(waiter);
+        }
         if report.completions.is_empty() {
             return;
         }
@@ -302,10 +327,15 @@ impl<P: Processor> Engine<P> {
         }
     }
 
-    /// How many more records the buffers take now (0 when either bound is reached).
+    /// How many more records the buffers take now (0 when either bound is reached; records
+    /// waiting for their target count as [`pause::reckoned`] says).
     fn room(&self) -> usize {
+        let waiting = self.waiting.weight();
         self.partitions.lock().map_or(0, |partitions| {
-            pause::room(partitions.buffered(), &self.limits)
+            pause::room(
+                pause::reckoned(partitions.buffered(), waiting, &self.limits),
+                &self.limits,
+            )
         })
     }
 

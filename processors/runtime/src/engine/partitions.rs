@@ -124,6 +124,9 @@ pub enum Admission {
 pub struct Partitions {
     pub states: PartitionMap<PartitionState>,
     next_epoch: u64,
+    /// Partitions revoked so far: work kept elsewhere for a partition (records waiting for
+    /// their target) is checked for ended assignments when it grows.
+    pub revocations: u64,
 }
 
 /// A fetched record, as [`Partitions::admit`] takes it: copied out of librdkafka only once it is
@@ -151,6 +154,7 @@ impl Partitions {
     pub fn revoke(&mut self, tp: &TopicPartition) -> Option<PartitionState> {
         let state = self.states.remove(tp)?;
         state.alive.end();
+        self.revocations += 1;
         Some(state)
     }
 
@@ -190,6 +194,7 @@ impl Partitions {
             timestamp_ms: fetched.timestamp_ms,
             ordering_key,
             bytes,
+            resume: None,
         };
         let runnable = match ordering_key {
             Some(ordering_key) => state.keyed.push(ordering_key, job),
