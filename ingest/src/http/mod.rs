@@ -1,0 +1,22 @@
+//! The gateway's HTTP API.
+//!
+//! Modules: [`router`] (routes, health and metrics endpoints), [`middleware`] (request metrics),
+//! [`extract`] (JSON bodies with problem+json rejections), [`state`] (what handlers share), and
+//! one module of handlers per resource: [`forms`], [`responses`], [`batches`], [`flags`].
+//!
+//! Invariant: a handler answers 2xx for a response only after Kafka acknowledged its record; every
+//! other outcome is a problem+json error, and nothing invalid is published.
+
+pub mod batches;
+pub mod extract;
+pub mod flags;
+pub mod forms;
+pub mod middleware;
+pub mod responses;
+pub mod router;
+pub mod state;
+
+pub use extract::{ApiJson, JsonBytes, parse_json};
+pub use responses::{Accepted, RetryCacheEntry};
+pub use router::router;
+pub use state::{AppState, Inner};

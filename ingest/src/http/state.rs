@@ -1,0 +1,95 @@
+//! What every handler shares: the gateway's state, and the checks most handlers start with (the
+//! forms view is ready, the form is the caller's).
+//!
+//! Invariant: a handler sees only the caller's own forms; another organisation's form answers
+//! exactly as a missing one does (404).
+
+use std::sync::Arc;
+
+use formstream_core::api::{ApiError, ApiKeys, Caller, HasApiKeys};
+use formstream_core::forms::FormsView;
+use formstream_core::phones::Phones;
+use formstream_schemas::{Encoder, Form, Response};
+
+use super::responses::RetryCacheEntry;
+use crate::flags::FlagsView;
+use crate::idempotency::Submissions;
+use crate::kafka::{PublishError, Publisher};
+use crate::metrics::Metrics;
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The gateway's shared state; see each field.
+pub struct Inner {
+    pub keys: ApiKeys,
+    pub view: Arc<FormsView>,
+    /// Flagged responses, for `GET /v1/forms/{form_id}/flags`.
+    pub flags: Arc<FlagsView>,
+    pub publisher: Publisher,
+    pub forms_topic: String,
+    pub responses_topic: String,
+    pub form_encoder: Encoder<Form>,
+    pub response_encoder: Encoder<Response>,
+    pub metrics: Metrics,
+    pub max_text_chars: usize,
+    pub max_batch_items: usize,
+    pub phones: Phones,
+    pub retry_after_secs: u64,
+    /// Recent submissions with a client-supplied id, to answer retries without publishing again.
+    pub submissions: Arc<Submissions<RetryCacheEntry>>,
+    /// Form writes are rare; one at a time per instance keeps version numbers gap-free here.
+    pub form_writes: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+impl HasApiKeys for AppState {
+    fn api_keys(&self) -> &ApiKeys {
+        &self.inner.keys
+    }
+}
+
+/// 503 with `Retry-After` until the forms view has caught up: a form missing from a view that is
+/// still loading must not answer 404.
+pub(crate) fn require_ready(state: &AppState) -> Result<(), ApiError> {
+    if state.inner.view.is_ready() {
+        Ok(())
+    } else {
+        Err(ApiError::NotReady {
+            view: "forms",
+            retry_after_secs: state.inner.retry_after_secs,
+        })
+    }
+}
+
+/// The caller's form, or 404: another organisation's form is indistinguishable from a missing one.
+pub(crate) fn own_form(
+    state: &AppState,
+    caller: &Caller,
+    form_id: &str,
+) -> Result<Arc<Form>, ApiError> {
+    state
+        .inner
+        .view
+        .get(form_id)
+        .filter(|f| *f.organisation == *caller.organisation)
+        .ok_or(ApiError::NotFound("form"))
+}
+
+/// The 503 for a record Kafka did not acknowledge.
+pub(crate) fn unavailable(state: &AppState, error: PublishError) -> ApiError {
+    ApiError::Unavailable {
+        retry_after_secs: state.inner.retry_after_secs,
+        cause: error.to_string(),
+    }
+}
