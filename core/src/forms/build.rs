@@ -264,11 +264,7 @@ pub fn build_version(
     };
     // The same compile the validate processor runs: a rule stored is a rule it can evaluate.
     if let Err(found) = RuleSet::compile(&version) {
-        problems.extend(
-            found
-                .into_iter()
-                .map(|p| FieldProblem::new(p.pointer, p.code, p.detail)),
-        );
+        problems.extend(found);
     }
     if !problems.is_empty() {
         return Err(problems);
