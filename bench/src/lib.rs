@@ -5,6 +5,9 @@
 //! and reports throughput, HdrHistogram latencies, every status seen, and the memory and CPU of the
 //! gateway, the broker and itself.
 //!
+//! Modules: `workload` (forms, popularity and pre-generated bodies), `client` (the timed phase),
+//! `noop` (the no-op server), `procfs` (memory and CPU of the processes involved).
+//!
 //! Invariant: the report never hides a failure (every non-2xx and transport error is counted and
 //! shown) and never invents a figure (what could not be measured is reported as absent).
 

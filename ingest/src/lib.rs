@@ -1,6 +1,12 @@
 //! The formstream ingest gateway: a forms API, and validated, durable submission of responses to
 //! Kafka.
 //!
+//! Modules: [`http`] (the API: routes, handlers, extractors), [`kafka`] (the durable producer),
+//! [`idempotency`] and [`digest`] (the retry cache, and what tells a retry from a new submission),
+//! [`flags`] (the flags view behind `GET .../flags`), [`metrics`] (everything it exports),
+//! [`config`] (its flags). The form model, the forms view and response validation it serves are
+//! `formstream_core`'s, shared with the processors.
+//!
 //! Invariant (docs/design.md, promises 1 and 7): a response is answered 2xx only after Kafka
 //! acknowledged it (idempotent producer, acks=all), and only valid responses are published.
 

@@ -1,6 +1,9 @@
 //! The Avro contract of formstream's topics: the schemas in `avro/*.avsc`, their Rust twins, and the
 //! codec that turns one into bytes for Kafka and back.
 //!
+//! Modules: [`model`] (the Rust twins of the records) and [`codec`] (Avro single-object encoding
+//! or the Confluent wire format with a schema registry).
+//!
 //! Invariant: the `.avsc` files are the source of truth. The Rust structs in [`model`] mirror them
 //! field for field, and every byte this crate writes names its writer schema (a Rabin fingerprint or
 //! a Schema Registry id), so a reader with a newer or older schema can always resolve it.

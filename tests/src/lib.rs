@@ -2,6 +2,10 @@
 //! broker (zero2prod's `spawn_app`), a reader that decodes everything that landed on a topic, and
 //! condition polls with deadlines.
 //!
+//! Modules: this file (the gateway helpers), [`runtime`] (processor runtime helpers), the fakes of
+//! the outside services ([`twilio_fake`], [`sheets_fake`], [`webhook_receiver`]), and [`deploy`]
+//! (what the real binary accepts and which metrics the code exports).
+//!
 //! Invariant: every test gets its own topics (random names) and its own gateway on port 0, so tests
 //! are independent, can run in parallel and can be rerun against the same broker. Nothing here
 //! sleeps for a fixed time to wait for something: every wait polls a condition until a deadline.

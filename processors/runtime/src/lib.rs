@@ -3,6 +3,13 @@
 //! concurrency, retries with backoff, the dead-letter topic, a circuit per target (and the
 //! processor's own), commits of finished offsets only, rebalances, graceful shutdown and metrics.
 //!
+//! Modules: [`processor`] (the contract: [`Processor`], [`Record`], [`Failure`]), [`engine`]
+//! (consume, order, complete, commit, pause, rebalance), [`worker`] (one effect to its end, in
+//! lanes), [`keyed`] (per-key ordering), [`tracker`] (the offset safe to commit), [`backoff`] and
+//! [`circuit`] (retries and the breaker), [`dlq`] (dead letters), [`transactions`] (outputs and
+//! offsets together), [`ledger`] (effects outside Kafka, at most once), [`replay`] (moving a
+//! group's offsets), [`raw`] (a fetched record), [`metrics`], [`config`] (its flags).
+//!
 //! Invariant (docs/design.md, promises 2 to 6): an offset is committed only when every record
 //! below it has had its effect or has been dead-lettered.
 
@@ -54,7 +61,6 @@ pub fn source_topic(source: &Source, config: &RuntimeConfig) -> String {
     match source {
         Source::Responses => config.topics.responses_topic.clone(),
         Source::Flags => config.topics.flags_topic.clone(),
-        Source::Named(name) => name.clone(),
     }
 }
 

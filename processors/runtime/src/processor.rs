@@ -137,14 +137,13 @@ impl Payload for ResponseFlag {
     }
 }
 
-impl Payload for Form {}
-
 /// Which topic a processor consumes. Names are resolved from the runtime's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// The responses topic (`--responses-topic`).
     Responses,
+    /// The response-flags topic (`--flags-topic`), which the validate processor writes.
     Flags,
-    Named(String),
 }
 
 /// One decoded record, as a processor sees it.

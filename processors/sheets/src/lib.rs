@@ -14,6 +14,7 @@
 //! - [`google`], the spreadsheet target (read-back, append, update in place, rollover);
 //! - [`local`], the CSV target;
 //! - [`batcher`], batches per form within quota and size bounds;
+//! - [`sink`], what the batcher hands a target;
 //! - [`processor`], the [`Sheets`] processor.
 
 pub mod api;

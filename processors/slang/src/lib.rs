@@ -11,8 +11,9 @@
 //! group's commits therefore only feed the lag metrics. An empty (deleted) index starts every
 //! partition at the beginning: a rebuild.
 //!
-//! Layout: `tokenizer` (words of any script), `index` (Tantivy: entries, commits, queries),
-//! `processor` (records to entries), `api` (HTTP), `config` (flags).
+//! Layout: [`tokenizer`] (words of any script), [`index`] (Tantivy: entries, commits, queries),
+//! [`counts`] (word and phrase counts of the committed index), [`processor`] (records to
+//! entries), [`api`] (HTTP), [`config`] (flags).
 
 pub mod api;
 pub mod config;

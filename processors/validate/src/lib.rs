@@ -1,5 +1,5 @@
 //! The `validate` processor: every revision of every response is checked against the business
-//! rules of the form version it answered (`ingest::rules`, CEL), and its outcome (CLEAN, or
+//! rules of the form version it answered (`formstream_core::rules`, CEL), and its outcome (CLEAN, or
 //! FLAGGED with each violated rule) is published to `response-flags`, keyed by form id.
 //!
 //! Exactly once per (response, revision): the processor is transactional, so the runtime commits
