@@ -11,8 +11,10 @@
 //! sleeps for a fixed time to wait for something: every wait polls a condition until a deadline.
 
 pub mod deploy;
+pub mod e2e;
 pub mod runtime;
 pub mod sheets_fake;
+pub mod standalone;
 pub mod twilio_fake;
 pub mod webhook_receiver;
 

@@ -141,6 +141,8 @@ struct FakeState {
     unshared: HashSet<String>,
     /// Calls refused with 403 because their spreadsheet is not shared.
     refused_requests: usize,
+    /// Every write answered 429, as when the project's quota is used up elsewhere.
+    exhausted: bool,
 }
 
 #[derive(Clone)]
@@ -209,6 +211,32 @@ impl FakeSheets {
     /// Answers writes beyond `per_minute` in any 60 s window with 429, as Google's quota does.
     pub fn set_write_quota(&self, per_minute: usize) {
         self.state().write_quota = Some(per_minute);
+    }
+
+    /// While `exhausted`, every write is answered 429 RESOURCE_EXHAUSTED (with `Retry-After`)
+    /// and applies nothing, as when another client of the project used the quota up.
+    pub fn set_exhausted(&self, exhausted: bool) {
+        self.state().exhausted = exhausted;
+    }
+
+    /// Whether every write is answered 429 (see [`FakeSheets::set_exhausted`]).
+    pub fn is_exhausted(&self) -> bool {
+        self.state().exhausted
+    }
+
+    /// The first two cells (`Response ID`, `Revision` in the exporter's layout) of every row
+    /// below the header of tab `tab`, in every spreadsheet: (spreadsheet id, row number, cells).
+    pub fn key_cells(&self, tab: &str) -> Vec<(String, usize, Value, Value)> {
+        let state = self.state();
+        let mut keys = Vec::new();
+        for sheet in state.spreadsheets.values() {
+            let Some(tab) = sheet.tab(tab) else { continue };
+            for (index, row) in tab.cells.iter().enumerate().take(tab.used_rows()).skip(1) {
+                let cell = |c: usize| row.get(c).cloned().unwrap_or(Value::Null);
+                keys.push((sheet.id.clone(), index + 1, cell(0), cell(1)));
+            }
+        }
+        keys
     }
 
     /// Every API answer comes after this delay.
@@ -479,8 +507,10 @@ async fn handle(
         {
             state.recent_writes.pop_front();
         }
-        if let Some(quota) = state.write_quota
-            && state.recent_writes.len() >= quota
+        if state.exhausted
+            || state
+                .write_quota
+                .is_some_and(|quota| state.recent_writes.len() >= quota)
         {
             state.throttled += 1;
             let mut response = google_error(

@@ -158,6 +158,9 @@ pub struct SeenRequest {
 #[derive(Default)]
 struct Twilio {
     messages: Vec<FakeMessage>,
+    /// Positions in `messages` per recipient: a list filtered by `To` reads only those, as
+    /// Twilio's does, however many messages the account holds.
+    by_recipient: HashMap<String, Vec<usize>>,
     faults: VecDeque<Fault>,
     unsubscribed: HashSet<String>,
     not_mobile: HashSet<String>,
@@ -258,6 +261,16 @@ impl FakeTwilio {
         self.state().latency = latency;
     }
 
+    /// How many messages the fake holds.
+    pub fn message_count(&self) -> usize {
+        self.state().messages.len()
+    }
+
+    /// Whether the service answers 503 (see [`FakeTwilio::set_down`]).
+    pub fn is_down(&self) -> bool {
+        self.state().down
+    }
+
     /// While down, every request gets 503 (and creates nothing).
     pub fn set_down(&self, down: bool) {
         self.state().down = down;
@@ -285,7 +298,7 @@ impl FakeTwilio {
             date_created,
         };
         let sid = message.sid.clone();
-        self.state().messages.push(message);
+        self.state().hold(message);
         sid
     }
 
@@ -330,6 +343,16 @@ impl FakeTwilio {
 
     fn state(&self) -> MutexGuard<'_, Twilio> {
         lock(&self.shared.state)
+    }
+}
+
+impl Twilio {
+    fn hold(&mut self, message: FakeMessage) {
+        self.by_recipient
+            .entry(message.to.clone())
+            .or_default()
+            .push(self.messages.len());
+        self.messages.push(message);
     }
 }
 
@@ -509,7 +532,7 @@ async fn create(
         status_callback: param("StatusCallback"),
         date_created: OffsetDateTime::now_utc(),
     };
-    lock(&shared.state).messages.push(message.clone());
+    lock(&shared.state).hold(message.clone());
 
     match fault {
         Some(Fault::FailAfterCreate(status)) => return server_error(status),
@@ -580,10 +603,19 @@ async fn list(
 
     let state = lock(&shared.state);
     // Newest first, as Twilio lists.
-    let matching: Vec<&FakeMessage> = state
-        .messages
-        .iter()
-        .rev()
+    let candidates: Box<dyn Iterator<Item = &FakeMessage>> = match query.get("To") {
+        Some(to) => Box::new(
+            state
+                .by_recipient
+                .get(to)
+                .into_iter()
+                .flatten()
+                .rev()
+                .filter_map(|&i| state.messages.get(i)),
+        ),
+        None => Box::new(state.messages.iter().rev()),
+    };
+    let matching: Vec<&FakeMessage> = candidates
         .filter(|m| query.get("To").is_none_or(|to| &m.to == to))
         .filter(|m| {
             let sent = m.date_created.date();

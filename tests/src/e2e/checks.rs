@@ -1,0 +1,510 @@
+//! The scenario's checks: the truth read from the topics (Avro decoded) and from the fakes,
+//! compared with what the gateway acknowledged and what the workload planned.
+//!
+//! Invariant: a check passes only when every figure it prints is as promised (nothing lost,
+//! nothing doubled, nothing stale, nothing unexpected); each check says what it counted, so a
+//! miss can be read from the report alone.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context;
+use formstream_schemas::{Codec, FlagStatus, Response, ResponseFlag};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::load::Ledger;
+use super::workload::{Poison, TEXT_QUESTIONS, WORDS, Workload};
+use crate::standalone::{Message, SheetRow};
+
+/// One check's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    /// What was counted, e.g. "expected 19,980, found 19,980, missing 0, doubled 0".
+    pub figures: String,
+}
+
+impl Check {
+    fn new(name: &str, passed: bool, figures: String) -> Self {
+        Check {
+            name: name.to_owned(),
+            passed,
+            figures,
+        }
+    }
+}
+
+/// Where the truth is.
+pub struct Sources<'a> {
+    pub bootstrap: &'a str,
+    pub responses_topic: &'a str,
+    pub flags_topic: &'a str,
+    /// (processor, dead-letter topic).
+    pub dead_letter_topics: &'a [(String, String)],
+    pub messages: &'a [Message],
+    pub rows: &'a [SheetRow],
+    /// Base URL of the slang search API, and an API key of the forms' organisation.
+    pub slang: &'a str,
+    pub api_key: &'a str,
+}
+
+const READ_DEADLINE: Duration = Duration::from_secs(600);
+
+/// The latest acknowledged revision of each acknowledged response.
+fn latest(workload: &Workload, ledger: &Ledger) -> Vec<Option<i32>> {
+    (0..workload.responses)
+        .map(|i| {
+            if ledger.is_acked(i, 1) {
+                Some(1)
+            } else if ledger.is_acked(i, 0) {
+                Some(0)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn count_figures(expected: usize, found: usize, missing: usize, doubled: usize) -> String {
+    format!("expected {expected}, found {found}, missing {missing}, doubled {doubled}")
+}
+
+/// Runs every check.
+pub async fn run(
+    workload: &Workload,
+    ledger: &Ledger,
+    sources: &Sources<'_>,
+) -> anyhow::Result<Vec<Check>> {
+    let ids: HashMap<String, usize> = (0..workload.responses)
+        .map(|i| (workload.response(i).response_id, i))
+        .collect();
+    let latest = latest(workload, ledger);
+    let mut checks = Vec::new();
+    let codec = Codec::single_object();
+
+    // 1. Every acknowledged (response, revision) is on the responses topic.
+    let acked_total: usize = (0..workload.responses)
+        .map(|i| usize::from(ledger.is_acked(i, 0)) + usize::from(ledger.is_acked(i, 1)))
+        .sum();
+    let records = crate::read_topic(
+        sources.bootstrap,
+        sources.responses_topic,
+        acked_total,
+        READ_DEADLINE,
+    )
+    .await?;
+    let mut on_topic: HashSet<(String, i32)> = HashSet::new();
+    let mut copies = 0usize;
+    for record in &records {
+        let response: Response = codec
+            .decode(&record.payload)
+            .await
+            .with_context(|| format!("decoding {}@{}", record.partition, record.offset))?;
+        if !on_topic.insert((response.response_id, response.revision)) {
+            copies += 1;
+        }
+    }
+    let missing = (0..workload.responses)
+        .flat_map(|i| [(i, 0), (i, 1)])
+        .filter(|&(i, rev)| ledger.is_acked(i, rev))
+        .filter(|&(i, rev)| !on_topic.contains(&(workload.response(i).response_id, rev)))
+        .count();
+    checks.push(Check::new(
+        "every response answered 2xx is on the topic",
+        missing == 0,
+        format!(
+            "acknowledged {acked_total} (response, revision) pairs; {} records on the topic, {} distinct; missing {missing}; published twice by gateway retries {copies}",
+            records.len(),
+            on_topic.len()
+        ),
+    ));
+    drop(records);
+
+    // 2. Exactly one receipt per response with a phone (none for poison records).
+    let receipt_ref = regex::Regex::new(r"Ref (RC[0-9A-F]{10})\b")?;
+    let notice_ref = regex::Regex::new(r"Ref (FS[0-9A-F]{10}R[0-9]+)\b")?;
+    let mut receipts_by_ref: HashMap<&str, Vec<&Message>> = HashMap::new();
+    let mut notices_by_ref: HashMap<&str, Vec<&Message>> = HashMap::new();
+    let mut unclassified = 0usize;
+    for message in sources.messages {
+        if let Some(c) = receipt_ref.captures(&message.body) {
+            receipts_by_ref
+                .entry(c.get(1).map_or("", |m| m.as_str()))
+                .or_default()
+                .push(message);
+        } else if let Some(c) = notice_ref.captures(&message.body) {
+            notices_by_ref
+                .entry(c.get(1).map_or("", |m| m.as_str()))
+                .or_default()
+                .push(message);
+        } else {
+            unclassified += 1;
+        }
+    }
+    let (mut expected, mut found, mut missing, mut doubled, mut wrong_number) = (0, 0, 0, 0, 0);
+    let mut wanted_refs = HashSet::new();
+    for i in 0..workload.responses {
+        if latest[i].is_none() {
+            continue;
+        }
+        let p = workload.response(i);
+        let Some(phone) = &p.phone else { continue };
+        if p.poison.is_some() {
+            continue;
+        }
+        expected += 1;
+        let reference = formstream_notify::reference::short("RC", &p.response_id);
+        let sent = receipts_by_ref.get(reference.as_str()).map_or(0, Vec::len);
+        found += sent.min(1);
+        missing += usize::from(sent == 0);
+        doubled += usize::from(sent > 1);
+        wrong_number += receipts_by_ref
+            .get(reference.as_str())
+            .map_or(0, |ms| ms.iter().filter(|m| &m.to != phone).count());
+        wanted_refs.insert(reference);
+    }
+    let unexpected: usize = receipts_by_ref
+        .iter()
+        .filter(|(r, _)| !wanted_refs.contains(**r))
+        .map(|(_, ms)| ms.len())
+        .sum();
+    checks.push(Check::new(
+        "exactly one receipt per response with a phone",
+        missing == 0 && doubled == 0 && unexpected == 0 && wrong_number == 0,
+        format!(
+            "{}; to a wrong number {wrong_number}; receipts for no such response (or a poison one) {unexpected}; messages that are neither receipt nor notification {unclassified}",
+            count_figures(expected, found, missing, doubled)
+        ),
+    ));
+
+    // 3. Exactly one sheet row per response, holding its latest revision.
+    let mut rows_of: HashMap<usize, Vec<&SheetRow>> = HashMap::new();
+    let mut strangers = 0usize;
+    for row in sources.rows {
+        match row.response_id.as_str().and_then(|id| ids.get(id)) {
+            Some(&i) => rows_of.entry(i).or_default().push(row),
+            None => strangers += 1,
+        }
+    }
+    let (mut expected, mut found, mut missing, mut doubled, mut stale) = (0, 0, 0, 0, 0);
+    for (i, latest) in latest.iter().enumerate() {
+        let Some(latest) = latest else { continue };
+        expected += 1;
+        let rows = rows_of.get(&i).map_or(&[][..], Vec::as_slice);
+        found += usize::from(!rows.is_empty());
+        missing += usize::from(rows.is_empty());
+        doubled += usize::from(rows.len() > 1);
+        stale += rows
+            .iter()
+            .filter(|r| cell_number(&r.revision) != Some(f64::from(*latest)))
+            .count();
+    }
+    checks.push(Check::new(
+        "exactly one sheet row per response, holding its latest revision",
+        missing == 0 && doubled == 0 && stale == 0 && strangers == 0,
+        format!(
+            "{}; rows with an older revision {stale}; rows of no such response {strangers}; {} rows in all",
+            count_figures(expected, found, missing, doubled),
+            sources.rows.len()
+        ),
+    ));
+
+    // 4. Exactly one committed flag outcome per (response, revision); one notification per
+    // flagged one.
+    let flags = crate::read_topic(
+        sources.bootstrap,
+        sources.flags_topic,
+        acked_total,
+        READ_DEADLINE,
+    )
+    .await?;
+    let mut outcomes: HashMap<(String, i32), Vec<FlagStatus>> = HashMap::new();
+    for record in &flags {
+        let flag: ResponseFlag = codec
+            .decode(&record.payload)
+            .await
+            .with_context(|| format!("decoding flag {}@{}", record.partition, record.offset))?;
+        outcomes
+            .entry((flag.response_id, flag.revision))
+            .or_default()
+            .push(flag.status);
+    }
+    let (mut expected, mut found, mut missing, mut doubled, mut wrong) = (0, 0, 0, 0, 0);
+    let (mut flagged, mut notified, mut not_notified, mut notified_twice, mut notice_wrong_number) =
+        (0, 0, 0, 0, 0);
+    let mut wanted_notices = HashSet::new();
+    for i in 0..workload.responses {
+        for revision in [0, 1] {
+            if !ledger.is_acked(i, revision) {
+                continue;
+            }
+            let p = workload.response(i);
+            expected += 1;
+            let statuses = outcomes
+                .get(&(p.response_id.clone(), revision))
+                .map_or(&[][..], Vec::as_slice);
+            found += usize::from(!statuses.is_empty());
+            missing += usize::from(statuses.is_empty());
+            doubled += usize::from(statuses.len() > 1);
+            let want = if p.flagged_at(revision) {
+                FlagStatus::Flagged
+            } else {
+                FlagStatus::Clean
+            };
+            wrong += statuses.iter().filter(|s| **s != want).count();
+            if p.flagged_at(revision) {
+                flagged += 1;
+                let reference = format!(
+                    "{}R{revision}",
+                    formstream_notify::reference::short("FS", &p.response_id)
+                );
+                let sent = notices_by_ref
+                    .get(reference.as_str())
+                    .map_or(&[][..], Vec::as_slice);
+                notified += usize::from(!sent.is_empty());
+                not_notified += usize::from(sent.is_empty());
+                notified_twice += usize::from(sent.len() > 1);
+                notice_wrong_number += sent.iter().filter(|m| m.to != p.collector_phone).count();
+                wanted_notices.insert(reference);
+            }
+        }
+    }
+    let stray_notices: usize = notices_by_ref
+        .iter()
+        .filter(|(r, _)| !wanted_notices.contains(**r))
+        .map(|(_, ms)| ms.len())
+        .sum();
+    checks.push(Check::new(
+        "exactly one committed flag outcome per (response, revision)",
+        missing == 0 && doubled == 0 && wrong == 0,
+        format!(
+            "{}; with the wrong status {wrong}; {} committed outcomes read",
+            count_figures(expected, found, missing, doubled),
+            flags.len()
+        ),
+    ));
+    checks.push(Check::new(
+        "one collector notification per flagged (response, revision)",
+        not_notified == 0 && notified_twice == 0 && stray_notices == 0 && notice_wrong_number == 0,
+        format!(
+            "{}; to a wrong number {notice_wrong_number}; notifications of nothing flagged {stray_notices}",
+            count_figures(flagged, notified, not_notified, notified_twice)
+        ),
+    ));
+    drop(flags);
+
+    // 5. Slang counts equal the answers.
+    checks.push(slang(workload, &latest, sources).await?);
+
+    // 6. Every poison record in its processor's dead-letter topic with a reason, nothing else.
+    checks.push(dead_letters(workload, ledger, sources, &ids).await?);
+    Ok(checks)
+}
+
+fn cell_number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Per form and text question: answers per city, and for the hottest form, answers per city of
+/// each word, against the slang search API. The index commits every few seconds: the check asks
+/// again until it matches or a minute has passed.
+async fn slang(
+    workload: &Workload,
+    latest: &[Option<i32>],
+    sources: &Sources<'_>,
+) -> anyhow::Result<Check> {
+    // (form, question) -> city -> answers; (form 0, question, word) -> city -> answers.
+    let mut per_city: BTreeMap<(usize, &str), BTreeMap<String, u64>> = BTreeMap::new();
+    let mut per_word: BTreeMap<(&str, &str), BTreeMap<String, u64>> = BTreeMap::new();
+    for (i, latest) in latest.iter().enumerate() {
+        let Some(revision) = *latest else { continue };
+        let p = workload.response(i);
+        for question in TEXT_QUESTIONS {
+            let Some(text) = p.text(revision, question) else {
+                continue;
+            };
+            *per_city
+                .entry((p.form, question))
+                .or_default()
+                .entry(p.city.to_owned())
+                .or_default() += 1;
+            if p.form == 0 {
+                let words: HashSet<&str> = text.split(' ').collect();
+                for word in WORDS.iter().take(8) {
+                    if words.contains(word) {
+                        *per_word
+                            .entry((question, word))
+                            .or_default()
+                            .entry(p.city.to_owned())
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = format!("{}{path}", sources.slang);
+        let key = sources.api_key.to_owned();
+        async move {
+            let response = client.get(&url).bearer_auth(key).send().await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "GET {url}: {}",
+                response.status()
+            );
+            Ok::<Value, anyhow::Error>(response.json().await?)
+        }
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let mut mismatches = Vec::new();
+        for ((form, question), expected) in &per_city {
+            let body = get(format!(
+                "/v1/forms/{}/slang/{question}/words?cities=100&limit=1",
+                workload.form_id(*form)
+            ))
+            .await?;
+            let found: BTreeMap<String, u64> = body["cities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        c["city"].as_str().unwrap_or_default().to_owned(),
+                        c["answers"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            if &found != expected {
+                mismatches.push(format!(
+                    "form {form} {question}: expected {expected:?}, found {found:?}"
+                ));
+            }
+        }
+        for ((question, word), expected) in &per_word {
+            let body = get(format!(
+                "/v1/forms/{}/slang/{question}/cities?word={word}&limit=100",
+                workload.form_id(0)
+            ))
+            .await?;
+            let found: BTreeMap<String, u64> = body["cities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        c["city"].as_str().unwrap_or_default().to_owned(),
+                        c["answers"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            if &found != expected {
+                mismatches.push(format!(
+                    "form 0 {question} word {word}: expected {expected:?}, found {found:?}"
+                ));
+            }
+        }
+        let answers: u64 = per_city.values().flat_map(|c| c.values()).sum();
+        if mismatches.is_empty() || started.elapsed() > Duration::from_secs(60) {
+            return Ok(Check::new(
+                "slang counts equal the answers",
+                mismatches.is_empty(),
+                format!(
+                    "{} (form, question) pairs holding {answers} answers, per city; {} (word, question) pairs of the hottest form, per city; mismatches {}{}",
+                    per_city.len(),
+                    per_word.len(),
+                    mismatches.len(),
+                    mismatches
+                        .first()
+                        .map(|m| format!(" (first: {m})"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn dead_letters(
+    workload: &Workload,
+    ledger: &Ledger,
+    sources: &Sources<'_>,
+    ids: &HashMap<String, usize>,
+) -> anyhow::Result<Check> {
+    let poison: HashSet<usize> = (0..workload.responses)
+        .filter(|&i| ledger.is_acked(i, 0) && workload.response(i).poison.is_some())
+        .collect();
+    let codec = Codec::single_object();
+    let mut figures = Vec::new();
+    let (mut found, mut without_reason, mut unexpected) = (HashSet::new(), 0usize, 0usize);
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut copies = 0usize;
+    for (processor, topic) in sources.dead_letter_topics {
+        let records =
+            crate::read_topic(sources.bootstrap, topic, 0, Duration::from_secs(60)).await?;
+        figures.push(format!("{processor} {}", records.len()));
+        for record in &records {
+            let reason = record
+                .headers
+                .get("formstream.dlq.error.message")
+                .cloned()
+                .unwrap_or_default();
+            if reason.trim().is_empty() {
+                without_reason += 1;
+            }
+            let index = if processor == "receipts" {
+                codec
+                    .decode::<Response>(&record.payload)
+                    .await
+                    .ok()
+                    .and_then(|r| ids.get(&r.response_id).copied())
+            } else {
+                None
+            };
+            match index {
+                Some(i) if poison.contains(&i) => {
+                    let kind = match workload.response(i).poison {
+                        Some(Poison::RefusedNumber) => "refused number",
+                        _ => "failing template",
+                    };
+                    let twilio_code = if reason.contains("21211") {
+                        ", Twilio 21211"
+                    } else {
+                        ""
+                    };
+                    let rendered = if reason.contains("cannot render") {
+                        ", cannot render"
+                    } else {
+                        ""
+                    };
+                    *reasons
+                        .entry(format!("{kind}{twilio_code}{rendered}"))
+                        .or_default() += 1;
+                    if !found.insert(i) {
+                        copies += 1;
+                    }
+                }
+                _ => unexpected += 1,
+            }
+        }
+    }
+    let missing = poison.difference(&found).count();
+    Ok(Check::new(
+        "every poison record is in its processor's dead-letter topic with a reason, and nothing else is there",
+        missing == 0 && unexpected == 0 && without_reason == 0,
+        format!(
+            "poison records acknowledged {}, dead-lettered {}, missing {missing}; other dead letters {unexpected}; without a reason {without_reason}; dead-lettered twice (a crash before the commit) {copies}; by topic: {}; reasons: {reasons:?}",
+            poison.len(),
+            found.len(),
+            figures.join(", ")
+        ),
+    ))
+}
