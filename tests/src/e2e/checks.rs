@@ -145,8 +145,8 @@ pub async fn run(
     }
     let (mut expected, mut found, mut missing, mut doubled, mut wrong_number) = (0, 0, 0, 0, 0);
     let mut wanted_refs = HashSet::new();
-    for i in 0..workload.responses {
-        if latest[i].is_none() {
+    for (i, latest) in latest.iter().enumerate() {
+        if latest.is_none() {
             continue;
         }
         let p = workload.response(i);

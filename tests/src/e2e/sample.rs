@@ -143,6 +143,7 @@ pub fn ok_records(text: &str) -> f64 {
 }
 
 /// Samples every second until `stop` is set.
+#[allow(clippy::too_many_arguments)] // each is one source the sample reads
 pub async fn run(
     procs: Procs,
     extra_pids: Vec<(String, u32)>,
