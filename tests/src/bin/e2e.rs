@@ -35,7 +35,7 @@ struct Args {
     #[arg(long)]
     kills_per_processor: Option<usize>,
     /// Twilio outage length, e.g. 120s.
-    #[arg(long, value_parser = formstream_ingest::config::parse_duration)]
+    #[arg(long, value_parser = formstream_core::config::parse_duration)]
     twilio_outage: Option<Duration>,
     /// Where logs, the slang index and the series go.
     #[arg(long)]

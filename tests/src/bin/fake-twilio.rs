@@ -14,7 +14,7 @@ use formstream_tests::twilio_fake::FakeTwilio;
 struct Args {
     /// Time each create takes before it is answered.
     // Twilio's usual answer time for a create, as issue 15 states it.
-    #[arg(long, default_value = "100ms", value_parser = formstream_ingest::config::parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = formstream_core::config::parse_duration)]
     latency: Duration,
     /// Address of the admin API.
     // Port 0: the caller reads the address from the first line printed.

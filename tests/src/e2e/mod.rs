@@ -359,7 +359,7 @@ async fn run_named(
         &keys,
         format!(
             "[[keys]]\norganisation = \"acme\"\nname = \"e2e\"\nsha256 = \"{}\"\n",
-            hex::encode(formstream_ingest::auth::hash_key(API_KEY))
+            hex::encode(formstream_core::api::keys::hash_key(API_KEY))
         ),
     )?;
 

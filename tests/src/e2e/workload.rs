@@ -307,16 +307,15 @@ mod tests {
         let hottest = planned.iter().filter(|p| p.form == 0).count();
         assert!(hottest > 1_500, "the hottest form has {hottest} of 10,000");
         for form in 0..20 {
-            let body: formstream_ingest::forms::FormBody =
+            let body: formstream_core::forms::FormBody =
                 serde_json::from_value(workload.form_body(form)).expect("a form body");
-            formstream_ingest::forms::build_version(&body, 1, 0).expect("a valid form");
+            formstream_core::forms::build_version(&body, 1, 0).expect("a valid form");
         }
         // Every phone is one the gateway accepts, as the gateway writes it.
         for p in planned.iter().take(2_000) {
             for phone in p.phone.iter().chain([&p.collector_phone]) {
                 assert_eq!(
-                    formstream_ingest::responses::normalise_phone(phone, "IN".parse().ok())
-                        .as_ref(),
+                    formstream_core::phones::normalise_phone(phone, "IN".parse().ok()).as_ref(),
                     Some(phone),
                     "{phone}"
                 );
