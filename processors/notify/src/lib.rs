@@ -21,7 +21,6 @@
 //! are logged only through [`redact::phone`].
 
 pub mod error;
-mod http;
 pub mod once;
 pub mod outbox;
 pub mod rate;

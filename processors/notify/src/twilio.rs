@@ -19,9 +19,9 @@ use time::Date;
 use time::macros::format_description;
 
 use crate::error::{ConfigError, SmsError};
-use crate::http::retry_after;
 use crate::redact;
 use crate::segments::check_body;
+use formstream_runtime::http::{HttpError, retry_after};
 
 /// Twilio's production API.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
@@ -172,15 +172,6 @@ struct Page {
     /// Absolute path (with query) of the next page; absent or null on the last one.
     #[serde(default)]
     next_page_uri: Option<String>,
-}
-
-/// Twilio's error body: `{"code": 21211, "message": "...", "more_info": "...", "status": 400}`.
-#[derive(Deserialize, Default)]
-struct TwilioErrorBody {
-    #[serde(default, deserialize_with = "lenient_u32")]
-    code: Option<u32>,
-    #[serde(default)]
-    message: Option<String>,
 }
 
 /// A read has no effect, so it never needs reconciling; a create may.
@@ -439,13 +430,16 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Classifies a non-2xx answer: HTTP status first, Twilio code second.
+/// Classifies a non-2xx answer: HTTP status first, Twilio code second. The body is Twilio's
+/// `{"code": 21211, "message": "...", "more_info": "...", "status": 400}`, read by the runtime's
+/// [`HttpError`].
 fn classify(status: StatusCode, wait: Option<Duration>, body: &str, op: Operation) -> SmsError {
-    let error: TwilioErrorBody = serde_json::from_str(body).unwrap_or_default();
-    let code = error.code;
-    let message = error
-        .message
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_owned());
+    let error = HttpError::from_parts(status, wait, body);
+    let code = error
+        .code
+        .as_deref()
+        .and_then(|code| code.parse::<u32>().ok());
+    let message = error.message;
     match status.as_u16() {
         429 => SmsError::RateLimited { retry_after: wait },
         401 | 403 => SmsError::Unauthorized {

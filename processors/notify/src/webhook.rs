@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::ConfigError;
-use crate::http::retry_after;
+use formstream_runtime::http::{HttpError, retry_after};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -293,7 +293,7 @@ impl WebhookError {
 /// Classifies a receiver's non-2xx status.
 fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>) -> WebhookError {
     let code = status.as_u16();
-    if code == 408 || code == 429 || status.is_server_error() {
+    if HttpError::from_parts(status, retry_after, "").is_retriable() {
         WebhookError::Retriable {
             status: Some(code),
             retry_after,

@@ -5,10 +5,11 @@
 //!
 //! Modules: [`processor`] (the contract: [`Processor`], [`Record`], [`Failure`]), [`engine`]
 //! (consume, order, complete, commit, pause, rebalance), [`worker`] (one effect to its end, in
-//! lanes), [`keyed`] (per-key ordering), [`tracker`] (the offset safe to commit), [`backoff`] and
-//! [`circuit`] (retries and the breaker), [`dlq`] (dead letters), [`transactions`] (outputs and
-//! offsets together), [`ledger`] (effects outside Kafka, at most once), [`replay`] (moving a
-//! group's offsets), [`raw`] (a fetched record), [`metrics`], [`config`] (its flags).
+//! lanes), [`keyed`] (per-key ordering), [`tracker`] (the offset safe to commit), [`backoff`],
+//! [`circuit`] and [`targets`] (retries, breakers per target), [`dlq`] (dead letters), [`http`]
+//! (an HTTP API's answer as a [`Failure`]), [`transactions`] (outputs and offsets together),
+//! [`ledger`] (effects outside Kafka, at most once), [`replay`] (moving a group's offsets),
+//! [`raw`] (a fetched record), [`metrics`], [`config`] (its flags).
 //!
 //! Invariant (docs/design.md, promises 2 to 6): an offset is committed only when every record
 //! below it has had its effect or has been dead-lettered.
@@ -18,6 +19,7 @@ pub mod circuit;
 pub mod config;
 pub mod dlq;
 pub mod engine;
+pub mod http;
 pub mod keyed;
 pub mod ledger;
 pub mod metrics;

@@ -11,11 +11,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use formstream_runtime::http::HttpError;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use crate::auth::{TokenSource, truncate};
+use crate::auth::TokenSource;
 
 /// What went wrong with a call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,18 +76,6 @@ impl ApiError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, ApiError::Rejected { .. })
     }
-}
-
-/// `Retry-After` in seconds, as Google sends it.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
 }
 
 /// A tab of a spreadsheet, as `spreadsheets.get` describes it.
@@ -234,20 +222,13 @@ impl SheetsApi {
                 ApiError::Unavailable(format!("reading the answer: {}", e.without_url()))
             });
         }
-        let after = retry_after(answer.headers());
-        let text = answer.text().await.unwrap_or_default();
-        // Google's error body: {"error": {"code", "message", "status"}}.
-        let detail = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| {
-                let e = v.get("error")?;
-                Some(format!(
-                    "{} {}",
-                    e.get("status").and_then(Value::as_str).unwrap_or(""),
-                    e.get("message").and_then(Value::as_str).unwrap_or("")
-                ))
-            })
-            .unwrap_or_else(|| truncate(&text, 300));
+        // Google's error body, {"error": {"code", "message", "status"}}, read by the runtime.
+        let error = HttpError::read(answer).await;
+        let after = error.retry_after;
+        let detail = match &error.code {
+            Some(status) => format!("{status} {}", error.message),
+            None => error.message,
+        };
         let code = status.as_u16();
         Err(match code {
             401 => {

@@ -171,7 +171,7 @@ impl TokenSource {
             })?;
         let status = answer.status();
         if !status.is_success() {
-            let retry_after = crate::api::retry_after(answer.headers());
+            let retry_after = formstream_runtime::http::retry_after(answer.headers());
             // The body is Google's `{"error": "invalid_grant", "error_description": ...}`: no secret.
             let body = answer.text().await.unwrap_or_default();
             let detail = format!(
