@@ -357,3 +357,16 @@ pub fn topic_flags(bootstrap: &str, forms: &str, responses: &str, flags: &str) -
     .map(|s| (*s).to_owned())
     .collect()
 }
+
+/// Whether a test that needs something a developer's machine may lack (a Docker daemon,
+/// kubeconform) can run: `missing` says what is missing, if anything. Outside CI the test is then
+/// skipped with a message on stderr; in CI (`CI=true`) it fails, so CI never passes a test it
+/// did not run.
+pub fn runnable(test: &str, missing: Option<String>) -> bool {
+    let Some(why) = missing else { return true };
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test} must run in CI, but {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}

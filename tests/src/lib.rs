@@ -12,6 +12,7 @@
 
 pub mod deploy;
 pub mod e2e;
+pub mod k8s_schemas;
 pub mod runtime;
 pub mod sheets_fake;
 pub mod standalone;

@@ -2,11 +2,15 @@
 //! a Deployment per registered processor and one for the gateway, with readiness on /readyz and
 //! liveness on /healthz at the port the binary listens on, resource requests, environment names
 //! the commands read, a PodDisruptionBudget each, a ServiceMonitor that finds them, and a KEDA
-//! ScaledObject that scales a real Deployment on its real consumer group.
+//! ScaledObject that scales a real Deployment on its real consumer group; and every object
+//! through kubeconform, against Kubernetes' and the operators' own schemas (`k8s_schemas`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use formstream_tests::deploy::{CommandEnv, port_of, processors, repo_root, yaml_documents};
+use formstream_tests::deploy::{
+    CommandEnv, port_of, processors, repo_root, runnable, yaml_documents,
+};
+use formstream_tests::k8s_schemas;
 use serde_yaml_ng::Value;
 
 /// Every object of every manifest, with the file it came from.
@@ -223,6 +227,93 @@ fn every_processor_and_the_gateway_have_a_checked_deployment() {
     }
 }
 
+/// The image's working folder (Dockerfile WORKDIR), against which relative paths resolve.
+const WORKDIR: &str = "/var/lib/formstream";
+
+/// The volume mounted at or above `path` in a pod: its `volumes` entry.
+fn volume_for<'a>(pod: &'a Value, container: &Value, path: &str) -> Option<&'a Value> {
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            let at = m["mountPath"].as_str().unwrap_or("\0");
+            path == at || path.starts_with(&format!("{}/", at.trim_end_matches('/')))
+        })
+        .max_by_key(|m| m["mountPath"].as_str().map(str::len))?;
+    pod["spec"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+}
+
+#[test]
+fn every_file_a_deployment_reads_or_writes_is_on_a_volume() {
+    // The root file system is read-only: what a processor writes (outboxes, CSV files, the
+    // index, the journal) must be on a writable volume, and a file it must read (the API keys)
+    // in a mounted Secret or ConfigMap. A default like `deploy/local/api-keys.toml` exists only in
+    // a checkout: a Deployment of a command that reads one must set the variable.
+    let objects = objects();
+    let config_maps = config_maps(&objects);
+    let mut problems = Vec::new();
+    for deployment in of_kind(&objects, "Deployment") {
+        let what = name(deployment);
+        let pod = &deployment["spec"]["template"];
+        let container = &pod["spec"]["containers"][0];
+        let args = strings(&container["args"]);
+        let help = CommandEnv::of(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let env = container_env(container, &config_maps);
+        for (variable, default) in &help.vars {
+            let output = variable.ends_with("_DIR")
+                || variable.ends_with("_PATH")
+                || variable.ends_with("_OUTBOX");
+            let input = variable.ends_with("_FILE");
+            if !(output || input) {
+                continue;
+            }
+            let set = env.get(variable).cloned().flatten();
+            let Some(path) = set.clone().or(default.clone()) else {
+                continue;
+            };
+            if input && set.is_none() {
+                problems.push(format!(
+                    "{what}: `formstream {}` reads {variable} (default {path}, a file of a \
+                     checkout); set it to a mounted Secret's file",
+                    args.join(" ")
+                ));
+                continue;
+            }
+            let absolute = if path.starts_with('/') {
+                path.clone()
+            } else {
+                format!("{WORKDIR}/{path}")
+            };
+            match volume_for(pod, container, &absolute) {
+                None => problems.push(format!("{what}: {variable}={path} is on no volume")),
+                Some(volume)
+                    if input && volume["secret"].is_null() && volume["configMap"].is_null() =>
+                {
+                    problems.push(format!(
+                        "{what}: {variable}={path} is not in a Secret or ConfigMap"
+                    ))
+                }
+                Some(volume)
+                    if output
+                        && volume["emptyDir"].is_null()
+                        && volume["persistentVolumeClaim"].is_null() =>
+                {
+                    problems.push(format!(
+                        "{what}: {variable}={path} is on a read-only volume"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
 #[test]
 fn the_service_monitor_finds_every_metrics_port() {
     let objects = objects();
@@ -336,4 +427,74 @@ fn the_topics_job_runs_topics_create_with_its_real_variables() {
             "`formstream topics create` does not read {variable}"
         );
     }
+}
+
+#[test]
+fn kubeconform_accepts_every_manifest() {
+    let test = "ops::k8s::kubeconform_accepts_every_manifest";
+    let missing = match std::process::Command::new("kubeconform").arg("-v").output() {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "kubeconform cannot run ({e}): go install github.com/yannh/kubeconform/cmd/kubeconform@v0.7.0"
+        )),
+    };
+    if !runnable(test, missing) {
+        return;
+    }
+    // Schemas for exactly the kinds the manifests use, from Go modules (no GitHub needed).
+    let kinds: BTreeSet<(String, String)> = objects()
+        .iter()
+        .filter(|(file, _)| file != "kustomization.yaml")
+        .map(|(file, o)| {
+            let field = |f: &str| {
+                o[f].as_str()
+                    .unwrap_or_else(|| panic!("{file}: an object without {f}"))
+                    .to_owned()
+            };
+            (field("apiVersion"), field("kind"))
+        })
+        .collect();
+    // The Go modules the schemas come from (downloaded through Go's proxy when not cached yet):
+    // only their absence (no `go`, no network on a first run) skips the test outside CI.
+    let unavailable = k8s_schemas::MODULES
+        .iter()
+        .find_map(|module| k8s_schemas::module_dir(*module).err());
+    if !runnable(test, unavailable) {
+        return;
+    }
+    let schemas = tempfile::tempdir().expect("a schema folder");
+    k8s_schemas::write_schemas(schemas.path(), &kinds).unwrap_or_else(|e| panic!("{e}"));
+    let location = format!(
+        "{}/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json",
+        schemas.path().display()
+    );
+    let output = std::process::Command::new("kubeconform")
+        .args([
+            "-strict",
+            "-summary",
+            "-output",
+            "text",
+            "-skip",
+            "Kustomization",
+        ])
+        .args(["-schema-location", &location])
+        .arg(repo_root().join("deploy/k8s"))
+        .output()
+        .expect("running kubeconform");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "kubeconform:\n{report}");
+    // Every object was validated against a schema, none skipped for lack of one (but the
+    // Kustomization, which is kustomize's file, not an object of the cluster).
+    let objects = objects().len();
+    let valid = objects - 1;
+    assert!(
+        report.contains(&format!("{objects} resources found"))
+            && report.contains(&format!("Valid: {valid},"))
+            && report.contains("Skipped: 1"),
+        "kubeconform validated fewer than the {valid} objects:\n{report}"
+    );
 }
