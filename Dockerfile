@@ -1,43 +1,59 @@
-# syntax=docker/dockerfile:1
 # The `formstream` binary in a small runtime image (docker-compose.yml and deploy/k8s/ run it).
+# Every component is a subcommand: `gateway`, `process <name>`, `topics create`, `replay`.
 #
-# Stage 1 builds with the full Rust toolchain; stage 2 holds only the binary and the shared
-# libraries librdkafka links at run time (OpenSSL for SSL/SASL, libcurl for OAUTHBEARER/OIDC), and
-# runs as an unprivileged user. Every component is a subcommand: `gateway`, `process <name>`,
-# `topics create`, `replay`.
+# The binary is the one cargo built on the host, copied in: no Rust toolchain in any image, and no
+# BuildKit syntax, so Docker's legacy builder (Debian's docker.io) builds it as well as BuildKit:
+#   cargo build --release --bin formstream
+#   docker build --network host -t formstream:local .
+# deploy/docker/build.sh does the same from any binary and makes the base from Debian packages
+# where no registry is reachable (docs/operations.md).
+#
+# BASE must have the glibc the binary was built against (bookworm: glibc 2.36); on a newer host,
+# use the matching base, and RUNTIME_PACKAGES with its library names (trixie: libssl3t64 libcurl4t64).
+ARG BASE=debian:bookworm-slim
 
-# The workspace's rust-version is 1.90; bookworm matches the runtime image's libraries.
-FROM rust:1.90-bookworm AS builder
-# librdkafka's SSL and OIDC support build against these headers (they are also what .ci/run installs).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libssl-dev libcurl4-openssl-dev pkg-config \
+# Stage `binary`: the host-built binary without its debug sections (cargo's profiles keep line
+# tables: a release binary goes from 226 MB to 48, a debug one from 143 to 107), as
+# deploy/split-debuginfo.sh ships it. Symbols stay, so a panic's backtrace still names its
+# functions (file:line needs the .debug file that script keeps). binutils never reaches the
+# runtime image.
+FROM ${BASE} AS binary
+RUN apt-get update --error-on=any \
+ && apt-get install -y --no-install-recommends binutils \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY . .
-# Cache mounts keep the registry and the target directory between builds (librdkafka alone is a
-# minute of C compilation); the binary is copied out of the cache before the stage ends.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin formstream \
- && cp target/release/formstream /usr/local/bin/formstream
+# A path inside the build context (.dockerignore admits only target/*/formstream; build.sh passes
+# a context holding nothing but the binary).
+ARG BINARY=target/release/formstream
+COPY ${BINARY} /formstream
+RUN strip --strip-debug /formstream
 
-FROM debian:bookworm-slim AS runtime
-# libssl3 and libcurl4: librdkafka's TLS and OIDC; ca-certificates: verifying managed clusters'
-# certificates; curl: the compose healthchecks (the binary serves /healthz and /readyz).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libssl3 libcurl4 ca-certificates curl tini \
+FROM ${BASE}
+# libssl3 and libcurl4: librdkafka's TLS and OIDC (the only libraries the binary links beyond
+# glibc); ca-certificates: verifying managed clusters' certificates; curl: the compose healthchecks
+# (the binary serves /healthz and /readyz); tini: PID 1 that forwards SIGTERM and reaps.
+# --error-on=any: an apt-get update that cannot reach the mirror fails the build here instead of
+# installing nothing. One RUN, one layer: on the vfs storage driver every layer is a full copy.
+ARG RUNTIME_PACKAGES="libssl3 libcurl4 ca-certificates curl tini"
+RUN apt-get update --error-on=any \
+ && apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES} \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 formstream \
- && useradd --system --uid 10001 --gid formstream --home-dir /var/lib/formstream --create-home formstream
-COPY --from=builder /usr/local/bin/formstream /usr/local/bin/formstream
+ && useradd --system --uid 10001 --gid formstream --home-dir /var/lib/formstream --no-create-home formstream \
+ && mkdir -p /var/lib/formstream/data \
+ && chown -R 10001:10001 /var/lib/formstream
+COPY --from=binary /formstream /usr/local/bin/formstream
+
 # A numeric user, so Kubernetes' runAsNonRoot can verify it without resolving the name.
 USER 10001:10001
+# Relative default paths (data/sms-outbox.jsonl, data/sheets) land in data/, which exists in the
+# image owned by this user: a fresh named volume mounted there copies that ownership.
 WORKDIR /var/lib/formstream
 # In a container the listeners must face the network, not loopback (the binary's local defaults).
 ENV FORMSTREAM_GATEWAY_LISTEN=0.0.0.0:8080 \
     FORMSTREAM_METRICS_LISTEN=0.0.0.0:9464 \
     FORMSTREAM_LOG_FORMAT=json
 EXPOSE 8080 9464
-# tini forwards SIGTERM to formstream (PID 1 would ignore it), so a stop drains and commits.
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/formstream"]
 CMD ["--help"]

@@ -1,8 +1,8 @@
-//! docker-compose.yml, the Dockerfile and the compose Prometheus config, checked against the real
-//! binary (issue 8). This machine has no Docker engine, so the file cannot be run here; instead
-//! every name it shares with the binary is checked: a service per registered processor, scalable
-//! (no host port, no container name), environment variables the commands really read, healthchecks
-//! on the ports the services listen on, and a Prometheus job that finds every replica.
+//! docker-compose.yml, docker-compose.offline.yml, the Dockerfiles and the compose Prometheus
+//! config, checked against the real binary (issue 8) without Docker: a service per registered
+//! processor, scalable (no container name; no host port but its API's), environment variables the
+//! commands really read, files written only into volumes, healthchecks on the ports the services
+//! listen on, and a Prometheus job that finds every replica. `compose_stack` runs the stack itself.
 
 use std::collections::BTreeSet;
 
@@ -16,6 +16,17 @@ fn compose() -> Value {
         .pop()
         .expect("docker-compose.yml has a document")
 }
+
+fn offline() -> Value {
+    yaml_documents("docker-compose.offline.yml")
+        .pop()
+        .expect("docker-compose.offline.yml has a document")
+}
+
+/// Where the image keeps a service's files (its WORKDIR's data/, see the Dockerfile).
+const DATA_DIR: &str = "/var/lib/formstream/data";
+/// The image's WORKDIR, against which relative paths resolve.
+const WORKDIR: &str = "/var/lib/formstream";
 
 fn strings(value: &Value) -> Vec<String> {
     value
@@ -59,14 +70,14 @@ fn environment(service: &Value) -> Vec<(String, String)> {
 
 /// The services that run the formstream image, with their command.
 fn formstream_services(compose: &Value) -> Vec<(String, Vec<String>)> {
-    compose["services"]
+    let services: Vec<(String, Vec<String>)> = compose["services"]
         .as_mapping()
         .expect("services")
         .iter()
         .filter(|(_, s)| {
             s["image"]
                 .as_str()
-                .is_some_and(|i| i.starts_with("formstream"))
+                .is_some_and(|i| i == "${FORMSTREAM_IMAGE:-formstream:local}")
         })
         .map(|(name, s)| {
             (
@@ -74,7 +85,15 @@ fn formstream_services(compose: &Value) -> Vec<(String, Vec<String>)> {
                 strings(&s["command"]),
             )
         })
-        .collect()
+        .collect();
+    // The checks below run over these: finding none would make them pass without checking.
+    for expected in ["topics", "gateway"] {
+        assert!(
+            services.iter().any(|(name, _)| name == expected),
+            "the {expected} service does not run ${{FORMSTREAM_IMAGE:-formstream:local}}"
+        );
+    }
+    services
 }
 
 /// The subcommand path of a command line: its words up to the first flag.
@@ -157,15 +176,25 @@ fn every_registered_processor_has_a_scalable_service() {
             ["process", name.as_str()],
             "service {name} runs `formstream process {name}`"
         );
-        // `docker compose up --scale` refuses fixed container names and fixed host ports.
+        // `docker compose up --scale` refuses fixed container names and fixed host ports. Only a
+        // processor that serves an API of its own (slang's search; never --scaled, see its
+        // service) publishes that port, and no other.
         assert!(
             service["container_name"].is_null(),
             "{name}: a container_name prevents --scale"
         );
-        assert!(
-            service["ports"].is_null(),
-            "{name}: host ports prevent --scale (Prometheus reaches it on the compose network)"
-        );
+        let api_ports: Vec<u16> = environment(service)
+            .iter()
+            .filter(|(k, _)| k.ends_with("_LISTEN") && k != "FORMSTREAM_METRICS_LISTEN")
+            .map(|(_, v)| port_of(v))
+            .collect();
+        for published in strings(&service["ports"]) {
+            assert!(
+                api_ports.contains(&port_of(&published)),
+                "{name}: host port {published} prevents --scale (Prometheus reaches it on the \
+                 compose network); only an API's own port may be published"
+            );
+        }
     }
     assert!(
         missing.is_empty(),
@@ -280,6 +309,17 @@ fn kafka_is_the_official_image_in_kraft_mode_at_the_pinned_version() {
         Some(format!("apache/kafka:{version}").as_str()),
         "the compose broker runs the version the local broker and the tests use"
     );
+    // Offline, the same version built from the same jars (deploy/docker/build.sh tags it so).
+    assert_eq!(
+        offline()["services"]["kafka"]["image"].as_str(),
+        Some(format!("formstream-kafka:{version}").as_str()),
+        "docker-compose.offline.yml runs the Kafka image build.sh makes from pom.xml's version"
+    );
+    let build = read_repo_file("deploy/docker/build.sh");
+    assert!(
+        build.contains("\"formstream-kafka:$version\""),
+        "build.sh tags formstream-kafka:<version>"
+    );
     let env = environment(kafka);
     let get = |k: &str| {
         env.iter()
@@ -347,22 +387,172 @@ fn prometheus_scrapes_every_replica_of_every_service() {
     assert!(grafana_volumes.contains("./deploy/grafana/provisioning:"));
 }
 
+/// The Dockerfiles of the stack: the formstream image and the offline Kafka and Prometheus.
+const DOCKERFILES: [&str; 3] = [
+    "Dockerfile",
+    "deploy/docker/kafka/Dockerfile",
+    "deploy/docker/prometheus/Dockerfile",
+];
+
 #[test]
-fn the_image_runs_as_a_non_root_user() {
+fn the_images_build_on_any_base_without_buildkit_and_run_as_non_root() {
+    for file in DOCKERFILES {
+        let dockerfile = read_repo_file(file);
+        let lines: Vec<&str> = dockerfile
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .collect();
+        // The base is a build argument: debian:bookworm-slim from a registry, or the one
+        // deploy/docker/build.sh makes from Debian packages.
+        assert!(
+            lines.contains(&"ARG BASE=debian:bookworm-slim") && lines.contains(&"FROM ${BASE}"),
+            "{file}: FROM the BASE build argument, debian:bookworm-slim by default"
+        );
+        for from in lines.iter().filter(|l| l.starts_with("FROM ")) {
+            assert!(
+                *from == "FROM ${BASE}" || from.starts_with("FROM ${BASE} AS "),
+                "{file}: `{from}`: every stage starts from BASE (no toolchain image to pull)"
+            );
+        }
+        // Debian's docker.io has only the legacy builder.
+        for buildkit_only in ["--mount=", "# syntax=", "<<EOF", "--chmod=", "--link"] {
+            assert!(
+                !dockerfile.contains(buildkit_only),
+                "{file}: `{buildkit_only}` needs BuildKit"
+            );
+        }
+        // An apt-get update that reaches no mirror must fail the build, not install nothing.
+        for update in lines.iter().filter(|l| l.contains("apt-get update")) {
+            assert!(update.contains("--error-on=any"), "{file}: {update}");
+        }
+        let user = lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("USER "))
+            .unwrap_or_else(|| panic!("{file} sets USER"));
+        let uid = user.split(':').next().expect("a user");
+        assert!(
+            uid != "0" && uid != "root",
+            "{file}: USER {user} is not root"
+        );
+    }
+    // The formstream image: a numeric uid (Kubernetes' runAsNonRoot checks it without resolving a
+    // name), the one binary from the build context, and the working folder's data/ made for it.
     let dockerfile = read_repo_file("Dockerfile");
-    let stages =
-        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM "));
-    assert!(stages >= 2, "a multi-stage build");
-    let last_stage = dockerfile.rsplit("\nFROM ").next().expect("a stage");
-    let user = last_stage
+    let user = dockerfile
         .lines()
         .rev()
         .find_map(|l| l.trim().strip_prefix("USER "))
-        .expect("the runtime stage sets USER");
-    let uid = user.split(':').next().expect("a user");
+        .expect("USER");
     assert!(
-        uid.parse::<u32>().is_ok_and(|uid| uid != 0),
-        "USER {user}: a numeric non-root uid (Kubernetes' runAsNonRoot checks it)"
+        user.split(':')
+            .all(|id| id.parse::<u32>().is_ok_and(|id| id != 0)),
+        "USER {user}: numeric and non-root"
     );
-    assert!(last_stage.contains("COPY --from=builder /usr/local/bin/formstream"));
+    // The binary comes from the build context, through the stage that strips its debug info.
+    assert!(dockerfile.contains("COPY ${BINARY} /formstream"));
+    assert!(dockerfile.contains("RUN strip --strip-debug /formstream"));
+    assert!(dockerfile.contains("COPY --from=binary /formstream /usr/local/bin/formstream"));
+    assert!(dockerfile.contains(&format!("mkdir -p {DATA_DIR}")));
+    assert!(dockerfile.contains(&format!("WORKDIR {WORKDIR}")));
+    let ignore = read_repo_file(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l == "!target/release/formstream"),
+        ".dockerignore admits the release binary `docker build .` copies"
+    );
+}
+
+/// The value a service's process sees for `variable`: its environment, else the binary's default.
+fn effective(service: &Value, env: &CommandEnv, variable: &str) -> Option<String> {
+    environment(service)
+        .into_iter()
+        .find(|(k, _)| k == variable)
+        .map(|(_, v)| v)
+        .or_else(|| env.vars.get(variable).cloned().flatten())
+}
+
+#[test]
+fn every_file_a_service_writes_is_in_its_volume() {
+    // Outputs (outboxes, CSV folders, the index, the journal) must outlive the container and be
+    // writable by the image's user: a named volume on data/, which the image creates for that
+    // user, so that a fresh volume takes its ownership.
+    let compose = compose();
+    let declared = compose["volumes"].as_mapping().expect("top-level volumes");
+    let mut problems = Vec::new();
+    for (name, command) in formstream_services(&compose) {
+        let service = &compose["services"][name.as_str()];
+        let env = CommandEnv::of(&subcommand(&command));
+        let outputs: Vec<&String> = env
+            .vars
+            .keys()
+            .filter(|k| k.ends_with("_DIR") || k.ends_with("_PATH") || k.ends_with("_OUTBOX"))
+            .collect();
+        let volume = strings(&service["volumes"])
+            .into_iter()
+            .find(|v| v.ends_with(&format!(":{DATA_DIR}")));
+        for variable in outputs {
+            let Some(path) = effective(service, &env, variable) else {
+                continue;
+            };
+            let absolute = if path.starts_with('/') {
+                path.clone()
+            } else {
+                format!("{WORKDIR}/{path}")
+            };
+            if !absolute.starts_with(&format!("{DATA_DIR}/")) {
+                problems.push(format!("{name}: {variable}={path} is outside {DATA_DIR}"));
+            } else if volume.is_none() {
+                problems.push(format!(
+                    "{name}: writes {variable} but mounts no volume on {DATA_DIR}"
+                ));
+            }
+        }
+        if let Some(volume) = volume {
+            let named = volume.split(':').next().unwrap_or_default();
+            assert!(
+                declared.keys().any(|k| k.as_str() == Some(named)),
+                "{name}: volume {named} is a declared named volume"
+            );
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn the_offline_file_only_swaps_images_and_leaves_grafana_out() {
+    let compose = compose();
+    let offline = offline();
+    let services = offline["services"].as_mapping().expect("services");
+    for (name, service) in services {
+        let name = name.as_str().expect("a name");
+        assert!(
+            !compose["services"][name].is_null(),
+            "docker-compose.offline.yml overrides {name}, which docker-compose.yml lacks"
+        );
+        let keys: Vec<&str> = service
+            .as_mapping()
+            .expect("a service")
+            .keys()
+            .filter_map(Value::as_str)
+            .collect();
+        for key in keys {
+            assert!(
+                ["image", "build", "profiles"].contains(&key),
+                "docker-compose.offline.yml changes {name}'s {key}: the offline stack must be the \
+                 user's stack with other images"
+            );
+        }
+    }
+    // Grafana is not packaged by Debian: offline it starts only when asked for.
+    assert_eq!(
+        strings(&offline["services"]["grafana"]["profiles"]),
+        ["grafana"]
+    );
+    assert_eq!(
+        offline["services"]["prometheus"]["image"].as_str(),
+        Some("formstream-prometheus:local")
+    );
+    let build = read_repo_file("deploy/docker/build.sh");
+    assert!(build.contains("\"formstream-prometheus:local\""));
 }
