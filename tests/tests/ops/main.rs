@@ -2,7 +2,8 @@
 //! 175 MB in a debug build, and these suites share their helpers (`formstream_tests::deploy`).
 //! - `compose`: docker-compose.yml, the Dockerfile and the compose Prometheus config against the
 //!   binary's flags;
-//! - `k8s`: deploy/k8s against the binary's flags and defaults;
+//! - `compose_stack`: the images built and the whole compose stack run (needs a Docker daemon);
+//! - `k8s`: deploy/k8s against the binary's flags and defaults, and through kubeconform;
 //! - `dashboards`: the Grafana dashboard's and the alert rules' PromQL against the code's metrics;
 //! - `docs`: every Markdown link and anchor of the repository works;
 //! - `sasl_ssl`: the gateway and a processor on a private SASL_SSL broker;
@@ -10,6 +11,7 @@
 //! - `release_binary`: deploy/split-debuginfo.sh, the binary without its debug info.
 
 mod compose;
+mod compose_stack;
 mod dashboards;
 mod docs;
 mod k8s;
