@@ -1,9 +1,10 @@
 //! The Kubernetes manifests of deploy/k8s, parsed and checked against the real binary (issue 8):
-//! a Deployment per registered processor and one for the gateway, with readiness on /readyz and
-//! liveness on /healthz at the port the binary listens on, resource requests, environment names
-//! the commands read, a PodDisruptionBudget each, a ServiceMonitor that finds them, and a KEDA
-//! ScaledObject that scales a real Deployment on its real consumer group; and every object
-//! through kubeconform, against Kubernetes' and the operators' own schemas (`k8s_schemas`).
+//! a StatefulSet per registered processor (its pod name is its static group membership) and a
+//! Deployment for the gateway, with readiness on /readyz and liveness on /healthz at the port the
+//! binary listens on, resource requests, environment names the commands read, a
+//! PodDisruptionBudget each, a ServiceMonitor that finds them, and a KEDA ScaledObject that scales
+//! a real processor on its real consumer group; and every object through kubeconform, against
+//! Kubernetes' and the operators' own schemas (`k8s_schemas`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,6 +40,14 @@ fn of_kind<'a>(objects: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
         .filter(|(_, o)| o["kind"].as_str() == Some(kind))
         .map(|(_, o)| o)
         .collect()
+}
+
+/// Every object that runs pods of the formstream image for good: Deployments and StatefulSets.
+fn workloads(objects: &[(String, Value)]) -> Vec<&Value> {
+    let mut workloads = of_kind(objects, "Deployment");
+    workloads.extend(of_kind(objects, "StatefulSet"));
+    assert!(workloads.len() > 1, "deploy/k8s has workloads");
+    workloads
 }
 
 /// The ConfigMaps by name, for the containers that load them with `envFrom`.
@@ -101,8 +110,8 @@ fn container_env(
     env
 }
 
-/// Checks one Deployment that runs `command`, whose health endpoints listen on `listen_var`.
-fn check_deployment(
+/// Checks one workload that runs `command`, whose health endpoints listen on `listen_var`.
+fn check_workload(
     deployment: &Value,
     command: &[&str],
     listen_var: &str,
@@ -185,35 +194,35 @@ fn check_deployment(
 }
 
 #[test]
-fn every_processor_and_the_gateway_have_a_checked_deployment() {
+fn every_processor_and_the_gateway_have_a_checked_workload() {
     let objects = objects();
     let config_maps = config_maps(&objects);
     let pdbs = of_kind(&objects, "PodDisruptionBudget");
-    let deployments = of_kind(&objects, "Deployment");
-    let find = |wanted: &str| {
+    let deployments = workloads(&objects);
+    let find = |kind: &str, wanted: &str| {
         deployments
             .iter()
-            .find(|d| name(d) == wanted)
+            .find(|d| name(d) == wanted && d["kind"].as_str() == Some(kind))
             .copied()
-            .unwrap_or_else(|| panic!("deploy/k8s has no Deployment {wanted}"))
+            .unwrap_or_else(|| panic!("deploy/k8s has no {kind} {wanted}"))
     };
     for processor in processors() {
-        check_deployment(
-            find(&format!("formstream-{processor}")),
+        check_workload(
+            find("StatefulSet", &format!("formstream-{processor}")),
             &["process", &processor],
             "FORMSTREAM_METRICS_LISTEN",
             &config_maps,
             &pdbs,
         );
     }
-    check_deployment(
-        find("formstream-gateway"),
+    check_workload(
+        find("Deployment", "formstream-gateway"),
         &["gateway"],
         "FORMSTREAM_GATEWAY_LISTEN",
         &config_maps,
         &pdbs,
     );
-    // No Deployment for a processor the binary does not have.
+    // No workload for a processor the binary does not have.
     let known = processors();
     for deployment in &deployments {
         let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
@@ -224,6 +233,64 @@ fn every_processor_and_the_gateway_have_a_checked_deployment() {
                 name(deployment)
             );
         }
+    }
+}
+
+#[test]
+fn every_processor_is_a_stateful_set_whose_pod_name_is_its_instance_id() {
+    // --instance-id makes a processor a static member of its group (and validate's transactional
+    // id): a member that stops keeps its partitions until --session-timeout unless the same id
+    // comes back. A StatefulSet gives a replaced pod the same name, so it comes back at once; a
+    // Deployment's rollout names new pods, which would stall the old ones' partitions every time.
+    let objects = objects();
+    let services = of_kind(&objects, "Service");
+    for processor in processors() {
+        let wanted = format!("formstream-{processor}");
+        let set = of_kind(&objects, "StatefulSet")
+            .into_iter()
+            .find(|s| name(s) == wanted)
+            .unwrap_or_else(|| panic!("deploy/k8s has no StatefulSet {wanted}"));
+        let container = &set["spec"]["template"]["spec"]["containers"][0];
+        let instance_id = container["env"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"].as_str() == Some("FORMSTREAM_INSTANCE_ID"))
+            .unwrap_or_else(|| panic!("{wanted}: sets FORMSTREAM_INSTANCE_ID"));
+        assert_eq!(
+            instance_id["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            Some("metadata.name"),
+            "{wanted}: the instance id is the pod's stable name"
+        );
+        assert_eq!(
+            set["spec"]["podManagementPolicy"].as_str(),
+            Some("Parallel"),
+            "{wanted}: replicas start and stop together, as a Deployment's would"
+        );
+        assert_eq!(
+            set["spec"]["updateStrategy"]["type"].as_str(),
+            Some("RollingUpdate"),
+            "{wanted}: a new image rolls out by itself"
+        );
+        // serviceName names a headless Service that selects the pods.
+        let service_name = set["spec"]["serviceName"].as_str().expect("serviceName");
+        let pod_labels = &set["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            services.iter().any(|s| name(s) == service_name
+                && s["spec"]["clusterIP"].as_str() == Some("None")
+                && selects(&s["spec"]["selector"], pod_labels)),
+            "{wanted}: serviceName {service_name} is a headless Service over its pods"
+        );
+    }
+    // No Deployment runs a processor: its pod names change on every rollout.
+    for deployment in of_kind(&objects, "Deployment") {
+        let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+        assert_ne!(
+            args.first().map(String::as_str),
+            Some("process"),
+            "{}: a processor must be a StatefulSet",
+            name(deployment)
+        );
     }
 }
 
@@ -257,7 +324,7 @@ fn every_file_a_deployment_reads_or_writes_is_on_a_volume() {
     let objects = objects();
     let config_maps = config_maps(&objects);
     let mut problems = Vec::new();
-    for deployment in of_kind(&objects, "Deployment") {
+    for deployment in workloads(&objects) {
         let what = name(deployment);
         let pod = &deployment["spec"]["template"];
         let container = &pod["spec"]["containers"][0];
@@ -320,7 +387,7 @@ fn the_service_monitor_finds_every_metrics_port() {
     let services = of_kind(&objects, "Service");
     let monitors = of_kind(&objects, "ServiceMonitor");
     assert!(!monitors.is_empty(), "a ServiceMonitor");
-    let deployments = of_kind(&objects, "Deployment");
+    let deployments = workloads(&objects);
     for deployment in deployments {
         let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
         let port_names: Vec<&str> =
@@ -367,16 +434,17 @@ fn the_keda_example_scales_a_processor_on_its_consumer_group() {
     let objects = objects();
     let scaled = of_kind(&objects, "ScaledObject");
     assert!(!scaled.is_empty(), "a KEDA ScaledObject example");
-    let deployments = of_kind(&objects, "Deployment");
+    let deployments = workloads(&objects);
     let auths = of_kind(&objects, "TriggerAuthentication");
     for object in scaled {
-        let target = object["spec"]["scaleTargetRef"]["name"]
-            .as_str()
-            .expect("target");
+        let reference = &object["spec"]["scaleTargetRef"];
+        let target = reference["name"].as_str().expect("target");
+        // KEDA's default kind is Deployment: a StatefulSet must be named as one.
+        let kind = reference["kind"].as_str().unwrap_or("Deployment");
         let deployment = deployments
             .iter()
-            .find(|d| name(d) == target)
-            .unwrap_or_else(|| panic!("ScaledObject targets unknown Deployment {target}"));
+            .find(|d| name(d) == target && d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("ScaledObject targets unknown {kind} {target}"));
         let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
         assert_eq!(args[0], "process", "{target} is a processor");
         let trigger = &object["spec"]["triggers"][0];
