@@ -4,12 +4,16 @@
 //! Every flag has an `env` twin (`FORMSTREAM_...`) and a doc comment, which is its `--help` text and its
 //! README entry. Every default says why it is the default.
 
+use std::fmt;
 use std::time::Duration;
 
 use clap::Args;
 
 /// How to reach Kafka. Shared by every component that talks to the broker.
-#[derive(Debug, Clone, Args)]
+///
+/// `Debug` shows every `-X` key but hides the values of those that may hold a credential (see
+/// [`is_secret_property`]), so that the configuration can be logged.
+#[derive(Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated.
     // The local broker started by deploy/local/kafka.sh listens here.
@@ -81,7 +85,9 @@ pub struct TopicSettings {
 }
 
 /// Where to find a Confluent-compatible schema registry, if any.
-#[derive(Debug, Clone, Args)]
+///
+/// `Debug` shows the URL (without any user or password it carries) and hides the credentials.
+#[derive(Clone, Args)]
 pub struct RegistryArgs {
     /// Schema registry URL. When set, values use the Confluent wire format; otherwise Avro
     /// single-object encoding with the compiled-in schemas.
@@ -101,11 +107,78 @@ pub struct RegistryArgs {
     pub schema_registry_password: Option<String>,
 }
 
-/// Parses `key=value`.
+/// What a hidden value prints as.
+const HIDDEN: &str = "***";
+
+/// Whether a librdkafka property may hold a credential or key material: its value is never
+/// printed. Errs on the side of hiding (a path such as `ssl.key.location` is hidden too).
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key",
+        "token",
+        "jaas",
+        "credential",
+        "sasl.username",
+        "oauthbearer.config",
+        "extensions",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+impl fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: Vec<(&str, &str)> = self
+            .properties
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_property(key) {
+                    HIDDEN
+                } else {
+                    value
+                };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaArgs")
+            .field("bootstrap", &self.bootstrap)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RegistryArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |value: &Option<String>| value.as_ref().map(|_| HIDDEN);
+        f.debug_struct("RegistryArgs")
+            .field(
+                "schema_registry_url",
+                &self
+                    .schema_registry_url
+                    .as_deref()
+                    .map(formstream_schemas::without_userinfo),
+            )
+            .field(
+                "schema_registry_username",
+                &hidden(&self.schema_registry_username),
+            )
+            .field(
+                "schema_registry_password",
+                &hidden(&self.schema_registry_password),
+            )
+            .finish()
+    }
+}
+
+/// Parses `key=value`. The error never repeats the text: it may be a misplaced secret.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("expected key=value, got {s:?}")),
+        Some(_) => Err("expected key=value, got an empty key".to_owned()),
+        None => Err("expected key=value, got no '='".to_owned()),
     }
 }
 
@@ -142,9 +215,47 @@ mod tests {
     }
 
     #[test]
+    fn debug_hides_credentials() {
+        let kafka = KafkaArgs {
+            bootstrap: "broker:9093".into(),
+            properties: vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "PLAIN".into()),
+                ("sasl.username".into(), "api-key-7".into()),
+                ("sasl.password".into(), "pw-s3cret".into()),
+                ("ssl.key.password".into(), "kp-s3cret".into()),
+                (
+                    "sasl.oauthbearer.client.secret".into(),
+                    "oidc-s3cret".into(),
+                ),
+            ],
+        };
+        let shown = format!("{kafka:?}");
+        for secret in ["api-key-7", "pw-s3cret", "kp-s3cret", "oidc-s3cret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        for visible in ["broker:9093", "SASL_SSL", "sasl.password", "PLAIN"] {
+            assert!(shown.contains(visible), "{shown}");
+        }
+
+        let registry = RegistryArgs {
+            schema_registry_url: Some("https://u:url-s3cret@registry.example/base".into()),
+            schema_registry_username: Some("sr-user".into()),
+            schema_registry_password: Some("sr-s3cret".into()),
+        };
+        let shown = format!("{registry:?}");
+        for secret in ["url-s3cret", "sr-user", "sr-s3cret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("registry.example/base"), "{shown}");
+    }
+
+    #[test]
     fn key_values_parse() {
         assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
         assert!(parse_key_value("=b").is_err());
         assert!(parse_key_value("nothing").is_err());
+        // A misplaced secret is not repeated in the error clap prints.
+        assert!(!parse_key_value("hunter2").unwrap_err().contains("hunter2"));
     }
 }

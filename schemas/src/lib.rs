@@ -13,6 +13,6 @@ pub mod model;
 
 pub use codec::{
     AvroRecord, Codec, CodecError, Decoder, Encoder, RegistryConfig, RegistryError, SchemaId,
-    Secret,
+    Secret, without_userinfo,
 };
 pub use model::*;

@@ -75,6 +75,34 @@ async fn basic_auth_is_sent_when_configured_and_refusal_is_clear() {
     assert_eq!(back, responses()[1]);
 }
 
+/// Credentials written into the registry URL (`https://user:pass@host`) authenticate as basic
+/// auth, and appear neither in `Debug` output, nor in the codec's description (logged at start),
+/// nor in errors.
+#[tokio::test]
+async fn credentials_in_the_url_authenticate_and_never_print() {
+    let fake = FakeRegistry::start(Some(("svc", "p@ss:w0rd"))).await;
+    let uri = fake.server.uri();
+    let with_credentials = uri.replacen("://", "://svc:p%40ss%3Aw0rd@", 1);
+    let config = RegistryConfig::new(with_credentials.clone());
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("w0rd") && !shown.contains("svc"), "{shown}");
+    let codec = Codec::with_registry(config).unwrap();
+    assert!(!codec.describe().contains("w0rd"), "{}", codec.describe());
+    assert!(!format!("{codec:?}").contains("w0rd"));
+    let bytes = encoded::<Response>(&codec, "responses", &responses()[1]).await;
+    assert_eq!(
+        codec.decode::<Response>(&bytes).await.unwrap(),
+        responses()[1]
+    );
+
+    fake.state.lock().unwrap().fail_with = Some(503);
+    let other = Codec::with_registry(RegistryConfig::new(with_credentials)).unwrap();
+    let err = other.encoder::<Form>("forms").await.unwrap_err();
+    assert!(!err.to_string().contains("w0rd"), "{err}");
+    let err = Codec::with_registry(RegistryConfig::new("htp://svc:s3cret@[::1")).unwrap_err();
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
 #[tokio::test]
 async fn a_failing_registry_is_a_retriable_registry_error_and_is_not_cached() {
     let fake = FakeRegistry::start(None).await;

@@ -35,7 +35,7 @@ use tokio::sync::OnceCell;
 
 pub use record::AvroRecord;
 use registry::{Fetched, RegistryClient};
-pub use registry::{RegistryConfig, RegistryError, Secret};
+pub use registry::{RegistryConfig, RegistryError, Secret, without_userinfo};
 
 /// First bytes of a single-object payload.
 const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];

@@ -22,8 +22,9 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 /// Confluent's error code for "schema not found" on `GET /schemas/ids/{id}`.
 const SCHEMA_NOT_FOUND: i64 = 40403;
 
-/// Where the Schema Registry is and how to reach it.
-#[derive(Clone, Debug)]
+/// Where the Schema Registry is and how to reach it. `Debug` shows neither the user nor the
+/// password (nor any the URL carries).
+#[derive(Clone)]
 pub struct RegistryConfig {
     /// Base URL, e.g. `http://localhost:8081`; a trailing slash is fine.
     pub url: String,
@@ -47,6 +48,38 @@ impl RegistryConfig {
             timeout: Duration::from_secs(10),
         }
     }
+}
+
+impl fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("url", &without_userinfo(&self.url))
+            .field("username", &self.username.as_ref().map(|_| "***"))
+            .field("password", &self.password)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The text of a URL with any `user:password@` replaced by `***@`, for logs and errors; works on
+/// text that does not parse as a URL too.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// `url` without its `user:password@`, which must not reach logs, errors or `Debug` output.
+fn without_credentials(mut url: Url) -> Url {
+    // Both fail only for URLs that cannot have credentials, which then have none.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
 }
 
 /// A string that never prints: `Debug` and `Display` show `***`.
@@ -88,7 +121,8 @@ impl fmt::Display for Secret {
     }
 }
 
-/// What went wrong talking to the Schema Registry.
+/// What went wrong talking to the Schema Registry. No variant holds a credential: URLs are shown
+/// without their userinfo.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("invalid schema registry URL {url:?}: {reason}")]
@@ -165,7 +199,7 @@ impl fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegistryClient")
             .field("base", &self.base.as_str())
-            .field("username", &self.username)
+            .field("username", &self.username.as_ref().map(|_| "***"))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -173,16 +207,26 @@ impl fmt::Debug for RegistryClient {
 
 impl RegistryClient {
     pub(crate) fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
-        let mut base = Url::parse(&config.url).map_err(|e| RegistryError::InvalidUrl {
-            url: config.url.clone(),
+        let base = Url::parse(&config.url).map_err(|e| RegistryError::InvalidUrl {
+            url: without_userinfo(&config.url),
             reason: e.to_string(),
         })?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
             return Err(RegistryError::InvalidUrl {
-                url: config.url,
+                url: without_userinfo(&config.url),
                 reason: "expected an http or https URL".into(),
             });
         }
+        // Credentials in the URL move to basic auth (unless given on their own), so that the base
+        // URL, which errors and logs show, never carries them.
+        let (mut username, mut password) = (config.username, config.password);
+        if !base.username().is_empty() && username.is_none() {
+            username = Some(decoded(base.username()));
+            if password.is_none() {
+                password = base.password().map(|p| Secret::new(decoded(p)));
+            }
+        }
+        let mut base = without_credentials(base);
         // Make joining paths append rather than replace the last segment.
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -196,8 +240,8 @@ impl RegistryClient {
         Ok(RegistryClient {
             http,
             base,
-            username: config.username,
-            password: config.password,
+            username,
+            password,
             timeout: config.timeout,
         })
     }
@@ -301,6 +345,13 @@ impl RegistryClient {
         let bytes = response.bytes().await.map_err(classify)?;
         Ok((status, bytes.to_vec()))
     }
+}
+
+/// A percent-encoded URL part, decoded (what basic auth sends for a URL's userinfo).
+fn decoded(part: &str) -> String {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn status_error(endpoint: String, status: StatusCode, body: &[u8]) -> RegistryError {
