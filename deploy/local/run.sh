@@ -23,6 +23,8 @@ export FORMSTREAM_KAFKA_BOOTSTRAP="${FORMSTREAM_KAFKA_BOOTSTRAP:-$KAFKA_BOOTSTRA
 # The local outputs next to the journal and the slang index, in the git-ignored .local/.
 export FORMSTREAM_SMS_OUTBOX="${FORMSTREAM_SMS_OUTBOX:-.local/sms-outbox.jsonl}"
 export FORMSTREAM_SHEETS_DIR="${FORMSTREAM_SHEETS_DIR:-.local/sheets}"
+# Local development: webhooks may go to a receiver on this machine (never the default elsewhere).
+export FORMSTREAM_WEBHOOK_ALLOW_LOOPBACK="${FORMSTREAM_WEBHOOK_ALLOW_LOOPBACK:-true}"
 
 cargo build --release --bin formstream
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/formstream"

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use formstream_core::topics::{TopicSpec, ensure_topics};
-use formstream_notify::{SmsSender, TwilioClient, WebhookSender};
+use formstream_notify::{Destinations, SmsSender, TwilioClient, WebhookSender};
 use formstream_notify_collectors::message::reference;
 use formstream_notify_collectors::processor::NAME;
 use formstream_notify_collectors::{NotifyCollectors, WebhookSecrets};
@@ -110,7 +110,9 @@ impl Setup {
         let twilio = TwilioClient::new(self.twilio.config()).expect("a Twilio client");
         NotifyCollectors::new(
             SmsSender::Twilio(twilio),
-            WebhookSender::new(Duration::from_secs(5)).expect("a webhook sender"),
+            // The receiver listens on 127.0.0.1: loopback is allowed, as in development.
+            WebhookSender::new(Duration::from_secs(5), Destinations::PublicAndLoopback)
+                .expect("a webhook sender"),
             WebhookSecrets::parse(&format!("acme = \"{SECRET}\""), "the test secrets")
                 .expect("secrets"),
             self.open_ledger().await,

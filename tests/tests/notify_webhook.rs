@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use formstream_notify::Destinations;
 use formstream_notify::webhook::{
     self, Envelope, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookError, WebhookSecret,
     WebhookSender,
@@ -19,8 +20,9 @@ fn envelope() -> Envelope<serde_json::Value> {
     )
 }
 
+/// The tests' receivers listen on 127.0.0.1: loopback is allowed, as in development.
 fn sender() -> WebhookSender {
-    WebhookSender::new(Duration::from_secs(5)).unwrap()
+    WebhookSender::new(Duration::from_secs(5), Destinations::PublicAndLoopback).unwrap()
 }
 
 #[tokio::test]
@@ -148,7 +150,8 @@ async fn a_slow_or_absent_receiver_is_retriable() {
     let secret = WebhookSecret::generate();
     let receiver = WebhookReceiver::start(&[&secret.expose()]).await;
     let secrets = [secret];
-    let impatient = WebhookSender::new(Duration::from_millis(300)).unwrap();
+    let impatient =
+        WebhookSender::new(Duration::from_millis(300), Destinations::PublicAndLoopback).unwrap();
 
     receiver.set_delay(Duration::from_secs(30));
     let slow = impatient

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 use formstream_core::config::parse_duration;
-use formstream_notify::{SmsArgs, WebhookSecret};
+use formstream_notify::{Destinations, SmsArgs, WebhookSecret};
 use formstream_runtime::LedgerArgs;
 use serde::Deserialize;
 
@@ -46,6 +46,24 @@ pub struct NotifyCollectorsArgs {
     // Standard Webhooks senders commonly allow about 15 s; receivers are told to answer fast.
     #[arg(long, env = "FORMSTREAM_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
+
+    /// Also deliver webhooks to this machine's loopback addresses (127.0.0.0/8, ::1), for local
+    /// development and tests. Private, link-local and other non-public addresses are refused
+    /// whatever this says: a form's webhook_url must not reach into the processor's network.
+    // Off: in production a webhook to loopback reaches the processor's own host.
+    #[arg(long, env = "FORMSTREAM_WEBHOOK_ALLOW_LOOPBACK")]
+    pub webhook_allow_loopback: bool,
+}
+
+impl NotifyCollectorsArgs {
+    /// Which addresses webhooks may reach, as the flags say.
+    pub fn webhook_destinations(&self) -> Destinations {
+        if self.webhook_allow_loopback {
+            Destinations::PublicAndLoopback
+        } else {
+            Destinations::Public
+        }
+    }
 }
 
 /// Signing secrets by organisation. `Debug` shows organisations only.
@@ -182,6 +200,25 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn webhooks_reach_loopback_only_with_the_development_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: NotifyCollectorsArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let argv = std::iter::once("notify-collectors").chain(extra.iter().copied());
+            Cli::try_parse_from(argv).expect("flags parse").args
+        };
+        assert_eq!(parse(&[]).webhook_destinations(), Destinations::Public);
+        assert_eq!(
+            parse(&["--webhook-allow-loopback"]).webhook_destinations(),
+            Destinations::PublicAndLoopback
+        );
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl NotifyCollectors {
                 WebhookSecrets::none()
             }
         };
-        let webhooks = WebhookSender::new(args.webhook_timeout)?;
+        let webhooks = WebhookSender::new(args.webhook_timeout, args.webhook_destinations())?;
         let Some(ledger) = Ledger::open(&runtime.kafka, &args.ledger, NAME, shutdown).await? else {
             return Ok(None);
         };

@@ -11,7 +11,8 @@
 //!   reconciliation against the message list; and [`rate`], the per-sender rate limit it awaits.
 //! - [`reference`]: the short references SMS carry so that reconciliation can find them.
 //! - [`segments`]: GSM-7 / UCS-2 detection, segment counts and the 1600-character limit.
-//! - [`webhook`]: Standard Webhooks 1.0 signing, verification and delivery.
+//! - [`webhook`]: Standard Webhooks 1.0 signing, verification and delivery; [`destination`]: the
+//!   addresses webhooks may reach (public ones; loopback only for development).
 //! - [`redact`]: phone numbers as they may appear in logs.
 //!
 //! Invariant shared by every module: nothing here retries or re-sends on its own. Each call makes
@@ -20,6 +21,7 @@
 //! processor's ledger decide. Secrets never appear in `Debug` output or logs, and phone numbers
 //! are logged only through [`redact::phone`].
 
+pub mod destination;
 pub mod error;
 pub mod once;
 pub mod outbox;
@@ -31,6 +33,7 @@ pub mod sender;
 pub mod twilio;
 pub mod webhook;
 
+pub use destination::Destinations;
 pub use error::{ConfigError, SmsError};
 pub use once::{Delivery, OnceSms};
 pub use outbox::Outbox;

@@ -15,6 +15,7 @@
 //! id and receivers can deduplicate; only the timestamp and signature change between attempts.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -26,6 +27,7 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::destination::{CheckedResolver, Destinations, Refused};
 use crate::error::ConfigError;
 use formstream_runtime::http::{HttpError, retry_after};
 
@@ -317,17 +319,25 @@ pub struct Delivered {
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
     http: reqwest::Client,
+    /// Which addresses deliveries may connect to (see [`crate::destination`]).
+    destinations: Destinations,
 }
 
 impl WebhookSender {
-    /// A sender whose every delivery must complete within `timeout`.
-    pub fn new(timeout: Duration) -> Result<Self, ConfigError> {
+    /// A sender whose every delivery must complete within `timeout` and connect only to an
+    /// address `destinations` allows.
+    pub fn new(timeout: Duration, destinations: Destinations) -> Result<Self, ConfigError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Every connection resolves through the address check. A proxy would resolve the
+            // receiver itself, out of the check's reach, so none is used (not even one from
+            // HTTP_PROXY and friends).
+            .dns_resolver(Arc::new(CheckedResolver { destinations }))
+            .no_proxy()
             .build()
             .map_err(|e| ConfigError::Invalid(format!("building the webhook client: {e}")))?;
-        Ok(WebhookSender { http })
+        Ok(WebhookSender { http, destinations })
     }
 
     /// POSTs `envelope` to `url`, signed with every secret in `secrets` (pass the new and the
@@ -347,6 +357,9 @@ impl WebhookSender {
         }
         let url = reqwest::Url::parse(url)
             .map_err(|e| WebhookError::Invalid(format!("the webhook URL is invalid: {e}")))?;
+        self.destinations
+            .check_url(&url)
+            .map_err(|refused| WebhookError::Invalid(refused.to_string()))?;
         let body = serde_json::to_vec(envelope)
             .map_err(|e| WebhookError::Invalid(format!("encoding the payload: {e}")))?;
         let timestamp = OffsetDateTime::now_utc().unix_timestamp();
@@ -363,15 +376,20 @@ impl WebhookSender {
             .body(body)
             .send()
             .await
-            .map_err(|e| WebhookError::Retriable {
-                status: None,
-                retry_after: None,
-                reason: if e.is_timeout() {
-                    "timed out".to_owned()
-                } else if e.is_connect() {
-                    "could not connect".to_owned()
-                } else {
-                    "connection failed".to_owned()
+            .map_err(|e| match refusal(&e) {
+                // The name resolved to no allowed address: nothing was sent, and retrying would
+                // only ask the same question.
+                Some(refused) => WebhookError::Invalid(refused.to_string()),
+                None => WebhookError::Retriable {
+                    status: None,
+                    retry_after: None,
+                    reason: if e.is_timeout() {
+                        "timed out".to_owned()
+                    } else if e.is_connect() {
+                        "could not connect".to_owned()
+                    } else {
+                        "connection failed".to_owned()
+                    },
                 },
             })?;
         let status = response.status();
@@ -383,6 +401,18 @@ impl WebhookSender {
         }
         Err(classify(status, retry_after(response.headers())))
     }
+}
+
+/// The address refusal behind a failed request, if that is why it failed.
+fn refusal(error: &reqwest::Error) -> Option<&Refused> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return Some(refused);
+        }
+        source = cause.source();
+    }
+    None
 }
 
 #[cfg(test)]
