@@ -1,12 +1,16 @@
 //! Topic administration: the topics the project needs, and their creation.
 //!
 //! Invariant: [`ensure_topics`] only creates what is missing; an existing topic is left as it is
-//! (a different partition count is logged, never changed).
+//! (a different partition count is logged, never changed). [`ensure_retention`] changes one
+//! setting of an existing topic and keeps every other setting the topic has.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -128,6 +132,56 @@ pub async fn ensure_topics(
         }
     }
     Ok(outcomes)
+}
+
+/// Sets `retention.ms` of the existing `topic` to `retention_ms` unless it already is; returns
+/// whether it changed. Kafka's AlterConfigs replaces a topic's whole configuration, so every
+/// other setting the topic has of its own is read first and written back with it.
+pub async fn ensure_retention(
+    kafka: &KafkaArgs,
+    topic: &str,
+    retention_ms: i64,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(timeout)));
+    let wanted = retention_ms.to_string();
+    let described = tokio::time::timeout(
+        timeout,
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("Kafka did not describe topic {topic} within {timeout:?}"))??;
+    let resource = match described.into_iter().next() {
+        Some(Ok(resource)) => resource,
+        Some(Err(code)) => anyhow::bail!("could not describe topic {topic}: {code}"),
+        None => anyhow::bail!("Kafka described nothing for topic {topic}"),
+    };
+    if resource
+        .get("retention.ms")
+        .is_some_and(|entry| entry.value.as_deref() == Some(wanted.as_str()))
+    {
+        return Ok(false);
+    }
+    let own: Vec<(&str, &str)> = resource
+        .entries
+        .iter()
+        .filter(|entry| entry.source == ConfigSource::DynamicTopic && entry.name != "retention.ms")
+        .filter_map(|entry| Some((entry.name.as_str(), entry.value.as_deref()?)))
+        .collect();
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("retention.ms", &wanted);
+    for (key, value) in own {
+        alter = alter.set(key, value);
+    }
+    let altered = tokio::time::timeout(timeout, admin.alter_configs(&[alter], &options))
+        .await
+        .map_err(|_| anyhow::anyhow!("Kafka did not alter topic {topic} within {timeout:?}"))??;
+    for result in altered {
+        if let Err((_, code)) = result {
+            anyhow::bail!("could not set retention.ms of topic {topic}: {code}");
+        }
+    }
+    Ok(true)
 }
 
 fn partition_counts(

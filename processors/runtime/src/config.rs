@@ -45,6 +45,18 @@ pub struct RuntimeConfig {
     )]
     pub dlq_replication_factor: i32,
 
+    /// retention.ms of the dead-letter topic, set when the runtime creates it and applied to it
+    /// at every start (with --create-dlq-topic); -1 keeps dead letters forever.
+    // 14 days: a dead letter copies the response it failed on (answers, phone numbers), so it
+    // must not outlive the need for it; two weeks is time to see, fix and re-drive it.
+    #[arg(
+        long = "dlq-retention-ms",
+        env = "FORMSTREAM_DLQ_RETENTION_MS",
+        default_value_t = 14 * 24 * 60 * 60 * 1000,
+        allow_hyphen_values = true
+    )]
+    pub dlq_retention_ms: i64,
+
     /// Records handled at once (across partitions; one at a time per key).
     // 512 keeps a 50 ms effect at ~10,000 records/s per instance.
     #[arg(long, env = "FORMSTREAM_MAX_IN_FLIGHT", default_value_t = 512)]

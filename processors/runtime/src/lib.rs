@@ -48,7 +48,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use formstream_core::forms::{FormsView, follow_forms_topic};
 use formstream_core::kafka::client_config_with;
-use formstream_core::topics::{TopicSpec, ensure_topics};
+use formstream_core::topics::{TopicOutcome, TopicSpec, ensure_retention, ensure_topics};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -84,16 +84,32 @@ pub async fn run<P: Processor>(
     let codec = formstream_core::codec(&config.registry)?;
 
     if config.create_dlq_topic {
+        let retention = config.dlq_retention_ms.to_string();
         let spec = TopicSpec {
             name: dlq_topic.clone(),
             partitions: config.dlq_partitions,
             replication_factor: config.dlq_replication_factor,
-            // Dead letters are kept until someone deals with them.
-            config: vec![("retention.ms", "-1".to_owned())],
+            config: vec![("retention.ms", retention)],
         };
-        ensure_topics(&config.kafka, &[spec], Duration::from_secs(30))
+        let outcomes = ensure_topics(&config.kafka, &[spec], Duration::from_secs(30))
             .await
             .context("creating the dead-letter topic")?;
+        // A topic created by an earlier version (which kept dead letters forever) takes the
+        // configured retention too: dead letters hold personal data.
+        if outcomes
+            .iter()
+            .any(|(_, outcome)| matches!(outcome, TopicOutcome::Existed { .. }))
+            && ensure_retention(
+                &config.kafka,
+                &dlq_topic,
+                config.dlq_retention_ms,
+                Duration::from_secs(30),
+            )
+            .await
+            .context("setting the dead-letter topic's retention")?
+        {
+            tracing::info!(topic = %dlq_topic, retention_ms = config.dlq_retention_ms, "Dead-letter topic retention set.");
+        }
     }
     let dead_letters = DeadLetters::new(&config.kafka, dlq_topic.clone(), name.clone())?;
 

@@ -3,5 +3,11 @@
 //! that the attack fails and that the victim's data and effects are unchanged:
 //! - [`attack5_circuits`]: one organisation's failing target (a webhook receiver down, a
 //!   spreadsheet not shared) holds back only its own records.
+//!
+//! And the other edges (its "Also" list), one module each:
+//! - [`also_webhooks`]: webhooks reach public addresses only (loopback with the development flag);
+//! - [`also_dlq_retention`]: dead-letter topics keep letters `--dlq-retention-ms` (14 days).
 
+mod also_dlq_retention;
+mod also_webhooks;
 mod attack5_circuits;
