@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use formstream_core::topics::{TopicSpec, ensure_topics};
-use formstream_notify::{SmsSender, TwilioClient, WebhookSender};
+use formstream_notify::{Destinations, SmsSender, TwilioClient, WebhookSender};
 use formstream_notify_collectors::message::webhook_id;
 use formstream_notify_collectors::processor::NAME as NOTIFY;
 use formstream_notify_collectors::{NotifyCollectors, WebhookSecrets};
@@ -95,7 +95,9 @@ async fn a_webhook_down_for_two_minutes_holds_back_only_its_organisations_notifi
     };
     let processor = NotifyCollectors::new(
         SmsSender::Twilio(TwilioClient::new(twilio.config()).expect("a Twilio client")),
-        WebhookSender::new(Duration::from_secs(5)).expect("a webhook sender"),
+        // The receivers listen on 127.0.0.1: loopback is allowed, as in development.
+        WebhookSender::new(Duration::from_secs(5), Destinations::PublicAndLoopback)
+            .expect("a webhook sender"),
         WebhookSecrets::parse(
             &format!("acme = \"{SECRET}\"\nglobex = \"{SECRET}\""),
             "the test secrets",
