@@ -2,31 +2,20 @@
 # Every component is a subcommand: `gateway`, `process <name>`, `topics create`, `replay`.
 #
 # The binary is the one cargo built on the host, copied in: no Rust toolchain in any image, and no
-# BuildKit syntax, so Docker's legacy builder (Debian's docker.io) builds it as well as BuildKit:
+# BuildKit syntax, so Docker's legacy builder (Debian's docker.io) builds it as well as BuildKit.
+# It goes in without its debug sections, as deploy/split-debuginfo.sh ships it (226 MB -> 48 MB;
+# its symbols stay, so a panic's backtrace still names every function):
 #   cargo build --release --bin formstream
+#   deploy/split-debuginfo.sh target/release/formstream target/release/image
 #   docker build --network host -t formstream:local .
-# deploy/docker/build.sh does the same from any binary and makes the base from Debian packages
+# The debug file stays on the host (target/release/image/formstream.debug): mounted at
+# /usr/lib/debug/usr/local/bin/formstream.debug, it gives backtraces their file:line again.
+# deploy/docker/build.sh does all of this from any binary and makes the base from Debian packages
 # where no registry is reachable (docs/operations.md).
 #
 # BASE must have the glibc the binary was built against (bookworm: glibc 2.36); on a newer host,
 # use the matching base, and RUNTIME_PACKAGES with its library names (trixie: libssl3t64 libcurl4t64).
 ARG BASE=debian:bookworm-slim
-
-# Stage `binary`: the host-built binary without its debug sections (cargo's profiles keep line
-# tables: a release binary goes from 226 MB to 48, a debug one from 143 to 107), as
-# deploy/split-debuginfo.sh ships it. Symbols stay, so a panic's backtrace still names its
-# functions (file:line needs the .debug file that script keeps). binutils never reaches the
-# runtime image.
-FROM ${BASE} AS binary
-RUN apt-get update --error-on=any \
- && apt-get install -y --no-install-recommends binutils \
- && apt-get clean \
- && rm -rf /var/lib/apt/lists/*
-# A path inside the build context (.dockerignore admits only target/*/formstream; build.sh passes
-# a context holding nothing but the binary).
-ARG BINARY=target/release/formstream
-COPY ${BINARY} /formstream
-RUN strip --strip-debug /formstream
 
 FROM ${BASE}
 # libssl3 and libcurl4: librdkafka's TLS and OIDC (the only libraries the binary links beyond
@@ -43,7 +32,10 @@ RUN apt-get update --error-on=any \
  && useradd --system --uid 10001 --gid formstream --home-dir /var/lib/formstream --no-create-home formstream \
  && mkdir -p /var/lib/formstream/data \
  && chown -R 10001:10001 /var/lib/formstream
-COPY --from=binary /formstream /usr/local/bin/formstream
+# A path inside the build context (.dockerignore admits only target/*/image/formstream; build.sh
+# passes a context holding nothing but the binary). Last, so a new binary reuses the layers above.
+ARG BINARY=target/release/image/formstream
+COPY ${BINARY} /usr/local/bin/formstream
 
 # A numeric user, so Kubernetes' runAsNonRoot can verify it without resolving the name.
 USER 10001:10001

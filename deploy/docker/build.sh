@@ -7,13 +7,14 @@
 # Usage: deploy/docker/build.sh [--binary PATH] [--tag TAG] [IMAGE...]
 #   IMAGE       base, formstream, kafka, prometheus (default: all four, in that order)
 #   --binary    the formstream binary to copy in (default: $CARGO_TARGET_DIR or ./target, then
-#               release/formstream); the Dockerfile strips its debug info
+#               release/formstream). deploy/split-debuginfo.sh splits its debug sections off
+#               first, into image/ beside it: image/formstream goes in the image,
+#               image/formstream.debug stays on the host (backtraces' file:line, gdb)
 #   --tag       the formstream image's name (default formstream:local)
 # Images made:
 #   formstream-base:bookworm    Debian bookworm minbase, without docs, man pages and apt lists
 #                               (only when FORMSTREAM_BASE_IMAGE is left at this default)
-#   formstream:local            the binary, non-root (Dockerfile; formstream-binary:local is its
-#                               strip stage, kept so that builds replace it)
+#   formstream:local            the binary, non-root (Dockerfile)
 #   formstream-kafka:<version>  Kafka of deploy/local/pom.xml on Debian's JRE (deploy/docker/kafka)
 #   formstream-prometheus:local Debian's prometheus package (deploy/docker/prometheus)
 # Every build reuses Docker's layer cache, so a second run only copies a changed binary. Runs of
@@ -127,13 +128,17 @@ ensure_base() {
 
 build_formstream() {
   [[ -x "$binary" ]] || die "$binary is missing: cargo build --release --bin formstream (or pass --binary)"
+  # The binary without its debug sections, split again only when cargo rebuilt it.
+  local split; split="$(dirname "$binary")/image"
+  if [[ ! "$split/formstream" -nt "$binary" || ! -f "$split/formstream.debug" ]]; then
+    "$REPO/deploy/split-debuginfo.sh" "$binary" "$split"
+  fi
   mkdir -p "$work/formstream"
-  cp -l "$binary" "$work/formstream/formstream" 2>/dev/null || cp "$binary" "$work/formstream/formstream"
+  cp -l "$split/formstream" "$work/formstream/formstream" 2>/dev/null \
+    || cp "$split/formstream" "$work/formstream/formstream"
   cp "$REPO/Dockerfile" "$work/formstream/Dockerfile"
-  # The strip stage under a tag of its own, so that the next build replaces it instead of leaving
-  # an untagged copy of every binary behind; the second build takes it from the cache.
-  build formstream-binary:local "$work/formstream" --target binary --build-arg BINARY=formstream
   build "$tag" "$work/formstream" --build-arg BINARY=formstream
+  log "$tag: its binary's debug file is $split/formstream.debug"
 }
 
 build_kafka() {

@@ -3,7 +3,7 @@
 //! the shared broker, `formstream dev` and other runs of itself.
 //!
 //! `deploy/docker/build.sh` builds the images (the formstream image from the debug binary the
-//! test suite runs, stripped), `docker-compose -f docker-compose.yml -f docker-compose.offline.yml
+//! test suite runs, its debug sections split off by deploy/split-debuginfo.sh), `docker-compose -f docker-compose.yml -f docker-compose.offline.yml
 //! up -d` starts Kafka, the topics job, the gateway, every processor and Prometheus; then a form
 //! with rules, a receipt, slang and a sheets export gets responses through the published port
 //! (the request bodies of docs/operations.md's session, deploy/docker/session/*.json),
