@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 /// One problem with one field of a request, located by a JSON pointer (RFC 6901).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldProblem {
     pub pointer: String,
     pub code: &'static str,

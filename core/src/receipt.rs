@@ -34,7 +34,7 @@ const FORM_FIELDS: &[&str] = &["id", "title", "version"];
 const RESPONSE_FIELDS: &[&str] = &["id", "revision"];
 
 /// A receipt action as the forms API takes and shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptBody {
     pub phone_question: String,

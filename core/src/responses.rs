@@ -18,7 +18,7 @@ use crate::problem::FieldProblem;
 
 /// The body of `POST /v1/forms/{form_id}/responses` (and of each batch item, which adds `form_id`,
 /// and of a correction, which adds `revision`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseBody {
     /// Only in batch items: the form answered.
@@ -37,10 +37,11 @@ pub struct ResponseBody {
     /// Answers by question key. Ordered, so that hashing a body is deterministic.
     pub answers: BTreeMap<String, Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, Value>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorBody {
     pub id: String,

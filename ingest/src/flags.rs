@@ -40,7 +40,7 @@ pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
 
 /// Whether a flag still needs a correction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// The highest revision seen was flagged.
@@ -313,10 +313,14 @@ impl FlagsView {
 
 /// The query of `GET /v1/forms/{form_id}/flags`, as sent: strings, so that every problem is reported
 /// as a 422 with its parameter rather than as a bare deserialisation error.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FlagsQuery {
+    /// `open` (the default) or `resolved`.
     pub status: Option<String>,
+    /// Flags per page, 1 to 500 (default 50).
     pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     pub after: Option<String>,
 }
 
@@ -383,7 +387,7 @@ impl FlagsQuery {
 }
 
 /// The answer of `GET /v1/forms/{form_id}/flags`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlagList {
     pub form_id: String,
     pub status: Status,
@@ -393,7 +397,7 @@ pub struct FlagList {
 }
 
 /// One flagged response as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FlagItem {
     pub response_id: String,
     /// The highest revision seen.
@@ -412,7 +416,7 @@ pub struct FlagItem {
 
 /// A violated rule as the API shows it: its own type, so that a field added to the Avro record
 /// does not change the API unannounced.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ViolationItem {
     pub rule_id: String,
     pub message: String,

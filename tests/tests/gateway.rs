@@ -1224,3 +1224,45 @@ async fn a_batch_that_reuses_a_response_id_with_other_content_publishes_it_once(
 
     app.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_json_is_served_without_a_key_and_describes_the_routes() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("GET /openapi.json");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json",
+        "{:?}",
+        response.headers()
+    );
+    let doc: Value = response.json().await.expect("a JSON document");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{doc}"
+    );
+    let create = &doc["paths"]["/v1/forms"]["post"];
+    assert_eq!(
+        create["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/FormBody",
+        "{create}"
+    );
+    assert!(
+        create["responses"]["422"]["content"]["application/problem+json"].is_object(),
+        "{create}"
+    );
+    assert!(
+        doc["paths"]["/v1/forms/{form_id}/flags"]["get"]["parameters"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "status")),
+        "{doc}"
+    );
+    app.finish().await;
+}

@@ -11,7 +11,7 @@ use crate::receipt::ReceiptBody;
 use crate::time::rfc3339;
 
 /// A question as the API takes and shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuestionBody {
     pub key: String,
@@ -26,7 +26,7 @@ pub struct QuestionBody {
     pub max_length: Option<i32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiQuestionType {
     Text,
@@ -60,7 +60,7 @@ impl From<QuestionType> for ApiQuestionType {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChoiceBody {
     pub key: String,
@@ -69,7 +69,7 @@ pub struct ChoiceBody {
 
 /// A business rule as the API takes and shows it: CEL in `expression`, or an XLSForm
 /// `constraint` that the gateway translates to CEL (and then shows both).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
     pub id: String,
@@ -83,7 +83,7 @@ pub struct RuleBody {
 }
 
 /// Who is told about flagged responses.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyBody {
     #[serde(default)]
@@ -95,7 +95,7 @@ pub struct NotifyBody {
 /// The slang action: which text answers the slang processor indexes, and the question whose
 /// answer is the respondent's city. The city question may be a single or a multiple choice (a
 /// respondent who picks several cities is counted in each).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlangBody {
     pub city_question: String,
@@ -104,7 +104,7 @@ pub struct SlangBody {
 
 /// The sheets action: export each response as a row of a Google spreadsheet, either the one named
 /// (`{"spreadsheet_id": "..."}`) or one the exporter creates (`{"create": true}`); exactly one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SheetsBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,7 +114,7 @@ pub struct SheetsBody {
 }
 
 /// The body of `POST /v1/forms` and `PUT /v1/forms/{id}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FormBody {
     /// Only on create; generated when absent.
@@ -127,6 +127,7 @@ pub struct FormBody {
     pub default_region: Option<String>,
     pub questions: Vec<QuestionBody>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub rules: Vec<RuleBody>,
@@ -142,7 +143,7 @@ pub struct FormBody {
 }
 
 /// A form version as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FormView {
     pub id: String,
     pub organisation: String,

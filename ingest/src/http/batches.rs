@@ -6,7 +6,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
-use formstream_core::api::{ApiError, Caller, Problem};
+use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
 use formstream_core::problem::FieldProblem;
 use formstream_core::responses::ResponseBody;
 use formstream_core::time::now_millis;
@@ -18,17 +18,18 @@ use super::state::{AppState, require_ready};
 use crate::kafka::Record;
 use crate::metrics::ResponseOutcome;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody<'a> {
     /// Kept as raw JSON borrowed from the request body, so that each item is parsed once, on its
     /// own, without a copy, and a malformed item fails alone.
     #[serde(borrow)]
+    #[schema(value_type = Vec<ResponseBody>)]
     pub items: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// One item's outcome in a batch.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ItemResult {
     pub index: usize,
     pub status: u16,
@@ -57,7 +58,7 @@ impl ItemResult {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchResult {
     pub accepted: usize,
     pub rejected: usize,
@@ -69,6 +70,11 @@ pub struct BatchResult {
 /// valid ones are then published together and their acknowledgements awaited together (one wake-up
 /// per batch rather than one per record). An item is answered 202 only once Kafka acknowledged its
 /// own record. The answer is 207 unless Kafka acknowledged none of the valid items (503).
+#[utoipa::path(post, path = "/v1/responses/batch", tag = "responses", request_body = BatchBody,
+    responses(
+        (status = 207, description = "Each item's outcome, as a single POST would answer it", body = BatchResult),
+        (status = 422, description = "No items, or more than the gateway takes", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 pub(crate) async fn submit_batch(
     State(state): State<AppState>,
     caller: Caller,

@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use formstream_core::api::{ApiError, Caller};
+use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
 use formstream_core::problem::FieldProblem;
 
 use super::state::{AppState, own_form, require_ready};
@@ -16,6 +16,13 @@ use crate::flags::{FlagList, FlagsQuery};
 /// caught up, this answers 503 with `Retry-After` rather than a partial list. `/readyz` does not
 /// wait for it, on purpose: accepting responses does not depend on flags, and a long flags topic
 /// must not keep a restarted gateway out of its load balancer.
+#[utoipa::path(get, path = "/v1/forms/{form_id}/flags", tag = "flags",
+    params(("form_id" = String, Path, description = "The form"), FlagsQuery),
+    responses(
+        (status = 200, description = "A page of flags, oldest first", body = FlagList),
+        (status = 404, description = "No such form in the caller's organisation", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Every problem of the query, at its parameter", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 pub(crate) async fn list_flags(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,7 +6,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use formstream_core::api::{ApiError, Caller};
+use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
 use formstream_core::forms::{FormBody, FormView, build_version};
 use formstream_core::problem::FieldProblem;
 use formstream_core::time::now_millis;
@@ -17,11 +17,20 @@ use uuid::Uuid;
 use super::extract::ApiJson;
 use super::state::{AppState, own_form, require_ready, unavailable};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VersionQuery {
+    /// The version to show; the current one when absent.
     version: Option<i32>,
 }
 
+/// Creates a form (version 1).
+#[utoipa::path(post, path = "/v1/forms", tag = "forms", request_body = FormBody,
+    responses(
+        (status = 201, description = "Created; `Location` names the form", body = FormView),
+        (status = 409, description = "The form id is taken", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Every problem of the body, at its pointer", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 pub(crate) async fn create_form(
     State(state): State<AppState>,
     caller: Caller,
@@ -56,6 +65,15 @@ pub(crate) async fn create_form(
         .into_response())
 }
 
+/// Publishes the next version of a form. `If-Match: "<version>"` makes it conditional.
+#[utoipa::path(put, path = "/v1/forms/{form_id}", tag = "forms", request_body = FormBody,
+    params(("form_id" = String, Path, description = "The form's id")),
+    responses(
+        (status = 200, description = "The new version", body = FormView),
+        (status = 404, description = "No such form in the caller's organisation", body = Problem, content_type = PROBLEM_JSON),
+        (status = 412, description = "`If-Match` names another version", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Every problem of the body, at its pointer", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 pub(crate) async fn update_form(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,6 +134,13 @@ async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError
     Ok(view)
 }
 
+/// A form's current version, or the one `version` names.
+#[utoipa::path(get, path = "/v1/forms/{form_id}", tag = "forms",
+    params(("form_id" = String, Path, description = "The form's id"), VersionQuery),
+    responses(
+        (status = 200, description = "The version", body = FormView),
+        (status = 404, description = "No such form (or version) in the caller's organisation", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 pub(crate) async fn get_form(
     State(state): State<AppState>,
     caller: Caller,
@@ -132,11 +157,14 @@ pub(crate) async fn get_form(
     Ok(axum::Json(FormView::of(&form, version)))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct FormList {
     forms: Vec<FormView>,
 }
 
+/// The caller's organisation's forms, each at its current version.
+#[utoipa::path(get, path = "/v1/forms", tag = "forms",
+    responses((status = 200, description = "The forms", body = FormList)))]
 pub(crate) async fn list_forms(
     State(state): State<AppState>,
     caller: Caller,

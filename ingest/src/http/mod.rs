@@ -1,6 +1,7 @@
 //! The gateway's HTTP API.
 //!
-//! Modules: [`router`] (routes, health and metrics endpoints), [`middleware`] (request metrics),
+//! Modules: [`router`] (routes, health and metrics endpoints), [`openapi`] (`/openapi.json`, from
+//! the handlers' attributes), [`middleware`] (request metrics),
 //! [`extract`] (JSON bodies with problem+json rejections), [`state`] (what handlers share), and
 //! one module of handlers per resource: [`forms`], [`responses`], [`batches`], [`flags`].
 //!
@@ -12,6 +13,7 @@ pub mod extract;
 pub mod flags;
 pub mod forms;
 pub mod middleware;
+pub mod openapi;
 pub mod responses;
 pub mod router;
 pub mod state;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
-use formstream_core::api::{ApiError, Caller};
+use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
 use formstream_core::problem::FieldProblem;
 use formstream_core::responses::{ResponseBody, Submission, validate};
 use formstream_core::time::now_millis;
@@ -36,7 +36,7 @@ pub struct RetryCacheEntry {
 }
 
 /// What the gateway answers for an accepted response.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub response_id: String,
     pub revision: i32,
@@ -48,6 +48,15 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
+/// Submits a response to a form; answered once Kafka acknowledged it.
+#[utoipa::path(post, path = "/v1/forms/{form_id}/responses", tag = "responses", request_body = ResponseBody,
+    params(("form_id" = String, Path, description = "The form answered")),
+    responses(
+        (status = 202, description = "Accepted: Kafka acknowledged the record", body = Accepted),
+        (status = 404, description = "No such form in the caller's organisation", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "Another content was accepted for this response id", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Every problem of the response, at its pointer", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 pub(crate) async fn submit_response(
     State(state): State<AppState>,
     caller: Caller,
@@ -70,6 +79,18 @@ pub(crate) async fn submit_response(
     Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response())
 }
 
+/// Publishes a correction (the next revision) of a response.
+#[utoipa::path(put, path = "/v1/forms/{form_id}/responses/{response_id}", tag = "responses", request_body = ResponseBody,
+    params(
+        ("form_id" = String, Path, description = "The form answered"),
+        ("response_id" = String, Path, description = "The response corrected (a UUID)"),
+    ),
+    responses(
+        (status = 202, description = "Accepted: Kafka acknowledged the record", body = Accepted),
+        (status = 404, description = "No such form or response id", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "Another content was accepted for this revision", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Every problem of the correction, at its pointer", body = Problem, content_type = PROBLEM_JSON),
+    ))]
 pub(crate) async fn correct_response(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,44 +1,69 @@
 //! The gateway's routes, and its health and metrics endpoints.
 //!
-//! Invariant: every request, matched or not, goes through the metrics middleware and gets a
-//! problem+json answer when it fails (an unknown route is a 404 problem).
+//! Invariant: every route is registered in [`api`] from its handler's `#[utoipa::path]`, so the
+//! router and `/openapi.json` list the same routes; every request, matched or not, goes through the
+//! metrics middleware and gets a problem+json answer when it fails (an unknown route is a 404
+//! problem).
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::{get, post, put};
 use formstream_core::api::ApiError;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::batches::submit_batch;
-use super::flags::list_flags;
-use super::forms::{create_form, get_form, list_forms, update_form};
 use super::middleware::track;
-use super::responses::{correct_response, submit_response};
+use super::openapi::ApiDoc;
 use super::state::AppState;
+use super::{batches, flags, forms, openapi, responses};
+use crate::metrics::Metrics;
+
+/// Every route, with its OpenAPI document. A new route goes here as `.routes(routes!(handler))`
+/// (handlers of one path together), never as a plain `.route(...)`.
+pub(crate) fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(forms::create_form, forms::list_forms))
+        .routes(routes!(forms::get_form, forms::update_form))
+        .routes(routes!(responses::submit_response))
+        .routes(routes!(responses::correct_response))
+        .routes(routes!(flags::list_flags))
+        .routes(routes!(batches::submit_batch))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(render_metrics))
+        .routes(routes!(openapi::openapi_json))
+}
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let metrics = state.inner.metrics.clone();
-    Router::new()
-        .route("/v1/forms", post(create_form).get(list_forms))
-        .route("/v1/forms/{form_id}", get(get_form).put(update_form))
-        .route("/v1/forms/{form_id}/responses", post(submit_response))
-        .route(
-            "/v1/forms/{form_id}/responses/{response_id}",
-            put(correct_response),
-        )
-        .route("/v1/forms/{form_id}/flags", get(list_flags))
-        .route("/v1/responses/batch", post(submit_batch))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
+    served(state.inner.metrics.clone(), max_body_bytes).with_state(state)
+}
+
+/// The router [`router`] serves, before its state: every route of [`api`], the 404 fallback and
+/// the layers.
+pub(crate) fn served(metrics: Metrics, max_body_bytes: usize) -> Router<AppState> {
+    let (routes, _) = api().split_for_parts();
+    routes
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(metrics, track))
-        .with_state(state)
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`ok`", content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the forms view has caught up with its topic.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "`ready`", content_type = "text/plain"),
+        (status = 503, description = "The forms view is still loading", body = formstream_core::api::Problem, content_type = "application/problem+json"),
+    ))]
 async fn readyz(State(state): State<AppState>) -> HttpResponse {
     if state.inner.view.is_ready() {
         (StatusCode::OK, "ready").into_response()
@@ -51,6 +76,9 @@ async fn readyz(State(state): State<AppState>) -> HttpResponse {
     }
 }
 
+/// Prometheus metrics, text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")))]
 async fn render_metrics(State(state): State<AppState>) -> HttpResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
