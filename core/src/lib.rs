@@ -11,7 +11,8 @@
 //! - [`rules`]: CEL business rules, checked at save time and evaluated per response;
 //! - [`receipt`]: receipt templates (MiniJinja), checked at save time and rendered per response;
 //! - [`responses`]: validation of a submitted response against its form version;
-//! - [`phones`]: phone numbers in E.164; [`time`]: epoch milliseconds and RFC 3339;
+//! - [`phones`]: phone numbers in E.164; [`redact`]: phone numbers as logs and dead letters show
+//!   them; [`time`]: epoch milliseconds and RFC 3339;
 //! - [`problem`]: a problem with one field of a request;
 //! - [`api`]: what the HTTP servers share (API keys, problem+json errors);
 //! - [`codec`]: the Avro codec the registry flags ask for.
@@ -27,6 +28,7 @@ pub mod kafka;
 pub mod phones;
 pub mod problem;
 pub mod receipt;
+pub mod redact;
 pub mod responses;
 pub mod rules;
 pub mod tail;

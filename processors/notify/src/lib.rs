@@ -13,7 +13,7 @@
 //! - [`segments`]: GSM-7 / UCS-2 detection, segment counts and the 1600-character limit.
 //! - [`webhook`]: Standard Webhooks 1.0 signing, verification and delivery; [`destination`]: the
 //!   addresses webhooks may reach (public ones; loopback only for development).
-//! - [`redact`]: phone numbers as they may appear in logs.
+//! - [`redact`]: phone numbers as they may appear in logs (formstream-core's, re-exported).
 //!
 //! Invariant shared by every module: nothing here retries or re-sends on its own. Each call makes
 //! at most one attempt and reports precisely whether the effect happened, may have happened, or
@@ -26,7 +26,7 @@ pub mod error;
 pub mod once;
 pub mod outbox;
 pub mod rate;
-pub mod redact;
+pub use formstream_core::redact;
 pub mod reference;
 pub mod segments;
 pub mod sender;

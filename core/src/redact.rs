@@ -1,8 +1,9 @@
-//! Phone numbers as they may appear in logs: country code and last four digits, the rest masked
-//! (`+919876543210` becomes `+91******3210`).
+//! Phone numbers as they may appear in logs and in dead letters shown to operators: country code
+//! and last four digits, the rest masked (`+919876543210` becomes `+91******3210`).
 //!
-//! Invariant: a phone number is personal data and never reaches a log line in full; every log
-//! field that could hold one goes through [`phone`]. Enough is kept to tell an operator which
+//! Invariant: a phone number is personal data and never reaches a log line (or a dead letter
+//! shown by `formstream dlq` and the gateway) in full; every log field that could hold one goes
+//! through [`phone`]. Enough is kept to tell an operator which
 //! country and which of a collector's numbers is concerned.
 
 use std::fmt;
