@@ -14,6 +14,7 @@ use formstream_ingest::config::GatewayConfig;
 use formstream_journal::{Journal, JournalArgs, Noop, NoopArgs};
 use formstream_notify_collectors::{NotifyCollectors, NotifyCollectorsArgs};
 use formstream_receipts::{Receipts, ReceiptsArgs};
+use formstream_runtime::redrive::command::DlqCommand;
 use formstream_runtime::replay::ReplayArgs;
 use formstream_runtime::{Processor, RuntimeConfig};
 use formstream_sheets::{Sheets, SheetsArgs};
@@ -69,6 +70,9 @@ enum Command {
     Process(Box<ProcessCommand>),
     /// Move a processor's consumer group to replay (or skip) records. Stop the processor first.
     Replay(ReplayArgs),
+    /// List, show, re-drive or discard a processor's dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Run the gateway and every registered processor in one process, on local defaults.
     Dev(DevArgs),
 }
@@ -392,6 +396,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("  {moved}");
             }
             Ok(())
+        }
+        Command::Dlq(command) => {
+            let registered: Vec<String> = Cli::command()
+                .find_subcommand("process")
+                .map(|process| {
+                    process
+                        .get_subcommands()
+                        .map(|sub| sub.get_name().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            command.run(&registered).await
         }
         Command::Dev(args) => dev(args).await,
     }

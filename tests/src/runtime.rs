@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::Parser;
 use formstream_core::config::KafkaArgs;
 use formstream_core::topics::{TopicSpec, ensure_topics};
+use formstream_runtime::redrive::{DeadLetterAdmin, RedriveTopics};
 use formstream_runtime::{Failure, Processor, Record, RuntimeConfig, Target, TargetRef, Targets};
 use formstream_schemas::{
     Answer, Codec, Collector, FlagStatus, Form, FormVersion, Question, QuestionType, Response,
@@ -151,11 +152,24 @@ impl RuntimeTopics {
             .config
     }
 
-    /// Deletes this test's topics, best effort.
+    /// The dead-letter admin of this test's dead-letter topic (as the processor `name`).
+    pub fn dead_letters(&self, name: &str) -> DeadLetterAdmin {
+        DeadLetterAdmin::new(self.kafka(), Codec::single_object(), name, &self.dlq)
+    }
+
+    /// Deletes this test's topics (the runtime's re-drive topics too), best effort.
     pub async fn delete(&self) {
+        let redrive = RedriveTopics::of(&self.dlq);
         delete_topics(
             &self.bootstrap,
-            &[&self.forms, &self.responses, &self.flags, &self.dlq],
+            &[
+                &self.forms,
+                &self.responses,
+                &self.flags,
+                &self.dlq,
+                &redrive.redrive,
+                &redrive.state,
+            ],
         )
         .await;
     }
@@ -454,6 +468,10 @@ pub struct Call {
     pub response_id: String,
     pub organisation: String,
     pub revision: i32,
+    /// The topic the record was consumed from (the responses topic, or the re-drive topic).
+    pub topic: String,
+    /// Its `formstream.redrive.count` header (a re-driven copy's).
+    pub redrive_count: Option<u32>,
     pub partition: i32,
     pub offset: i64,
     pub attempt: u32,
@@ -621,6 +639,10 @@ impl Processor for TestProcessor {
             response_id: id.clone(),
             organisation: record.value.organisation.clone(),
             revision: record.value.revision,
+            topic: record.topic.to_owned(),
+            redrive_count: record
+                .header(formstream_runtime::dlq::headers::REDRIVE_COUNT)
+                .and_then(|count| std::str::from_utf8(count).ok()?.parse().ok()),
             partition: record.partition,
             offset: record.offset,
             attempt: record.attempt,
@@ -950,12 +972,22 @@ fn group_client(bootstrap: &str, group: &str) -> BaseConsumer {
         .expect("creating a group client")
 }
 
-/// The group's committed offset of each partition of `topic` (-1 when none was committed).
+/// The group's committed offset of each partition of the responses topic (-1 when none was
+/// committed).
 pub async fn committed_offsets(topics: &RuntimeTopics) -> anyhow::Result<BTreeMap<i32, i64>> {
+    committed_offsets_of(topics, &topics.responses).await
+}
+
+/// The group's committed offset of each partition of `topic` (as many partitions as the
+/// responses topic: the re-drive topic is co-partitioned with it); -1 when none was committed.
+pub async fn committed_offsets_of(
+    topics: &RuntimeTopics,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
     let (bootstrap, group, topic, partitions) = (
         topics.bootstrap.clone(),
         topics.group.clone(),
-        topics.responses.clone(),
+        topic.to_owned(),
         topics.partitions,
     );
     tokio::task::spawn_blocking(move || {
@@ -982,7 +1014,6 @@ pub async fn committed_offsets(topics: &RuntimeTopics) -> anyhow::Result<BTreeMa
     .await?
 }
 
-/// The end (high watermark) of each partition of the responses topic.
 /// Waits until the group has committed the end of every partition, and returns the commits.
 pub async fn wait_committed_to_ends(
     topics: &RuntimeTopics,
@@ -1014,10 +1045,19 @@ pub async fn wait_committed_to_nonempty_ends(topics: &RuntimeTopics, deadline: D
     .await;
 }
 
+/// The end (high watermark) of each partition of the responses topic.
 pub async fn end_offsets(topics: &RuntimeTopics) -> anyhow::Result<BTreeMap<i32, i64>> {
+    end_offsets_of(topics, &topics.responses).await
+}
+
+/// The end (high watermark) of each partition of `topic` (as many as the responses topic has).
+pub async fn end_offsets_of(
+    topics: &RuntimeTopics,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
     let (bootstrap, topic, partitions) = (
         topics.bootstrap.clone(),
-        topics.responses.clone(),
+        topic.to_owned(),
         topics.partitions,
     );
     tokio::task::spawn_blocking(move || {
@@ -1243,4 +1283,107 @@ pub fn fresh_responses(forms: &[String], count: usize) -> Vec<(i32, Response)> {
             )
         })
         .collect()
+}
+
+/// Dead-letters the record at (`source`, `partition`, `offset`) as the runtime does when a
+/// record's retries run out after ambiguous failures (its effect may well have happened), then
+/// re-drives it as an operator would, and waits until `processor`'s group has finished the copy
+/// (committed its re-drive partition to the end). For tests of "a re-driven record whose effect
+/// was already done does nothing".
+pub async fn dead_letter_and_redrive(
+    topics: &RuntimeTopics,
+    processor: &str,
+    source: &str,
+    partition: i32,
+    offset: i64,
+) {
+    let (bootstrap, topic) = (topics.bootstrap.clone(), source.to_owned());
+    let record = tokio::task::spawn_blocking(move || {
+        let consumer = group_client(&bootstrap, &format!("test-read-{}", unique()));
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&topic, partition, Offset::Offset(offset))
+            .expect("an offset");
+        consumer.assign(&list).expect("assigning");
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{topic}[{partition}]@{offset} not read within 30 s"
+            );
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            use rdkafka::message::{Headers, Message};
+            let headers: Vec<(String, Vec<u8>)> = message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            break formstream_runtime::RawRecord::new(message.key(), message.payload(), || {
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+            });
+        }
+    })
+    .await
+    .expect("reading the record");
+    let response_id = record
+        .header("response_id")
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .expect("a response_id header")
+        .to_owned();
+    let letters = formstream_runtime::dlq::DeadLetters::new(
+        &topics.kafka(),
+        topics.dlq.clone(),
+        processor.to_owned(),
+    )
+    .expect("a dead-letter producer");
+    let now = now_ms();
+    letters
+        .send(
+            &formstream_runtime::dlq::Letter {
+                source_topic: source.to_owned(),
+                partition,
+                offset,
+                record,
+                kind: formstream_runtime::dlq::Kind::RetriesExhausted,
+                message: "timed out (the test's ambiguous failure)".to_owned(),
+                attempts: 3,
+                first_attempt_ms: now,
+                last_attempt_ms: now,
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("dead-lettering");
+
+    let admin = topics.dead_letters(processor);
+    let filter = formstream_runtime::redrive::Filter {
+        response_id: Some(response_id),
+        ..Default::default()
+    };
+    let outcome = admin
+        .redrive(
+            &formstream_runtime::redrive::Scope::Everything,
+            &formstream_runtime::redrive::Selection::Matching(filter),
+            "test",
+        )
+        .await
+        .expect("re-driving");
+    assert_eq!(outcome.done.len(), 1, "{outcome:?}");
+
+    let redrive = RedriveTopics::of(&topics.dlq).redrive;
+    let ends = end_offsets_of(topics, &redrive).await.expect("ends");
+    assert!(ends.get(&partition).is_some_and(|end| *end > 0), "{ends:?}");
+    eventually(Duration::from_secs(60), "the copy finished", || {
+        let (ends, redrive) = (&ends, &redrive);
+        async move {
+            committed_offsets_of(topics, redrive)
+                .await
+                .is_ok_and(|c| c.get(&partition) == ends.get(&partition))
+        }
+    })
+    .await;
 }

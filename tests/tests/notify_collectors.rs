@@ -361,3 +361,33 @@ async fn what_one_ledger_records_another_sees_after_sync() {
     assert!(late.get(&key).is_some_and(|e| e.is_done()));
     setup.delete().await;
 }
+
+#[tokio::test]
+async fn a_redriven_flag_whose_collector_was_told_tells_nothing_more() {
+    let setup = Setup::new().await;
+    let form = setup.form("acme").await;
+    let flagged = flag(&form, "+919876543210", 0, FlagStatus::Flagged);
+    setup.flags(std::slice::from_ref(&flagged)).await;
+    let runtime = setup.run(&[]).await;
+    setup.wait_done().await;
+    assert_eq!(setup.twilio.messages().len(), 1);
+    assert_eq!(setup.receiver.deliveries().len(), 1);
+
+    // Dead-lettered after all, then re-driven: the ledger says both were done.
+    let on_topic = read_topic(&setup.topics.bootstrap, &setup.topics.flags, 1, DEADLINE)
+        .await
+        .expect("reading the flag");
+    formstream_tests::runtime::dead_letter_and_redrive(
+        &setup.topics,
+        NAME,
+        &setup.topics.flags,
+        on_topic[0].partition,
+        on_topic[0].offset,
+    )
+    .await;
+    runtime.stop().await.expect("a clean stop");
+    assert_eq!(setup.twilio.messages().len(), 1);
+    assert_eq!(setup.twilio.requests_of("POST"), 1);
+    assert_eq!(setup.receiver.deliveries().len(), 1);
+    setup.delete().await;
+}

@@ -457,3 +457,31 @@ async fn kill_9_while_created_messages_await_their_answer_sends_no_duplicate() {
     assert!(setup.twilio.requests_of("GET") >= 4);
     setup.delete().await;
 }
+
+#[tokio::test]
+async fn a_redriven_record_whose_receipt_was_sent_sends_nothing() {
+    let setup = Setup::new().await;
+    let id = new_id();
+    setup
+        .publish(&[setup.response(&id, 0, "Asha", Some("+14155550199"))])
+        .await;
+    let runtime = setup.run(&[]).await;
+    setup.wait_done().await;
+    assert_eq!(setup.twilio.messages_to("+14155550199").len(), 1);
+
+    // Dead-lettered after all (say its retries ran out after a timeout), then re-driven: the
+    // ledger says the receipt was sent.
+    let partition = id.bytes().map(i32::from).sum::<i32>() % PARTITIONS;
+    formstream_tests::runtime::dead_letter_and_redrive(
+        &setup.topics,
+        NAME,
+        &setup.topics.responses,
+        partition,
+        0,
+    )
+    .await;
+    runtime.stop().await.expect("a clean stop");
+    assert_eq!(setup.twilio.messages_to("+14155550199").len(), 1);
+    assert_eq!(setup.twilio.requests_of("POST"), 1);
+    setup.delete().await;
+}

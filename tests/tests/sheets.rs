@@ -212,6 +212,49 @@ async fn wait_done(topics: &RuntimeTopics, deadline: Duration) {
     .await;
 }
 
+/// One form exported to one spreadsheet of the fake, and the exporter running on fresh topics.
+struct OneForm {
+    fake: FakeSheets,
+    topics: RuntimeTopics,
+    producer: TestProducer,
+    /// Holds the credentials file.
+    _dir: tempfile::TempDir,
+    form: String,
+    sheet: String,
+    runtime: RunningRuntime,
+}
+
+impl OneForm {
+    async fn start(partitions: i32) -> Self {
+        let fake = FakeSheets::start().await;
+        let topics = RuntimeTopics::create(partitions).await;
+        let producer = TestProducer::new(&topics);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let form_id = format!("a{}", unique());
+        let sheet = fake.create_spreadsheet("A");
+        producer
+            .form(&form(
+                &form_id,
+                vec![version(1, v1_questions(), Some(&sheet))],
+            ))
+            .await;
+        let runtime = start(
+            &topics,
+            &fast_google_flags(&fake, dir.path(), &format!("test-{}-ledger", unique())),
+        )
+        .await;
+        OneForm {
+            fake,
+            topics,
+            producer,
+            _dir: dir,
+            form: form_id,
+            sheet,
+            runtime,
+        }
+    }
+}
+
 fn revision(row: &[Value]) -> i64 {
     row[1].as_i64().expect("a revision")
 }
@@ -365,20 +408,15 @@ async fn rows_and_columns_per_form_new_versions_add_columns_and_corrections_upda
 async fn the_first_revision_shows_choice_texts_joined() {
     // Kept apart from the test above, whose r1 is later corrected.
     init_logs();
-    let fake = FakeSheets::start().await;
-    let topics = RuntimeTopics::create(1).await;
-    let producer = TestProducer::new(&topics);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let a = format!("a{}", unique());
-    let sheet = fake.create_spreadsheet("A");
-    producer
-        .form(&form(&a, vec![version(1, v1_questions(), Some(&sheet))]))
-        .await;
-    let runtime = start(
-        &topics,
-        &fast_google_flags(&fake, dir.path(), &format!("test-{}-ledger", unique())),
-    )
-    .await;
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start(1).await;
     producer
         .responses(&[(
             0,
@@ -740,5 +778,41 @@ async fn without_credentials_each_form_is_a_csv_file_with_one_row_per_response()
     );
     assert_eq!(by_id["r2"][4], "name r2 r0");
     assert!(!dir.path().join(format!("{a}.csv.tmp")).exists());
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redriven_record_whose_row_is_written_writes_nothing() {
+    init_logs();
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start(2).await;
+    let produced = producer
+        .responses(&[(0, simple(&a, "r1", 0)), (1, simple(&a, "r2", 0))])
+        .await;
+    wait_done(&topics, Duration::from_secs(60)).await;
+    assert_eq!(fake.rows(&sheet, "responses").len(), 3);
+    let writes = fake.write_requests();
+
+    // Dead-lettered after all (its append timed out, say), then re-driven: its row is there.
+    dead_letter_and_redrive(
+        &topics,
+        "sheets",
+        &topics.responses,
+        produced[0].partition,
+        produced[0].offset,
+    )
+    .await;
+    runtime.stop().await.expect("clean stop");
+    let rows = rows_by_id(&fake, std::slice::from_ref(&sheet));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(fake.rows(&sheet, "responses").len(), 3, "no second row");
+    assert_eq!(fake.write_requests(), writes, "nothing written again");
     topics.delete().await;
 }

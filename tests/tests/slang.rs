@@ -512,3 +512,52 @@ async fn multilingual_answers_by_city_corrections_restart_and_rebuild() {
     slang.stop().await;
     topics.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redriven_record_already_indexed_is_not_counted_twice() {
+    init_logs();
+    let topics = RuntimeTopics::create(3).await;
+    let producer = TestProducer::new(&topics);
+    let form_id = format!("{FORM}-{}", formstream_tests::unique());
+    producer.form(&form(&form_id)).await;
+    let items: Vec<(i32, Response)> = FIXTURES[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, (id, cities, text))| ((i % 3) as i32, response(&form_id, id, 0, cities, text)))
+        .collect();
+    let produced = producer.responses(&items).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let keys = keys_file(dir.path());
+    let slang = Slangd::start(topics.config(&[]), &dir.path().join("index"), &keys).await;
+    let pune = format!("/v1/forms/{form_id}/slang/slang/words?city=pune&limit=50");
+    eventually(Duration::from_secs(60), "three answers indexed", || {
+        let (slang, url) = (&slang, &pune);
+        async move { slang.ok(url).await["cities"][0]["answers"] == 3 }
+    })
+    .await;
+    let before = slang.ok(&pune).await;
+    assert_eq!(count(&before, "pune", "भाई"), 2, "{before}");
+
+    // r1 dead-lettered after all (say its batch timed out after the index had it), re-driven.
+    dead_letter_and_redrive(
+        &topics,
+        "slang",
+        &topics.responses,
+        produced[0].partition,
+        produced[0].offset,
+    )
+    .await;
+    // A later answer: once it is searchable, so is everything handled before it.
+    producer
+        .responses(&[(0, response(&form_id, "later", 0, &["chennai"], "வணக்கம்"))])
+        .await;
+    let chennai = format!("/v1/forms/{form_id}/slang/slang/words?city=chennai&limit=50");
+    eventually(Duration::from_secs(60), "the later answer indexed", || {
+        let (slang, url) = (&slang, &chennai);
+        async move { slang.ok(url).await["cities"][0]["answers"] == 1 }
+    })
+    .await;
+    assert_eq!(slang.ok(&pune).await, before, "r1 counted once");
+    slang.stop().await;
+    topics.delete().await;
+}

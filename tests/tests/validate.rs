@@ -355,7 +355,7 @@ async fn a_response_is_corrected_through_the_gateway_until_its_flag_is_resolved(
         |answer: &(u16, Value)| answer.1["items"].as_array().cloned().unwrap_or_default();
 
     // "10000" > "9000" as numbers (as strings it would be smaller): flagged.
-    let (status, _) = submit(0, 10000).await;
+    let (status, first) = submit(0, 10000).await;
     assert_eq!(status, 202);
     eventually(Duration::from_secs(60), "the flag is open", || async {
         items_of(&flags("open").await).len() == 1
@@ -391,6 +391,47 @@ async fn a_response_is_corrected_through_the_gateway_until_its_flag_is_resolved(
     assert!(items_of(&flags("open").await).is_empty());
     let resolved = items_of(&flags("resolved").await);
     assert_eq!(resolved[0]["resolved_by_revision"], 2);
+
+    // Revision 0 dead-lettered after all (its transaction timed out, say), then re-driven: its
+    // outcome is published again, and changes nothing (an older revision never reopens a flag).
+    let (partition, offset) = (
+        first["partition"].as_i64().expect("a partition") as i32,
+        first["offset"].as_i64().expect("an offset"),
+    );
+    dead_letter_and_redrive(&topics, "validate", &topics.responses, partition, offset).await;
+    let outcomes = flags_on_topic(&topics.bootstrap, &topics.flags, 4).await;
+    assert_eq!(
+        outcomes.iter().filter(|f| f.revision == 0).count(),
+        2,
+        "the re-driven revision's outcome: {outcomes:#?}"
+    );
+    // A later outcome of the same form (same partition of the flags topic): once the view shows
+    // it, it has applied the re-driven one before it.
+    let later = uuid::Uuid::new_v4().to_string();
+    let body = json!({"response_id": later, "collector": {"id": "asha"},
+                      "answers": {"monthly_income": "1", "monthly_savings": "2"}});
+    let (status, _) = send_json(
+        app.acme(Method::POST, &format!("/v1/forms/{form_id}/responses"))
+            .json(&body),
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually(
+        Duration::from_secs(60),
+        "the later flag is open",
+        || async {
+            items_of(&flags("open").await)
+                .iter()
+                .any(|item| item["response_id"] == json!(later))
+        },
+    )
+    .await;
+    assert_eq!(
+        items_of(&flags("open").await).len(),
+        1,
+        "only the later one"
+    );
+    assert_eq!(items_of(&flags("resolved").await), resolved);
 
     runtime.stop().await.expect("a clean stop");
     app.finish().await;

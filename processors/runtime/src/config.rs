@@ -150,7 +150,8 @@ pub struct RuntimeConfig {
     #[arg(long, env = "FORMSTREAM_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
-    /// Create the dead-letter topic at start-up if it is missing.
+    /// Create the dead-letter topic at start-up if it is missing, and its re-drive topics
+    /// (`<dlq>.redrive`, grown to the source's partition count, and `<dlq>.state`).
     #[arg(long = "create-dlq-topic", env = "FORMSTREAM_CREATE_DLQ_TOPIC", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_dlq_topic: bool,
 }

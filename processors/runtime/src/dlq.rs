@@ -26,6 +26,19 @@ pub mod headers {
     pub const ATTEMPTS: &str = "formstream.dlq.attempts";
     pub const FIRST_ATTEMPT_MS: &str = "formstream.dlq.first.attempt.ms";
     pub const LAST_ATTEMPT_MS: &str = "formstream.dlq.last.attempt.ms";
+
+    /// Every dead-letter header starts with this.
+    pub const PREFIX: &str = "formstream.dlq.";
+
+    /// On a re-driven copy (see [`crate::redrive`]): how many times the record has been re-driven.
+    pub const REDRIVE_COUNT: &str = "formstream.redrive.count";
+    /// On a re-driven copy: the dead letter it is a copy of, `<dead-letter topic>:<partition>-<offset>`.
+    pub const REDRIVE_FROM: &str = "formstream.redrive.from";
+    /// On a re-driven copy: where the record was first consumed, `<topic>:<partition>:<offset>`
+    /// (kept through later re-drives).
+    pub const REDRIVE_ORIGIN: &str = "formstream.redrive.origin";
+    /// Every re-drive header starts with this.
+    pub const REDRIVE_PREFIX: &str = "formstream.redrive.";
 }
 
 /// Why a record was dead-lettered (a bounded set: it is also a metric label).
@@ -44,6 +57,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order they are documented.
+    pub const ALL: [Kind; 4] = [
+        Kind::Permanent,
+        Kind::RetriesExhausted,
+        Kind::Undecodable,
+        Kind::UnknownForm,
+    ];
+
+    /// The kind named `name` (its `formstream.dlq.error.kind` header value).
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Permanent => "permanent",

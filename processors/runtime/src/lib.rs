@@ -25,6 +25,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod processor;
 pub mod raw;
+pub mod redrive;
 pub mod replay;
 pub mod targets;
 pub mod tracker;
@@ -54,7 +55,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::dlq::DeadLetters;
-use crate::engine::{Engine, RuntimeContext};
+use crate::engine::{Companion, Engine, RuntimeContext};
 use crate::metrics::Metrics;
 use crate::transactions::Transactor;
 
@@ -112,6 +113,7 @@ pub async fn run<P: Processor>(
         }
     }
     let dead_letters = DeadLetters::new(&config.kafka, dlq_topic.clone(), name.clone())?;
+    let companion = redrive_companion(&config, &topic, &dlq_topic).await?;
 
     // Health endpoints first, so that an orchestrator sees the process while it catches up.
     let ready = Arc::new(AtomicBool::new(false));
@@ -233,15 +235,17 @@ pub async fn run<P: Processor>(
         // Read only committed transactional records (the validate processor writes with transactions).
         .set("isolation.level", "read_committed")
         .create_with_context(
-            RuntimeContext::new(metrics.clone(), transactional).with_start_offsets(Box::new(
-                move |topic, partitions| hook.start_offsets(topic, partitions),
-            )),
+            RuntimeContext::new(metrics.clone(), transactional)
+                .with_start_offsets(Box::new(move |topic, partitions| {
+                    hook.start_offsets(topic, partitions)
+                }))
+                .with_companion(companion),
         )
         .context("creating the consumer")?;
     consumer
         .subscribe(&[&topic])
         .with_context(|| format!("subscribing to {topic}"))?;
-    tracing::info!(processor = %name, %topic, %group, dlq = %dlq_topic, "Processor started.");
+    tracing::info!(processor = %name, %topic, %group, dlq = %dlq_topic, redrive = ?companion.map(|c| c.companion), "Processor started.");
     ready.store(true, Ordering::Release);
 
     let engine = Engine::new(
@@ -265,6 +269,41 @@ pub async fn run<P: Processor>(
     let _ = http.await;
     tracing::info!(processor = %name, "Processor stopped.");
     outcome
+}
+
+/// The re-drive topic of `dlq_topic`, consumed beside `source` (see [`redrive`]): created (or
+/// grown to the source's partition count) when the runtime creates its dead-letter topic.
+/// `None`, with a warning, when it cannot be: re-driven records then wait for a restart.
+async fn redrive_companion(
+    config: &RuntimeConfig,
+    source: &str,
+    dlq_topic: &str,
+) -> anyhow::Result<Option<Companion>> {
+    let topics = redrive::RedriveTopics::of(dlq_topic);
+    let Some((partitions, _)) = redrive::snapshot::topic_shape(&config.kafka, source).await? else {
+        tracing::warn!(%source, redrive = %topics.redrive, "The source topic does not exist yet; re-driven records are consumed after a restart.");
+        return Ok(None);
+    };
+    if config.create_dlq_topic {
+        topics
+            .ensure(
+                &config.kafka,
+                partitions as i32,
+                config.dlq_replication_factor,
+                Some(config.dlq_retention_ms),
+            )
+            .await?;
+    } else if redrive::snapshot::topic_shape(&config.kafka, &topics.redrive)
+        .await?
+        .is_none()
+    {
+        tracing::warn!(redrive = %topics.redrive, "The re-drive topic does not exist (--create-dlq-topic false); re-driven records are not consumed.");
+        return Ok(None);
+    }
+    Ok(Some(Companion {
+        source: engine::intern(source),
+        companion: engine::intern(&topics.redrive),
+    }))
 }
 
 async fn serve_health(

@@ -56,6 +56,19 @@ impl OffsetTracker {
         true
     }
 
+    /// The consumer's position passed `position` without handing over any record at or above
+    /// `next` below it: the offsets in between were transaction markers (or aborted records),
+    /// which are never delivered. They count as done, so that a trailing marker does not hold the
+    /// watermark one below the end. Returns true if the watermark moved. A position at or below
+    /// what was tracked changes nothing.
+    pub fn pass_to(&mut self, position: i64) -> bool {
+        if position <= self.next {
+            return false;
+        }
+        self.next = position;
+        self.incomplete.is_empty()
+    }
+
     /// Marks a tracked offset finished (its effect is done, or it was dead-lettered). Returns
     /// true if the watermark advanced. Completing an untracked or already-complete offset is a
     /// no-op returning false.
@@ -132,6 +145,26 @@ mod tests {
         assert_eq!(tracker.watermark(), 15);
         assert!(tracker.complete(15));
         assert_eq!(tracker.watermark(), 16);
+    }
+
+    #[test]
+    fn markers_passed_by_the_consumer_count_as_done() {
+        // 0 and 1 are records, 2 the commit marker of their transaction.
+        let mut tracker = OffsetTracker::new(0);
+        assert!(tracker.track(0, None));
+        assert!(tracker.track(1, None));
+        assert!(tracker.complete(0));
+        // Passed while 1 is unfinished: the watermark stays at 1.
+        assert!(!tracker.pass_to(3));
+        assert_eq!(tracker.watermark(), 1);
+        assert!(tracker.complete(1));
+        assert_eq!(tracker.watermark(), 3);
+        // Never backwards, and a position already tracked changes nothing.
+        assert!(!tracker.pass_to(2));
+        assert_eq!(tracker.watermark(), 3);
+        assert!(!tracker.track(2, None), "below the passed position");
+        assert!(tracker.pass_to(5));
+        assert_eq!(tracker.watermark(), 5);
     }
 
     #[test]

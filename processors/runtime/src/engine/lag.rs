@@ -87,6 +87,18 @@ impl<P: Processor> Engine<P> {
         let now_ms = now_millis();
         let now = Instant::now();
         let mut buffered = 0;
+        // Where the consumer is: past the transaction markers after the last record it handed
+        // over (a transactional writer's topic ends with one), which would otherwise count as lag
+        // of one record for ever.
+        let positions = self.consumer.position().ok();
+        if let Ok(mut partitions) = self.partitions.lock() {
+            for element in positions.iter().flat_map(|list| list.elements()) {
+                if let rdkafka::Offset::Offset(position) = element.offset() {
+                    let tp = TopicPartition::new(element.topic(), element.partition());
+                    partitions.pass_to(tp, position, &mut self.moved);
+                }
+            }
+        }
         if let Ok(partitions) = self.partitions.lock() {
             for (tp, state) in &partitions.states {
                 buffered += state.buffered_records;

@@ -18,9 +18,11 @@
 //! - [`pause`]: back-pressure (stopping intake, pausing and resuming partitions);
 //! - [`waiting`]: records waiting for their target's circuit, and the probes of open targets;
 //! - [`rebalance`]: the consumer's context (assign, revoke and commit on revoke, start offsets);
+//! - [`companion`]: the re-drive topic, assigned and keyed with the source partition by partition;
 //! - [`lag`]: lag in records and seconds, for /metrics.
 
 mod commit;
+mod companion;
 mod intake;
 mod lag;
 mod lanes;
@@ -29,6 +31,7 @@ mod pause;
 mod rebalance;
 mod waiting;
 
+pub use companion::Companion;
 pub use partitions::{TopicPartition, intern};
 pub use rebalance::{RuntimeContext, StartOffsets};
 

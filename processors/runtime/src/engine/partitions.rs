@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::companion::Companion;
 use crate::keyed::KeyedQueue;
 use crate::processor::Output;
 use crate::raw::RawRecord;
@@ -127,6 +128,8 @@ pub struct Partitions {
     /// Partitions revoked so far: work kept elsewhere for a partition (records waiting for
     /// their target) is checked for ended assignments when it grows.
     pub revocations: u64,
+    /// The re-drive topic, whose records queue in their source partition's keyed queue.
+    pub companion: Option<Companion>,
 }
 
 /// A fetched record, as [`Partitions::admit`] takes it: copied out of librdkafka only once it is
@@ -196,8 +199,12 @@ impl Partitions {
             bytes,
             resume: None,
         };
+        let owner = Companion::owner(self.companion, fetched.tp);
         let runnable = match ordering_key {
-            Some(ordering_key) => state.keyed.push(ordering_key, job),
+            Some(ordering_key) => match self.states.get_mut(&owner) {
+                Some(owner) => owner.keyed.push(ordering_key, job),
+                None => Some(job),
+            },
             None => Some(job),
         };
         match runnable {
@@ -233,7 +240,26 @@ impl Partitions {
                 moved.insert(done.tp);
             }
         }
-        done.ordering_key.and_then(|key| state.keyed.finish(key))
+        let owner = Companion::owner(self.companion, done.tp);
+        let key = done.ordering_key?;
+        self.states.get_mut(&owner)?.keyed.finish(key)
+    }
+
+    /// The consumer handed over everything of `tp` below `position` (its position passes
+    /// transaction markers too, which are never delivered): the tracker counts the offsets it did
+    /// not see there as done (see [`OffsetTracker::pass_to`]). A partition whose watermark moved
+    /// is added to `moved`.
+    pub fn pass_to(&mut self, tp: TopicPartition, position: i64, moved: &mut PartitionSet) {
+        let Some(state) = self.states.get_mut(&tp) else {
+            return;
+        };
+        let tracker = state
+            .tracker
+            .get_or_insert_with(|| OffsetTracker::new(position));
+        if tracker.pass_to(position) {
+            state.last_progress = Instant::now();
+            moved.insert(tp);
+        }
     }
 
     /// Records and bytes fetched and not finished, over every partition.
@@ -293,6 +319,51 @@ pub(crate) mod tests {
             Admission::Runnable(job) => job,
             other => panic!("expected a runnable job, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_redriven_record_waits_behind_its_source_partitions_record_of_the_same_key() {
+        let mut partitions = Partitions {
+            companion: Some(Companion {
+                source: intern("responses"),
+                companion: intern("responses.dlq.redrive"),
+            }),
+            ..Partitions::default()
+        };
+        let copy_tp = TopicPartition::new("responses.dlq.redrive", 0);
+        partitions.assign(tp(0));
+        partitions.assign(copy_tp);
+        let running = runnable(admit(&mut partitions, tp(0), 7, Some(42)));
+        // Same key on the re-drive partition: it waits; another key runs.
+        assert!(matches!(
+            admit(&mut partitions, copy_tp, 0, Some(42)),
+            Admission::Queued
+        ));
+        let other = runnable(admit(&mut partitions, copy_tp, 1, Some(43)));
+        let mut moved = PartitionSet::default();
+        let next = partitions
+            .complete(completion(&running), Instant::now(), &mut moved)
+            .expect("the waiting copy runs next");
+        assert_eq!((next.tp, next.offset), (copy_tp, 0));
+        // The copy's own partition keeps its own offsets.
+        assert!(
+            partitions
+                .complete(completion(&other), Instant::now(), &mut moved)
+                .is_none()
+        );
+        assert!(
+            partitions
+                .complete(completion(&next), Instant::now(), &mut moved)
+                .is_none()
+        );
+        assert_eq!(
+            partitions.get(&copy_tp).and_then(PartitionState::watermark),
+            Some(2)
+        );
+        assert_eq!(
+            partitions.get(&tp(0)).and_then(PartitionState::watermark),
+            Some(8)
+        );
     }
 
     #[test]

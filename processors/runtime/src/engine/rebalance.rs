@@ -19,6 +19,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::commit::offset_list;
+use super::companion::Companion;
 use super::lag::PartitionEnds;
 use super::partitions::{Partitions, TopicPartition};
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct RuntimeContext {
     transactional: bool,
     /// The processor's own start offsets, consulted on every assignment.
     start_offsets: Option<StartOffsets>,
+    /// The re-drive topic, assigned and revoked with the source partition by partition.
+    companion: Option<Companion>,
 }
 
 impl RuntimeContext {
@@ -49,7 +52,17 @@ impl RuntimeContext {
             ends: PartitionEnds::default(),
             transactional,
             start_offsets: None,
+            companion: None,
         }
+    }
+
+    /// Consumes `companion`'s partitions with the source's (see [`Companion`]), if there is one.
+    pub fn with_companion(mut self, companion: Option<Companion>) -> Self {
+        self.companion = companion;
+        if let Ok(mut partitions) = self.partitions.lock() {
+            partitions.companion = companion;
+        }
+        self
     }
 
     /// Starts assigned partitions at the offsets `hook` gives instead of the group's commits.
@@ -138,7 +151,8 @@ impl ClientContext for RuntimeContext {
 
 impl ConsumerContext for RuntimeContext {
     /// rust-rdkafka's own rebalance handling (pre-rebalance, then (incremental) assign or
-    /// unassign, then post-rebalance), with one addition: an assignment first takes the
+    /// unassign, then post-rebalance), with two additions: the list first takes the companion
+    /// partitions of its source partitions ([`Companion`]), and an assignment takes the
     /// processor's start offsets ([`RuntimeContext::with_start_offsets`]). Setting them in the
     /// list handed to `incremental_assign` is atomic with the assignment, unlike a seek after
     /// it, which races with the fetcher and fails for a partition not yet fetching.
@@ -149,6 +163,9 @@ impl ConsumerContext for RuntimeContext {
         tpl: &mut TopicPartitionList,
     ) {
         let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if let Some(companion) = &self.companion {
+            companion.add_to(tpl);
+        }
         if assign && let Some(hook) = &self.start_offsets {
             apply_start_offsets(hook, tpl);
         }
