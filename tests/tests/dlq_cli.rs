@@ -106,8 +106,10 @@ async fn an_outage_is_redriven_from_the_command_line_exactly_once() {
     let _process = Journal::start(&topics, &journal, &outage, &dir.path().join("journal.log"));
     let produced = producer.responses(&fresh_responses(&forms, 4)).await;
 
+    // The processor creates its dead-letter topic when it starts: until then `list` fails.
     eventually(Duration::from_secs(90), "4 dead letters listed", || async {
-        listed(&topics, &[]).len() == 4
+        let output = dlq(&topics, "list", &[]);
+        output.status.success() && String::from_utf8_lossy(&output.stdout).lines().count() == 4
     })
     .await;
     let letters = listed(&topics, &["--kind", "retries_exhausted"]);
