@@ -40,6 +40,10 @@ if [[ "$purpose" == test ]]; then
   need kcat               has kcat
   # objcopy and readelf: deploy/split-debuginfo.sh and its test.
   need binutils           has objcopy readelf
+  # The console's browser test: headless Chromium driven by Playwright's client (npm, Node 20+).
+  need chromium           has chromium
+  need nodejs             has node
+  need npm                has npm
 fi
 
 if ((${#missing[@]})); then

@@ -84,4 +84,14 @@ pub struct GatewayConfig {
     /// Longest the gateway waits for in-flight requests and the producer at shutdown.
     #[arg(long, env = "FORMSTREAM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// The web console: a session ends after this long without a request.
+    // 30 minutes: a data manager reviewing flags keeps it alive; a forgotten tab does not.
+    #[arg(long, env = "FORMSTREAM_CONSOLE_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub console_idle_timeout: Duration,
+
+    /// The web console: a session ends this long after sign-in, however active.
+    // 720m = 12 hours: a working day; the API key is asked again the next day.
+    #[arg(long, env = "FORMSTREAM_CONSOLE_MAX_SESSION", default_value = "720m", value_parser = parse_duration)]
+    pub console_max_session: Duration,
 }

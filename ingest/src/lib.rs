@@ -4,13 +4,14 @@
 //! Modules: [`http`] (the API: routes, handlers, extractors), [`kafka`] (the durable producer),
 //! [`idempotency`] and [`digest`] (the retry cache, and what tells a retry from a new submission),
 //! [`flags`] (the flags view behind `GET .../flags`), [`metrics`] (everything it exports),
-//! [`config`] (its flags). The form model, the forms view and response validation it serves are
+//! [`config`] (its flags), [`console`] (the web console and its sessions). The form model, the forms view and response validation it serves are
 //! `formstream_core`'s, shared with the processors.
 //!
 //! Invariant (docs/design.md, promises 1 and 7): a response is answered 2xx only after Kafka
 //! acknowledged it (idempotent producer, acks=all), and only valid responses are published.
 
 pub mod config;
+pub mod console;
 pub mod digest;
 pub mod flags;
 pub mod http;
@@ -113,6 +114,7 @@ pub async fn run(
         retry_after_secs: config.retry_after_secs,
         submissions: Arc::new(idempotency::Submissions::new(cache_size)),
         form_writes: tokio::sync::Mutex::new(()),
+        sessions: console::Sessions::new(config.console_idle_timeout, config.console_max_session),
     });
     let app = http::router(state, config.max_body_bytes);
 

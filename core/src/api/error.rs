@@ -16,6 +16,9 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub enum ApiError {
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// Authenticated, but the request may not proceed (a console request without its CSRF token).
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("the request is invalid")]
@@ -61,6 +64,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
@@ -79,6 +83,7 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let (kind, title) = match self {
             ApiError::Unauthorized => ("/problems/unauthorized", "Missing or invalid API key"),
+            ApiError::Forbidden(_) => ("/problems/forbidden", "Forbidden"),
             ApiError::NotFound(_) => ("/problems/not-found", "Not found"),
             ApiError::Invalid(_) => ("/problems/invalid-request", "The request is invalid"),
             ApiError::MalformedJson(_) => ("/problems/malformed-json", "Malformed JSON"),

@@ -151,6 +151,13 @@ pub fn new_key() -> (String, String) {
 /// Anything that holds the API keys (the app state).
 pub trait HasApiKeys {
     fn api_keys(&self) -> &ApiKeys;
+
+    /// The caller of a request that carries no key, authenticated another way (the gateway's
+    /// console session cookie): `None` when the request has no such credential, so that it is
+    /// answered 401. Keys only by default.
+    fn session_caller(&self, _parts: &Parts) -> Option<Result<Caller, ApiError>> {
+        None
+    }
 }
 
 impl<S> FromRequestParts<S> for Caller
@@ -166,8 +173,12 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
+            .map(str::trim);
+        let Some(key) = key else {
+            return state
+                .session_caller(parts)
+                .unwrap_or(Err(ApiError::Unauthorized));
+        };
         state
             .api_keys()
             .authenticate(key)

@@ -19,6 +19,7 @@ use super::middleware::track;
 use super::openapi::ApiDoc;
 use super::state::AppState;
 use super::{batches, flags, forms, openapi, responses};
+use crate::console;
 use crate::metrics::Metrics;
 
 /// Every route, with its OpenAPI document. A new route goes here as `.routes(routes!(handler))`
@@ -35,6 +36,14 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
         .routes(routes!(render_metrics))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(console::page))
+        .routes(routes!(console::script))
+        .routes(routes!(console::style))
+        .routes(routes!(
+            console::sign_in,
+            console::current,
+            console::sign_out
+        ))
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use axum::http::request::Parts;
+
 use formstream_core::api::{ApiError, ApiKeys, Caller, HasApiKeys};
 use formstream_core::forms::FormsView;
 use formstream_core::phones::Phones;
@@ -43,6 +45,8 @@ pub struct Inner {
     pub submissions: Arc<Submissions<RetryCacheEntry>>,
     /// Form writes are rare; one at a time per instance keeps version numbers gap-free here.
     pub form_writes: tokio::sync::Mutex<()>,
+    /// The web console's sessions (cookie -> caller).
+    pub sessions: crate::console::Sessions,
 }
 
 impl AppState {
@@ -56,6 +60,10 @@ impl AppState {
 impl HasApiKeys for AppState {
     fn api_keys(&self) -> &ApiKeys {
         &self.inner.keys
+    }
+
+    fn session_caller(&self, parts: &Parts) -> Option<Result<Caller, ApiError>> {
+        self.inner.sessions.caller(parts)
     }
 }
 

@@ -20,7 +20,7 @@ fn repo_files() -> Vec<PathBuf> {
         for entry in entries {
             let path = entry.expect("a directory entry").path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') || name == "target" {
+            if name.starts_with('.') || name == "target" || name == "node_modules" {
                 continue;
             }
             if path.is_dir() {

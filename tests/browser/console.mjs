@@ -1,0 +1,113 @@
+// The console's browser walk-through, run by tests/tests/console.rs with a gateway, the validate
+// processor and a form with a flagged response already in place (their ids in the environment).
+// Drives the system's Chromium (CHROMIUM) with Playwright's client; saves a screenshot of each page
+// in SCREENSHOTS. Exits non-zero, with the reason, at the first step that does not happen.
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const base = env('CONSOLE_URL');
+const key = env('API_KEY');
+const formId = env('FORM_ID');
+const formTitle = env('FORM_TITLE');
+const responseId = env('RESPONSE_ID');
+const screenshots = env('SCREENSHOTS');
+const correction = JSON.parse(env('CORRECTION'));
+mkdirSync(screenshots, { recursive: true });
+
+const step = (what) => console.log(`console.mjs: ${what}`);
+const expect = (condition, message) => { if (!condition) throw new Error(message); };
+// Flags arrive through Kafka and the validate processor; the page refreshes every 5 s.
+const SLOW = { timeout: 60_000 };
+
+const browser = await chromium.launch({
+  executablePath: env('CHROMIUM'),
+  // Root in CI has no user namespace sandbox; /dev/shm may be small in containers.
+  args: ['--no-sandbox', '--disable-dev-shm-usage'],
+});
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await context.newPage();
+  const shot = async (name) => {
+    await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: true });
+    step(`screenshot ${name}.png`);
+  };
+
+  step('sign in');
+  await page.goto(`${base}/console`);
+  await page.getByLabel('API key of your organisation').fill('not-a-key');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#signin-error').getByText('Missing or invalid API key').waitFor();
+  await page.getByLabel('API key of your organisation').fill(key);
+  await shot('sign-in');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Forms', level: 1 }).waitFor();
+
+  const cookies = await context.cookies();
+  const session = cookies.find((c) => c.name === 'formstream_console');
+  expect(session, `no session cookie: ${JSON.stringify(cookies)}`);
+  expect(session.httpOnly && session.sameSite === 'Strict', `cookie attributes: ${JSON.stringify(session)}`);
+  expect(!session.value.includes(key), 'the cookie holds the key');
+  const readable = await page.evaluate(() => document.cookie);
+  expect(!readable.includes('formstream_console'), 'the page script can read the session cookie');
+
+  step('CSRF: a cookie request but GET without the token is refused');
+  const forged = await page.evaluate(async (id) => (await fetch(`/v1/forms/${id}`, {
+    method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{}',
+  })).status, formId);
+  expect(forged === 403, `PUT without x-csrf-token answered ${forged}`);
+
+  step('forms');
+  await page.getByRole('link', { name: formTitle }).waitFor();
+  await shot('forms');
+  await page.getByRole('link', { name: formTitle }).click();
+  await page.getByRole('heading', { name: formTitle, level: 1 }).waitFor();
+  await page.getByText('Version 1', { exact: true }).waitFor();
+  await shot('form');
+
+  step('the editor shows the gateway\'s problems at their pointers');
+  const body = JSON.parse(await page.locator('#form-json').inputValue());
+  body.rules[0].expression = 'monthly_savings <=';
+  await page.locator('#form-json').fill(JSON.stringify(body, null, 2));
+  await page.getByRole('button', { name: 'Publish version 2' }).click();
+  await page.locator('#edit-outcome').getByText('/rules/0').waitFor();
+  await shot('form-problems');
+
+  step('flags: the breaking response is open');
+  await page.goto(`${base}/console#/flags/${formId}/open`);
+  await page.locator(`tr[data-response="${responseId}"]`).waitFor(SLOW);
+  await shot('flags-open');
+
+  step('correct it by the API; it is resolved');
+  const corrected = await fetch(`${base}/v1/forms/${formId}/responses/${responseId}`, {
+    method: 'PUT',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(correction),
+  });
+  expect(corrected.status === 202, `correction answered ${corrected.status}: ${await corrected.text()}`);
+  await page.getByLabel('Status').selectOption('resolved');
+  await page.locator(`tr[data-response="${responseId}"]`).getByText('by revision 1').waitFor(SLOW);
+  await shot('flags-resolved');
+
+  step('dead letters');
+  await page.getByRole('link', { name: 'Dead letters' }).click();
+  const unavailable = page.locator('#dead-letters-unavailable');
+  const listed = page.getByText('Pending dead letters per processor');
+  await unavailable.or(listed).waitFor();
+  step((await unavailable.count()) ? 'dead letters: the routes are not on this gateway' : 'dead letters: listed');
+  await shot('dead-letters');
+
+  step('sign out');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+  const after = await page.evaluate(async () => (await fetch('/v1/forms')).status);
+  expect(after === 401, `after sign-out GET /v1/forms answered ${after}`);
+  step('done');
+} finally {
+  await browser.close();
+}
