@@ -18,7 +18,7 @@ use formstream_runtime::redrive::command::DlqCommand;
 use formstream_runtime::replay::ReplayArgs;
 use formstream_runtime::{Processor, RuntimeConfig};
 use formstream_sheets::{Sheets, SheetsArgs};
-use formstream_validate::Validate;
+use formstream_validate::{Validate, ValidateArgs};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
@@ -103,10 +103,6 @@ enum ProcessCommand {
     Sheets(ProcessorArgs<SheetsArgs>),
 }
 
-/// The validate processor has no flags of its own: its topics are the runtime's.
-#[derive(Debug, Args)]
-struct ValidateArgs {}
-
 impl ProcessCommand {
     async fn run(
         self,
@@ -124,7 +120,7 @@ impl ProcessCommand {
             }
             ProcessCommand::Validate(p) => {
                 p.start(
-                    async |_, runtime| Validate::new(runtime).await,
+                    async |args, runtime| Validate::with_args(runtime, &args).await,
                     configure,
                     shutdown,
                 )

@@ -11,6 +11,7 @@ use cel::common::ast::IdedExpr;
 use cel::{ExecutionError, Value};
 use formstream_schemas::{Answer, Question, QuestionType, Response, Rule};
 
+use super::budget;
 use super::eval::{Answers, CompiledRule, RuleSet, context, type_name};
 use super::walk::Walk;
 use super::{ENV, MAX_EXPRESSION_CHARS, MAX_MESSAGE_CHARS, MAX_RULES};
@@ -34,6 +35,7 @@ pub(super) fn compile(
     let sample = sample_response(questions);
     let mut ids = HashSet::new();
     let mut compiled = Vec::with_capacity(rules.len());
+    let mut grows = false;
     for (i, rule) in rules.iter().enumerate() {
         let at = |field: &str| format!("/rules/{i}/{field}");
         if !is_rule_id(&rule.id) {
@@ -90,7 +92,8 @@ pub(super) fn compile(
                     .into_iter()
                     .map(|(code, detail)| FieldProblem::new(expression_at.clone(), code, detail)),
             ),
-            Ok((expression, needs)) => {
+            Ok((expression, needs, cost)) => {
+                grows |= cost.grows;
                 let rule = CompiledRule {
                     id: rule.id.clone(),
                     message: rule.message.clone(),
@@ -111,6 +114,7 @@ pub(super) fn compile(
     Ok(RuleSet {
         rules: compiled,
         kinds,
+        grows,
     })
 }
 
@@ -123,11 +127,11 @@ fn is_rule_id(id: &str) -> bool {
 
 pub(super) type Found = Vec<(&'static str, String)>;
 
-/// Parses and normalises one expression, and lists the questions it names.
+/// Parses and normalises one expression, lists the questions it names, and checks its cost.
 fn compile_expression(
     source: &str,
     questions: &HashMap<&str, &Question>,
-) -> Result<(IdedExpr, Vec<String>), Found> {
+) -> Result<(IdedExpr, Vec<String>, budget::Cost), Found> {
     if source.trim().is_empty() {
         return Err(vec![("required", "a rule needs an expression".to_owned())]);
     }
@@ -164,11 +168,13 @@ fn compile_expression(
     if !walk.found.is_empty() {
         return Err(walk.found);
     }
-    Ok((expression, walk.needs))
+    let cost = budget::check(&expression, questions)?;
+    Ok((expression, walk.needs, cost))
 }
 
 /// A response answering every question with a value of its type, to try each rule on at save
-/// time. Numbers are 1 (not 0) so that a division does not fail on the sample alone.
+/// time. Numbers are 1 (not 0) so that a division does not fail on the sample alone; a multiple
+/// choice holds every choice, the longest list a comprehension can meet.
 fn sample_response(questions: &[Question]) -> Response {
     let answers = questions
         .iter()
@@ -179,7 +185,11 @@ fn sample_response(questions: &[Question]) -> Response {
                 QuestionType::Text => (Some("text".to_owned()), None, vec![]),
                 QuestionType::Phone => (Some("+15550100000".to_owned()), None, vec![]),
                 QuestionType::SingleChoice => (Some(first.clone()), None, vec![first]),
-                QuestionType::MultipleChoice => (Some(first.clone()), None, vec![first]),
+                QuestionType::MultipleChoice => (
+                    Some(first),
+                    None,
+                    q.choices.iter().map(|c| c.key.clone()).collect(),
+                ),
             };
             Answer {
                 question_key: q.key.clone(),

@@ -35,6 +35,8 @@ pub struct RuleSet {
     pub(super) rules: Vec<CompiledRule>,
     /// Question key -> type, to bind each answer as its CEL type.
     pub(super) kinds: HashMap<String, QuestionType>,
+    /// Whether some rule's time can grow with the answers (see [`RuleSet::may_run_long`]).
+    pub(super) grows: bool,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,14 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
+    /// Whether evaluating these rules can take longer as the answers grow: a comprehension, a
+    /// `matches` or a `+` that may join strings or lists (all within the save-time budget, but
+    /// with long answers still far slower than the microseconds of comparisons and arithmetic).
+    /// The validate processor evaluates such rule sets off its async threads, with a deadline.
+    pub fn may_run_long(&self) -> bool {
+        self.grows
+    }
+
     /// The violations of `response`, in rule order: empty when the response is clean.
     pub fn evaluate(&self, response: &Response) -> Vec<Violation> {
         let answers = Answers {
@@ -83,6 +93,22 @@ impl RuleSet {
                     question_keys: rule.question_keys.clone(),
                     error,
                 })
+            })
+            .collect()
+    }
+}
+
+impl RuleSet {
+    /// Every rule as a violation whose `error` is `error`: the outcome of a response whose
+    /// evaluation could not finish (it ran past its deadline), flagged so that a person looks.
+    pub fn unevaluated(&self, error: &str) -> Vec<Violation> {
+        self.rules
+            .iter()
+            .map(|rule| Violation {
+                rule_id: rule.id.clone(),
+                message: rule.message.clone(),
+                question_keys: rule.question_keys.clone(),
+                error: Some(error.to_owned()),
             })
             .collect()
     }

@@ -19,12 +19,15 @@
 //!
 //! Files: [`eval`] (a compiled rule set and its evaluation on a response), [`compile`] (the
 //! checks a rule passes to be stored), [`walk`] (one pass over an expression's syntax tree),
-//! [`xlsform`] (XLSForm constraints translated to CEL).
+//! [`budget`] (what a rule may cost), [`xlsform`] (XLSForm constraints translated to CEL).
 //!
 //! Invariant: [`RuleSet::compile`] accepts only rules that parse, name only questions of their form
-//! version, and evaluate to a bool without a type error on a plausible response; so a form with an
-//! invalid rule is never stored, and the processor's compile of a stored form succeeds.
+//! version, stay within the budget (`rule_too_expensive` otherwise: nesting depth, literal sizes,
+//! comprehensions only over a multiple-choice answer, estimated steps), and evaluate to a bool
+//! without a type error on a plausible response; so a form with an invalid or unbounded rule is
+//! never stored, and the processor's compile of a stored form succeeds.
 
+mod budget;
 mod compile;
 mod eval;
 mod walk;
@@ -37,6 +40,9 @@ use std::sync::{Arc, LazyLock};
 
 use cel::Env;
 
+pub use budget::{
+    MAX_DEPTH, MAX_LITERAL_ENTRIES, MAX_LOOP_NESTING, MAX_REGEX_BYTES, MAX_STEPS, TOO_EXPENSIVE,
+};
 pub use eval::RuleSet;
 pub use xlsform::translate_constraint;
 

@@ -418,3 +418,74 @@ fn a_rule_set_can_be_shared_across_threads() {
     fn shareable<T: Send + Sync>() {}
     shareable::<RuleSet>();
 }
+
+/// What the budget refuses: comprehensions over literals or nested too deep, large literals,
+/// deep trees, computed or oversized patterns; the problem points at the rule's expression.
+#[test]
+fn rules_beyond_the_budget_are_refused_as_too_expensive() {
+    let deep = format!(
+        "{} > 0.0",
+        vec!["monthly_income"; MAX_DEPTH + 2].join(" + ")
+    );
+    let long_list = format!(
+        "city in [{}]",
+        (0..=MAX_LITERAL_ENTRIES)
+            .map(|i| format!("\"c{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for expensive in [
+        "[1, 2, 3].all(x, [1, 2, 3].all(y, x != y))",
+        "langs.map(l, l).exists(l, l == \"en\")",
+        "langs.all(a, langs.all(b, langs.all(c, a != b || b != c)))",
+        deep.as_str(),
+        long_list.as_str(),
+        "name.matches(name)",
+        "name.matches(\"((a{1,100}){1,100}){1,100}\")",
+    ] {
+        assert_eq!(
+            problems(expensive),
+            [(TOO_EXPENSIVE, "/rules/0/expression".to_owned())],
+            "{expensive}"
+        );
+    }
+    // Two nested comprehensions over a long answer list are refused by their estimated steps.
+    let mut version = form(&[("r", "many.all(a, many.exists(b, a != b || a == \"c1\"))")]);
+    let choices: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
+    let choices: Vec<&str> = choices.iter().map(String::as_str).collect();
+    version
+        .questions
+        .push(question("many", QuestionType::MultipleChoice, &choices));
+    let found = RuleSet::compile(&version).expect_err("too many steps");
+    assert_eq!(found[0].code, TOO_EXPENSIVE);
+    assert!(
+        found[0].detail.contains("evaluation steps"),
+        "{}",
+        found[0].detail
+    );
+    // Within the budget: the same over a short list, one comprehension, a small pattern.
+    for fine in [
+        "langs.all(a, langs.exists(b, a != b || a == \"en\"))",
+        "langs.exists(l, l == \"en\")",
+        "name.matches(\"^[a-z]+$\")",
+        "city in [\"pune\", \"delhi\"]",
+    ] {
+        RuleSet::compile(&form(&[("r", fine)])).expect(fine);
+    }
+}
+
+/// Only rule sets whose time can grow with the answers are evaluated off the async threads.
+#[test]
+fn rules_that_may_run_long_are_told_apart() {
+    let long = |expression: &str| {
+        RuleSet::compile(&form(&[("r", expression)]))
+            .expect(expression)
+            .may_run_long()
+    };
+    assert!(!long("monthly_savings + 100 <= monthly_income"));
+    assert!(!long("-(monthly_savings * 2) < monthly_income / 3.0 + 1"));
+    assert!(!long("city == \"pune\" && \"hi\" in langs"));
+    assert!(long("name + name == \"x\""));
+    assert!(long("langs.exists(l, l == \"en\")"));
+    assert!(long("name.matches(\"^[a-z]+$\")"));
+}

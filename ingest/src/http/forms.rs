@@ -2,6 +2,11 @@
 //!
 //! Invariant: a form write is answered 2xx only after Kafka acknowledged it, and it is then in this
 //! instance's view at once; one write at a time per instance, so that versions have no gaps here.
+//! A form's checks (its rules are tried on a sample response) run on a blocking thread, before
+//! the write lock and within [`BUILD_DEADLINE`]: one organisation's rules never hold an async
+//! thread or another organisation's form writes.
+
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -9,8 +14,9 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
 use formstream_core::forms::{FormBody, FormView, build_version};
 use formstream_core::problem::FieldProblem;
+use formstream_core::rules::TOO_EXPENSIVE;
 use formstream_core::time::now_millis;
-use formstream_schemas::Form;
+use formstream_schemas::{Form, FormVersion};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -38,12 +44,12 @@ pub(crate) async fn create_form(
 ) -> Result<HttpResponse, ApiError> {
     require_ready(&state)?;
     let now = now_millis();
-    let version = build_version(&body, 1, now).map_err(ApiError::Invalid)?;
-    let _guard = state.inner.form_writes.lock().await;
     let id = body
         .id
         .clone()
         .unwrap_or_else(|| Uuid::now_v7().simple().to_string());
+    let version = build_off_thread(body, 1, now).await?;
+    let _guard = state.inner.form_writes.lock().await;
     if state.inner.view.get(&id).is_some() {
         return Err(ApiError::Conflict(format!(
             "form id {id:?} is already taken"
@@ -82,6 +88,16 @@ pub(crate) async fn update_form(
     ApiJson(body): ApiJson<FormBody>,
 ) -> Result<HttpResponse, ApiError> {
     require_ready(&state)?;
+    own_form(&state, &caller, &form_id)?;
+    if body.id.as_ref().is_some_and(|id| *id != form_id) {
+        return Err(ApiError::Invalid(vec![FieldProblem::new(
+            "/id",
+            "immutable",
+            "a form's id cannot change",
+        )]));
+    }
+    // Numbered under the lock, once the current version is known.
+    let mut version = build_off_thread(body, 0, now_millis()).await?;
     let _guard = state.inner.form_writes.lock().await;
     let held = own_form(&state, &caller, &form_id)?;
     let current = held.current().map(|v| v.version).unwrap_or(0);
@@ -93,19 +109,34 @@ pub(crate) async fn update_form(
             )));
         }
     }
-    if body.id.as_ref().is_some_and(|id| *id != form_id) {
-        return Err(ApiError::Invalid(vec![FieldProblem::new(
-            "/id",
-            "immutable",
-            "a form's id cannot change",
-        )]));
-    }
-    let version = build_version(&body, current + 1, now_millis()).map_err(ApiError::Invalid)?;
+    version.version = current + 1;
     let mut form = (*held).clone();
     form.versions.push(version);
     let view = publish_form(&state, form).await?;
     tracing::info!(%form_id, version = view.version, "Form updated.");
     Ok(axum::Json(view).into_response())
+}
+
+/// Longest a form's checks may take. The rule budget keeps a rule's try on the sample response to
+/// microseconds, so only a rule the budget misjudged meets this; it is then refused, not stored.
+const BUILD_DEADLINE: Duration = Duration::from_secs(2);
+
+/// [`build_version`] on a blocking thread, within [`BUILD_DEADLINE`]. Past it the answer is a 422
+/// `rule_too_expensive` at once (the check finishes on its thread; its result is dropped).
+async fn build_off_thread(body: FormBody, version: i32, now: i64) -> Result<FormVersion, ApiError> {
+    let build = tokio::task::spawn_blocking(move || build_version(&body, version, now));
+    match tokio::time::timeout(BUILD_DEADLINE, build).await {
+        Ok(Ok(built)) => built.map_err(ApiError::Invalid),
+        Ok(Err(failed)) => Err(ApiError::Internal(failed.into())),
+        Err(_) => Err(ApiError::Invalid(vec![FieldProblem::new(
+            "/rules",
+            TOO_EXPENSIVE,
+            format!(
+                "the rules took longer than {} s to try on a sample response; simplify them",
+                BUILD_DEADLINE.as_secs()
+            ),
+        )])),
+    }
 }
 
 /// Publishes a form and, once Kafka acknowledged it, applies it to this instance's view, so that

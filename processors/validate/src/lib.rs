@@ -10,35 +10,86 @@
 //! A rule that cannot be evaluated on a response (a type error, say) flags the response with the
 //! error as the violation's reason, so that a person looks at it; it never fails the record. A
 //! form version whose rules do not compile (the gateway refuses such forms, so only a form written
-//! by something else) is a permanent failure: the record is dead-lettered with the reason.
+//! by something else) is a permanent failure: the record is dead-lettered with the reason; that
+//! includes rules beyond the save-time budget (`rule_too_expensive`).
+//!
+//! One organisation's rules never stall the others' (issue 18, attack 4): rules whose time can
+//! grow with the answers ([`RuleSet::may_run_long`]) are evaluated on a blocking thread within
+//! `--rule-deadline`; past it the response is flagged with a `rule_too_expensive` error on every
+//! rule, and while that evaluation still runs on, the next responses of the same form version are
+//! flagged at once, so that one form holds at most one thread. Other rule sets (comparisons and
+//! arithmetic, microseconds) are evaluated in place.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use anyhow::anyhow;
-use formstream_core::rules::RuleSet;
+use clap::Args;
+use formstream_core::config::parse_duration;
+use formstream_core::rules::{RuleSet, TOO_EXPENSIVE};
 use formstream_core::time::now_millis;
 use formstream_runtime::processor::ORDERING_HEADER;
 use formstream_runtime::{Failure, Output, Processor, Record, RuntimeConfig};
-use formstream_schemas::{Encoder, FlagStatus, Response, ResponseFlag};
+use formstream_schemas::{Encoder, FlagStatus, Response, ResponseFlag, Violation};
 
 /// The header that carries a flag's response revision, beside the response id.
 pub const REVISION_HEADER: &str = "revision";
 
+/// The validate processor's own flags.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Longest one response's rules may run when their time can grow with the answers
+    /// (comprehensions, `matches`, joined strings); past it the response is flagged with a
+    /// `rule_too_expensive` error instead of waiting, and the other forms keep flowing.
+    // Within the budget such rules take well under a millisecond; a second is far beyond any
+    // honest rule yet short enough that a pathological one costs the flags little.
+    #[arg(long, env = "FORMSTREAM_RULE_DEADLINE", default_value = "1s", value_parser = parse_duration)]
+    pub rule_deadline: Duration,
+}
+
+impl Default for ValidateArgs {
+    fn default() -> Self {
+        ValidateArgs {
+            rule_deadline: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A form version's compiled rules, and how many of their evaluations still run past their
+/// deadline.
+struct Rules {
+    set: RuleSet,
+    late: AtomicUsize,
+}
+
 /// Compiled rule sets, by form id and version: compiled once (tens of µs) per version, then
 /// evaluated in a few µs per response.
-type RuleCache = RwLock<HashMap<(String, i32), Arc<RuleSet>>>;
+type RuleCache = RwLock<HashMap<(String, i32), Arc<Rules>>>;
+
+/// Where a record was read: the key of an outcome evaluated by `handle` for `outputs`.
+type Position = (&'static str, i32, i64);
 
 pub struct Validate {
     encoder: Encoder<ResponseFlag>,
     flags_topic: Arc<str>,
     rules: RuleCache,
+    deadline: Duration,
+    /// Outcomes evaluated off the async threads in `handle`, taken by `outputs`, which the
+    /// runtime calls right after `handle` for the same record.
+    evaluated: Mutex<HashMap<Position, Vec<Violation>>>,
 }
 
 impl Validate {
     /// Builds the processor for `config`'s topics: flags are encoded for the flags topic (and
     /// registered with the schema registry when one is configured).
     pub async fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
+        Self::with_args(config, &ValidateArgs::default()).await
+    }
+
+    /// [`Validate::new`] with the processor's own flags.
+    pub async fn with_args(config: &RuntimeConfig, args: &ValidateArgs) -> anyhow::Result<Self> {
         let codec = formstream_core::codec(&config.registry)?;
         let flags_topic = config.topics.flags_topic.clone();
         let encoder = codec.encoder::<ResponseFlag>(&flags_topic).await?;
@@ -46,10 +97,12 @@ impl Validate {
             encoder,
             flags_topic: flags_topic.into(),
             rules: RwLock::new(HashMap::new()),
+            deadline: args.rule_deadline,
+            evaluated: Mutex::new(HashMap::new()),
         })
     }
 
-    fn rules_of(&self, record: &Record<Response>) -> Result<Arc<RuleSet>, Failure> {
+    fn rules_of(&self, record: &Record<Response>) -> Result<Arc<Rules>, Failure> {
         let response = &record.value;
         let key = (response.form_id.clone(), response.form_version);
         if let Some(rules) = self.rules.read().ok().and_then(|c| c.get(&key).cloned()) {
@@ -75,34 +128,83 @@ impl Validate {
                 reasons.join("; ")
             ))
         })?;
-        let rules = Arc::new(rules);
+        let rules = Arc::new(Rules {
+            set: rules,
+            late: AtomicUsize::new(0),
+        });
         if let Ok(mut cache) = self.rules.write() {
             cache.insert(key, rules.clone());
         }
         Ok(rules)
     }
 
-    /// The outcome of one response revision.
+    /// The violations of a response whose rules may run long, evaluated on a blocking thread
+    /// within the deadline (see the module header).
+    async fn evaluate_off_thread(&self, rules: Arc<Rules>, response: &Response) -> Vec<Violation> {
+        if rules.late.load(Ordering::Acquire) > 0 {
+            return rules.set.unevaluated(&format!(
+                "{TOO_EXPENSIVE}: not evaluated; these rules are still running past their {} ms deadline on an earlier response",
+                self.deadline.as_millis()
+            ));
+        }
+        let response = response.clone();
+        let evaluating = rules.clone();
+        let mut task = tokio::task::spawn_blocking(move || evaluating.set.evaluate(&response));
+        match tokio::time::timeout(self.deadline, &mut task).await {
+            Ok(Ok(violations)) => violations,
+            // Evaluation catches the interpreter's panics; this is the thread pool's own failure.
+            Ok(Err(failed)) => rules
+                .set
+                .unevaluated(&format!("the rules' evaluation failed: {failed}")),
+            Err(_) => {
+                rules.late.fetch_add(1, Ordering::AcqRel);
+                let running = rules.clone();
+                tokio::spawn(async move {
+                    let _ = task.await;
+                    running.late.fetch_sub(1, Ordering::AcqRel);
+                });
+                rules.set.unevaluated(&format!(
+                    "{TOO_EXPENSIVE}: these rules ran past their {} ms deadline on this response",
+                    self.deadline.as_millis()
+                ))
+            }
+        }
+    }
+
+    /// The outcome of one response revision, evaluated in place.
     pub fn evaluate(&self, record: &Record<Response>) -> Result<ResponseFlag, Failure> {
         let rules = self.rules_of(record)?;
-        let response = &record.value;
-        let violations = rules.evaluate(response);
-        Ok(ResponseFlag {
-            response_id: response.response_id.clone(),
-            form_id: response.form_id.clone(),
-            form_version: response.form_version,
-            organisation: response.organisation.clone(),
-            revision: response.revision,
-            collector_id: response.collector.id.clone(),
-            collector_phone: response.collector.phone.clone(),
-            status: if violations.is_empty() {
-                FlagStatus::Clean
-            } else {
-                FlagStatus::Flagged
-            },
-            violations,
-            evaluated_at: now_millis(),
-        })
+        Ok(flag_of(&record.value, rules.set.evaluate(&record.value)))
+    }
+
+    fn evaluated(&self) -> std::sync::MutexGuard<'_, HashMap<Position, Vec<Violation>>> {
+        self.evaluated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn position(record: &Record<Response>) -> Position {
+    (record.topic, record.partition, record.offset)
+}
+
+/// The flag of `response` with `violations`.
+fn flag_of(response: &Response, violations: Vec<Violation>) -> ResponseFlag {
+    ResponseFlag {
+        response_id: response.response_id.clone(),
+        form_id: response.form_id.clone(),
+        form_version: response.form_version,
+        organisation: response.organisation.clone(),
+        revision: response.revision,
+        collector_id: response.collector.id.clone(),
+        collector_phone: response.collector.phone.clone(),
+        status: if violations.is_empty() {
+            FlagStatus::Clean
+        } else {
+            FlagStatus::Flagged
+        },
+        violations,
+        evaluated_at: now_millis(),
     }
 }
 
@@ -113,8 +215,14 @@ impl Processor for Validate {
         "validate"
     }
 
-    /// Nothing outside Kafka: the outcome is the output record, published by the runtime.
-    async fn handle(&self, _record: &Record<Response>) -> Result<(), Failure> {
+    /// Nothing outside Kafka: the outcome is the output record, published by the runtime. Rules
+    /// that may run long are evaluated here, off the async threads, for `outputs` to publish.
+    async fn handle(&self, record: &Record<Response>) -> Result<(), Failure> {
+        let rules = self.rules_of(record)?;
+        if rules.set.may_run_long() {
+            let violations = self.evaluate_off_thread(rules, &record.value).await;
+            self.evaluated().insert(position(record), violations);
+        }
         Ok(())
     }
 
@@ -123,7 +231,11 @@ impl Processor for Validate {
     }
 
     fn outputs(&self, record: &Record<Response>) -> Result<Vec<Output>, Failure> {
-        let flag = self.evaluate(record)?;
+        let evaluated = self.evaluated().remove(&position(record));
+        let flag = match evaluated {
+            Some(violations) => flag_of(&record.value, violations),
+            None => self.evaluate(record)?,
+        };
         let payload = self
             .encoder
             .encode(&flag)

@@ -1,6 +1,9 @@
 //! Issue 18, hostile tenants: one organisation can never touch, stall or read another's data
 //! (docs/design.md, promise 8). One module per attack, each against the real broker, each proving
 //! that the attack fails and that the victim's data and effects are unchanged:
+//! - [`attack4_rules`]: rules beyond the budget are refused at save (`rule_too_expensive`), and
+//!   rules that run long on an organisation's answers are cut at `--rule-deadline` in validate
+//!   while the other organisations' responses flow;
 //! - [`attack5_circuits`]: one organisation's failing target (a webhook receiver down, a
 //!   spreadsheet not shared) holds back only its own records.
 //!
@@ -10,4 +13,5 @@
 
 mod also_dlq_retention;
 mod also_webhooks;
+mod attack4_rules;
 mod attack5_circuits;

@@ -1,0 +1,258 @@
+//! Attack 4: rules without a budget. Globex tries to stall everyone with its form's rules.
+//!
+//! - At save, rules whose cost cannot be bounded (comprehensions over literals, nested three deep,
+//!   huge literals) are refused with a 422 `rule_too_expensive` pointing at the rule, and nothing
+//!   is stored.
+//! - Rules within the budget whose time still grows with the answers (a long answer scanned with
+//!   `matches` again and again) are accepted at save, where the sample answers are short; in
+//!   validate, globex's long answers make them run for seconds per response.
+//!   Each of globex's responses is then flagged `rule_too_expensive` after `--rule-deadline`, and
+//!   acme's responses, published behind globex's, are flagged correctly and promptly: the
+//!   evaluation runs on a blocking thread, never on the async threads that carry acme's records.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use formstream_core::rules::TOO_EXPENSIVE;
+use formstream_core::topics::{TopicSpec, ensure_topics};
+use formstream_schemas::{
+    Answer, Codec, FlagStatus, Form, QuestionType, Response, ResponseFlag, Rule,
+};
+use formstream_tests::runtime::*;
+use formstream_tests::{
+    ACME_KEY, GLOBEX_KEY, assert_problem, field_problems, pairs, read_topic, spawn_app, unique,
+};
+use formstream_validate::{Validate, ValidateArgs};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A rule as long as a rule may be that tests a long answer with `matches` over and over: each
+/// call compiles its pattern again and scans the whole answer. Within the budget (the pattern is
+/// a small literal; there is no loop), microseconds on the sample answer ("text"), but tens of
+/// milliseconds per call on a 300 KB answer: a second or more per response.
+fn scans_again_and_again() -> String {
+    let call = r#"t.matches("^\\w+$")"#;
+    let calls = 1_000 / (call.len() + 4);
+    vec![call; calls].join(" && ")
+}
+
+fn form_body(id: &str, rules: Value) -> Value {
+    json!({
+        "id": id,
+        "title": "Expensive rules",
+        "questions": [
+            {"key": "t", "text": "Notes", "type": "text"},
+            {"key": "langs", "text": "Languages", "type": "multiple_choice",
+             "choices": [{"key": "hi", "text": "Hindi"}, {"key": "en", "text": "English"}]}
+        ],
+        "rules": rules
+    })
+}
+
+fn rule_json(id: &str, expression: &str) -> Value {
+    json!({"id": id, "expression": expression, "message": "check", "question_keys": ["t"]})
+}
+
+#[tokio::test]
+async fn rules_beyond_the_budget_are_refused_at_save_and_nothing_is_stored() {
+    let gateway = spawn_app().await;
+    let id = format!("f{}", unique());
+    let literal = (0..100)
+        .map(|i| format!("\"c{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rules = json!([
+        rule_json(
+            "literals",
+            "[1, 2, 3, 4, 5, 6, 7, 8].all(a, [1, 2, 3, 4, 5, 6, 7, 8].all(b, [1, 2, 3, 4, 5, 6, 7, 8].all(c, a + b + c > 0)))"
+        ),
+        rule_json(
+            "nested",
+            "langs.all(a, langs.all(b, langs.all(c, a != b || b != c)))"
+        ),
+        rule_json("huge_literal", &format!("t in [{literal}]")),
+        rule_json("fine", "size(t) < 1000"),
+    ]);
+    let response = gateway
+        .globex(Method::POST, "/v1/forms")
+        .json(&form_body(&id, rules))
+        .send()
+        .await
+        .expect("POST /v1/forms");
+    let problem = assert_problem(response, 422).await;
+    let mut found = field_problems(&problem);
+    found.dedup();
+    assert_eq!(
+        found,
+        pairs(&[
+            ("/rules/0/expression", TOO_EXPENSIVE),
+            ("/rules/1/expression", TOO_EXPENSIVE),
+            ("/rules/2/expression", TOO_EXPENSIVE),
+        ]),
+        "{problem}"
+    );
+    let stored = gateway
+        .globex(Method::GET, &format!("/v1/forms/{id}"))
+        .send()
+        .await
+        .expect("GET the form");
+    assert_eq!(stored.status(), 404, "nothing stored");
+
+    // The rule whose time grows with the answers is within the budget: accepted at save (the
+    // validate test below bounds it with the deadline), as is acme's ordinary form.
+    let slow = json!([rule_json("slow", &scans_again_and_again())]);
+    gateway
+        .create_form_as(GLOBEX_KEY, &form_body(&format!("f{}", unique()), slow))
+        .await;
+    gateway
+        .create_form_as(
+            ACME_KEY,
+            &form_body(&id, json!([rule_json("short", "size(t) < 1000")])),
+        )
+        .await;
+    gateway.finish().await;
+}
+
+fn rule(id: &str, expression: &str) -> Rule {
+    Rule {
+        id: id.to_owned(),
+        expression: expression.to_owned(),
+        constraint: None,
+        message: format!("{id} failed"),
+        question_keys: vec!["t".to_owned()],
+    }
+}
+
+/// A form of `organisation` with one text question `t` and `rules`, as the gateway stores it.
+fn form(organisation: &str, rules: Vec<Rule>) -> Form {
+    let mut form = test_form(&format!("f{}", unique()));
+    form.organisation = organisation.to_owned();
+    let version = &mut form.versions[0];
+    version.questions[0].key = "t".to_owned();
+    version.questions[0].kind = QuestionType::Text;
+    version.rules = rules;
+    form
+}
+
+fn response(form: &Form, id: &str, text: String) -> Response {
+    let mut response = test_response(&form.id, id, 0);
+    response.organisation = form.organisation.clone();
+    response.answers = vec![Answer {
+        question_key: "t".to_owned(),
+        text: Some(text),
+        number: None,
+        choices: Vec::new(),
+    }];
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pathological_rule_is_flagged_at_its_deadline_while_other_organisations_flow() {
+    init_logs();
+    let topics = RuntimeTopics::create(3).await;
+    let flags = TopicSpec {
+        name: topics.flags.clone(),
+        partitions: 3,
+        replication_factor: 1,
+        config: vec![],
+    };
+    ensure_topics(&topics.kafka(), &[flags], Duration::from_secs(30))
+        .await
+        .expect("creating the flags topic");
+    let producer = TestProducer::new(&topics);
+    let slow: Vec<Rule> = (0..3)
+        .map(|i| rule(&format!("slow{i}"), &scans_again_and_again()))
+        .collect();
+    let globex = form("globex", slow);
+    let acme = form("acme", vec![rule("short", "size(t) <= 5")]);
+    producer.form(&globex).await;
+    producer.form(&acme).await;
+
+    let config = topics.config(&[]);
+    let args = ValidateArgs {
+        rule_deadline: Duration::from_millis(100),
+    };
+    let validate = Validate::with_args(&config, &args)
+        .await
+        .expect("the validate processor");
+    let runtime = spawn_runtime(validate, config).await;
+    // Once acme's first flag is out, the processor has its partitions: the time from publishing
+    // to a flag is then the processor's alone.
+    producer
+        .responses(&[(0, response(&acme, "warm-up", "short".to_owned()))])
+        .await;
+    flags_on_topic(&topics, 1).await;
+
+    // Globex's long answers first, on every partition; then acme's, behind them.
+    let long = "x".repeat(300_000);
+    let mut items: Vec<(i32, Response)> = (0..3)
+        .map(|i| (i, response(&globex, &format!("g{i}"), long.clone())))
+        .collect();
+    let acme_count = 60;
+    items.extend((0..acme_count).map(|i| {
+        let text = if i % 2 == 0 { "short" } else { "much too long" };
+        (i % 3, response(&acme, &format!("a{i}"), text.to_owned()))
+    }));
+    let published = formstream_core::time::now_millis();
+    producer.responses(&items).await;
+    let flags = flags_on_topic(&topics, items.len() + 1).await;
+    runtime.stop().await.expect("the runtime stops cleanly");
+    topics.delete().await;
+
+    assert_eq!(
+        flags.len(),
+        items.len() + 1,
+        "one flag per response: {:?}",
+        flags.keys()
+    );
+    for i in 0..3 {
+        let flag = &flags[&format!("g{i}")];
+        assert_eq!(flag.status, FlagStatus::Flagged, "{flag:?}");
+        let error = flag.violations[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains(TOO_EXPENSIVE), "{flag:?}");
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..acme_count {
+        let flag = &flags[&format!("a{i}")];
+        let status = if i % 2 == 0 {
+            FlagStatus::Clean
+        } else {
+            FlagStatus::Flagged
+        };
+        assert_eq!(flag.status, status, "{flag:?}");
+        assert!(
+            flag.violations.iter().all(|v| v.error.is_none()),
+            "{flag:?}"
+        );
+        let waited = Duration::from_millis((flag.evaluated_at - published).max(0) as u64);
+        slowest = slowest.max(waited);
+    }
+    // Evaluated in place, acme's records wait for seconds behind globex's evaluations.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "acme's slowest flag came {slowest:?} after publishing"
+    );
+}
+
+/// The flags on the topic (read_committed), by response id, once `expected` are there or a minute
+/// passed.
+async fn flags_on_topic(topics: &RuntimeTopics, expected: usize) -> HashMap<String, ResponseFlag> {
+    let codec = Codec::single_object();
+    let mut flags = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flags.len() < expected && Instant::now() < deadline {
+        let records = read_topic(
+            &topics.bootstrap,
+            &topics.flags,
+            expected,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("reading the flags topic");
+        for record in records {
+            let flag: ResponseFlag = codec.decode(&record.payload).await.expect("a flag");
+            flags.insert(flag.response_id.clone(), flag);
+        }
+    }
+    flags
+}
