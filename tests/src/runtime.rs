@@ -157,6 +157,19 @@ impl RuntimeTopics {
         DeadLetterAdmin::new(self.kafka(), Codec::single_object(), name, &self.dlq)
     }
 
+    /// Creates the flags topic (3 partitions), which validate writes to and notify-collectors reads.
+    pub async fn create_flags_topic(&self) {
+        let spec = TopicSpec {
+            name: self.flags.clone(),
+            partitions: 3,
+            replication_factor: 1,
+            config: vec![],
+        };
+        ensure_topics(&self.kafka(), &[spec], Duration::from_secs(30))
+            .await
+            .expect("creating the flags topic");
+    }
+
     /// Deletes this test's topics (the runtime's re-drive topics too), best effort.
     pub async fn delete(&self) {
         let redrive = RedriveTopics::of(&self.dlq);

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_schemas::{
     Answer, Choice, Codec, FlagStatus, Form, FormVersion, Question, QuestionType, Response,
     ResponseFlag, Rule,
@@ -121,18 +120,6 @@ async fn spawn_validate(topics: &RuntimeTopics) -> RunningRuntime {
     spawn_runtime(validate, config).await
 }
 
-async fn create_flags_topic(topics: &RuntimeTopics) {
-    let spec = TopicSpec {
-        name: topics.flags.clone(),
-        partitions: 3,
-        replication_factor: 1,
-        config: vec![],
-    };
-    ensure_topics(&topics.kafka(), &[spec], Duration::from_secs(30))
-        .await
-        .expect("creating the flags topic");
-}
-
 /// Every committed flag on the flags topic (read_committed), decoded, once `expected` are there.
 async fn flags_on_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<ResponseFlag> {
     let codec = Codec::single_object();
@@ -160,7 +147,7 @@ async fn flags_on_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<Re
 async fn outcomes_of_clean_flagged_corrected_and_erroring_responses_and_a_bad_form_dead_lettered() {
     init_logs();
     let topics = RuntimeTopics::create(3).await;
-    create_flags_topic(&topics).await;
+    topics.create_flags_topic().await;
     let producer = TestProducer::new(&topics);
     let form = format!("f{}", unique());
     producer
@@ -472,7 +459,7 @@ async fn kill_9_mid_run_then_restart_gives_exactly_one_flag_per_revision() {
     init_logs();
     const RECORDS: usize = 100_000;
     let topics = RuntimeTopics::create(6).await;
-    create_flags_topic(&topics).await;
+    topics.create_flags_topic().await;
     let producer = TestProducer::new(&topics);
     let mut forms = Vec::new();
     for _ in 0..6 {

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use formstream_core::rules::TOO_EXPENSIVE;
-use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_schemas::{
     Answer, Codec, FlagStatus, Form, QuestionType, Response, ResponseFlag, Rule,
 };
@@ -150,15 +149,7 @@ fn response(form: &Form, id: &str, text: String) -> Response {
 async fn a_pathological_rule_is_flagged_at_its_deadline_while_other_organisations_flow() {
     init_logs();
     let topics = RuntimeTopics::create(3).await;
-    let flags = TopicSpec {
-        name: topics.flags.clone(),
-        partitions: 3,
-        replication_factor: 1,
-        config: vec![],
-    };
-    ensure_topics(&topics.kafka(), &[flags], Duration::from_secs(30))
-        .await
-        .expect("creating the flags topic");
+    topics.create_flags_topic().await;
     let producer = TestProducer::new(&topics);
     let slow: Vec<Rule> = (0..3)
         .map(|i| rule(&format!("slow{i}"), &scans_again_and_again()))
