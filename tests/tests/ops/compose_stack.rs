@@ -254,6 +254,19 @@ fn session(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("deploy/docker/session/{name}.json: {e}"))
 }
 
+/// What the session asks, as docs/operations.md's commands ask it (checked by
+/// `the_documented_commands_are_the_ones_this_test_runs`).
+const READYZ: &str = "/readyz";
+const FORMS: &str = "/v1/forms";
+const RESPONSES: &str = "/v1/forms/household/responses";
+const FLAGS: &str = "/v1/forms/household/flags";
+const RESOLVED: &str = "/v1/forms/household/flags?status=resolved";
+const SLANG_CITIES: &str = "/v1/forms/household/slang/local_words/cities?word=scene";
+const SLANG_WORDS: &str = "/v1/forms/household/slang/local_words/words?city=pune";
+/// Where receipts and notify-collectors write their SMS, and sheets its CSV (in their volumes).
+const OUTBOX: &str = "data/sms-outbox.jsonl";
+const CSV: &str = "data/sheets/household.csv";
+
 /// The response ids and phones of the session's files.
 const ASHA: &str = "0b9e4a44-2d0c-4c41-9a57-6f2d8b0f4e11";
 const RAVI: &str = "5f1c9e2a-7b3d-4e8f-a1c2-93d4e5f6a7b8";
@@ -316,7 +329,7 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
         .build()
         .expect("an HTTP client");
     eventually(START_DEADLINE, "the gateway is ready", || async {
-        match get(&http, &stack.url(stack.gateway, "/readyz")).await? {
+        match get(&http, &stack.url(stack.gateway, READYZ)).await? {
             (200, _) => Ok(()),
             (status, body) => Err(format!("{status} {body}")),
         }
@@ -334,12 +347,12 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
     send(
         &http,
         reqwest::Method::POST,
-        &gateway("/v1/forms"),
+        &gateway(FORMS),
         &session("form"),
         201,
     )
     .await;
-    let responses = gateway("/v1/forms/household/responses");
+    let responses = gateway(RESPONSES);
     send(
         &http,
         reqwest::Method::POST,
@@ -358,7 +371,7 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
     .await;
 
     // 3. validate flagged Ravi's response: the flags API shows it open, with the rule.
-    let flags = gateway("/v1/forms/household/flags");
+    let flags = gateway(FLAGS);
     let open = eventually(
         EFFECT_DEADLINE,
         "the flags API lists Ravi's flag",
@@ -382,11 +395,7 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
         EFFECT_DEADLINE,
         "the collector's SMS is in the outbox",
         || async {
-            let lines = outbox_lines(
-                &stack
-                    .read("notify-collectors", "data/sms-outbox.jsonl")
-                    .await,
-            );
+            let lines = outbox_lines(&stack.read("notify-collectors", OUTBOX).await);
             if lines.is_empty() {
                 Err("no SMS yet".to_owned())
             } else {
@@ -416,12 +425,12 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
     send(
         &http,
         reqwest::Method::PUT,
-        &gateway(&format!("/v1/forms/household/responses/{RAVI}")),
+        &gateway(&format!("{RESPONSES}/{RAVI}")),
         &correction,
         202,
     )
     .await;
-    let resolved = gateway("/v1/forms/household/flags?status=resolved");
+    let resolved = gateway(RESOLVED);
     eventually(
         EFFECT_DEADLINE,
         "the flag is resolved by the correction",
@@ -447,7 +456,7 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
         EFFECT_DEADLINE,
         "the CSV holds both responses, Ravi's corrected",
         || async {
-            let text = stack.read("sheets", "data/sheets/household.csv").await;
+            let text = stack.read("sheets", CSV).await;
             let mut reader = csv::Reader::from_reader(text.as_bytes());
             let rows: Vec<csv::StringRecord> = reader.records().filter_map(Result::ok).collect();
             let ravi = rows.iter().find(|r| r.get(0) == Some(RAVI));
@@ -470,7 +479,7 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
         EFFECT_DEADLINE,
         "both receipts are in the outbox",
         || async {
-            let lines = outbox_lines(&stack.read("receipts", "data/sms-outbox.jsonl").await);
+            let lines = outbox_lines(&stack.read("receipts", OUTBOX).await);
             if lines.len() >= 2 {
                 Ok(lines)
             } else {
@@ -495,10 +504,7 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
     }
 
     // 7. slang indexed the words per city; the search API answers through its published port.
-    let words = stack.url(
-        stack.slang,
-        "/v1/forms/household/slang/local_words/cities?word=scene",
-    );
+    let words = stack.url(stack.slang, SLANG_CITIES);
     let cities = eventually(
         EFFECT_DEADLINE,
         "slang finds `scene` in both cities",
@@ -522,15 +528,9 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
         cities,
         BTreeSet::from(["chennai".to_owned(), "pune".to_owned()])
     );
-    let (status, top) = get(
-        &http,
-        &stack.url(
-            stack.slang,
-            "/v1/forms/household/slang/local_words/words?city=pune",
-        ),
-    )
-    .await
-    .expect("the slang words query");
+    let (status, top) = get(&http, &stack.url(stack.slang, SLANG_WORDS))
+        .await
+        .expect("the slang words query");
     assert_eq!(status, 200, "{top}");
     let pune_words: Vec<&str> = top["cities"][0]["words"]
         .as_array()
@@ -582,4 +582,69 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
         started.elapsed()
     );
     // 9. Drop takes the stack down (`docker-compose down --volumes`) and removes the image.
+}
+
+/// The `sh` block of docs/operations.md's "Without a registry" section.
+fn documented_commands() -> String {
+    let docs = read_repo_file("docs/operations.md");
+    let section = docs
+        .split_once("#### Without a registry")
+        .expect("docs/operations.md has a section \"Without a registry\"")
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .expect("the section has an sh block")
+        .1;
+    block
+        .split_once("```")
+        .expect("the sh block ends")
+        .0
+        .to_owned()
+}
+
+#[test]
+fn the_documented_commands_are_the_ones_this_test_runs() {
+    // The README sends users to docs/operations.md for Docker; its commands must be this test's
+    // (with the default ports a user has), so that what CI proves is what a user types.
+    let commands = documented_commands();
+    let compose = format!(
+        "docker-compose -f {} -f {}",
+        COMPOSE_FILES[0], COMPOSE_FILES[1]
+    );
+    let mut expected = vec![
+        "cargo build --release --bin formstream".to_owned(),
+        "deploy/docker/build.sh".to_owned(),
+        format!("{compose} up -d"),
+        format!("localhost:8080{READYZ}"),
+        format!("localhost:8080{FORMS} -H \"$K\" -H \"$H\" -d @deploy/docker/session/form.json"),
+        format!("localhost:8080{FLAGS} -H \"$K\""),
+        format!(
+            "localhost:8080{RESPONSES}/{RAVI} \\\n  -H \"$K\" -H \"$H\" -d @deploy/docker/session/ravi-correction.json"
+        ),
+        format!("'localhost:8080{RESOLVED}' -H \"$K\""),
+        format!("{compose} exec -T notify-collectors cat {OUTBOX}"),
+        format!("{compose} exec -T receipts cat {OUTBOX}"),
+        format!("{compose} exec -T sheets cat {CSV}"),
+        format!("'localhost:8090{SLANG_CITIES}' -H \"$K\""),
+        format!("'localhost:8090{SLANG_WORDS}' -H \"$K\""),
+        "'localhost:9090/api/v1/query?query=up'".to_owned(),
+        format!("{compose} down --volumes"),
+    ];
+    for response in ["asha", "ravi"] {
+        expected.push(format!(
+            "localhost:8080{RESPONSES} -H \"$K\" -H \"$H\" -d @deploy/docker/session/{response}.json"
+        ));
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|command| !commands.contains(command.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/operations.md's commands lack what compose_stack runs: {missing:#?}\n{commands}"
+    );
+    // The key the test sends is the documented one, and the session's files are its bodies.
+    assert!(commands.contains(&format!("K='Authorization: {ACME}'")));
+    assert_eq!(session("ravi-correction")["response_id"], RAVI);
+    assert_eq!(session("asha")["response_id"], ASHA);
 }
