@@ -7,6 +7,8 @@
 //! - [`kafka`]: librdkafka client configuration (`-X` properties from flags and the environment);
 //! - [`topics`]: the project's topics and their creation; [`tail`]: records decoded to JSON;
 //! - [`follow`]: reading a whole topic into an in-memory view;
+//! - [`identity`]: (organisation, form id, response id), and the keys built on it;
+//! - [`organisations`]: what each organisation owns outside formstream (its spreadsheets);
 //! - [`forms`]: the form model (API shapes, the checks that build a version) and the forms view;
 //! - [`rules`]: CEL business rules, checked at save time and evaluated per response;
 //! - [`receipt`]: receipt templates (MiniJinja), checked at save time and rendered per response;
@@ -24,7 +26,9 @@ pub mod api;
 pub mod config;
 pub mod follow;
 pub mod forms;
+pub mod identity;
 pub mod kafka;
+pub mod organisations;
 pub mod phones;
 pub mod problem;
 pub mod receipt;
