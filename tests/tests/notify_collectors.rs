@@ -175,7 +175,7 @@ async fn a_flagged_response_is_told_once_a_clean_one_never_and_redelivery_adds_n
             "PUT {BASE_URL}/v1/forms/{}/responses/{} with \"revision\": 1",
             form.id, flagged.response_id
         ),
-        &reference(&flagged.response_id, 0),
+        &reference(&flagged),
     ] {
         assert!(body.contains(part), "{part:?} not in {body:?}");
     }
@@ -229,13 +229,13 @@ async fn an_ambiguous_twilio_failure_is_reconciled_into_exactly_one_sms() {
 
     let texts = setup.twilio.messages_to("+14155550101");
     assert_eq!(texts.len(), 1, "reconciled, not re-sent: {texts:#?}");
-    assert!(texts[0].body.contains(&reference(&flagged.response_id, 3)));
+    assert!(texts[0].body.contains(&reference(&flagged)));
     // The retry looked for the message (a GET of the list) instead of creating another.
     assert_eq!(setup.twilio.requests_of("POST"), 1);
     assert!(setup.twilio.requests_of("GET") >= 1);
     // And the ledger knows the sid of the message that was found.
     let ledger = setup.open_ledger().await;
-    let key = format!("{}:3:sms", flagged.response_id);
+    let key = format!("acme/{}/{}:3:sms", flagged.form_id, flagged.response_id);
     assert!(
         matches!(ledger.get(&key), Some(Entry::Done { ref detail, .. }) if *detail == texts[0].sid),
         "{:?}",

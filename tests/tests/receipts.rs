@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use formstream_core::identity::ResponseKey;
 use formstream_notify::{RateLimit, SmsSender, TwilioClient};
 use formstream_receipts::Receipts;
 use formstream_receipts::processor::NAME;
@@ -138,7 +139,19 @@ impl Setup {
     fn expected_body(&self, name: &str, response_id: &str) -> String {
         format!(
             "Thank you {name} for answering Household survey. Receipt {}",
-            reference(response_id)
+            self.reference(response_id)
+        )
+    }
+
+    /// The receipt reference of response `response_id` to this test's form.
+    fn reference(&self, response_id: &str) -> String {
+        reference(
+            &ResponseKey {
+                organisation: &self.form.organisation,
+                form_id: &self.form.id,
+                response_id,
+            }
+            .to_string(),
         )
     }
 
@@ -451,7 +464,7 @@ async fn kill_9_while_created_messages_await_their_answer_sends_no_duplicate() {
     for (id, phone) in &people {
         let texts = setup.twilio.messages_to(phone);
         assert_eq!(texts.len(), 1, "{phone}");
-        assert!(texts[0].body.ends_with(&reference(id)));
+        assert!(texts[0].body.ends_with(&setup.reference(id)));
     }
     // The hung ones were found in the list after the restart, not re-sent.
     assert!(setup.twilio.requests_of("GET") >= 4);

@@ -6,6 +6,7 @@
 //! revision), which rules (their messages), and how to correct it (the PUT that publishes the next
 //! revision).
 
+use formstream_core::identity::ResponseKey;
 use formstream_schemas::{ResponseFlag, Violation};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -28,12 +29,24 @@ pub const FLAGGED_EVENT: &str = "response.flagged";
 /// (a Messaging Service's smart encoding leaves them alone), so that reconciliation finds the
 /// message in Twilio's list by recipient and reference. Derived from a hash of the response id
 /// rather than its prefix: UUIDv7 prefixes are timestamps, equal for responses submitted together.
-/// 40 bits: collisions only matter between messages to one collector within a few days.
-pub fn reference(response_id: &str, revision: i32) -> String {
+/// 40 bits: collisions only matter between messages to one collector within a few days. The hash
+/// is of the response's whole identity ([`ResponseKey`]), so that another organisation reusing the
+/// response id cannot send a message that reconciliation would take for this one.
+pub fn reference(flag: &ResponseFlag) -> String {
     format!(
-        "{}R{revision}",
-        formstream_notify::reference::short("FS", response_id)
+        "{}R{}",
+        formstream_notify::reference::short("FS", &identity(flag).to_string()),
+        flag.revision
     )
+}
+
+/// The identity of the flagged response: (organisation, form id, response id).
+pub fn identity(flag: &ResponseFlag) -> ResponseKey<'_> {
+    ResponseKey {
+        organisation: &flag.organisation,
+        form_id: &flag.form_id,
+        response_id: &flag.response_id,
+    }
 }
 
 /// The `webhook-id` of the notification of (response, revision): the same for every retry and
@@ -42,8 +55,15 @@ pub fn webhook_id(flag: &ResponseFlag) -> String {
     format!("flag_{}_{}", flag.response_id, flag.revision)
 }
 
-/// The ledger key of one channel's notification of (response, revision).
+/// The ledger key of one channel's notification of (response, revision), the response named by
+/// its whole identity: `<organisation>/<form id>/<response id>:<revision>:<channel>`.
 pub fn ledger_key(flag: &ResponseFlag, channel: &str) -> String {
+    format!("{}:{}:{channel}", identity(flag), flag.revision)
+}
+
+/// The key [`ledger_key`] was before keys named the organisation and the form (consulted, never
+/// written; see [`formstream_notify::once`]).
+pub fn legacy_ledger_key(flag: &ResponseFlag, channel: &str) -> String {
     format!("{}:{}:{channel}", flag.response_id, flag.revision)
 }
 
@@ -70,7 +90,7 @@ pub fn sms_body(flag: &ResponseFlag, title: &str, correction_url: &str) -> Strin
     let tail = format!(
         ". Correct it: PUT {correction_url} with \"revision\": {}. Ref {}",
         flag.revision.saturating_add(1),
-        reference(&flag.response_id, flag.revision)
+        reference(flag)
     );
     let budget = SMS_TARGET_CHARS.saturating_sub(chars(&head) + chars(&tail));
     let messages: Vec<String> = flag.violations.iter().map(rule_text).collect();
@@ -199,7 +219,7 @@ pub fn flagged_event(flag: &ResponseFlag, title: &str, correction_url: &str) -> 
             })
             .collect(),
         evaluated_at: evaluated_at(flag).format(&Rfc3339).unwrap_or_default(),
-        reference: reference(&flag.response_id, flag.revision),
+        reference: reference(flag),
         correction: Correction {
             method: "PUT",
             url: correction_url.to_owned(),
@@ -257,7 +277,7 @@ mod tests {
                 "Response {RESPONSE} (\"Household survey\", rev 2) flagged: Savings cannot exceed \
                  income.; Check the age.. Correct it: PUT https://forms.example.org/v1/forms/\
                  household/responses/{RESPONSE} with \"revision\": 3. Ref {}",
-                reference(RESPONSE, 2)
+                reference(&flag)
             )
         );
         assert!(chars(&body) <= SMS_TARGET_CHARS, "{}", chars(&body));
@@ -274,7 +294,7 @@ mod tests {
             chars(&body)
         );
         assert!(body.contains(" (+4 more). Correct it: PUT"), "{body}");
-        assert!(body.contains(&reference(RESPONSE, 2)));
+        assert!(body.contains(&reference(&flag)));
     }
 
     #[test]
@@ -310,14 +330,24 @@ mod tests {
 
     #[test]
     fn references_are_short_ascii_and_stable() {
-        let a = reference(RESPONSE, 0);
-        assert_eq!(a, reference(RESPONSE, 0));
-        assert_ne!(a, reference(RESPONSE, 1));
+        let at = |response_id: &str, revision: i32| {
+            let mut flag = flag(&[]);
+            flag.response_id = response_id.to_owned();
+            flag.revision = revision;
+            flag
+        };
+        let a = reference(&at(RESPONSE, 0));
+        assert_eq!(a, reference(&at(RESPONSE, 0)));
+        assert_ne!(a, reference(&at(RESPONSE, 1)));
         // UUIDv7s created together share their prefix; their references do not.
         assert_ne!(
-            reference("01890a5d-ac96-774b-bcce-b302099a8057", 0),
-            reference("01890a5d-ac96-774b-bcce-b302099a8058", 0)
+            reference(&at("01890a5d-ac96-774b-bcce-b302099a8057", 0)),
+            reference(&at("01890a5d-ac96-774b-bcce-b302099a8058", 0))
         );
+        // Another organisation's response with the same id and revision has another reference.
+        let mut other = at(RESPONSE, 0);
+        other.organisation = "globex".to_owned();
+        assert_ne!(a, reference(&other));
         assert!(
             a.starts_with("FS") && a.ends_with("R0") && a.len() == 14,
             "{a}"
@@ -347,6 +377,10 @@ mod tests {
         );
         assert!(json.get("collector_phone").is_none());
         assert_eq!(webhook_id(&flag), format!("flag_{RESPONSE}_2"));
-        assert_eq!(ledger_key(&flag, "sms"), format!("{RESPONSE}:2:sms"));
+        assert_eq!(
+            ledger_key(&flag, "sms"),
+            format!("acme/household/{RESPONSE}:2:sms")
+        );
+        assert_eq!(legacy_ledger_key(&flag, "sms"), format!("{RESPONSE}:2:sms"));
     }
 }

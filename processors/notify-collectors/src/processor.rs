@@ -5,7 +5,9 @@
 //! `Done` is skipped; `Attempted` means a previous attempt may have had its effect, so an SMS is
 //! reconciled against Twilio's message list before any re-send and a webhook is re-delivered
 //! with the same `webhook-id`. `Attempted` is recorded (acknowledged by Kafka) before each effect
-//! and `Done` after it. Phone numbers appear in logs only redacted.
+//! and `Done` after it. Ledger keys name the flagged response's whole identity (organisation,
+//! form id, response id), so another organisation reusing a response id never stops these
+//! notifications. Phone numbers appear in logs only redacted.
 //!
 //! Targets: a flagged record's effect writes to the SMS sender's account and/or the form's
 //! webhook receiver, each with the flag's organisation; each has a circuit of its own, so that
@@ -100,8 +102,8 @@ impl NotifyCollectors {
         }
     }
 
-    async fn settled(&self, key: &str) -> Result<Option<Entry>, Failure> {
-        once::settled(self.sms.ledger(), key).await
+    async fn settled(&self, key: &str, legacy: &str) -> Result<Option<Entry>, Failure> {
+        once::settled(self.sms.ledger(), key, Some(legacy)).await
     }
 
     async fn record(&self, key: &str, entry: Entry) -> Result<(), Failure> {
@@ -121,10 +123,14 @@ impl NotifyCollectors {
             return Ok(());
         };
         let key = message::ledger_key(flag, "sms");
-        let reference = message::reference(response_id, flag.revision);
+        let legacy = message::legacy_ledger_key(flag, "sms");
+        let reference = message::reference(flag);
         let url = message::correction_url(&self.correction_base_url, flag);
         let body = message::sms_body(flag, &form.title, &url);
-        let delivery = self.sms.send(&key, to, &reference, &body).await?;
+        let delivery = self
+            .sms
+            .send(&key, Some(&legacy), to, &reference, &body)
+            .await?;
         let sid = delivery.sid();
         match delivery {
             Delivery::Sent(_) => {
@@ -150,8 +156,9 @@ impl NotifyCollectors {
     ) -> Result<(), Failure> {
         let response_id = flag.response_id.as_str();
         let key = message::ledger_key(flag, "webhook");
+        let legacy = message::legacy_ledger_key(flag, "webhook");
         let id = message::webhook_id(flag);
-        let attempted = match self.settled(&key).await? {
+        let attempted = match self.settled(&key, &legacy).await? {
             Some(Entry::Done { .. }) => {
                 tracing::info!(response_id, revision = flag.revision, webhook_id = %id, "Webhook already delivered; skipped.");
                 return Ok(());

@@ -16,6 +16,12 @@
 //! message list (or the outbox) showed nothing to that number carrying the reference. The limit:
 //! the reference must be in the body, and the search covers messages created since a day before
 //! the attempt (Twilio filters by day).
+//!
+//! Keys name the whole identity of a response ([`formstream_core::identity`]), so that another
+//! organisation reusing a response id never finds this one's entries. Ledgers written before
+//! that keyed entries by the response id alone: such a *legacy* key is consulted, read-only, when
+//! the key has no entry, so that records redelivered or replayed across the upgrade are not
+//! texted twice. Nothing writes legacy keys any more, so no organisation can make one now.
 
 use formstream_runtime::{Entry, Failure, Ledger, LedgerError};
 
@@ -82,21 +88,23 @@ impl OnceSms {
         &self.ledger
     }
 
-    /// Sends `body` (which must contain `reference`) to `to`, once per `key`; see the module
-    /// header. Errors are the runtime's failures: what Twilio refused for good is permanent,
-    /// everything else (rate limits, outages, ambiguous answers, the ledger) is retried. The
-    /// sender's failures name their target by the sender's kind ([`SmsSender::kind`]), so that
-    /// they count against the circuit of the processor's target of that kind (its
+    /// Sends `body` (which must contain `reference`) to `to`, once per `key` (and not if the
+    /// `legacy` key of the same effect says it was sent); see the module header. Errors are the
+    /// runtime's failures: what Twilio refused for good is permanent, everything else (rate
+    /// limits, outages, ambiguous answers, the ledger) is retried. The sender's failures name
+    /// their target by the sender's kind ([`SmsSender::kind`]), so that they count against the
+    /// circuit of the processor's target of that kind (its
     /// [`formstream_runtime::Processor::targets`]).
     pub async fn send(
         &self,
         key: &str,
+        legacy: Option<&str>,
         to: &str,
         reference: &str,
         body: &str,
     ) -> Result<Delivery, Failure> {
         debug_assert!(body.contains(reference), "the body carries the reference");
-        match settled(&self.ledger, key).await? {
+        match settled(&self.ledger, key, legacy).await? {
             Some(Entry::Done { detail, .. }) => return Ok(Delivery::AlreadyDone(detail)),
             Some(Entry::Attempted {
                 at,
@@ -138,13 +146,25 @@ impl OnceSms {
 }
 
 /// The ledger's entry for `key`, read after syncing with the topic unless it already says
-/// `Done`: what a previous owner of the partition wrote is seen before acting on a miss.
-pub async fn settled(ledger: &Ledger, key: &str) -> Result<Option<Entry>, Failure> {
-    if let Some(entry @ Entry::Done { .. }) = ledger.get(key) {
+/// `Done`: what a previous owner of the partition wrote is seen before acting on a miss. When
+/// `key` has none, the entry of its `legacy` key (see the module header) as the view holds it,
+/// without syncing its partition: legacy entries are written only by instances of an older
+/// version, so once those have stopped, the view loaded at start-up holds them all.
+pub async fn settled(
+    ledger: &Ledger,
+    key: &str,
+    legacy: Option<&str>,
+) -> Result<Option<Entry>, Failure> {
+    let held = |ledger: &Ledger| {
+        ledger
+            .get(key)
+            .or_else(|| legacy.and_then(|l| ledger.get(l)))
+    };
+    if let Some(entry @ Entry::Done { .. }) = held(ledger) {
         return Ok(Some(entry));
     }
     ledger.sync_key(key).await.map_err(ledger_failure)?;
-    Ok(ledger.get(key))
+    Ok(held(ledger))
 }
 
 /// Records `entry` for `key`, acknowledged by Kafka.

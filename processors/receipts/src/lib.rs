@@ -2,10 +2,11 @@
 //! revision), as soon as the response is in, to the number they answered on the form's phone
 //! question, with a text from the form's MiniJinja template and a short receipt reference.
 //!
-//! Invariant (docs/design.md, promise 2): at most one SMS per response id, whatever is redelivered,
-//! replayed or corrected, across crashes and instances. [`formstream_notify::OnceSms`] keeps it:
-//! the runtime's effect ledger (the compacted topic `receipts.ledger`, keyed by response id)
-//! records `Attempted` before each send and `Done` with the Twilio sid after; an `Attempted`
+//! Invariant (docs/design.md, promises 2 and 8): at most one SMS per response, whatever is
+//! redelivered, replayed or corrected, across crashes and instances, and nothing another
+//! organisation sends stops or doubles it. [`formstream_notify::OnceSms`] keeps it: the runtime's
+//! effect ledger (the compacted topic `receipts.ledger`, keyed by the response's whole identity,
+//! `<organisation>/<form id>/<response id>`) records `Attempted` before each send and `Done` with the Twilio sid after; an `Attempted`
 //! receipt is looked for in Twilio's message list (by recipient and reference) before any
 //! re-send. Sends wait for the per-sender rate limit inside the effect, so a full bucket is
 //! back-pressure, not a queue.

@@ -1,9 +1,10 @@
 //! [`Receipts`]: for each response of a form with a receipt action, one SMS to the number answered
 //! on the action's phone question.
 //!
-//! Invariant: a receipt is sent only through [`OnceSms`] under the response id, so a later
-//! revision, a redelivery or a replay of the same response never texts again (see the crate
-//! header). What can never succeed is permanent and dead-lettered with its reason: a number that
+//! Invariant: a receipt is sent only through [`OnceSms`] under the response's identity
+//! (organisation, form id, response id), so a later revision, a redelivery or a replay of the same
+//! response never texts again, and another organisation's response with the same id is another
+//! receipt (see the crate header). What can never succeed is permanent and dead-lettered with its reason: a number that
 //! cannot exist (checked with libphonenumber before any request), Twilio's refusals (21211,
 //! 21408, 21610, 21614, 21617 and other 4xx, with their code), a template that cannot render the
 //! response. Phone numbers appear in logs only redacted.
@@ -14,6 +15,7 @@
 use std::future::Future;
 
 use anyhow::anyhow;
+use formstream_core::identity::ResponseKey;
 use formstream_core::phones::normalise_phone;
 use formstream_notify::{Delivery, OnceSms, RateLimit, SmsSender, redact};
 use formstream_runtime::{
@@ -114,10 +116,13 @@ impl Processor for Receipts {
                 form.default_region.as_deref().unwrap_or("none"),
             ))
         })?;
-        let reference = receipt::reference(response_id);
+        let key = ResponseKey::of(response).to_string();
+        let reference = receipt::reference(&key);
         let text = receipt::text(action, &response.form_id, form, response, &reference)
             .map_err(|e| Failure::permanent(anyhow!(e)))?;
-        let delivery = self.sms.send(response_id, &to, &reference, &text).await?;
+        // Before keys named the organisation and the form, the response id alone was the key.
+        let legacy = Some(response_id);
+        let delivery = self.sms.send(&key, legacy, &to, &reference, &text).await?;
         let sid = delivery.sid();
         match delivery {
             Delivery::Sent(_) => {

@@ -1,6 +1,6 @@
 //! What a respondent receives: the receipt reference and the text.
 //!
-//! Invariant: both are pure functions of the response id, the form version and the answers,
+//! Invariant: both are pure functions of the response's identity, the form version and the answers,
 //! never of the time of sending or the revision being handled, so every retry, redelivery and
 //! reconciliation of one receipt looks for and sends the same text, and the text always carries
 //! the reference that reconciliation searches for.
@@ -8,10 +8,13 @@
 use formstream_core::receipt;
 use formstream_schemas::{FormVersion, ReceiptAction, Response};
 
-/// The receipt reference of a response, e.g. `RC3F2A9C1B7E`: per response, not per revision
-/// (one receipt per response), hash-based and ASCII (see [`formstream_notify::reference`]).
-pub fn reference(response_id: &str) -> String {
-    formstream_notify::reference::short("RC", response_id)
+/// The receipt reference of a response, from its identity key
+/// ([`formstream_core::identity::ResponseKey`]), e.g. `RC3F2A9C1B7E`: per response, not per
+/// revision (one receipt per response), hash-based and ASCII (see [`formstream_notify::reference`]).
+/// Hashing the whole identity keeps another organisation that reuses the response id from sending
+/// a message that reconciliation would take for this one.
+pub fn reference(response_key: &str) -> String {
+    formstream_notify::reference::short("RC", response_key)
 }
 
 /// The SMS text: the form's template rendered over this response, followed by ` Ref <reference>`
@@ -42,6 +45,7 @@ pub fn text(
 
 #[cfg(test)]
 mod tests {
+    use formstream_core::identity::ResponseKey;
     use formstream_schemas::{Answer, Collector, Question, QuestionType};
 
     use super::*;
@@ -99,7 +103,7 @@ mod tests {
     fn render(template: &str, revision: i32) -> String {
         let version = version(template);
         let response = response(revision);
-        let reference = reference(&response.response_id);
+        let reference = reference(&ResponseKey::of(&response).to_string());
         text(
             version.receipt.as_ref().unwrap(),
             "household",
@@ -112,8 +116,13 @@ mod tests {
 
     #[test]
     fn the_reference_is_placed_by_the_template_or_appended() {
-        let reference = reference("0b9e4a44-0000-7000-8000-000000000001");
+        let reference = reference("acme/household/0b9e4a44-0000-7000-8000-000000000001");
         assert!(reference.starts_with("RC") && reference.len() == 12);
+        // Another organisation's response with the same id has another reference.
+        assert_ne!(
+            reference,
+            super::reference("globex/household/0b9e4a44-0000-7000-8000-000000000001")
+        );
         assert_eq!(
             render(
                 "Thanks {{ answers.name }}! {{ form.title }}, ref {{ receipt_ref }}.",
