@@ -7,12 +7,15 @@
 //!   therefore redoes only records that may be missing, and redoing one is harmless (next point):
 //!   each response revision is in the index exactly once, through crashes and restarts.
 //! - A response is in the index at its highest revision seen only: a revision replaces the
-//!   documents of lower ones (delete by response id, then add), and a revision at or below the
-//!   one indexed changes nothing (a redelivery, or an older revision arriving late).
+//!   documents of lower ones (delete by the response's identity, then add), and a revision at or
+//!   below the one indexed changes nothing (a redelivery, or an older revision arriving late).
+//! - A response is known by its whole identity, (organisation, form id, response id)
+//!   ([`ResponseKey`]): another organisation (or another form) reusing a response id is another
+//!   response, and can neither replace nor remove this one's documents and counts.
 //! - The word and phrase counts ([`Counts`]) are those of the last commit (see `counts`).
-//! - Every response id in the index or in the writer is in `known` (as a hash): a response whose
-//!   hash is not there is new, and needs no look-up in the index. Only corrections, redeliveries
-//!   and hash collisions take the look-up.
+//! - Every response identity in the index or in the writer is in `known` (as a hash): a response
+//!   whose hash is not there is new, and needs no look-up in the index. Only corrections,
+//!   redeliveries and hash collisions take the look-up.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -32,6 +35,8 @@ use tantivy::tokenizer::TokenizerManager;
 use tantivy::{
     DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
 };
+
+use formstream_core::identity::ResponseKey;
 
 use crate::counts::{Change, Contribution, Counts, scope_key};
 use crate::tokenizer::{WORDS, WordTokenizer, words};
@@ -73,6 +78,10 @@ struct Fields {
     /// The question answered: [`scope_key`] of its organisation, form and key. One term to
     /// filter on, and stored, so that the counts can be rebuilt on open.
     scope: Field,
+    /// The response's identity, [`ResponseKey`]: the term a revision's documents are replaced
+    /// and looked up by; stored, so that `known` can be rebuilt on open.
+    identity: Field,
+    /// Stored only: shown in results.
     response_id: Field,
     revision: Field,
     city: Field,
@@ -94,7 +103,8 @@ fn schema() -> (Schema, Fields) {
     );
     let fields = Fields {
         scope: builder.add_text_field("scope", STRING | STORED),
-        response_id: builder.add_text_field("response_id", STRING | STORED),
+        identity: builder.add_text_field("identity", STRING | STORED),
+        response_id: builder.add_text_field("response_id", STORED),
         revision: builder.add_i64_field("revision", STORED),
         city: builder.add_text_field("city", STRING | STORED | FAST),
         submitted_at: builder.add_i64_field("submitted_at", STORED),
@@ -113,15 +123,52 @@ pub struct Payload {
 /// The documents of one response revision.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub form_id: String,
-    pub organisation: String,
-    pub response_id: String,
+    /// [`Entry::identity`], computed once from the three fields after it (which are private so
+    /// that it cannot go stale).
+    identity: String,
+    organisation: String,
+    form_id: String,
+    response_id: String,
     pub revision: i32,
     pub submitted_at: i64,
     /// Choice keys of the city question (several for a multiple choice; none when unanswered).
     pub cities: Vec<String>,
     /// (question key, answer text) of each indexed text question answered.
     pub texts: Vec<(String, String)>,
+}
+
+impl Entry {
+    pub fn new(
+        organisation: String,
+        form_id: String,
+        response_id: String,
+        revision: i32,
+        submitted_at: i64,
+        cities: Vec<String>,
+        texts: Vec<(String, String)>,
+    ) -> Self {
+        let identity = ResponseKey {
+            organisation: &organisation,
+            form_id: &form_id,
+            response_id: &response_id,
+        }
+        .to_string();
+        Entry {
+            identity,
+            form_id,
+            organisation,
+            response_id,
+            revision,
+            submitted_at,
+            cities,
+            texts,
+        }
+    }
+
+    /// The response's identity key, `<organisation>/<form id>/<response id>` ([`ResponseKey`]).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
 }
 
 /// What became of an entry.
@@ -206,21 +253,21 @@ pub struct SlangIndex {
 /// The bookkeeping of the writer's uncommitted additions.
 #[derive(Default)]
 struct Book {
-    /// Revisions added since the last commit, by response id, with their answers' contributions
-    /// to the counts: not visible to searchers yet.
+    /// Revisions added since the last commit, by response identity, with their answers'
+    /// contributions to the counts: not visible to searchers yet.
     pending: HashMap<String, (i32, Vec<Arc<Contribution>>)>,
     /// The count changes that the next commit makes true, in order.
     changes: Vec<(Change, Arc<Contribution>)>,
-    /// Hashes ([`id_hash`]) of the response ids in the index or in the writer.
+    /// Hashes ([`id_hash`]) of the response identities in the index or in the writer.
     known: HashSet<u64, foldhash::fast::FixedState>,
 }
 
 /// A response's revision in the index, and what its answers contributed to the counts.
 type Indexed = (i64, Vec<Arc<Contribution>>);
 
-/// A response id's hash in [`Book::known`].
-fn id_hash(response_id: &str) -> u64 {
-    foldhash::fast::FixedState::default().hash_one(response_id)
+/// A response identity's hash in [`Book::known`].
+fn id_hash(identity: &str) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(identity)
 }
 
 impl SlangIndex {
@@ -296,11 +343,9 @@ impl SlangIndex {
             let store = segment.get_store_reader(1)?;
             for doc in store.iter::<TantivyDocument>(segment.alive_bitset()) {
                 let doc = doc?;
-                if let Some(id) = doc
-                    .get_first(self.fields.response_id)
-                    .and_then(|v| v.as_str())
+                if let Some(identity) = doc.get_first(self.fields.identity).and_then(|v| v.as_str())
                 {
-                    known.insert(id_hash(id));
+                    known.insert(id_hash(identity));
                 }
                 if let Some(contribution) = self.stored_contribution(&doc) {
                     counts.apply(&contribution, Change::Add);
@@ -337,15 +382,15 @@ impl SlangIndex {
         ))
     }
 
-    /// The revision a response has in the committed index, with its answers' contributions;
-    /// `None` when the index does not hold it.
+    /// The revision the response of `identity` has in the committed index, with its answers'
+    /// contributions; `None` when the index does not hold it.
     fn committed_revision(
         &self,
         searcher: &Searcher,
-        response_id: &str,
+        identity: &str,
     ) -> Result<Option<Indexed>, IndexError> {
         let query = TermQuery::new(
-            Term::from_field_text(self.fields.response_id, response_id),
+            Term::from_field_text(self.fields.identity, identity),
             IndexRecordOption::Basic,
         );
         let mut found: Option<Indexed> = None;
@@ -440,15 +485,16 @@ impl SlangIndex {
         let mut outcomes = Vec::with_capacity(entries.len());
         for (entry, contributions) in entries.iter().zip(contributed) {
             self.uncommitted.fetch_add(1, Ordering::Relaxed);
-            let hash = id_hash(&entry.response_id);
+            let identity = entry.identity();
+            let hash = id_hash(identity);
             // The revision indexed (pending first: it replaced any committed one) and what its
             // answers contributed to the counts.
-            let earlier = match book.pending.get(&entry.response_id) {
+            let earlier = match book.pending.get(identity) {
                 Some((revision, contributions)) => {
                     Some((i64::from(*revision), contributions.clone()))
                 }
                 None if book.known.contains(&hash) => {
-                    self.committed_revision(&searcher, &entry.response_id)?
+                    self.committed_revision(&searcher, identity)?
                 }
                 None => None,
             };
@@ -462,10 +508,7 @@ impl SlangIndex {
             let indexed = earlier.is_some();
             let replaced = earlier.map(|(_, c)| c).unwrap_or_default();
             if indexed {
-                writer.delete_term(Term::from_field_text(
-                    self.fields.response_id,
-                    &entry.response_id,
-                ));
+                writer.delete_term(Term::from_field_text(self.fields.identity, identity));
             }
             for document in self.documents(entry, &contributions) {
                 writer.add_document(document)?;
@@ -475,7 +518,7 @@ impl SlangIndex {
             book.changes
                 .extend(contributions.iter().map(|c| (Change::Add, c.clone())));
             book.pending
-                .insert(entry.response_id.clone(), (entry.revision, contributions));
+                .insert(identity.to_owned(), (entry.revision, contributions));
             book.known.insert(hash);
             outcomes.push(Upsert::Indexed);
         }
@@ -494,6 +537,7 @@ impl SlangIndex {
         let f = self.fields;
         let base = || {
             let mut doc = TantivyDocument::default();
+            doc.add_text(f.identity, entry.identity());
             doc.add_text(f.response_id, &entry.response_id);
             doc.add_i64(f.revision, i64::from(entry.revision));
             doc.add_i64(f.submitted_at, entry.submitted_at);
@@ -767,15 +811,15 @@ mod tests {
     use super::*;
 
     fn entry(id: &str, revision: i32, city: &str, text: &str) -> Entry {
-        Entry {
-            form_id: "f".into(),
-            organisation: "acme".into(),
-            response_id: id.into(),
+        Entry::new(
+            "acme".into(),
+            "f".into(),
+            id.into(),
             revision,
-            submitted_at: 1,
-            cities: vec![city.into()],
-            texts: vec![("slang".into(), text.into())],
-        }
+            1,
+            vec![city.into()],
+            vec![("slang".into(), text.into())],
+        )
     }
 
     const SCOPE: Scope<'static> = Scope {
@@ -909,6 +953,72 @@ mod tests {
                 .expect("indexed"),
             [Upsert::Stale]
         );
+    }
+
+    #[test]
+    fn the_same_response_id_elsewhere_never_replaces_an_answer() {
+        let elsewhere = |organisation: &str, form_id: &str, revision: i32| {
+            Entry::new(
+                organisation.into(),
+                form_id.into(),
+                "1".into(),
+                revision,
+                1,
+                vec!["pune".into()],
+                vec![("slang".into(), "kuch aur".into())],
+            )
+        };
+        let expected = vec![(
+            "pune".to_owned(),
+            1,
+            vec![("bhai".to_owned(), 1), ("mast".to_owned(), 1)],
+            vec![("mast bhai".to_owned(), 1)],
+        )];
+        let dir = tempfile::tempdir().expect("a directory");
+        let index = SlangIndex::open(dir.path(), 50_000_000).expect("an index");
+        index
+            .upsert(&[entry("1", 0, "pune", "mast bhai")])
+            .expect("indexed");
+        // Another organisation, and another form of the same one, reuse the id at higher
+        // revisions: while acme's answer is pending, then once it is committed.
+        assert_eq!(
+            index
+                .upsert(&[elsewhere("globex", "f", 3), elsewhere("acme", "g", 3)])
+                .expect("indexed"),
+            [Upsert::Indexed, Upsert::Indexed]
+        );
+        index.commit().expect("committed");
+        assert_eq!(
+            index
+                .upsert(&[elsewhere("globex", "f", 4), elsewhere("acme", "g", 4)])
+                .expect("indexed"),
+            [Upsert::Indexed, Upsert::Indexed]
+        );
+        index.commit().expect("committed");
+        assert_eq!(top(&index), expected);
+        assert_eq!(
+            index.search(SCOPE, "mast", None, 10, 0).expect("q").total,
+            1
+        );
+        drop(index);
+        // Reopened, the index still tells the three apart.
+        let reopened = SlangIndex::open(dir.path(), 50_000_000).expect("reopened");
+        assert_eq!(top(&reopened), expected);
+        assert_eq!(
+            reopened
+                .upsert(&[entry("1", 0, "pune", "mast bhai")])
+                .expect("indexed"),
+            [Upsert::Stale]
+        );
+        assert_eq!(
+            reopened
+                .upsert(&[elsewhere("globex", "f", 5)])
+                .expect("indexed"),
+            [Upsert::Indexed]
+        );
+        reopened.commit().expect("committed");
+        assert_eq!(top(&reopened), expected);
+        assert_eq!(reopened.documents_count(), 3);
     }
 
     #[test]

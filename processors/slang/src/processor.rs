@@ -50,15 +50,15 @@ pub fn entry_of(record: &Record<Response>) -> Option<Entry> {
             (!text.trim().is_empty()).then(|| (key.clone(), text.clone()))
         })
         .collect();
-    Some(Entry {
-        form_id: response.form_id.clone(),
-        organisation: response.organisation.clone(),
-        response_id: response.response_id.clone(),
-        revision: response.revision,
-        submitted_at: response.submitted_at,
+    Some(Entry::new(
+        response.organisation.clone(),
+        response.form_id.clone(),
+        response.response_id.clone(),
+        response.revision,
+        response.submitted_at,
         cities,
         texts,
-    })
+    ))
 }
 
 impl Processor for Slang {
