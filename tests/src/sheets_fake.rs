@@ -204,6 +204,48 @@ impl FakeSheets {
         path
     }
 
+    /// The exporter's flags for this fake, quick for tests: its credentials (written in `dir`), its
+    /// URL, a short linger and timeout, reads unthrottled, and `ledger` as the ledger topic.
+    pub fn exporter_flags(&self, dir: &Path, ledger: &str) -> Vec<String> {
+        let credentials = self.credentials_file(dir);
+        [
+            "--sheets-credentials",
+            &credentials.display().to_string(),
+            "--sheets-base-url",
+            &self.base_url(),
+            "--sheets-linger",
+            "100ms",
+            "--sheets-reads-per-minute",
+            "6000",
+            "--sheets-timeout",
+            "2s",
+            "--ledger-topic",
+            ledger,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    /// Writes an organisations file (`--organisations-file`) in `dir` that gives `organisation`
+    /// every spreadsheet the fake holds now, as an operator lists the spreadsheets an
+    /// organisation shared with the exporter.
+    pub fn organisations_file(&self, dir: &Path, organisation: &str) -> PathBuf {
+        let ids: Vec<String> = self
+            .state()
+            .spreadsheets
+            .keys()
+            .map(|id| format!("{id:?}"))
+            .collect();
+        let path = dir.join("organisations.toml");
+        std::fs::write(
+            &path,
+            format!("[{organisation:?}]\nspreadsheets = [{}]\n", ids.join(", ")),
+        )
+        .expect("writing the organisations file");
+        path
+    }
+
     pub fn set_cell_limit(&self, cells: u64) {
         self.state().cell_limit = cells;
     }

@@ -33,26 +33,16 @@ fn sheets_args(extra: &[&str]) -> SheetsArgs {
     Flags::try_parse_from(argv).expect("sheets flags").args
 }
 
-/// Flags pointing the exporter at `fake`, quick for tests.
+/// Flags pointing the exporter at `fake`, quick for tests; every spreadsheet the test made so far
+/// is acme's, as the operator says.
 fn google_flags(fake: &FakeSheets, dir: &Path, ledger: &str) -> Vec<String> {
-    let credentials = fake.credentials_file(dir);
-    [
-        "--sheets-credentials",
-        &credentials.display().to_string(),
-        "--sheets-base-url",
-        &fake.base_url(),
-        "--sheets-linger",
-        "100ms",
-        "--sheets-reads-per-minute",
-        "6000",
-        "--sheets-timeout",
-        "2s",
-        "--ledger-topic",
-        ledger,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+    let owners = fake.organisations_file(dir, "acme");
+    let mut flags = vec![
+        "--organisations-file".to_owned(),
+        owners.display().to_string(),
+    ];
+    flags.extend(fake.exporter_flags(dir, ledger));
+    flags
 }
 
 /// [`google_flags`] with a write quota that does not slow tests down.
@@ -753,7 +743,7 @@ async fn without_credentials_each_form_is_a_csv_file_with_one_row_per_response()
 
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
-        .from_path(dir.path().join(format!("{a}.csv")))
+        .from_path(dir.path().join("acme").join(format!("{a}.csv")))
         .expect("the CSV file");
     let rows: Vec<Vec<String>> = reader
         .records()
@@ -777,7 +767,12 @@ async fn without_credentials_each_form_is_a_csv_file_with_one_row_per_response()
         "a formula-like text is neutralised for spreadsheet programs"
     );
     assert_eq!(by_id["r2"][4], "name r2 r0");
-    assert!(!dir.path().join(format!("{a}.csv.tmp")).exists());
+    assert!(
+        !dir.path()
+            .join("acme")
+            .join(format!("{a}.csv.tmp"))
+            .exists()
+    );
     topics.delete().await;
 }
 

@@ -1,4 +1,5 @@
-//! Batches rows per form, bounded by size (`--sheets-max-request-bytes`) and time
+//! Batches rows per form (per (organisation, form id): two organisations' `household` forms are
+//! two forms, written to two targets), bounded by size (`--sheets-max-request-bytes`) and time
 //! (`--sheets-linger`), and decides which form is written next.
 //!
 //! Why an internal batcher rather than the runtime's `handle_batch`: the quota is per call, and a
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use formstream_core::identity::FormKey;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::api::ApiError;
@@ -51,7 +53,7 @@ pub struct BatchSettings {
 }
 
 pub struct Batcher {
-    queues: Mutex<HashMap<String, Queue>>,
+    queues: Mutex<HashMap<FormKey, Queue>>,
     wake: Notify,
     settings: BatchSettings,
 }
@@ -65,7 +67,7 @@ impl Batcher {
         })
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, Queue>> {
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<FormKey, Queue>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -75,7 +77,9 @@ impl Batcher {
         let bytes = estimate(&pending);
         {
             let mut queues = self.queues();
-            let queue = queues.entry(pending.response.form_id.clone()).or_default();
+            let queue = queues
+                .entry(FormKey::of_response(&pending.response))
+                .or_default();
             queue.bytes += bytes;
             queue.rows.push(Waiting {
                 pending,
@@ -93,11 +97,11 @@ impl Batcher {
     }
 
     /// The form to write next, its rows taken (and the form marked busy); or when to look again.
-    fn pick(&self, now: Instant) -> Result<(String, Vec<Waiting>), Instant> {
+    fn pick(&self, now: Instant) -> Result<(FormKey, Vec<Waiting>), Instant> {
         let mut queues = self.queues();
         let s = self.settings;
-        let mut overdue: Option<(&String, Instant)> = None;
-        let mut fullest: Option<(&String, usize)> = None;
+        let mut overdue: Option<(&FormKey, Instant)> = None;
+        let mut fullest: Option<(&FormKey, usize)> = None;
         let mut next = now + Duration::from_secs(1);
         for (form, queue) in queues.iter() {
             let Some(oldest) = queue.rows.first().map(|w| w.since) else {
@@ -128,7 +132,7 @@ impl Batcher {
         Ok((form, std::mem::take(&mut queue.rows)))
     }
 
-    fn done(&self, form: &str) {
+    fn done(&self, form: &FormKey) {
         let mut queues = self.queues();
         if let Some(queue) = queues.get_mut(form) {
             queue.busy = false;
@@ -163,7 +167,7 @@ impl Batcher {
             tokio::spawn(async move {
                 let pending: Vec<Pending> = rows.iter().map(|w| w.pending.clone()).collect();
                 let bytes: usize = rows.iter().map(|w| w.bytes).sum();
-                tracing::debug!(form_id = %form, rows = pending.len(), bytes, "Writing a batch.");
+                tracing::debug!(organisation = %form.organisation, form_id = %form.form_id, rows = pending.len(), bytes, "Writing a batch.");
                 let results = sink.write(&form, &pending).await;
                 let mut results = results.into_iter();
                 for waiting in rows {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use formstream_core::config::parse_duration;
+use formstream_core::organisations::OrganisationsArgs;
 use formstream_runtime::LedgerArgs;
 
 /// `formstream process sheets`: where rows go, and the quotas that bound how fast.
@@ -26,8 +27,8 @@ pub struct SheetsArgs {
     )]
     pub sheets_base_url: String,
 
-    /// Folder of the local spreadsheet files (one `<form id>.csv` per form), used without
-    /// credentials.
+    /// Folder of the local spreadsheet files (one `<organisation>/<form id>.csv` per form), used
+    /// without credentials.
     // Beside the SMS outbox's `data/`: the local defaults live together.
     #[arg(long, env = "FORMSTREAM_SHEETS_DIR", default_value = "data/sheets")]
     pub sheets_dir: PathBuf,
@@ -83,4 +84,7 @@ pub struct SheetsArgs {
 
     #[command(flatten)]
     pub ledger: LedgerArgs,
+
+    #[command(flatten)]
+    pub organisations: OrganisationsArgs,
 }

@@ -1,4 +1,4 @@
-//! The Google Sheets target: per form, a chain of spreadsheets ("parts"), each with one tab
+//! The Google Sheets target: per form (organisation, form id), a chain of spreadsheets ("parts"), each with one tab
 //! [`TAB`] holding a header row and one row per response.
 //!
 //! Exactly once, with the sheet as the source of truth:
@@ -14,8 +14,8 @@
 //!   the next owner of the partition, after a crash) reads the sheet back first, finds them, and
 //!   does not append them again.
 //! - Parts after the first (and a first part the exporter creates) are recorded in the effect
-//!   ledger (a compacted Kafka topic): `attempted` before `spreadsheets.create`, `done` with the
-//!   new id after. A crash between the two leaves at most an empty spreadsheet behind (logged with
+//!   ledger (a compacted Kafka topic), under the form's organisation and id: `attempted` before
+//!   `spreadsheets.create`, `done` with the new id after. A crash between the two leaves at most an empty spreadsheet behind (logged with
 //!   its title), never rows in a spreadsheet the read-back does not know.
 //!
 //! Rollover: a part's cells (every tab's grid, as Google counts them) never pass the cell limit;
@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use formstream_core::identity::FormKey;
 use formstream_runtime::{Entry, Ledger};
 use formstream_schemas::Form;
 use serde_json::Value;
@@ -102,7 +103,8 @@ pub struct Google {
     ledger: Ledger,
     cell_limit: u64,
     max_request_bytes: usize,
-    books: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Book>>>>,
+    /// Per form: two organisations' forms of the same id are two books, two chains.
+    books: Mutex<HashMap<FormKey, Arc<tokio::sync::Mutex<Book>>>>,
 }
 
 impl Google {
@@ -134,7 +136,7 @@ impl Google {
         }
     }
 
-    fn book(&self, form_id: &str, home: &Home) -> Arc<tokio::sync::Mutex<Book>> {
+    fn book(&self, key: &FormKey, home: &Home) -> Arc<tokio::sync::Mutex<Book>> {
         let mut books = self.books.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = || {
             Arc::new(tokio::sync::Mutex::new(Book {
@@ -145,7 +147,7 @@ impl Google {
                 stale: true,
             }))
         };
-        let book = books.entry(form_id.to_owned()).or_insert_with(fresh);
+        let book = books.entry(key.clone()).or_insert_with(fresh);
         // A new version named another spreadsheet: start over there.
         if book.try_lock().is_ok_and(|b| b.home != *home) {
             *book = fresh();
@@ -153,7 +155,7 @@ impl Google {
         book.clone()
     }
 
-    pub async fn write(&self, form_id: &str, rows: &[Pending]) -> Vec<Result<(), ApiError>> {
+    pub async fn write(&self, key: &FormKey, rows: &[Pending]) -> Vec<Result<(), ApiError>> {
         let Some(form) = newest_form(rows).cloned() else {
             return Vec::new();
         };
@@ -165,11 +167,11 @@ impl Google {
             // The processor only queues forms with a sheets action.
             None => return rows.iter().map(|_| Ok(())).collect(),
         };
-        let book = self.book(form_id, &home);
+        let book = self.book(key, &home);
         let mut book = book.lock().await;
         let assignment = rows.iter().map(|p| p.assignment).max().unwrap_or(0);
         if book.stale || book.read_for.is_none_or(|read| read < assignment) {
-            if let Err(error) = self.read_back(&mut book, form_id).await {
+            if let Err(error) = self.read_back(&mut book, key).await {
                 return rows.iter().map(|_| Err(error.clone())).collect();
             }
             book.read_for = Some(assignment);
@@ -191,22 +193,14 @@ impl Google {
         }
         self.update_rows(&mut book, &form, &layout, rows, &updates, &mut results)
             .await;
-        self.append_rows(
-            &mut book,
-            form_id,
-            &form,
-            &layout,
-            rows,
-            &appends,
-            &mut results,
-        )
-        .await;
+        self.append_rows(&mut book, key, &form, &layout, rows, &appends, &mut results)
+            .await;
         results
     }
 
     /// Reads every part of the form back: its tab (added if missing), its header width and its
     /// response ids and revisions.
-    async fn read_back(&self, book: &mut Book, form_id: &str) -> Result<(), ApiError> {
+    async fn read_back(&self, book: &mut Book, key: &FormKey) -> Result<(), ApiError> {
         book.parts.clear();
         book.index.clear();
         let mut duplicates = 0usize;
@@ -214,11 +208,11 @@ impl Google {
             let id = match (&book.home, number) {
                 (Home::Named(id), 1) => Some(id.clone()),
                 _ => {
-                    let key = ledger_key(form_id, &book.home, number);
-                    self.ledger.sync_key(&key).await.map_err(|e| {
+                    let entry_key = ledger_key(key, &book.home, number);
+                    self.ledger.sync_key(&entry_key).await.map_err(|e| {
                         ApiError::Unavailable(format!("the ledger of spreadsheets: {e}"))
                     })?;
-                    match self.ledger.get(&key) {
+                    match self.ledger.get(&entry_key) {
                         Some(Entry::Done { detail, .. }) => Some(detail),
                         _ => None,
                     }
@@ -283,13 +277,15 @@ impl Google {
         }
         if duplicates > 0 {
             tracing::warn!(
-                form_id,
+                organisation = %key.organisation,
+                form_id = %key.form_id,
                 duplicates,
                 "The sheet holds response ids more than once (written by two instances at once?); the highest revision is kept up to date."
             );
         }
         tracing::info!(
-            form_id,
+            organisation = %key.organisation,
+            form_id = %key.form_id,
             parts = book.parts.len(),
             rows = book.index.len(),
             "Read the sheet back."
@@ -369,7 +365,7 @@ impl Google {
     async fn append_rows(
         &self,
         book: &mut Book,
-        form_id: &str,
+        key: &FormKey,
         form: &Form,
         layout: &Layout,
         rows: &[Pending],
@@ -380,7 +376,7 @@ impl Google {
         let mut start = 0;
         while start < appends.len() {
             let outcome = self
-                .append_chunk(book, form_id, form, layout, rows, &appends[start..], width)
+                .append_chunk(book, key, form, layout, rows, &appends[start..], width)
                 .await;
             match outcome {
                 Ok(written) => start += written,
@@ -399,7 +395,7 @@ impl Google {
     async fn append_chunk(
         &self,
         book: &mut Book,
-        form_id: &str,
+        key: &FormKey,
         form: &Form,
         layout: &Layout,
         rows: &[Pending],
@@ -412,7 +408,7 @@ impl Google {
             Some(part) => part.room(width, self.cell_limit) <= header_rows(part),
         };
         if needs_new_part {
-            self.new_part(book, form_id, form, width).await?;
+            self.new_part(book, key, form, width).await?;
             if book
                 .parts
                 .last()
@@ -475,7 +471,8 @@ impl Google {
                 if error.is_cell_limit() {
                     part.full = true;
                     tracing::warn!(
-                        form_id,
+                        organisation = %key.organisation,
+                        form_id = %key.form_id,
                         spreadsheet_id,
                         "Google says the spreadsheet is at its cell limit; continuing in a new one."
                     );
@@ -498,7 +495,8 @@ impl Google {
         };
         if appended.first_row != expected {
             tracing::warn!(
-                form_id,
+                organisation = %key.organisation,
+                form_id = %key.form_id,
                 spreadsheet_id,
                 expected,
                 landed = appended.first_row,
@@ -525,7 +523,8 @@ impl Google {
             );
         }
         tracing::info!(
-            form_id,
+            organisation = %key.organisation,
+            form_id = %key.form_id,
             spreadsheet_id,
             rows = taken,
             first_row = first_data_row,
@@ -581,38 +580,41 @@ impl Google {
     async fn new_part(
         &self,
         book: &mut Book,
-        form_id: &str,
+        key: &FormKey,
         form: &Form,
         width: u64,
     ) -> Result<(), ApiError> {
         let number = book.parts.len() + 1;
-        let key = ledger_key(form_id, &book.home, number);
-        let title = part_title(form, form_id, number);
-        self.ledger.sync_key(&key).await.map_err(ledger_error)?;
-        match self.ledger.get(&key) {
+        let entry_key = ledger_key(key, &book.home, number);
+        let title = part_title(form, &key.form_id, number);
+        self.ledger
+            .sync_key(&entry_key)
+            .await
+            .map_err(ledger_error)?;
+        match self.ledger.get(&entry_key) {
             Some(Entry::Done { detail, .. }) => {
                 // Another instance made it meanwhile: read everything back.
-                tracing::info!(form_id, spreadsheet_id = %detail, number, "A newer part exists; reading it back.");
+                tracing::info!(organisation = %key.organisation, form_id = %key.form_id, spreadsheet_id = %detail, number, "A newer part exists; reading it back.");
                 book.stale = true;
                 return Err(ApiError::Unavailable(
                     "the form's spreadsheets changed; reading them back".into(),
                 ));
             }
             Some(Entry::Attempted { .. }) => {
-                tracing::warn!(form_id, number, %title, "An earlier attempt to create this spreadsheet did not finish; an empty spreadsheet with this title may exist and can be deleted.");
+                tracing::warn!(organisation = %key.organisation, form_id = %key.form_id, number, %title, "An earlier attempt to create this spreadsheet did not finish; an empty spreadsheet with this title may exist and can be deleted.");
             }
             None => {}
         }
         self.ledger
-            .record(&key, Entry::attempted(title.clone()))
+            .record(&entry_key, Entry::attempted(title.clone()))
             .await
             .map_err(ledger_error)?;
         let (id, tab) = self.api.create(&title, TAB, width).await?;
         self.ledger
-            .record(&key, Entry::done(id.clone()))
+            .record(&entry_key, Entry::done(id.clone()))
             .await
             .map_err(ledger_error)?;
-        tracing::info!(form_id, spreadsheet_id = %id, number, %title, "Created a spreadsheet for the form.");
+        tracing::info!(organisation = %key.organisation, form_id = %key.form_id, spreadsheet_id = %id, number, %title, "Created a spreadsheet for the form.");
         book.parts.push(part_of(id, &tab, 0, 0, 0));
         Ok(())
     }
@@ -654,11 +656,14 @@ fn revision_of(value: &Value) -> Option<i32> {
     }
 }
 
-/// The ledger key of part `number` of a form's chain from `home`.
-fn ledger_key(form_id: &str, home: &Home, number: usize) -> String {
+/// The ledger key of part `number` of a form's chain from `home`:
+/// `sheets/<organisation>/<form id>/created/part/<n>` for the spreadsheets the exporter creates,
+/// so that every created spreadsheet is recorded with the organisation it belongs to, and two
+/// organisations' forms of the same id never continue in each other's.
+fn ledger_key(form: &FormKey, home: &Home, number: usize) -> String {
     match home {
-        Home::Named(id) => format!("sheets/{form_id}/{id}/part/{number}"),
-        Home::Created => format!("sheets/{form_id}/created/part/{number}"),
+        Home::Named(id) => format!("sheets/{form}/{id}/part/{number}"),
+        Home::Created => format!("sheets/{form}/created/part/{number}"),
     }
 }
 

@@ -1,5 +1,7 @@
-//! The local default, without Google credentials: one CSV file per form (`<form id>.csv`) that
-//! any spreadsheet program opens, with the same one-row-per-response semantics as the sheet.
+//! The local default, without Google credentials: one CSV file per form,
+//! `<organisation>/<form id>.csv`, that any spreadsheet program opens, with the same
+//! one-row-per-response semantics as the sheet. A folder per organisation, so that two
+//! organisations' forms of the same id never share a file.
 //!
 //! Invariant: the file is the source of truth and is only ever replaced whole, atomically (a
 //! temporary file, synced, renamed over it, the folder synced), so a crash leaves the old file or
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::Value;
+
+use formstream_core::identity::FormKey;
 
 use crate::api::ApiError;
 use crate::layout::{Layout, cell_text};
@@ -26,7 +30,7 @@ struct File {
 /// The CSV files of every form, in one folder.
 pub struct LocalFiles {
     dir: PathBuf,
-    files: Mutex<HashMap<String, File>>,
+    files: Mutex<HashMap<FormKey, File>>,
 }
 
 impl LocalFiles {
@@ -39,8 +43,11 @@ impl LocalFiles {
         })
     }
 
-    pub fn path(&self, form_id: &str) -> PathBuf {
-        self.dir.join(format!("{form_id}.csv"))
+    /// `<dir>/<organisation>/<form id>.csv`, the organisation's name escaped ([`folder_name`]).
+    pub fn path(&self, form: &FormKey) -> PathBuf {
+        self.dir
+            .join(folder_name(&form.organisation))
+            .join(format!("{}.csv", form.form_id))
     }
 
     pub fn probe(&self) -> Result<(), ApiError> {
@@ -49,12 +56,13 @@ impl LocalFiles {
             .map_err(|e| ApiError::Unavailable(format!("{}: {e}", self.dir.display())))
     }
 
-    pub async fn write(&self, form_id: &str, rows: &[Pending]) -> Vec<Result<(), ApiError>> {
-        let outcome = self.write_all(form_id, rows);
+    pub async fn write(&self, form: &FormKey, rows: &[Pending]) -> Vec<Result<(), ApiError>> {
+        let outcome = self.write_all(form, rows);
         rows.iter().map(|_| outcome.clone()).collect()
     }
 
-    fn write_all(&self, form_id: &str, rows: &[Pending]) -> Result<(), ApiError> {
+    fn write_all(&self, key: &FormKey, rows: &[Pending]) -> Result<(), ApiError> {
+        let form_id = key.form_id.as_str();
         // Form ids are checked by the gateway; a record written around it must not name a path.
         if form_id.is_empty()
             || !form_id
@@ -70,21 +78,21 @@ impl LocalFiles {
             return Ok(());
         };
         let layout = Layout::of(form);
-        let path = self.path(form_id);
+        let path = self.path(key);
         let assignment = rows.iter().map(|p| p.assignment).max().unwrap_or(0);
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        if files.get(form_id).is_none_or(|f| f.read_for < assignment) {
+        if files.get(key).is_none_or(|f| f.read_for < assignment) {
             let rows = read(&path)
                 .map_err(|e| ApiError::Unavailable(format!("reading {}: {e}", path.display())))?;
             files.insert(
-                form_id.to_owned(),
+                key.clone(),
                 File {
                     rows,
                     read_for: assignment,
                 },
             );
         }
-        let Some(file) = files.get_mut(form_id) else {
+        let Some(file) = files.get_mut(key) else {
             return Ok(());
         };
         let mut next = file.rows.clone();
@@ -126,6 +134,24 @@ impl LocalFiles {
     }
 }
 
+/// An organisation's name as one folder name: ASCII letters, digits, `-` and `_` as they are,
+/// every other byte as `%XX`, so that any name (`..`, `a/b`, an empty one) stays one folder inside
+/// the sheets folder and two names never share one.
+pub fn folder_name(organisation: &str) -> String {
+    let mut name = String::with_capacity(organisation.len() + 2);
+    for byte in organisation.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            name.push(char::from(byte));
+        } else {
+            name.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if name.is_empty() {
+        name.push('%');
+    }
+    name
+}
+
 /// A cell as CSV text. A text starting with `=`, `+`, `-` or `@` is prefixed with `'`, so that a
 /// spreadsheet program shows it rather than running it as a formula (CSV injection).
 fn csv_cell(value: &Value) -> String {
@@ -157,8 +183,18 @@ fn read(path: &Path) -> std::io::Result<Vec<Vec<String>>> {
 }
 
 /// Writes `rows` to a temporary file beside `path`, syncs it, renames it over `path` and syncs
-/// the folder.
+/// the folder (made first if missing, and then recorded in its own folder).
 fn replace(path: &Path, rows: &[Vec<String>]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent()
+            && let Ok(parent) = std::fs::File::open(parent)
+        {
+            parent.sync_all()?;
+        }
+    }
     let temp = path.with_extension("csv.tmp");
     {
         let file = std::fs::File::create(&temp)?;
@@ -181,4 +217,30 @@ fn replace(path: &Path, rows: &[Vec<String>]) -> std::io::Result<()> {
         dir.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_organisation_is_one_folder_of_its_own() {
+        assert_eq!(folder_name("acme"), "acme");
+        assert_eq!(folder_name("Acme Corp"), "Acme%20Corp");
+        assert_eq!(folder_name(".."), "%2E%2E");
+        assert_eq!(folder_name("a/b"), "a%2Fb");
+        assert_ne!(folder_name("a%2Fb"), folder_name("a/b"));
+        let files = LocalFiles {
+            dir: PathBuf::from("sheets"),
+            files: Mutex::new(HashMap::new()),
+        };
+        assert_eq!(
+            files.path(&FormKey::new("acme", "household")),
+            Path::new("sheets/acme/household.csv")
+        );
+        assert_ne!(
+            files.path(&FormKey::new("acme", "household")),
+            files.path(&FormKey::new("globex", "household"))
+        );
+    }
 }

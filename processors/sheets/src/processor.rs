@@ -3,7 +3,11 @@
 //!
 //! Invariant: `Ok` only once the row is in the target (appended, updated, or found there already
 //! at the same or a higher revision); a failure says whether it is worth retrying, with Google's
-//! `Retry-After` when it sent one.
+//! `Retry-After` when it sent one. Rows go only to spreadsheets the form's organisation owns: one
+//! the exporter created for that form (recorded in `sheets.ledger` under the organisation), or
+//! one listed under the organisation in the organisations file; a form naming any other (saved
+//! before the gateway checked, or through a gateway given another file) is dead-lettered with
+//! the reason, and nothing is written.
 //!
 //! Target: each Google spreadsheet, with its form's organisation, has a circuit of its own, so
 //! that one organisation's spreadsheet that refuses access (not shared: 403) or fails holds back
@@ -14,6 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use formstream_core::organisations::Organisations;
 use formstream_runtime::{
     Failure, Ledger, Processor, Record, RuntimeConfig, Target, TargetRef, Targets,
 };
@@ -36,6 +41,9 @@ pub const NAME: &str = "sheets";
 pub const SPREADSHEET: &str = "spreadsheet";
 
 pub struct Sheets {
+    /// Who owns which existing spreadsheet: checked for every row bound for Google (the local
+    /// files are per organisation by construction); `None` for the local target.
+    owners: Option<Organisations>,
     batcher: Arc<Batcher>,
     sink: Arc<Sink>,
     writer: JoinHandle<()>,
@@ -68,6 +76,9 @@ impl Sheets {
             max_wait: args.sheets_max_wait,
             max_bytes: args.sheets_max_request_bytes,
         };
+        // Read even for the local target, so that a broken file fails now, not when credentials
+        // are added.
+        let owners = args.organisations.load()?;
         let Some(path) = &args.sheets_credentials else {
             tracing::info!(dir = %args.sheets_dir.display(), "No --sheets-credentials: rows go to local CSV files.");
             return Ok(Some(Self::new(
@@ -75,6 +86,11 @@ impl Sheets {
                 settings,
             )));
         };
+        tracing::info!(
+            spreadsheets = owners.spreadsheets(),
+            source = owners.source(),
+            "Spreadsheets owned by organisations loaded."
+        );
         let key = ServiceAccountKey::load(path)?;
         tracing::info!(account = %key.client_email, base_url = %args.sheets_base_url, "Exporting to Google Sheets.");
         let client = reqwest::Client::builder()
@@ -97,19 +113,31 @@ impl Sheets {
             args.sheets_cell_limit,
             args.sheets_max_request_bytes,
         );
-        Ok(Some(Self::new(Sink::Google(google), settings)))
+        Ok(Some(
+            Self::new(Sink::Google(google), settings).with_owners(owners),
+        ))
     }
 
-    /// A processor writing to `sink` (tests build sinks directly).
+    /// A processor writing to `sink` (tests build sinks directly). Without
+    /// [`Sheets::with_owners`], named spreadsheets are not checked.
     pub fn new(sink: Sink, settings: BatchSettings) -> Self {
         let sink = Arc::new(sink);
         let batcher = Batcher::new(settings);
         let writer = tokio::spawn(batcher.clone().run(sink.clone()));
         Sheets {
+            owners: None,
             batcher,
             sink,
             writer,
         }
+    }
+}
+
+impl Sheets {
+    /// Checks every named spreadsheet against `owners` before writing to it.
+    pub fn with_owners(mut self, owners: Organisations) -> Self {
+        self.owners = Some(owners);
+        self
     }
 }
 
@@ -128,8 +156,18 @@ impl Processor for Sheets {
             .ok_or_else(|| Failure::permanent(anyhow!("form {} is not known", response.form_id)))?;
         // The form's newest version decides whether and where it is exported, so that all its
         // responses (and their corrections) land in one place.
-        if form.current().and_then(|v| v.sheets.as_ref()).is_none() {
+        let Some(action) = form.current().and_then(|v| v.sheets.as_ref()) else {
             return Ok(());
+        };
+        if let (Some(owners), Some(id)) = (&self.owners, &action.spreadsheet_id)
+            && !owners.owns_spreadsheet(&response.organisation, id)
+        {
+            return Err(Failure::permanent(anyhow!(
+                "form {} of organisation {:?} names spreadsheet {id}, which is not one that organisation owns ({} lists it under no organisation or another one); nothing was written. Add it to the organisation's spreadsheets there, or update the form to \"create\": true, then re-drive this dead letter",
+                response.form_id,
+                response.organisation,
+                owners.source()
+            )));
         }
         let pending = Pending {
             response: response.clone(),

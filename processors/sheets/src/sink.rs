@@ -1,12 +1,14 @@
-//! What the batcher hands a target: the pending rows of one form, to be written as one row per
-//! response, each at most once.
+//! What the batcher hands a target: the pending rows of one form (organisation, form id), to be
+//! written as one row per response, each at most once.
 //!
-//! Invariant shared by both targets: a response id has at most one row; a row is replaced only by
-//! a higher revision; the target itself (the spreadsheet, the file) is read back to learn which
+//! Invariant shared by both targets: a form's targets (its spreadsheets, its file) are its own,
+//! never shared with another organisation's form of the same id; in them, a response id has at
+//! most one row; a row is replaced only by a higher revision; the target itself (the spreadsheet, the file) is read back to learn which
 //! rows exist, so nothing of this lives only in memory or on a local disk.
 
 use std::sync::Arc;
 
+use formstream_core::identity::FormKey;
 use formstream_schemas::{Form, Response};
 
 use crate::api::ApiError;
@@ -32,11 +34,11 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Writes `rows` (all of form `form_id`, distinct response ids); one result per row, in order.
-    pub async fn write(&self, form_id: &str, rows: &[Pending]) -> Vec<Result<(), ApiError>> {
+    /// Writes `rows` (all of `form`, distinct response ids); one result per row, in order.
+    pub async fn write(&self, form: &FormKey, rows: &[Pending]) -> Vec<Result<(), ApiError>> {
         match self {
-            Sink::Google(google) => google.write(form_id, rows).await,
-            Sink::Local(local) => local.write(form_id, rows).await,
+            Sink::Google(google) => google.write(form, rows).await,
+            Sink::Local(local) => local.write(form, rows).await,
         }
     }
 

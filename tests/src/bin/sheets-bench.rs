@@ -181,9 +181,12 @@ async fn main() {
         "1073741824",
     ]);
     let credentials = fake.credentials_file(dir.path());
+    let owners = fake.organisations_file(dir.path(), "acme");
     let ledger = format!("test-{}-ledger", unique());
     let args = Flags::try_parse_from([
         "sheets",
+        "--organisations-file",
+        &owners.display().to_string(),
         "--sheets-credentials",
         &credentials.display().to_string(),
         "--sheets-base-url",

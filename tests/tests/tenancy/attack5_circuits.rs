@@ -276,6 +276,16 @@ async fn a_spreadsheet_refusing_access_holds_back_only_its_rows_then_dead_letter
 
     let dir = tempfile::tempdir().expect("a temporary folder");
     let credentials = google.credentials_file(dir.path());
+    // Each organisation owns its spreadsheet, as the operator says (the exporter writes to no
+    // other).
+    let owners = dir.path().join("organisations.toml");
+    std::fs::write(
+        &owners,
+        format!(
+            "[acme]\nspreadsheets = [\"{acme_sheet}\"]\n[globex]\nspreadsheets = [\"{globex_sheet}\"]\n"
+        ),
+    )
+    .expect("writing the organisations file");
     let ledger = format!("test-{}-ledger", unique());
     let forbidden_timeout = Duration::from_secs(20);
     let mut config_flags = vec![
@@ -301,6 +311,8 @@ async fn a_spreadsheet_refusing_access_holds_back_only_its_rows_then_dead_letter
         "2s",
         "--ledger-topic",
         &ledger,
+        "--organisations-file",
+        owners.to_str().expect("a UTF-8 path"),
     ];
     let args = <SheetsFlags as clap::Parser>::try_parse_from(sheets_flags)
         .expect("sheets flags")
