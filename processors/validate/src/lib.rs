@@ -64,9 +64,11 @@ struct Rules {
     late: AtomicUsize,
 }
 
-/// Compiled rule sets, by form id and version: compiled once (tens of µs) per version, then
-/// evaluated in a few µs per response.
-type RuleCache = RwLock<HashMap<(String, i32), Arc<Rules>>>;
+/// Compiled rule sets, by organisation, form id and version (two organisations may each have a
+/// form `household`, with rules of their own): compiled once (tens of µs) per version, then
+/// evaluated in a few µs per response. Nested, so that a look-up borrows the record's strings
+/// instead of building a key.
+type RuleCache = RwLock<HashMap<String, HashMap<String, HashMap<i32, Arc<Rules>>>>>;
 
 /// Where a record was read: the key of an outcome evaluated by `handle` for `outputs`.
 type Position = (&'static str, i32, i64);
@@ -104,8 +106,14 @@ impl Validate {
 
     fn rules_of(&self, record: &Record<Response>) -> Result<Arc<Rules>, Failure> {
         let response = &record.value;
-        let key = (response.form_id.clone(), response.form_version);
-        if let Some(rules) = self.rules.read().ok().and_then(|c| c.get(&key).cloned()) {
+        let cached = self.rules.read().ok().and_then(|cache| {
+            cache
+                .get(&response.organisation)?
+                .get(&response.form_id)?
+                .get(&response.form_version)
+                .cloned()
+        });
+        if let Some(rules) = cached {
             return Ok(rules);
         }
         // The runtime holds a record back until its form version is in the view.
@@ -133,7 +141,12 @@ impl Validate {
             late: AtomicUsize::new(0),
         });
         if let Ok(mut cache) = self.rules.write() {
-            cache.insert(key, rules.clone());
+            cache
+                .entry(response.organisation.clone())
+                .or_default()
+                .entry(response.form_id.clone())
+                .or_default()
+                .insert(response.form_version, rules.clone());
         }
         Ok(rules)
     }
