@@ -1,6 +1,10 @@
 //! Issue 18, hostile tenants: one organisation can never touch, stall or read another's data
-//! (docs/design.md, promise 8). One module per attack, each against the real broker, each proving
-//! that the attack fails and that the victim's data and effects are unchanged:
+//! (docs/design.md, promise 8). One module per attack, each against the real broker (and, where
+//! the attack goes through it, the real gateway), each proving that the attack fails and that the
+//! victim's data and effects are unchanged, counted where they land (the Twilio fake, the Sheets
+//! fake, the CSV files, the slang index, the gateway's answers):
+//! - [`attack2_responses`]: another organisation reusing a response id changes none of the
+//!   victim's effects downstream;
 //! - [`attack4_rules`]: rules beyond the budget are refused at save (`rule_too_expensive`), and
 //!   rules that run long on an organisation's answers are cut at `--rule-deadline` in validate
 //!   while the other organisations' responses flow;
@@ -10,8 +14,13 @@
 //! And the issue's other edges (its "Also" list), one module each:
 //! - [`also_webhooks`]: webhooks reach public addresses only (loopback with the development flag);
 //! - [`also_dlq_retention`]: dead-letter topics keep letters `--dlq-retention-ms` (14 days).
+//!
+//! [`support`] holds what the gateway-driven tests share.
+
+mod support;
 
 mod also_dlq_retention;
 mod also_webhooks;
+mod attack2_responses;
 mod attack4_rules;
 mod attack5_circuits;
