@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::load::Ledger;
-use super::workload::{Poison, TEXT_QUESTIONS, WORDS, Workload};
+use super::workload::{Planned, Poison, TEXT_QUESTIONS, WORDS, Workload};
 use crate::standalone::{Message, SheetRow};
 
 /// One check's outcome.
@@ -155,7 +155,7 @@ pub async fn run(
             continue;
         }
         expected += 1;
-        let reference = formstream_notify::reference::short("RC", &p.response_id);
+        let reference = formstream_notify::reference::short("RC", &identity(workload, &p));
         let sent = receipts_by_ref.get(reference.as_str()).map_or(0, Vec::len);
         found += sent.min(1);
         missing += usize::from(sent == 0);
@@ -258,7 +258,7 @@ pub async fn run(
                 flagged += 1;
                 let reference = format!(
                     "{}R{revision}",
-                    formstream_notify::reference::short("FS", &p.response_id)
+                    formstream_notify::reference::short("FS", &identity(workload, &p))
                 );
                 let sent = notices_by_ref
                     .get(reference.as_str())
@@ -507,4 +507,15 @@ async fn dead_letters(
             figures.join(", ")
         ),
     ))
+}
+
+/// The identity key of planned response `p` (of the scenario's organisation): what receipt and
+/// notification references hash.
+fn identity(workload: &Workload, p: &Planned) -> String {
+    formstream_core::identity::ResponseKey {
+        organisation: super::ORGANISATION,
+        form_id: &workload.form_id(p.form),
+        response_id: &p.response_id,
+    }
+    .to_string()
 }

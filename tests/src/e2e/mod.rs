@@ -38,6 +38,9 @@ use workload::{Poison, Workload};
 /// The API key of the scenario's organisation (a test key, written hashed to the run's keys file).
 const API_KEY: &str = "e2e-key-acme-5d21";
 
+/// The scenario's organisation: the owner of its API key and its forms.
+const ORGANISATION: &str = "acme";
+
 /// How to restart the scenario's broker (its own `kafka.sh` instance).
 #[derive(Debug, Clone)]
 pub struct BrokerControl {
@@ -358,7 +361,7 @@ async fn run_named(
     std::fs::write(
         &keys,
         format!(
-            "[[keys]]\norganisation = \"acme\"\nname = \"e2e\"\nsha256 = \"{}\"\n",
+            "[[keys]]\norganisation = \"{ORGANISATION}\"\nname = \"e2e\"\nsha256 = \"{}\"\n",
             hex::encode(formstream_core::api::keys::hash_key(API_KEY))
         ),
     )?;
