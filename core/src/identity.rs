@@ -20,6 +20,11 @@ use formstream_schemas::{Form, Response};
 /// What joins the parts of a key.
 pub const SEPARATOR: char = '/';
 
+/// The record header naming the organisation of a response or flag record, beside its
+/// `response_id` header (the gateway and validate set both): the runtime orders records by
+/// organisation and response id without decoding them.
+pub const ORGANISATION_HEADER: &str = "organisation";
+
 /// A form's identity: the organisation that owns it and its id within that organisation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FormKey {

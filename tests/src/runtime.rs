@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use formstream_core::config::KafkaArgs;
+use formstream_core::identity::ORGANISATION_HEADER;
 use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_runtime::redrive::{DeadLetterAdmin, RedriveTopics};
 use formstream_runtime::{Failure, Processor, Record, RuntimeConfig, Target, TargetRef, Targets};
@@ -342,7 +343,7 @@ impl TestProducer {
     }
 
     /// Publishes each (partition, response) to the responses topic: key = form id, headers
-    /// `response_id` and `revision`, as the gateway writes them. Records of one partition land in
+    /// `response_id`, `revision` and `organisation`, as the gateway writes them. Records of one partition land in
     /// the order given. Returns where each landed, in the order given.
     pub async fn responses(&self, items: &[(i32, Response)]) -> Vec<Produced> {
         let encoder = self
@@ -364,6 +365,10 @@ impl TestProducer {
                     .insert(Header {
                         key: "revision",
                         value: Some(revision.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: ORGANISATION_HEADER,
+                        value: Some(response.organisation.as_bytes()),
                     });
                 let mut record = FutureRecord::to(&self.topics.responses)
                     .partition(*partition)
@@ -400,8 +405,8 @@ impl TestProducer {
         produced
     }
 
-    /// Publishes each (partition, flag) to the flags topic (key = form id, header
-    /// `response_id`, as validate writes them), in order; a flag without a partition goes where
+    /// Publishes each (partition, flag) to the flags topic (key = form id, headers
+    /// `response_id` and `organisation`, as validate writes them), in order; a flag without a partition goes where
     /// its key does. Returns where each landed.
     pub async fn flags(&self, items: &[(Option<i32>, ResponseFlag)]) -> Vec<(i32, i64)> {
         let encoder = self
@@ -412,10 +417,15 @@ impl TestProducer {
         let mut landed = Vec::with_capacity(items.len());
         for (partition, flag) in items {
             let payload = encoder.encode(flag).expect("encoding a flag");
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "response_id",
-                value: Some(flag.response_id.as_bytes()),
-            });
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "response_id",
+                    value: Some(flag.response_id.as_bytes()),
+                })
+                .insert(Header {
+                    key: ORGANISATION_HEADER,
+                    value: Some(flag.organisation.as_bytes()),
+                });
             let mut record = FutureRecord::to(&self.topics.flags)
                 .key(&flag.form_id)
                 .payload(&payload)
@@ -529,12 +539,12 @@ pub struct ProcessorState {
     pub behaviour: Behaviour,
     /// Every call, in the order the calls ended.
     calls: Mutex<Vec<Call>>,
-    /// Response ids whose effect is running now.
+    /// Responses (`<organisation>/<response id>`) whose effect is running now.
     running: Mutex<HashSet<String>>,
     /// The most effects that ever ran at once.
     peak_running: AtomicUsize,
-    /// Calls that started while another call of the same response id was running: each one is a
-    /// per-key ordering violation.
+    /// Calls that started while another call of the same response (organisation and response id)
+    /// was running: each one is a per-key ordering violation.
     overlaps: Mutex<Vec<Call>>,
     pub probes: AtomicU64,
     /// Probes of a target (one per organisation, see [`Behaviour::targets_per_organisation`]),
@@ -661,9 +671,12 @@ impl Processor for TestProcessor {
             attempt: record.attempt,
             outcome: Outcome::Ok,
         };
+        // One response is (organisation, response id): another organisation's reuse of the id
+        // may run beside it.
+        let running_key = format!("{}/{id}", record.value.organisation);
         {
             let mut running = state.running.lock().expect("running lock");
-            if !running.insert(id.clone()) {
+            if !running.insert(running_key.clone()) {
                 state
                     .overlaps
                     .lock()
@@ -732,7 +745,11 @@ impl Processor for TestProcessor {
             Err(Failure::Permanent(_)) => Outcome::Permanent,
         };
         // Record the call before the runtime can learn of its end (and commit past it).
-        state.running.lock().expect("running lock").remove(&id);
+        state
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&running_key);
         state.calls.lock().expect("calls lock").push(call);
         result
     }

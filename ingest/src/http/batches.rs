@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
+use formstream_core::identity::ORGANISATION_HEADER;
 use formstream_core::problem::FieldProblem;
 use formstream_core::responses::ResponseBody;
 use formstream_core::time::now_millis;
@@ -111,13 +112,14 @@ pub(crate) async fn submit_batch(
         ready.iter_mut().map(|(_, r)| r.claim()).collect(),
     );
     let revisions: Vec<String> = ready.iter().map(|(_, r)| r.revision.to_string()).collect();
-    let headers: Vec<[(&str, &str); 2]> = ready
+    let headers: Vec<[(&str, &str); 3]> = ready
         .iter()
         .zip(&revisions)
         .map(|((_, r), revision)| {
             [
                 ("response_id", r.response_id.as_str()),
                 ("revision", revision.as_str()),
+                (ORGANISATION_HEADER, &caller.organisation),
             ]
         })
         .collect();

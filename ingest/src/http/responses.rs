@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
+use formstream_core::identity::ORGANISATION_HEADER;
 use formstream_core::problem::FieldProblem;
 use formstream_core::responses::{ResponseBody, Submission, validate};
 use formstream_core::time::now_millis;
@@ -175,6 +176,7 @@ async fn accept(
             &[
                 ("response_id", &ready.response_id),
                 ("revision", &revision_text),
+                (ORGANISATION_HEADER, &caller.organisation),
             ],
             settle,
         )

@@ -110,13 +110,17 @@ impl Failure {
 /// id on every record it publishes.
 pub const ORDERING_HEADER: &str = "response_id";
 
+pub use formstream_core::identity::ORGANISATION_HEADER;
+
 /// A record value the runtime can decode and route.
 ///
 /// Ordering: records with the same ordering key are handled one at a time, in offset order;
 /// records with different keys run concurrently. The key is the `response_id` header
-/// ([`ORDERING_HEADER`]), so that the revisions of one response are handled in order without
-/// decoding first. A record without that header is ordered by its Kafka key (the form id):
-/// still in order per response, with less concurrency.
+/// ([`ORDERING_HEADER`]) within the `organisation` header ([`ORGANISATION_HEADER`]), so that the
+/// revisions of one response are handled in order without decoding first, and a response id
+/// another organisation reuses never makes the two wait for each other. A record without the
+/// `response_id` header is ordered by its Kafka key (the form id): still in order per response,
+/// with less concurrency.
 pub trait Payload: AvroRecord + Clone {
     /// The form (id, version) the record refers to, if any: the runtime hands the processor that
     /// form version, and holds the record back until its forms view has it.

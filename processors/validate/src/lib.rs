@@ -30,7 +30,7 @@ use clap::Args;
 use formstream_core::config::parse_duration;
 use formstream_core::rules::{RuleSet, TOO_EXPENSIVE};
 use formstream_core::time::now_millis;
-use formstream_runtime::processor::ORDERING_HEADER;
+use formstream_runtime::processor::{ORDERING_HEADER, ORGANISATION_HEADER};
 use formstream_runtime::{Failure, Output, Processor, Record, RuntimeConfig};
 use formstream_schemas::{Encoder, FlagStatus, Response, ResponseFlag, Violation};
 
@@ -260,6 +260,7 @@ impl Processor for Validate {
             headers: vec![
                 (ORDERING_HEADER.to_owned(), flag.response_id),
                 (REVISION_HEADER.to_owned(), flag.revision.to_string()),
+                (ORGANISATION_HEADER.to_owned(), flag.organisation),
             ],
         }])
     }

@@ -6,9 +6,19 @@
 //!
 //! Now each is its own response: acme's receipt and collector SMS are sent exactly once (counted at
 //! the Twilio fake), its slang entries and counts are intact, its spreadsheet (at the Sheets fake)
-//! and its CSV file hold its row only; and globex's own effects happen too.
+//! and its CSV file hold its row only; and globex's own effects happen too. In the runtime, the
+//! ordering key is (organisation, response id): globex's records waiting on its failing target
+//! never hold back acme's records of the same ids.
 
-use formstream_tests::runtime::init_logs;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use formstream_schemas::{Form, Response};
+use formstream_tests::runtime::{
+    ProcessorState, RuntimeTopics, TestProcessor, TestProducer, eventually, init_logs,
+    spawn_runtime, test_form, test_response, wait_committed_to_ends,
+};
 use formstream_tests::sheets_fake::FakeSheets;
 use formstream_tests::twilio_fake::FakeTwilio;
 use formstream_tests::{ACME_KEY, GLOBEX_KEY, spawn_app, unique};
@@ -207,4 +217,86 @@ async fn another_organisation_reusing_a_response_id_changes_nothing_of_the_victi
         running.finish().await;
     }
     gateway.finish().await;
+}
+
+/// How many successful effects each (organisation, response id) had.
+fn effects_per_response(state: &ProcessorState) -> HashMap<(String, String), usize> {
+    let mut counts = HashMap::new();
+    for call in state.effects() {
+        *counts
+            .entry((call.organisation, call.response_id))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// The runtime's ordering key, with the in-process test processor (a target per organisation):
+/// globex takes each of acme's response ids first, in the same partition, while globex's target
+/// is down, so globex's records wait on its open circuit. acme's records of the same ids flow
+/// meanwhile, each effected once; globex's follow, once each, when its target is back. Fails when
+/// the ordering key is the response id alone: acme's records wait behind globex's for the whole
+/// outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_response_id_reused_by_another_organisation_never_holds_the_victims_records_back() {
+    const DEADLINE: Duration = Duration::from_secs(60);
+    init_logs();
+    let topics = RuntimeTopics::create(1).await;
+    let producer = TestProducer::new(&topics);
+    let mut forms: Vec<Form> = Vec::new();
+    for organisation in ["acme", "globex"] {
+        let mut form = test_form(&format!("household-{}", unique()));
+        form.organisation = organisation.to_owned();
+        producer.form(&form).await;
+        forms.push(form);
+    }
+    let answer = |form: &Form, id: &str| -> (i32, Response) {
+        let mut response = test_response(&form.id, id, 0);
+        response.organisation = form.organisation.clone();
+        (0, response)
+    };
+    let ids: Vec<String> = (0..10).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let records: Vec<(i32, Response)> = ids
+        .iter()
+        .flat_map(|id| [answer(&forms[1], id), answer(&forms[0], id)])
+        .collect();
+
+    let processor = TestProcessor::new();
+    let state = processor.state.clone();
+    state
+        .behaviour
+        .targets_per_organisation
+        .store(true, Ordering::SeqCst);
+    state.set_organisation_down("globex", true);
+    producer.responses(&records).await;
+    let runtime = spawn_runtime(processor, topics.config(&["--circuit-threshold", "3"])).await;
+
+    let effected = |organisation: &str| {
+        effects_per_response(&state)
+            .into_iter()
+            .filter(|((o, _), _)| o == organisation)
+            .count()
+    };
+    eventually(
+        DEADLINE,
+        "every acme record is effected while globex's target is down",
+        || async { effected("acme") == ids.len() },
+    )
+    .await;
+    assert_eq!(effected("globex"), 0, "globex's target is down");
+
+    state.set_organisation_down("globex", false);
+    wait_committed_to_ends(&topics, DEADLINE).await;
+    let done = effects_per_response(&state);
+    for id in &ids {
+        for organisation in ["acme", "globex"] {
+            assert_eq!(
+                done.get(&(organisation.to_owned(), id.clone())),
+                Some(&1),
+                "{organisation}'s response {id} effected once"
+            );
+        }
+    }
+    assert!(state.overlaps().is_empty(), "{:?}", state.overlaps());
+    runtime.stop().await.expect("a clean stop");
+    topics.delete().await;
 }

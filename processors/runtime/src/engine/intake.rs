@@ -2,9 +2,11 @@
 //! given its ordering key.
 //!
 //! Invariant: two records get the same ordering key exactly when they carry the same
-//! `response_id` header ([`ORDERING_HEADER`]), or, both lacking it, the same Kafka key (up to a
-//! 64-bit hash collision, which only costs concurrency: the two wait for each other); a header and
-//! a Kafka key that happen to be equal are different keys.
+//! `response_id` header ([`ORDERING_HEADER`]) and the same `organisation` header
+//! ([`ORGANISATION_HEADER`], or both lack it), or, both lacking a response id, the same Kafka key
+//! (up to a 64-bit hash collision, which only costs concurrency: the two wait for each other); a
+//! header and a Kafka key that happen to be equal are different keys. So a response id that
+//! another organisation reuses never holds a record back behind the other's (issue 18).
 
 use std::hash::BuildHasher;
 use std::time::Instant;
@@ -13,25 +15,27 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use super::Engine;
 use super::partitions::{Admission, Fetched, TopicPartition, intern};
-use crate::processor::{ORDERING_HEADER, Processor};
+use crate::processor::{ORDERING_HEADER, ORGANISATION_HEADER, Processor};
 use crate::raw::RawRecord;
 
 /// Where a record's ordering key comes from; hashed with the key, so that a header value and a
 /// Kafka key that happen to be equal are still different keys.
 #[derive(Debug, Clone, Copy, Hash)]
 enum OrderedBy {
-    /// The `response_id` header ([`ORDERING_HEADER`]).
+    /// The `response_id` header ([`ORDERING_HEADER`]), within the `organisation` header.
     Header,
     /// The Kafka key (the form id), for a record without the header.
     Key,
 }
 
-/// The record's ordering key: the response id orders a response's revisions; without it, the
-/// Kafka key (the form id) does; a record with neither is ordered by nothing but its offset.
+/// The record's ordering key: the (organisation, response id) orders a response's revisions;
+/// without a response id, the Kafka key (the form id) does; a record with neither is ordered by
+/// nothing but its offset. One more header read and a few more bytes hashed per record: the
+/// cost stays flat.
 pub fn ordering_key(hasher: &impl BuildHasher, raw: &RawRecord) -> Option<u64> {
     match raw.header(ORDERING_HEADER) {
         Some(id) if std::str::from_utf8(id).is_ok() => {
-            Some(hasher.hash_one((OrderedBy::Header, id)))
+            Some(hasher.hash_one((OrderedBy::Header, raw.header(ORGANISATION_HEADER), id)))
         }
         _ => raw.key().map(|key| hasher.hash_one((OrderedBy::Key, key))),
     }
@@ -109,6 +113,31 @@ mod tests {
         assert!(a.is_some());
         assert_eq!(a, b, "one response, whatever the Kafka key");
         assert_ne!(a, c, "two responses of one form run concurrently");
+    }
+
+    #[test]
+    fn a_response_id_reused_by_another_organisation_is_another_key() {
+        let hasher = foldhash::fast::RandomState::default();
+        let of = |organisation: &[u8]| {
+            ordering_key(
+                &hasher,
+                &record(
+                    Some(b"household"),
+                    &[
+                        (ORDERING_HEADER, b"r1"),
+                        (ORGANISATION_HEADER, organisation),
+                    ],
+                ),
+            )
+        };
+        assert_eq!(of(b"acme"), of(b"acme"));
+        assert_ne!(of(b"acme"), of(b"globex"));
+        // A record written without the header (before it existed) is a key of its own too.
+        let bare = ordering_key(
+            &hasher,
+            &record(Some(b"household"), &[(ORDERING_HEADER, b"r1")]),
+        );
+        assert_ne!(of(b"acme"), bare);
     }
 
     #[test]
