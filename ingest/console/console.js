@@ -277,6 +277,56 @@ async function deadLettersPage(processor) {
     outcome, shown);
 }
 
+// --- Live ------------------------------------------------------------------------------------
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+function sparkline(values, label) {
+  const width = 160; const height = 32;
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('width', width); svg.setAttribute('height', height);
+  svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  svg.setAttribute('role', 'img'); svg.setAttribute('aria-label', label);
+  const max = Math.max(1, ...values);
+  const points = values.map((v, i) => `${(i / Math.max(1, values.length - 1)) * (width - 2) + 1},${height - 1 - (v / max) * (height - 2)}`);
+  const line = document.createElementNS(SVG, 'polyline');
+  line.setAttribute('points', points.join(' '));
+  line.setAttribute('fill', 'none'); line.setAttribute('stroke', 'currentColor'); line.setAttribute('stroke-width', '2');
+  svg.append(line);
+  return svg;
+}
+
+async function livePage() {
+  const samples = [];
+  const body = el('div', { 'aria-live': 'polite' });
+  show('Live', el('p', { class: 'muted' },
+    'The pipeline as a whole (its processors are shared by every organisation): records written per second, and the records each processor has not committed yet. Updated every 3 seconds.'), body);
+  const load = async () => {
+    const result = await api('GET', '/console/api/live');
+    if (result.status !== 200) return body.replaceChildren(problems(result));
+    samples.push(result.data);
+    if (samples.length > 40) samples.shift();
+    const first = samples[0]; const last = samples[samples.length - 1];
+    const seconds = (last.at_ms - first.at_ms) / 1000;
+    const rate = (topic) => {
+      const a = first.topics.find((t) => t.topic === topic); const b = last.topics.find((t) => t.topic === topic);
+      return seconds > 0 && a && b ? ((b.records - a.records) / seconds).toFixed(1) : '…';
+    };
+    const topics = last.topics.map((t) => el('tr', {}, el('td', {}, el('code', {}, t.topic)), el('td', {}, t.records), el('td', { class: 'rate' }, rate(t.topic))));
+    const processors = last.processors.map((p) => {
+      const history = samples.map((s) => (s.processors.find((q) => q.processor === p.processor) || {}).lag_records || 0);
+      return el('tr', { 'data-processor': p.processor }, el('td', {}, p.processor), el('td', {}, el('code', {}, p.group)),
+        el('td', { class: 'lag' }, p.lag_records === null ? el('span', { class: 'muted' }, 'not running') : p.lag_records),
+        el('td', {}, sparkline(history, `lag of ${p.processor} over the last ${history.length} samples`)));
+    });
+    body.replaceChildren(
+      table('Topics', ['Topic', 'Records', 'Records/s'], topics),
+      table(`Processors, updated ${new Date().toLocaleTimeString()}`, ['Processor', 'Consumer group', 'Lag (records)', 'Lag, recent'], processors));
+  };
+  await load();
+  every(3000, load);
+}
+
 // --- Routing ---------------------------------------------------------------------------------
 
 function every(ms, f) { stopRefresh(); refresh = setInterval(() => f().catch(() => {}), ms); }
@@ -290,6 +340,7 @@ async function route() {
     if (parts[0] === 'forms' && parts[1]) await formPage(parts[1]);
     else if (parts[0] === 'flags') await flagsPage(parts[1], parts[2]);
     else if (parts[0] === 'dead-letters') await deadLettersPage(parts[1]);
+    else if (parts[0] === 'live') await livePage();
     else await formsPage();
   } catch (e) {
     if (e.message !== 'signed out') show('Error', el('p', { class: 'bad', role: 'alert' }, String(e)));

@@ -94,4 +94,16 @@ pub struct GatewayConfig {
     // 720m = 12 hours: a working day; the API key is asked again the next day.
     #[arg(long, env = "FORMSTREAM_CONSOLE_MAX_SESSION", default_value = "720m", value_parser = parse_duration)]
     pub console_max_session: Duration,
+
+    /// The web console's Live page: the processors whose lag it shows, each `name` (consumer group
+    /// `formstream-<name>`) or `name=group`, comma-separated.
+    // Every registered processor under its default group, as `formstream dev` runs them.
+    #[arg(
+        long,
+        env = "FORMSTREAM_CONSOLE_PROCESSORS",
+        value_delimiter = ',',
+        value_parser = crate::console::live::parse_processor,
+        default_value = "validate,notify-collectors,receipts,sheets,slang,journal"
+    )]
+    pub console_processors: Vec<(String, String)>,
 }

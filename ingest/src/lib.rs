@@ -115,6 +115,14 @@ pub async fn run(
         submissions: Arc::new(idempotency::Submissions::new(cache_size)),
         form_writes: tokio::sync::Mutex::new(()),
         sessions: console::Sessions::new(config.console_idle_timeout, config.console_max_session),
+        live: Arc::new(console::live::Live::new(
+            config.kafka.clone(),
+            vec![
+                config.topics.responses_topic.clone(),
+                config.topics.flags_topic.clone(),
+            ],
+            config.console_processors.clone(),
+        )),
     });
     let app = http::router(state, config.max_body_bytes);
 

@@ -102,6 +102,16 @@ try {
   step((await unavailable.count()) ? 'dead letters: the routes are not on this gateway' : 'dead letters: listed');
   await shot('dead-letters');
 
+  step('live: the validate processor has caught up');
+  await page.getByRole('link', { name: 'Live' }).click();
+  await page.locator('tr[data-processor="validate"] td.lag').getByText('0', { exact: true }).waitFor(SLOW);
+  // A second sample gives the rates (and the chart) two points.
+  await page.waitForFunction(() => {
+    const cell = document.querySelector('td.rate');
+    return cell && cell.textContent !== '…';
+  }, null, SLOW);
+  await shot('live');
+
   step('sign out');
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'Sign in' }).waitFor();

@@ -5,7 +5,8 @@
 //! Invariant proved here: an organisation's API key signs in to an HttpOnly, SameSite=Strict
 //! session that the page's script cannot read and that a request but GET cannot use without its
 //! CSRF token; the console shows the organisation's form, the gateway's 422 problems at their
-//! pointers, a breaking response in Flags, and that flag resolved once a correction arrives.
+//! pointers, a breaking response in Flags, that flag resolved once a correction arrives, and the
+//! validate processor caught up (lag 0) on the Live page.
 //!
 //! Skips, saying why, only when Chromium is missing on a developer's machine; under CI (`CI` set)
 //! a missing Chromium fails (deploy/local/setup.sh installs it). Screenshots go to
@@ -81,15 +82,19 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
     };
     install_playwright();
 
-    let app = spawn_app().await;
     let id = unique();
+    let group = format!("test-{id}-group");
+    let app = spawn_gateway(
+        GatewayOptions::default().arg("--console-processors", format!("validate={group}")),
+    )
+    .await;
     let topics = RuntimeTopics {
         bootstrap: app.bootstrap.clone(),
         forms: app.topics.forms.clone(),
         responses: app.topics.responses.clone(),
         flags: app.topics.flags.clone(),
         dlq: format!("test-{id}-dlq"),
-        group: format!("test-{id}-group"),
+        group,
         partitions: 6,
     };
     let config = topics.config(&[]);
@@ -155,6 +160,7 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
         "flags-open",
         "flags-resolved",
         "dead-letters",
+        "live",
     ] {
         let png = std::fs::read(screenshots.join(format!("{page}.png")))
             .unwrap_or_else(|e| panic!("screenshot {page}.png: {e}"));

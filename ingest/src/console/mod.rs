@@ -6,6 +6,7 @@
 //! Invariant: the console sees exactly what its organisation's API key sees; the key itself is
 //! sent once, at sign-in, and never kept by the browser.
 
+pub mod live;
 pub mod sessions;
 
 use axum::extract::State;

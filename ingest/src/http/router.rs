@@ -44,6 +44,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
             console::current,
             console::sign_out
         ))
+        .routes(routes!(console::live::live))
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

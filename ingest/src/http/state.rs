@@ -47,6 +47,8 @@ pub struct Inner {
     pub form_writes: tokio::sync::Mutex<()>,
     /// The web console's sessions (cookie -> caller).
     pub sessions: crate::console::Sessions,
+    /// Topic totals and processor lag for the console's Live page.
+    pub live: Arc<crate::console::live::Live>,
 }
 
 impl AppState {
