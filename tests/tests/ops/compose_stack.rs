@@ -643,6 +643,14 @@ fn the_documented_commands_are_the_ones_this_test_runs() {
         missing.is_empty(),
         "docs/operations.md's commands lack what compose_stack runs: {missing:#?}\n{commands}"
     );
+    // The README's Docker section starts the same stack the same way.
+    let readme = read_repo_file("README.md");
+    for command in &expected[..3] {
+        assert!(
+            readme.contains(command.as_str()),
+            "README.md lacks `{command}`"
+        );
+    }
     // The key the test sends is the documented one, and the session's files are its bodies.
     assert!(commands.contains(&format!("K='Authorization: {ACME}'")));
     assert_eq!(session("ravi-correction")["response_id"], RAVI);
