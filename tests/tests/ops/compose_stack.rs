@@ -265,7 +265,7 @@ const SLANG_CITIES: &str = "/v1/forms/household/slang/local_words/cities?word=sc
 const SLANG_WORDS: &str = "/v1/forms/household/slang/local_words/words?city=pune";
 /// Where receipts and notify-collectors write their SMS, and sheets its CSV (in their volumes).
 const OUTBOX: &str = "data/sms-outbox.jsonl";
-const CSV: &str = "data/sheets/household.csv";
+const CSV: &str = "data/sheets/acme/household.csv";
 
 /// The response ids and phones of the session's files.
 const ASHA: &str = "0b9e4a44-2d0c-4c41-9a57-6f2d8b0f4e11";
