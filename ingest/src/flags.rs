@@ -2,7 +2,9 @@
 //! now (open or resolved), as read from the `response-flags` topic. It serves
 //! `GET /v1/forms/{form_id}/flags`.
 //!
-//! Invariant: a response's state only moves forward. An outcome for a revision lower than or equal
+//! Invariant: a response is (organisation, form id, response id): another organisation's form of
+//! the same id, or its response of the same id, is another entry, never shown to or changed by
+//! the first. A response's state only moves forward. An outcome for a revision lower than or equal
 //! to the highest one held changes nothing, so redelivery, replay and reordering never reopen a
 //! resolved flag and a duplicate is harmless; and only committed outcomes are read
 //! (`isolation.level=read_committed`), so an outcome whose transaction aborted never shows.
@@ -157,7 +159,8 @@ impl FormFlags {
 
 #[derive(Default)]
 struct Flags {
-    forms: HashMap<String, FormFlags>,
+    /// Organisation -> form id -> its flags: nested, so that a look-up borrows the flag's strings.
+    forms: HashMap<String, HashMap<String, FormFlags>>,
     responses: usize,
     open: usize,
 }
@@ -186,7 +189,8 @@ impl FlagsView {
         let flags = &mut *flags;
         let held = flags
             .forms
-            .get(&flag.form_id)
+            .get(&flag.organisation)
+            .and_then(|own| own.get(&flag.form_id))
             .and_then(|form| form.responses.get(flag.response_id.as_str()))
             .map(|held| (held.revision, held.status(), held.cursor()));
         let Some((revision, status, cursor)) = held else {
@@ -203,7 +207,12 @@ impl FlagsView {
                 flagged_at: flag.evaluated_at,
                 resolution: None,
             };
-            let form = flags.forms.entry(flag.form_id.clone()).or_default();
+            let form = flags
+                .forms
+                .entry(flag.organisation.clone())
+                .or_default()
+                .entry(flag.form_id.clone())
+                .or_default();
             form.open.insert(state.cursor());
             form.responses.insert(state.response_id.clone(), state);
             flags.responses += 1;
@@ -213,7 +222,11 @@ impl FlagsView {
         if flag.revision <= revision {
             return Applied::Stale;
         }
-        let Some(form) = flags.forms.get_mut(&flag.form_id) else {
+        let Some(form) = flags
+            .forms
+            .get_mut(&flag.organisation)
+            .and_then(|own| own.get_mut(&flag.form_id))
+        else {
             return Applied::Stale;
         };
         form.index(status).remove(&cursor);
@@ -259,7 +272,11 @@ impl FlagsView {
         limit: usize,
     ) -> Page {
         let flags = self.flags.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(form) = flags.forms.get(form_id) else {
+        let Some(form) = flags
+            .forms
+            .get(organisation)
+            .and_then(|own| own.get(form_id))
+        else {
             return Page {
                 items: Vec::new(),
                 next: None,
@@ -272,8 +289,7 @@ impl FlagsView {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut matching = index
             .range((start, Bound::Unbounded))
-            .filter_map(|cursor| form.responses.get(&cursor.response_id))
-            .filter(|state| state.organisation == organisation);
+            .filter_map(|cursor| form.responses.get(&cursor.response_id));
         let items: Vec<FlagState> = matching.by_ref().take(limit).cloned().collect();
         let next = match (items.last(), matching.next()) {
             (Some(last), Some(_)) => Some(last.cursor()),
@@ -569,6 +585,30 @@ mod tests {
 
     fn all(view: &FlagsView, status: Status) -> Vec<FlagState> {
         view.page("f", "acme", status, None, MAX_LIMIT).items
+    }
+
+    #[test]
+    fn another_organisations_form_and_response_of_the_same_ids_are_other_entries() {
+        let view = FlagsView::default();
+        assert_eq!(view.apply(&flagged("r", 0, 10)), Applied::Opened);
+        // globex's form "f" and its response "r": flagged at a higher revision, then cleaned.
+        let globex = |flag: ResponseFlag| ResponseFlag {
+            organisation: "globex".into(),
+            ..flag
+        };
+        assert_eq!(view.apply(&globex(flagged("r", 3, 20))), Applied::Opened);
+        assert_eq!(view.apply(&globex(clean("r", 4, 30))), Applied::Resolved);
+        // acme's flag is as it was: open at revision 0, and acme sees only its own.
+        let open = all(&view, Status::Open);
+        assert_eq!(open.len(), 1);
+        assert_eq!(
+            (open[0].revision, open[0].organisation.as_str()),
+            (0, "acme")
+        );
+        assert!(all(&view, Status::Resolved).is_empty());
+        let theirs = view.page("f", "globex", Status::Resolved, None, MAX_LIMIT);
+        assert_eq!(theirs.items.len(), 1);
+        assert_eq!(view.len(), 2);
     }
 
     #[test]

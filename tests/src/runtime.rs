@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use formstream_core::config::KafkaArgs;
-use formstream_core::identity::ORGANISATION_HEADER;
+use formstream_core::identity::{FormKey, ORGANISATION_HEADER};
 use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_runtime::redrive::{DeadLetterAdmin, RedriveTopics};
 use formstream_runtime::{Failure, Processor, Record, RuntimeConfig, Target, TargetRef, Targets};
@@ -321,7 +321,7 @@ impl TestProducer {
         }
     }
 
-    /// Publishes `form` to the forms topic (key = form id).
+    /// Publishes `form` to the forms topic (key `<organisation>/<form id>`, as the gateway does).
     pub async fn form(&self, form: &Form) {
         let payload = self
             .codec
@@ -333,7 +333,7 @@ impl TestProducer {
         self.producer
             .send(
                 FutureRecord::to(&self.topics.forms)
-                    .key(&form.id)
+                    .key(&FormKey::of(form).to_string())
                     .payload(&payload),
                 Timeout::After(Duration::from_secs(30)),
             )

@@ -2,12 +2,14 @@
 //! follower that keeps it up to date. The gateway serves forms from it; every processor is handed
 //! form versions from its own.
 //!
-//! Invariant: the view only ever moves a form forward (a record with fewer versions than the one
-//! held is ignored), and it reports ready only after it has read every partition of the forms topic
-//! up to the end it had when it started.
+//! Invariant: a form is (organisation, form id) (docs/design.md, promise 8): two organisations
+//! may each hold a form of one id, and nothing of one ever replaces, removes or reveals the
+//! other's. The view only ever moves a form forward (a record with fewer versions than the one
+//! held is ignored), and it reports ready only after it has read every partition of the forms
+//! topic up to the end it had when it started.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use formstream_schemas::{Codec, Form};
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::KafkaArgs;
 use crate::follow::{Followed, TopicFollower};
+use crate::identity::FormKey;
 
 /// What a forms-view follower reports as it goes, for whoever counts it: the gateway's metrics,
 /// or nothing (`()`).
@@ -36,13 +39,18 @@ impl FormsObserver for () {
 /// Every form, as read from the forms topic (plus, in the gateway, its own acknowledged writes).
 #[derive(Default)]
 pub struct FormsView {
-    forms: RwLock<HashMap<String, Arc<Form>>>,
+    /// Organisation -> form id -> form: nested, so that a look-up borrows the record's strings
+    /// instead of building a key.
+    forms: RwLock<HashMap<String, HashMap<String, Arc<Form>>>>,
+    /// How many forms, over every organisation.
+    count: AtomicUsize,
     ready: AtomicBool,
 }
 
 impl FormsView {
-    pub fn get(&self, id: &str) -> Option<Arc<Form>> {
-        self.forms.read().ok()?.get(id).cloned()
+    /// `organisation`'s form `id`; another organisation's form of that id is not there.
+    pub fn get(&self, organisation: &str, id: &str) -> Option<Arc<Form>> {
+        self.forms.read().ok()?.get(organisation)?.get(id).cloned()
     }
 
     /// The forms of one organisation, ordered by id.
@@ -51,39 +59,49 @@ impl FormsView {
             return Vec::new();
         };
         let mut list: Vec<_> = forms
-            .values()
-            .filter(|f| f.organisation == organisation)
-            .cloned()
-            .collect();
+            .get(organisation)
+            .map(|own| own.values().cloned().collect())
+            .unwrap_or_default();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
     }
 
     pub fn len(&self) -> usize {
-        self.forms.read().map(|f| f.len()).unwrap_or(0)
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Applies a form read from the topic or just acknowledged by it. Older states are ignored.
+    /// Applies a form read from the topic or just acknowledged by it, as its organisation's form
+    /// of its id. Older states are ignored.
     pub fn apply(&self, form: Form) {
         let Ok(mut forms) = self.forms.write() else {
             return;
         };
-        let newer = forms
+        let own = forms.entry(form.organisation.clone()).or_default();
+        let newer = own
             .get(&form.id)
             .is_none_or(|held| held.versions.len() <= form.versions.len());
-        if newer {
-            forms.insert(form.id.clone(), Arc::new(form));
+        if newer && own.insert(form.id.clone(), Arc::new(form)).is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// A tombstone removes the form.
-    pub fn remove(&self, id: &str) {
-        if let Ok(mut forms) = self.forms.write() {
-            forms.remove(id);
+    /// A tombstone removes `organisation`'s form `id`.
+    pub fn remove(&self, organisation: &str, id: &str) {
+        let Ok(mut forms) = self.forms.write() else {
+            return;
+        };
+        let Some(own) = forms.get_mut(organisation) else {
+            return;
+        };
+        if own.remove(id).is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        if own.is_empty() {
+            forms.remove(organisation);
         }
     }
 
@@ -114,11 +132,20 @@ pub async fn follow_forms_topic(
     while let Some(followed) = follower.next(&mut shutdown).await {
         match followed {
             Followed::Record(message) => match message.payload() {
-                None => {
-                    if let Some(Ok(id)) = message.key_view::<str>() {
-                        view.remove(id);
-                    }
-                }
+                None => match message.key_view::<str>() {
+                    Some(Ok(key)) => match FormKey::parse(key) {
+                        Some((organisation, id)) => view.remove(organisation, id),
+                        // Keyed by a form id alone, as the topic was before keys named the
+                        // organisation: which organisation's form it meant cannot be told.
+                        None => tracing::warn!(
+                            %topic,
+                            key,
+                            "Ignored a forms tombstone keyed by a form id alone; key it \
+                             <organisation>/<form id> to remove that organisation's form."
+                        ),
+                    },
+                    _ => tracing::warn!(%topic, "Ignored a forms tombstone without a text key."),
+                },
                 Some(payload) => match codec.decode::<Form>(payload).await {
                     Ok(form) => view.apply(form),
                     Err(error) => {
@@ -149,10 +176,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_view_never_goes_back() {
-        let view = FormsView::default();
-        let v = |n| FormVersion {
+    fn v(n: i32) -> FormVersion {
+        FormVersion {
             version: n,
             title: "t".into(),
             description: String::new(),
@@ -165,16 +190,41 @@ mod tests {
             slang: None,
             sheets: None,
             created_at: 0,
-        };
-        let form = |versions| Form {
+        }
+    }
+
+    fn form(organisation: &str, versions: Vec<FormVersion>) -> Form {
+        Form {
             id: "f".into(),
-            organisation: "o".into(),
+            organisation: organisation.into(),
             created_at: 0,
             versions,
-        };
-        view.apply(form(vec![v(1), v(2)]));
-        view.apply(form(vec![v(1)]));
-        assert_eq!(view.get("f").expect("held").versions.len(), 2);
+        }
+    }
+
+    #[test]
+    fn the_view_never_goes_back() {
+        let view = FormsView::default();
+        view.apply(form("o", vec![v(1), v(2)]));
+        view.apply(form("o", vec![v(1)]));
+        assert_eq!(view.get("o", "f").expect("held").versions.len(), 2);
         assert!(view.list("other").is_empty());
+    }
+
+    #[test]
+    fn two_organisations_each_hold_a_form_of_one_id() {
+        let view = FormsView::default();
+        view.apply(form("acme", vec![v(1), v(2)]));
+        // globex's form of the same id, with fewer versions: neither replaces nor is ignored.
+        view.apply(form("globex", vec![v(1)]));
+        assert_eq!(view.len(), 2);
+        assert_eq!(view.get("acme", "f").expect("acme's").versions.len(), 2);
+        assert_eq!(view.get("globex", "f").expect("globex's").versions.len(), 1);
+        assert!(view.get("initech", "f").is_none());
+        assert_eq!(view.list("globex").len(), 1);
+        view.remove("globex", "f");
+        assert!(view.get("globex", "f").is_none());
+        assert_eq!(view.get("acme", "f").expect("acme's").organisation, "acme");
+        assert_eq!(view.len(), 1);
     }
 }

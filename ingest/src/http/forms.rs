@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
 use formstream_core::forms::{FormBody, FormView, build_version};
+use formstream_core::identity::FormKey;
 use formstream_core::problem::FieldProblem;
 use formstream_core::rules::TOO_EXPENSIVE;
 use formstream_core::time::now_millis;
@@ -34,7 +35,7 @@ pub struct VersionQuery {
 #[utoipa::path(post, path = "/v1/forms", tag = "forms", request_body = FormBody,
     responses(
         (status = 201, description = "Created; `Location` names the form", body = FormView),
-        (status = 409, description = "The form id is taken", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The caller's organisation has a form of that id", body = Problem, content_type = PROBLEM_JSON),
         (status = 422, description = "Every problem of the body, at its pointer", body = Problem, content_type = PROBLEM_JSON),
     ))]
 pub(crate) async fn create_form(
@@ -50,7 +51,9 @@ pub(crate) async fn create_form(
         .unwrap_or_else(|| Uuid::now_v7().simple().to_string());
     let version = build_off_thread(body, 1, now).await?;
     let _guard = state.inner.form_writes.lock().await;
-    if state.inner.view.get(&id).is_some() {
+    // Only the caller's own forms can conflict: another organisation's form of this id is
+    // another form, and answering 409 for it would tell the caller that it exists.
+    if state.inner.view.get(&caller.organisation, &id).is_some() {
         return Err(ApiError::Conflict(format!(
             "form id {id:?} is already taken"
         )));
@@ -139,8 +142,9 @@ async fn build_off_thread(body: FormBody, version: i32, now: i64) -> Result<Form
     }
 }
 
-/// Publishes a form and, once Kafka acknowledged it, applies it to this instance's view, so that
-/// the caller can use it at once.
+/// Publishes a form (keyed `<organisation>/<form id>`, so that compaction keeps each
+/// organisation's form of an id) and, once Kafka acknowledged it, applies it to this instance's
+/// view, so that the caller can use it at once.
 async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError> {
     let payload = state
         .inner
@@ -150,7 +154,13 @@ async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError
     state
         .inner
         .publisher
-        .publish(&state.inner.forms_topic, &form.id, &payload, &[], None)
+        .publish(
+            &state.inner.forms_topic,
+            &FormKey::of(&form).to_string(),
+            &payload,
+            &[],
+            None,
+        )
         .await
         .map_err(|error| {
             tracing::warn!(form_id = %form.id, %error, "Kafka did not acknowledge the form; answering 503.");

@@ -82,7 +82,8 @@ pub(crate) fn require_ready(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// The caller's form, or 404: another organisation's form is indistinguishable from a missing one.
+/// The caller's form, or 404: another organisation's form of that id is not the caller's, and
+/// is indistinguishable from a missing one.
 pub(crate) fn own_form(
     state: &AppState,
     caller: &Caller,
@@ -91,8 +92,7 @@ pub(crate) fn own_form(
     state
         .inner
         .view
-        .get(form_id)
-        .filter(|f| *f.organisation == *caller.organisation)
+        .get(&caller.organisation, form_id)
         .ok_or(ApiError::NotFound("form"))
 }
 

@@ -35,7 +35,8 @@ pub mod worker;
 pub use config::RuntimeConfig;
 pub use ledger::{Entry, Ledger, LedgerArgs, LedgerError};
 pub use processor::{
-    Failure, Output, Payload, Processor, RawRecord, Record, Source, Target, TargetRef, Targets,
+    Failure, FormRef, Output, Payload, Processor, RawRecord, Record, Source, Target, TargetRef,
+    Targets,
 };
 
 use std::future::Future;

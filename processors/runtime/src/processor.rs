@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use formstream_core::forms::FormsView;
 use formstream_schemas::{AvroRecord, Form, FormVersion, Response, ResponseFlag};
 
 pub use crate::raw::{Headers, RawRecord};
@@ -122,22 +123,58 @@ pub use formstream_core::identity::ORGANISATION_HEADER;
 /// `response_id` header is ordered by its Kafka key (the form id): still in order per response,
 /// with less concurrency.
 pub trait Payload: AvroRecord + Clone {
-    /// The form (id, version) the record refers to, if any: the runtime hands the processor that
-    /// form version, and holds the record back until its forms view has it.
-    fn form_ref(&self) -> Option<(&str, i32)> {
+    /// The form version the record refers to, if any: the runtime hands the processor that form
+    /// version, and holds the record back until its forms view has it.
+    fn form_ref(&self) -> Option<FormRef<'_>> {
         None
     }
 }
 
 impl Payload for Response {
-    fn form_ref(&self) -> Option<(&str, i32)> {
-        Some((&self.form_id, self.form_version))
+    fn form_ref(&self) -> Option<FormRef<'_>> {
+        Some(FormRef {
+            organisation: &self.organisation,
+            form_id: &self.form_id,
+            version: self.form_version,
+        })
     }
 }
 
 impl Payload for ResponseFlag {
-    fn form_ref(&self) -> Option<(&str, i32)> {
-        Some((&self.form_id, self.form_version))
+    fn form_ref(&self) -> Option<FormRef<'_>> {
+        Some(FormRef {
+            organisation: &self.organisation,
+            form_id: &self.form_id,
+            version: self.form_version,
+        })
+    }
+}
+
+/// A form version a record refers to: the record's organisation's form of that id (another
+/// organisation's form of the same id is never handed over), at that version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormRef<'a> {
+    pub organisation: &'a str,
+    pub form_id: &'a str,
+    pub version: i32,
+}
+
+impl FormRef<'_> {
+    /// The form, if `view` holds it at this version.
+    pub fn find(&self, view: &FormsView) -> Option<Arc<Form>> {
+        view.get(self.organisation, self.form_id)
+            .filter(|form| form.version(self.version).is_some())
+    }
+}
+
+/// `organisation <organisation>'s form <id> version <n>`, for messages.
+impl std::fmt::Display for FormRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "organisation {}'s form {} version {}",
+            self.organisation, self.form_id, self.version
+        )
     }
 }
 
@@ -194,7 +231,7 @@ impl<V> Record<V> {
 impl<V: Payload> Record<V> {
     /// The form version the value answered, if it refers to one.
     pub fn form_version(&self) -> Option<&FormVersion> {
-        let (_, version) = self.value.form_ref()?;
+        let version = self.value.form_ref()?.version;
         self.form.as_ref()?.version(version)
     }
 }

@@ -30,7 +30,7 @@ use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::dlq::{DeadLetters, Kind, Letter};
 use crate::engine::TopicPartition;
 use crate::metrics::Metrics;
-use crate::processor::{Failure, Output, Payload, Processor, Record};
+use crate::processor::{Failure, FormRef, Output, Payload, Processor, Record};
 use crate::raw::RawRecord;
 use crate::targets::{Target, TargetCircuits, Targets};
 
@@ -606,9 +606,9 @@ fn prepare_now<P: Processor>(
     };
     let form = match value.form_ref() {
         None => None,
-        Some((form_id, version)) => match ctx.view.get(form_id) {
-            Some(form) if form.version(version).is_some() => Some(form),
-            _ => return Err(job),
+        Some(form_ref) => match form_ref.find(&ctx.view) {
+            Some(form) => Some(form),
+            None => return Err(job),
         },
     };
     Ok(Attempting {
@@ -673,12 +673,13 @@ async fn prepare<P: Processor>(
     };
     let form = match value.form_ref() {
         None => None,
-        Some((form_id, version)) => match find_form(ctx, &job, form_id, version).await {
+        Some(form_ref) => match find_form(ctx, &job, form_ref).await {
             FormLookup::Found(form) => Some(form),
             FormLookup::Abandoned => return Prepared::Abandoned,
             FormLookup::Missing => {
                 let message = format!(
-                    "form {form_id} version {version} did not appear in the forms view within {:?}",
+                    "{form_ref} did not appear in the forms view within {:?} (a form of that id \
+                     of another organisation is not this record's)",
                     ctx.form_wait
                 );
                 return Box::pin(dead_letter_unprepared(
@@ -1060,12 +1061,11 @@ enum FormLookup {
 async fn find_form<P: Processor>(
     ctx: &WorkerContext<P>,
     job: &Job,
-    form_id: &str,
-    version: i32,
+    form_ref: FormRef<'_>,
 ) -> FormLookup {
-    match ctx.view.get(form_id) {
-        Some(form) if form.version(version).is_some() => FormLookup::Found(form),
-        _ => Box::pin(wait_for_form(ctx, job, form_id, version)).await,
+    match form_ref.find(&ctx.view) {
+        Some(form) => FormLookup::Found(form),
+        None => Box::pin(wait_for_form(ctx, job, form_ref)).await,
     }
 }
 
@@ -1074,14 +1074,11 @@ async fn find_form<P: Processor>(
 async fn wait_for_form<P: Processor>(
     ctx: &WorkerContext<P>,
     job: &Job,
-    form_id: &str,
-    version: i32,
+    form_ref: FormRef<'_>,
 ) -> FormLookup {
     let deadline = Instant::now() + ctx.form_wait;
     loop {
-        if let Some(form) = ctx.view.get(form_id)
-            && form.version(version).is_some()
-        {
+        if let Some(form) = form_ref.find(&ctx.view) {
             return FormLookup::Found(form);
         }
         if !job.alive() || ctx.is_stopping() {

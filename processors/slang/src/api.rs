@@ -145,8 +145,7 @@ fn scoped(
     }
     let form = state
         .forms
-        .get(form_id)
-        .filter(|f| f.organisation == *caller.organisation)
+        .get(&caller.organisation, form_id)
         .ok_or(ApiError::NotFound("form"))?;
     let indexed = form.versions.iter().any(|v| {
         v.slang

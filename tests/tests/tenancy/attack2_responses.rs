@@ -44,8 +44,8 @@ async fn another_organisation_reusing_a_response_id_changes_nothing_of_the_victi
     // Both organisations have a form `household-...` with every action.
     let form = format!("household-{}", unique());
     let path = format!("/v1/forms/{form}/responses");
-    // globex's form: another id until two organisations may each have a form of one id.
-    let globex_form = format!("{form}-globex");
+    // globex's form of the same id: its own form.
+    let globex_form = form.clone();
     let globex_path = format!("/v1/forms/{globex_form}/responses");
     call(
         &gateway,

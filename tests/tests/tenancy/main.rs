@@ -4,7 +4,9 @@
 //! victim's data and effects are unchanged, counted where they land (the Twilio fake, the Sheets
 //! fake, the CSV files, the slang index, the gateway's answers):
 //! - [`attack2_responses`]: another organisation reusing a response id changes none of the
-//!   victim's effects downstream;
+//!   victim's effects downstream, nor holds its records back;
+//! - [`attack3_forms`]: another organisation's form of the same id is another form (no takeover,
+//!   no 409 that reveals the first);
 //! - [`attack4_rules`]: rules beyond the budget are refused at save (`rule_too_expensive`), and
 //!   rules that run long on an organisation's answers are cut at `--rule-deadline` in validate
 //!   while the other organisations' responses flow;
@@ -22,5 +24,6 @@ mod support;
 mod also_dlq_retention;
 mod also_webhooks;
 mod attack2_responses;
+mod attack3_forms;
 mod attack4_rules;
 mod attack5_circuits;
