@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use formstream_core::api::HttpLimits;
 use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, TopicSettings, parse_duration};
 
 /// The `formstream gateway` command.
@@ -33,6 +34,9 @@ pub struct GatewayConfig {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub http: HttpLimits,
 
     /// Create missing topics at start-up (from the topic settings).
     #[arg(long, env = "FORMSTREAM_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use formstream_core::api::ApiKeys;
+use formstream_core::api::{ApiKeys, serve};
 use formstream_core::codec;
 use formstream_core::forms::{FormsView, follow_forms_topic};
 use formstream_core::phones::Phones;
@@ -135,14 +135,14 @@ pub async fn run(
 
     // Graceful shutdown: stop accepting, drain in-flight requests for at most shutdown_timeout.
     let (signalled_tx, mut signalled_rx) = watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = serve(listener, app, config.http, async move {
         shutdown.await;
         tracing::info!("Shutting down: no new requests; draining those in flight.");
         let _ = signalled_tx.send(true);
     });
     let drain = config.shutdown_timeout;
     tokio::select! {
-        served = server.into_future() => served.context("serving HTTP")?,
+        () = server => {},
         _ = async {
             let _ = signalled_rx.wait_for(|s| *s).await;
             tokio::time::sleep(drain).await;

@@ -147,6 +147,7 @@ impl Slangd {
         let args = SlangArgs {
             index_dir: index_dir.to_owned(),
             search_listen: "127.0.0.1:0".parse().expect("addr"),
+            http: Default::default(),
             api_keys_file: keys.to_owned(),
             index_commit_interval: Duration::from_millis(200),
             index_commit_records: 100_000,

@@ -33,6 +33,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PreconditionFailed(String),
+    /// The request was not answered within the server's request timeout (see [`super::serve`]).
+    #[error("the request took longer than {} s; nothing of it was kept. Retry with the same ids", .0.as_secs_f64())]
+    RequestTimeout(std::time::Duration),
     #[error("Kafka is unavailable")]
     Unavailable {
         retry_after_secs: u64,
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable { .. } | ApiError::NotReady { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -95,6 +99,7 @@ impl ApiError {
             ApiError::PreconditionFailed(_) => {
                 ("/problems/precondition-failed", "Precondition failed")
             }
+            ApiError::RequestTimeout(_) => ("/problems/request-timeout", "Request timeout"),
             ApiError::Unavailable { .. } => ("/problems/unavailable", "Service unavailable"),
             ApiError::NotReady { .. } => ("/problems/not-ready", "Service not ready"),
             ApiError::Internal(_) => ("/problems/internal", "Internal error"),

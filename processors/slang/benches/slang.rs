@@ -368,6 +368,7 @@ async fn main() -> anyhow::Result<()> {
     let args = SlangArgs {
         index_dir: index_dir.clone(),
         search_listen: "127.0.0.1:0".parse()?,
+        http: Default::default(),
         api_keys_file: keys,
         index_commit_interval: Duration::from_secs(2),
         index_commit_records: 200_000,

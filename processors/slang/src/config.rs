@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use formstream_core::api::HttpLimits;
 use formstream_core::config::parse_duration;
 
 #[derive(Debug, Clone, Args)]
@@ -28,6 +29,10 @@ pub struct SlangArgs {
         default_value = "127.0.0.1:8090"
     )]
     pub search_listen: SocketAddr,
+
+    /// The search API's limits on slow clients (the gateway's flags).
+    #[command(flatten)]
+    pub http: HttpLimits,
 
     /// TOML file of API keys (SHA-256 hashes) per organisation: the gateway's file.
     #[arg(

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use formstream_core::api::ApiKeys;
+use formstream_core::api::{ApiKeys, serve};
 use formstream_core::forms::{FormsView, follow_forms_topic};
 use formstream_runtime::RuntimeConfig;
 use tokio::net::TcpListener;
@@ -92,11 +92,10 @@ pub async fn run(
     let server = {
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
+            serve(listener, app, args.http, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
         })
     };
     let committer = tokio::spawn(commit_loop(

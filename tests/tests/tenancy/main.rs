@@ -11,7 +11,10 @@
 //!   rules that run long on an organisation's answers are cut at `--rule-deadline` in validate
 //!   while the other organisations' responses flow;
 //! - [`attack5_circuits`]: one organisation's failing target (a webhook receiver down, a
-//!   spreadsheet not shared) holds back only its own records.
+//!   spreadsheet not shared) holds back only its own records;
+//! - [`attack6_slow_clients`]: slow clients (slowloris, a trickled body, silent connections,
+//!   more connections than the limit) hold the gateway for a bounded time and never delay
+//!   another organisation's submissions.
 //!
 //! And the other edges (its "Also" list), one module each:
 //! - [`also_webhooks`]: webhooks reach public addresses only (loopback with the development flag);
@@ -27,3 +30,4 @@ mod attack2_responses;
 mod attack3_forms;
 mod attack4_rules;
 mod attack5_circuits;
+mod attack6_slow_clients;
