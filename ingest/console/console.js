@@ -112,8 +112,28 @@ async function formsPage() {
     el('td', {}, el('a', { href: `#/forms/${encodeURIComponent(f.id)}` }, f.title)),
     el('td', {}, el('code', {}, f.id)), el('td', {}, f.version), el('td', {}, f.rules.length),
     el('td', {}, actionsOf(f).join(', ') || '—'), el('td', {}, f.updated_at)));
+  const template = {
+    id: 'my-form', title: 'My form',
+    questions: [{ key: 'income', text: 'Monthly income', type: 'number', required: true }],
+    rules: [{ id: 'income-positive', expression: 'income >= 0', message: 'Income cannot be negative.', question_keys: ['income'] }],
+  };
+  const editor = el('textarea', { id: 'new-form-json', spellcheck: 'false' }, JSON.stringify(template, null, 2));
+  const outcome = el('div', { id: 'new-form-outcome' });
+  const create = el('form', { onsubmit: async (event) => {
+    event.preventDefault();
+    let body;
+    try { body = JSON.parse(editor.value); } catch (e) {
+      outcome.replaceChildren(el('div', { class: 'problems', role: 'alert' }, `Not JSON: ${e.message}`));
+      return;
+    }
+    const created = await api('POST', '/v1/forms', body);
+    if (created.status === 201) location.hash = `#/forms/${encodeURIComponent(created.data.id)}`;
+    else outcome.replaceChildren(problems(created));
+  } }, el('label', { for: 'new-form-json' }, 'A new form (JSON); problems are listed at their JSON pointers'), editor,
+  el('div', { class: 'row' }, el('button', { type: 'submit' }, 'Create form')), outcome);
   show('Forms', table(`${result.data.forms.length} forms of ${session.organisation}`,
-    ['Title', 'Id', 'Version', 'Rules', 'Actions', 'Updated'], rows));
+    ['Title', 'Id', 'Version', 'Rules', 'Actions', 'Updated'], rows),
+  el('h2', {}, 'New form'), create);
 }
 
 function actionsOf(f) {

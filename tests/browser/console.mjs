@@ -14,6 +14,8 @@ const env = (name) => {
 const base = env('CONSOLE_URL');
 const key = env('API_KEY');
 const formId = env('FORM_ID');
+const formJson = env('FORM_JSON');
+const breaking = JSON.parse(env('BREAKING'));
 const formTitle = env('FORM_TITLE');
 const responseId = env('RESPONSE_ID');
 const screenshots = env('SCREENSHOTS');
@@ -62,11 +64,31 @@ try {
   })).status, formId);
   expect(forged === 403, `PUT without x-csrf-token answered ${forged}`);
 
-  step('forms');
-  await page.getByRole('link', { name: formTitle }).waitFor();
+  step('keyboard: a new page puts the focus on its content');
+  await page.keyboard.press('Tab');
+  const inMain = await page.evaluate(() => document.getElementById('main').contains(document.activeElement));
+  expect(inMain, 'after sign-in, Tab does not reach the page content first');
+  const unlabelled = () => page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
+    .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map((e) => e.outerHTML));
+  expect((await unlabelled()).length === 0, `controls without a label: ${await unlabelled()}`);
+
+  step('create a form with a rule, with the keyboard');
+  await page.getByLabel('A new form (JSON)').fill(formJson);
   await shot('forms');
-  await page.getByRole('link', { name: formTitle }).click();
+  await page.keyboard.press('Tab');
+  const focused = await page.evaluate(() => document.activeElement.textContent);
+  expect(focused === 'Create form', `Tab from the editor focuses ${focused}`);
+  await page.keyboard.press('Enter');
   await page.getByRole('heading', { name: formTitle, level: 1 }).waitFor();
+  expect(page.url().endsWith(`#/forms/${formId}`), page.url());
+
+  step('submit a breaking response by the API');
+  const submitted = await fetch(`${base}/v1/forms/${formId}/responses`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(breaking),
+  });
+  expect(submitted.status === 202, `the response answered ${submitted.status}: ${await submitted.text()}`);
   await page.getByText('Version 1', { exact: true }).waitFor();
   await shot('form');
 
@@ -82,6 +104,14 @@ try {
   await page.goto(`${base}/console#/flags/${formId}/open`);
   await page.locator(`tr[data-response="${responseId}"]`).waitFor(SLOW);
   await shot('flags-open');
+  expect((await unlabelled()).length === 0, `controls without a label: ${await unlabelled()}`);
+
+  step('200 % zoom: the page reflows, nothing scrolls sideways but the table');
+  await page.setViewportSize({ width: 640, height: 430 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  expect(overflow <= 0, `at 200 % the page is ${overflow}px wider than the window`);
+  await shot('flags-200-percent');
+  await page.setViewportSize({ width: 1280, height: 860 });
 
   step('correct it by the API; it is resolved');
   const corrected = await fetch(`${base}/v1/forms/${formId}/responses/${responseId}`, {
