@@ -3,7 +3,8 @@
 //! `__connect.errors.*` headers.
 //!
 //! Invariant: `send` returns `Ok` only once Kafka acknowledged the dead letter (idempotent
-//! producer, acks=all); only then may the source record's offset be committed.
+//! producer, acks=all); only then may the source record's offset be committed. The error message
+//! header never holds a phone number in full (E.164 numbers in it are redacted at write).
 
 use std::time::Duration;
 
@@ -128,8 +129,11 @@ impl DeadLetters {
         let attempts = letter.attempts.to_string();
         let first = letter.first_attempt_ms.to_string();
         let last = letter.last_attempt_ms.to_string();
-        // Error messages can be long (cause chains); keep the header bounded.
+        // Error messages can be long (cause chains); keep the header bounded. They may quote a
+        // phone number (a provider refusing a recipient): redacted before it is written, as in
+        // logs, since a dead letter is kept for --dlq-retention-ms and read by operators.
         let message: String = letter.message.chars().take(2_000).collect();
+        let message = crate::redrive::letter::scrub_phones(&message);
         let mut owned = OwnedHeaders::new_with_capacity(letter.record.headers().count() + 9);
         for (name, value) in letter.record.headers() {
             owned = owned.insert(Header {

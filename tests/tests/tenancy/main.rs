@@ -18,12 +18,14 @@
 //!
 //! And the other edges (its "Also" list), one module each:
 //! - [`also_webhooks`]: webhooks reach public addresses only (loopback with the development flag);
+//! - [`also_dlq_phones`]: phone numbers in a dead letter's error message are redacted at write;
 //! - [`also_dlq_retention`]: dead-letter topics keep letters `--dlq-retention-ms` (14 days).
 //!
 //! [`support`] holds what the gateway-driven tests share.
 
 mod support;
 
+mod also_dlq_phones;
 mod also_dlq_retention;
 mod also_webhooks;
 mod attack2_responses;
