@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use formstream_core::api::HttpLimits;
 use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, TopicSettings, parse_duration};
+use formstream_core::organisations::OrganisationsArgs;
 
 /// The `formstream gateway` command.
 #[derive(Debug, Clone, Args)]
@@ -50,6 +51,9 @@ pub struct GatewayConfig {
         default_value = "deploy/local/api-keys.toml"
     )]
     pub api_keys_file: PathBuf,
+
+    #[command(flatten)]
+    pub organisations: OrganisationsArgs,
 
     /// Longest the gateway waits for Kafka to acknowledge a record before answering 503.
     // Well below client timeouts (usually 30 s); long enough to ride out a leader election.

@@ -51,6 +51,12 @@ pub async fn run(
     if keys.is_empty() {
         tracing::warn!(file = %config.api_keys_file.display(), "No API keys configured: every API call will get 401.");
     }
+    let organisations = config.organisations.load()?;
+    tracing::info!(
+        spreadsheets = organisations.spreadsheets(),
+        source = organisations.source(),
+        "Spreadsheets owned by organisations loaded."
+    );
     let metrics = Metrics::new();
     let codec = codec(&config.registry)?;
 
@@ -100,6 +106,7 @@ pub async fn run(
     let cache_size = NonZeroUsize::new(config.idempotency_cache).unwrap_or(NonZeroUsize::MIN);
     let state = AppState::new(Inner {
         keys,
+        organisations,
         view,
         flags,
         publisher: publisher.clone(),

@@ -50,6 +50,7 @@ pub(crate) async fn create_form(
         .clone()
         .unwrap_or_else(|| Uuid::now_v7().simple().to_string());
     let version = build_off_thread(body, 1, now).await?;
+    owned_spreadsheet(&state, &caller, &version)?;
     let _guard = state.inner.form_writes.lock().await;
     // Only the caller's own forms can conflict: another organisation's form of this id is
     // another form, and answering 409 for it would tell the caller that it exists.
@@ -101,6 +102,7 @@ pub(crate) async fn update_form(
     }
     // Numbered under the lock, once the current version is known.
     let mut version = build_off_thread(body, 0, now_millis()).await?;
+    owned_spreadsheet(&state, &caller, &version)?;
     let _guard = state.inner.form_writes.lock().await;
     let held = own_form(&state, &caller, &form_id)?;
     let current = held.current().map(|v| v.version).unwrap_or(0);
@@ -118,6 +120,24 @@ pub(crate) async fn update_form(
     let view = publish_form(&state, form).await?;
     tracing::info!(%form_id, version = view.version, "Form updated.");
     Ok(axum::Json(view).into_response())
+}
+
+/// 422 `spreadsheet_not_owned` when `version` exports to an existing spreadsheet that the
+/// caller's organisation does not own (the same answer for another organisation's spreadsheet and
+/// for nobody's, so that it tells nothing about other tenants).
+fn owned_spreadsheet(
+    state: &AppState,
+    caller: &Caller,
+    version: &FormVersion,
+) -> Result<(), ApiError> {
+    match state
+        .inner
+        .organisations
+        .check_sheets(&caller.organisation, version)
+    {
+        Some(problem) => Err(ApiError::Invalid(vec![problem])),
+        None => Ok(()),
+    }
 }
 
 /// Longest a form's checks may take. The rule budget keeps a rule's try on the sample response to

@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 
 use formstream_core::api::{ApiError, ApiKeys, Caller, HasApiKeys};
 use formstream_core::forms::FormsView;
+use formstream_core::organisations::Organisations;
 use formstream_core::phones::Phones;
 use formstream_schemas::{Encoder, Form, Response};
 
@@ -28,6 +29,9 @@ pub struct AppState {
 /// The gateway's shared state; see each field.
 pub struct Inner {
     pub keys: ApiKeys,
+    /// The existing spreadsheets each organisation owns (`--organisations-file`): a form naming
+    /// any other is refused at save.
+    pub organisations: Organisations,
     pub view: Arc<FormsView>,
     /// Flagged responses, for `GET /v1/forms/{form_id}/flags`.
     pub flags: Arc<FlagsView>,

@@ -3,6 +3,8 @@
 //! the attack goes through it, the real gateway), each proving that the attack fails and that the
 //! victim's data and effects are unchanged, counted where they land (the Twilio fake, the Sheets
 //! fake, the CSV files, the slang index, the gateway's answers):
+//! - [`attack1_spreadsheets`]: another organisation's spreadsheet is refused at save (422) and by
+//!   the exporter (dead letter), and the victim's spreadsheet holds its own rows only;
 //! - [`attack2_responses`]: another organisation reusing a response id changes none of the
 //!   victim's effects downstream, nor holds its records back;
 //! - [`attack3_forms`]: another organisation's form of the same id is another form (no takeover,
@@ -28,6 +30,7 @@ mod support;
 mod also_dlq_phones;
 mod also_dlq_retention;
 mod also_webhooks;
+mod attack1_spreadsheets;
 mod attack2_responses;
 mod attack3_forms;
 mod attack4_rules;
