@@ -1,27 +1,25 @@
 //! The `formstream` binary: one subcommand per component. It only parses configuration, sets up
 //! logging and hands over to the component's library.
 
-use std::future::Future;
+mod processors;
+
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, TopicSettings};
 use formstream_core::topics::{TopicOutcome, ensure_topics, spine_topics};
 use formstream_ingest::config::GatewayConfig;
-use formstream_journal::{Journal, JournalArgs, Noop, NoopArgs};
-use formstream_notify_collectors::{NotifyCollectors, NotifyCollectorsArgs};
-use formstream_receipts::{Receipts, ReceiptsArgs};
+use formstream_runtime::Registration;
+use formstream_runtime::launch::Unset;
 use formstream_runtime::redrive::command::DlqCommand;
 use formstream_runtime::replay::ReplayArgs;
-use formstream_runtime::{Processor, RuntimeConfig};
-use formstream_sheets::{Sheets, SheetsArgs};
-use formstream_validate::{Validate, ValidateArgs};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
+
+use crate::processors::PROCESSORS;
 
 /// jemalloc: the gateway allocates per request and per record, and glibc's malloc was a fifth of
 /// its CPU under load (bench/RESULTS.md compares the allocators).
@@ -67,7 +65,7 @@ enum Command {
     Load(formstream_bench::LoadArgs),
     /// Run one processor (see docs/processors.md).
     #[command(subcommand)]
-    Process(Box<ProcessCommand>),
+    Process(ProcessCommand),
     /// Move a processor's consumer group to replay (or skip) records. Stop the processor first.
     Replay(ReplayArgs),
     /// List, show, re-drive or discard a processor's dead letters.
@@ -77,167 +75,57 @@ enum Command {
     Dev(DevArgs),
 }
 
-/// The registered processors, one variant each.
-///
-/// Registering a processor takes one variant here (its flags: the runtime's plus its own) and one
-/// arm in [`ProcessCommand::run`] (how to build it from its flags). `formstream process <name>`
-/// and `formstream dev` then run it; nothing else changes.
-#[derive(Debug, Subcommand)]
-enum ProcessCommand {
-    /// Archive every response revision to a local JSON-lines file (and inject faults, for tests).
-    Journal(ProcessorArgs<JournalArgs>),
-    /// Do nothing with each response, optionally after a sleep (the runtime benchmark).
-    Noop(ProcessorArgs<NoopArgs>),
-    /// Check every response revision against its form's rules; publish the outcome to the flags
-    /// topic, exactly once (Kafka transactions).
-    Validate(ProcessorArgs<ValidateArgs>),
-    /// Tell data collectors about flagged responses, by SMS and/or signed webhook, never twice.
-    NotifyCollectors(ProcessorArgs<NotifyCollectorsArgs>),
-    /// Text each respondent one SMS receipt per response, rate-limited, never twice.
-    Receipts(ProcessorArgs<ReceiptsArgs>),
-    /// Index the text answers of forms with a slang action by city (Tantivy, Unicode word
-    /// segmentation), and serve the search API over the index.
-    Slang(Box<ProcessorArgs<formstream_slang::SlangArgs>>),
-    /// Export every response of forms with a sheets action as one spreadsheet row (Google
-    /// Sheets, or local CSV files without credentials), exactly once, corrections in place.
-    Sheets(ProcessorArgs<SheetsArgs>),
+/// `formstream process <name>`: one of the registered processors ([`processors::PROCESSORS`]),
+/// with the flags its subcommand was given.
+#[derive(Debug)]
+struct ProcessCommand {
+    name: String,
+    matches: ArgMatches,
 }
 
 impl ProcessCommand {
-    async fn run(
-        self,
-        configure: impl FnOnce(&mut RuntimeConfig),
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        match self {
-            ProcessCommand::Journal(p) => {
-                p.start(async |a, _| Journal::open(a), configure, shutdown)
-                    .await
-            }
-            ProcessCommand::Noop(p) => {
-                p.start(async |a, _| Ok(Noop::new(a)), configure, shutdown)
-                    .await
-            }
-            ProcessCommand::Validate(p) => {
-                p.start(
-                    async |args, runtime| Validate::with_args(runtime, &args).await,
-                    configure,
-                    shutdown,
-                )
-                .await
-            }
-            ProcessCommand::NotifyCollectors(p) => {
-                let open = |args, runtime: RuntimeConfig, shutdown| async move {
-                    NotifyCollectors::open(args, &runtime, shutdown).await
-                };
-                p.start_opened(open, configure, shutdown).await
-            }
-            ProcessCommand::Receipts(p) => {
-                let open = |args, runtime: RuntimeConfig, shutdown| async move {
-                    Receipts::open(args, &runtime, shutdown).await
-                };
-                p.start_opened(open, configure, shutdown).await
-            }
-            // Not `start`: the slang processor also serves its search API and commits its index
-            // around the runtime.
-            ProcessCommand::Slang(p) => {
-                let ProcessorArgs { runtime, args } = *p;
-                let mut runtime = runtime;
-                configure(&mut runtime);
-                formstream_slang::run(args, runtime, None, None, shutdown).await
-            }
-            ProcessCommand::Sheets(p) => {
-                let open = |args, runtime: RuntimeConfig, shutdown| async move {
-                    Sheets::open(args, &runtime, shutdown).await
-                };
-                p.start_opened(open, configure, shutdown).await
-            }
-        }
-    }
-
-    /// Every registered processor with its default flags (and the FORMSTREAM_* environment), in
-    /// registration order.
-    fn registered() -> anyhow::Result<Vec<(String, ProcessCommand)>> {
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(subcommand)]
-            process: ProcessCommand,
-        }
-        Defaults::command()
-            .get_subcommands()
-            .map(|sub| {
-                let name = sub.get_name().to_owned();
-                let parsed = Defaults::try_parse_from(["process", name.as_str()])
-                    .with_context(|| format!("the default configuration of processor {name}"))?;
-                Ok((name, parsed.process))
-            })
-            .collect()
+    async fn run(self) -> anyhow::Result<()> {
+        let registration = PROCESSORS
+            .iter()
+            .find(|r| r.name == self.name)
+            .with_context(|| format!("no processor named {}", self.name))?;
+        let prepared = registration.prepare(&self.matches)?;
+        prepared.run(Box::pin(shutdown_signal())).await
     }
 }
 
-/// One processor's flags: the runtime's and its own.
-#[derive(Debug, Args)]
-struct ProcessorArgs<A: Args> {
-    #[command(flatten)]
-    runtime: RuntimeConfig,
-    #[command(flatten)]
-    args: A,
-}
-
-impl<A: Args> ProcessorArgs<A> {
-    async fn start<P: Processor>(
-        self,
-        build: impl AsyncFnOnce(A, &RuntimeConfig) -> anyhow::Result<P>,
-        configure: impl FnOnce(&mut RuntimeConfig),
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let mut runtime = self.runtime;
-        configure(&mut runtime);
-        let processor = build(self.args, &runtime).await?;
-        formstream_runtime::run(processor, runtime, None, shutdown).await
+impl FromArgMatches for ProcessCommand {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let (name, matches) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+        Ok(ProcessCommand {
+            name: name.to_owned(),
+            matches: matches.clone(),
+        })
     }
 
-    /// Like [`ProcessorArgs::start`], for a processor that opens something asynchronously before
-    /// it can run (a ledger catching up with its topic) and may be shut down meanwhile (`open`
-    /// then gives `None`). `open` gets the runtime's configuration (its Kafka flags) and a
-    /// shutdown signal of its own.
-    async fn start_opened<P, F>(
-        self,
-        open: impl FnOnce(A, RuntimeConfig, ShutdownSignal) -> F,
-        configure: impl FnOnce(&mut RuntimeConfig),
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()>
-    where
-        P: Processor,
-        F: Future<Output = anyhow::Result<Option<P>>>,
-    {
-        let mut runtime = self.runtime;
-        configure(&mut runtime);
-        // One signal, two listeners: the opening step and then the runtime.
-        let (stop, stopped) = watch::channel(false);
-        let signal = tokio::spawn(async move {
-            shutdown.await;
-            stop.send_replace(true);
-        });
-        let listener = |mut stopped: watch::Receiver<bool>| -> ShutdownSignal {
-            Box::pin(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-        };
-        let outcome = match open(self.args, runtime.clone(), listener(stopped.clone())).await {
-            Ok(Some(processor)) => {
-                formstream_runtime::run(processor, runtime, None, listener(stopped)).await
-            }
-            Ok(None) => Ok(()),
-            Err(error) => Err(error),
-        };
-        signal.abort();
-        outcome
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
     }
 }
 
-/// A shutdown signal handed to a processor's opening step.
-type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+impl Subcommand for ProcessCommand {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        command
+            .subcommands(PROCESSORS.iter().map(Registration::command))
+            .subcommand_required(true)
+    }
+
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_subcommands(command)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        PROCESSORS.iter().any(|r| r.name == name)
+    }
+}
 
 /// `formstream dev`: the gateway's flags, and where the processors serve their metrics.
 #[derive(Debug, Args)]
@@ -374,7 +262,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Load(args) => formstream_bench::run(args).await,
-        Command::Process(process) => process.run(|_| {}, shutdown_signal()).await,
+        Command::Process(process) => process.run().await,
         Command::Replay(args) => {
             let replayed = formstream_runtime::replay::replay(args).await?;
             println!(
@@ -394,15 +282,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(command) => {
-            let registered: Vec<String> = Cli::command()
-                .find_subcommand("process")
-                .map(|process| {
-                    process
-                        .get_subcommands()
-                        .map(|sub| sub.get_name().to_owned())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let registered: Vec<String> = PROCESSORS.iter().map(|r| r.name.to_owned()).collect();
             command.run(&registered).await
         }
         Command::Dev(args) => dev(args).await,
@@ -448,25 +328,36 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             ("gateway".to_owned(), result)
         }
     });
-    for (index, (name, processor)) in ProcessCommand::registered()?.into_iter().enumerate() {
+    for (index, registration) in PROCESSORS.iter().enumerate() {
+        let mut processor = match registration.with_defaults() {
+            Ok(processor) => processor,
+            // Credentials a processor needs and nobody gave: the others run without it.
+            Err(unset @ Unset::Required { .. }) => {
+                tracing::warn!(
+                    processor = registration.name,
+                    "Skipping a processor: {unset}."
+                );
+                continue;
+            }
+            Err(invalid) => return Err(invalid.into()),
+        };
         let mut metrics_listen = processors_metrics_listen;
         if metrics_listen.port() != 0 {
             metrics_listen.set_port(metrics_listen.port() + index as u16);
         }
+        let name = processor.name.to_owned();
         tracing::info!(processor = %name, %metrics_listen, "Starting a processor.");
-        let (kafka, topics, registry) = (kafka.clone(), topics.clone(), registry.clone());
-        let configure = move |runtime: &mut RuntimeConfig| {
-            runtime.kafka = kafka;
-            runtime.topics = topics;
-            runtime.registry = registry;
-            runtime.metrics_listen = metrics_listen;
-            // Each processor has its own group and dead-letter topic, whatever the environment says.
-            runtime.group_id = None;
-            runtime.dlq_topic = None;
-        };
-        let shutdown = shutdown();
+        let runtime = &mut processor.runtime;
+        runtime.kafka = kafka.clone();
+        runtime.topics = topics.clone();
+        runtime.registry = registry.clone();
+        runtime.metrics_listen = metrics_listen;
+        // Each processor has its own group and dead-letter topic, whatever the environment says.
+        runtime.group_id = None;
+        runtime.dlq_topic = None;
+        let shutdown = Box::pin(shutdown());
         components.spawn(async move {
-            let result = processor.run(configure, shutdown).await;
+            let result = processor.run(shutdown).await;
             (name, result)
         });
     }

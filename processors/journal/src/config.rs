@@ -1,6 +1,6 @@
-//! Flags of the journal and no-op processors. Every flag has an `env` twin
-//! (`FORMSTREAM_JOURNAL_...`, `FORMSTREAM_NOOP_...`) and a doc comment (its `--help`, and its entry
-//! in docs/configuration.md); every default says why it is the default.
+//! Flags of the journal processor. Every flag has an `env` twin (`FORMSTREAM_JOURNAL_...`) and a
+//! doc comment (its `--help`, and its entry in docs/configuration.md); every default says why it
+//! is the default.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,13 +49,4 @@ pub struct JournalArgs {
     // 256 lines of ~250 bytes is one 64 KiB write and one fsync: the fsync dominates either way.
     #[arg(long, env = "FORMSTREAM_JOURNAL_BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
-}
-
-/// `formstream process noop`: the runtime benchmark's processor.
-#[derive(Debug, Clone, Args)]
-pub struct NoopArgs {
-    /// Sleep this long per record (a simulated effect latency, e.g. 50ms for the benchmark).
-    // 0ms: measures the runtime alone.
-    #[arg(long, env = "FORMSTREAM_NOOP_LATENCY", default_value = "0ms", value_parser = parse_duration)]
-    pub noop_latency: Duration,
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
 use formstream_core::time::now_millis;
-use formstream_runtime::{Failure, Processor, Record};
+use formstream_runtime::{Failure, Launch, Processor, Record};
 use formstream_schemas::Response;
 use serde_json::json;
 
@@ -124,7 +124,7 @@ impl Processor for Journal {
     type Value = Response;
 
     fn name(&self) -> &str {
-        "journal"
+        Self::NAME
     }
 
     fn batch_size(&self) -> usize {

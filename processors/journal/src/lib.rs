@@ -1,19 +1,33 @@
-//! Two small processors that live beside the runtime:
-//! - [`Journal`] appends one JSON line per response revision to a local file, durably (one
-//!   `fsync` per batch), and can inject faults (retriable, permanent, slowness, an outage). It is
-//!   the runtime's test processor and a real "archive responses to a file" processor.
-//! - [`Noop`] does nothing (optionally after a sleep): the runtime benchmark's processor.
+//! The journal processor: [`Journal`] appends one JSON line per response revision to a local file,
+//! durably (one `fsync` per batch), and can inject faults (retriable, permanent, slowness, an
+//! outage). It is the runtime's test processor and a real "archive responses to a file" processor.
 //!
-//! Layout, as for every processor: `config.rs` holds the flags, one module per processor holds the
-//! effect, `tests.rs` the unit tests.
+//! Modules: [`config`] (its flags), [`journal`] (the effect), `tests` (unit tests).
+//!
+//! Invariant: a record's offset may be committed only once its line is synced to disk.
 
 pub mod config;
 pub mod journal;
-pub mod noop;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::{JournalArgs, NoopArgs};
+use formstream_runtime::{Launch, RuntimeConfig, Shutdown};
+
+pub use config::JournalArgs;
 pub use journal::Journal;
-pub use noop::Noop;
+
+impl Launch for Journal {
+    const NAME: &'static str = "journal";
+    const ABOUT: &'static str =
+        "Archive every response revision to a local JSON-lines file (and inject faults, for tests)";
+    type Args = JournalArgs;
+
+    async fn run(
+        args: JournalArgs,
+        runtime: RuntimeConfig,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        formstream_runtime::run(Journal::open(args)?, runtime, None, shutdown).await
+    }
+}

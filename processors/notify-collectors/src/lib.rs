@@ -26,3 +26,23 @@ pub mod processor;
 
 pub use config::{NotifyCollectorsArgs, WebhookSecrets};
 pub use processor::NotifyCollectors;
+
+use formstream_runtime::{Launch, RuntimeConfig, Shutdown, launch::open_and_run};
+
+impl Launch for NotifyCollectors {
+    const NAME: &'static str = processor::NAME;
+    const ABOUT: &'static str =
+        "Tell data collectors about flagged responses, by SMS and/or signed webhook, never twice";
+    type Args = NotifyCollectorsArgs;
+
+    async fn run(
+        args: NotifyCollectorsArgs,
+        runtime: RuntimeConfig,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        open_and_run(runtime, shutdown, |runtime, shutdown| async move {
+            NotifyCollectors::open(args, &runtime, shutdown).await
+        })
+        .await
+    }
+}

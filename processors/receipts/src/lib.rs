@@ -29,3 +29,23 @@ pub mod receipt;
 
 pub use config::ReceiptsArgs;
 pub use processor::Receipts;
+
+use formstream_runtime::{Launch, RuntimeConfig, Shutdown, launch::open_and_run};
+
+impl Launch for Receipts {
+    const NAME: &'static str = processor::NAME;
+    const ABOUT: &'static str =
+        "Text each respondent one SMS receipt per response, rate-limited, never twice";
+    type Args = ReceiptsArgs;
+
+    async fn run(
+        args: ReceiptsArgs,
+        runtime: RuntimeConfig,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        open_and_run(runtime, shutdown, |runtime, shutdown| async move {
+            Receipts::open(args, &runtime, shutdown).await
+        })
+        .await
+    }
+}

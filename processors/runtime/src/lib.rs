@@ -3,7 +3,8 @@
 //! concurrency, retries with backoff, the dead-letter topic, a circuit per target (and the
 //! processor's own), commits of finished offsets only, rebalances, graceful shutdown and metrics.
 //!
-//! Modules: [`processor`] (the contract: [`Processor`], [`Record`], [`Failure`]), [`engine`]
+//! Modules: [`processor`] (the contract: [`Processor`], [`Record`], [`Failure`]), [`launch`]
+//! (building one from its flags: [`Launch`], registered in one line), [`engine`]
 //! (consume, order, complete, commit, pause, rebalance), [`worker`] (one effect to its end, in
 //! lanes), [`keyed`] (per-key ordering), [`tracker`] (the offset safe to commit), [`backoff`],
 //! [`circuit`] and [`targets`] (retries, breakers per target), [`dlq`] (dead letters), [`http`]
@@ -21,6 +22,7 @@ pub mod dlq;
 pub mod engine;
 pub mod http;
 pub mod keyed;
+pub mod launch;
 pub mod ledger;
 pub mod metrics;
 pub mod processor;
@@ -33,6 +35,7 @@ pub mod transactions;
 pub mod worker;
 
 pub use config::RuntimeConfig;
+pub use launch::{Launch, Registration, Shutdown};
 pub use ledger::{Entry, Ledger, LedgerArgs, LedgerError};
 pub use processor::{
     Failure, FormRef, Output, Payload, Processor, RawRecord, Record, Source, Target, TargetRef,

@@ -29,3 +29,22 @@ pub mod sink;
 
 pub use config::SheetsArgs;
 pub use processor::{NAME, Sheets};
+
+use formstream_runtime::{Launch, RuntimeConfig, Shutdown, launch::open_and_run};
+
+impl Launch for Sheets {
+    const NAME: &'static str = processor::NAME;
+    const ABOUT: &'static str = "Export every response of forms with a sheets action as one spreadsheet row (Google Sheets, or local CSV files without credentials), exactly once, corrections in place";
+    type Args = SheetsArgs;
+
+    async fn run(
+        args: SheetsArgs,
+        runtime: RuntimeConfig,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        open_and_run(runtime, shutdown, |runtime, shutdown| async move {
+            Sheets::open(args, &runtime, shutdown).await
+        })
+        .await
+    }
+}

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use formstream_core::api::{ApiKeys, serve};
 use formstream_core::forms::{FormsView, follow_forms_topic};
-use formstream_runtime::RuntimeConfig;
+use formstream_runtime::{Launch, RuntimeConfig, Shutdown};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -128,6 +128,22 @@ pub async fn run(
     let _ = server.await;
     let _ = follower.await;
     outcome
+}
+
+impl Launch for Slang {
+    const NAME: &'static str = "slang";
+    const ABOUT: &'static str = "Index the text answers of forms with a slang action by city (Tantivy, Unicode word segmentation), and serve the search API over the index";
+    type Args = SlangArgs;
+
+    /// Not just the runtime: the processor also serves its search API and commits its index
+    /// around it.
+    async fn run(
+        args: SlangArgs,
+        runtime: RuntimeConfig,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        run(args, runtime, None, None, shutdown).await
+    }
 }
 
 /// Commits the index every `interval`, or sooner once `records` are uncommitted, while anything

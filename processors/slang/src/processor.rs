@@ -65,7 +65,7 @@ impl Processor for Slang {
     type Value = Response;
 
     fn name(&self) -> &str {
-        "slang"
+        <Self as formstream_runtime::Launch>::NAME
     }
 
     async fn handle(&self, record: &Record<Response>) -> Result<(), Failure> {

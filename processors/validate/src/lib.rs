@@ -31,7 +31,7 @@ use formstream_core::config::parse_duration;
 use formstream_core::rules::{RuleSet, TOO_EXPENSIVE};
 use formstream_core::time::now_millis;
 use formstream_runtime::processor::{ORDERING_HEADER, ORGANISATION_HEADER};
-use formstream_runtime::{Failure, Output, Processor, Record, RuntimeConfig};
+use formstream_runtime::{Failure, Launch, Output, Processor, Record, RuntimeConfig, Shutdown};
 use formstream_schemas::{Encoder, FlagStatus, Response, ResponseFlag, Violation};
 
 /// The header that carries a flag's response revision, beside the response id.
@@ -221,11 +221,22 @@ fn flag_of(response: &Response, violations: Vec<Violation>) -> ResponseFlag {
     }
 }
 
+impl Launch for Validate {
+    const NAME: &'static str = "validate";
+    const ABOUT: &'static str = "Check every response revision against its form's rules; publish the outcome to the flags topic, exactly once (Kafka transactions)";
+    type Args = ValidateArgs;
+
+    async fn run(args: ValidateArgs, runtime: RuntimeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+        let processor = Validate::with_args(&runtime, &args).await?;
+        formstream_runtime::run(processor, runtime, None, shutdown).await
+    }
+}
+
 impl Processor for Validate {
     type Value = Response;
 
     fn name(&self) -> &str {
-        "validate"
+        Self::NAME
     }
 
     /// Nothing outside Kafka: the outcome is the output record, published by the runtime. Rules

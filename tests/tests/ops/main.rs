@@ -8,13 +8,15 @@
 //! - `docs`: every Markdown link and anchor of the repository works;
 //! - `sasl_ssl`: the gateway and a processor on a private SASL_SSL broker;
 //! - `prometheus_scrape`: a real Prometheus scraping a gateway and a processor;
-//! - `release_binary`: deploy/split-debuginfo.sh, the binary without its debug info.
+//! - `release_binary`: deploy/split-debuginfo.sh, the binary without its debug info;
+//! - `processors`: every processor folder has the same shape and is registered in one line.
 
 mod compose;
 mod compose_stack;
 mod dashboards;
 mod docs;
 mod k8s;
+mod processors;
 mod prometheus_scrape;
 mod release_binary;
 mod sasl_ssl;
