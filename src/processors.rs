@@ -14,4 +14,5 @@ pub const PROCESSORS: &[Registration] = &[
     Registration::of::<formstream_receipts::Receipts>(),
     Registration::of::<formstream_slang::Slang>(),
     Registration::of::<formstream_sheets::Sheets>(),
+    Registration::of::<formstream_forward::Forward>(),
 ];
