@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, TopicSettings};
+use formstream_core::forms::FormActions;
 use formstream_core::topics::{TopicOutcome, ensure_topics, spine_topics};
 use formstream_ingest::config::GatewayConfig;
 use formstream_runtime::Registration;
@@ -209,7 +210,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Gateway(config) => {
+        Command::Gateway(mut config) => {
+            config.form_actions = form_actions();
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
@@ -293,9 +295,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
 /// gracefully; if one of them fails, the others are stopped too and its error is returned.
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let DevArgs {
-        gateway,
+        mut gateway,
         processors_metrics_listen,
     } = args;
+    gateway.form_actions = form_actions();
     if gateway.create_topics {
         // Before anything starts: the processors follow the forms topic from the start.
         let specs = spine_topics(&gateway.topics, &gateway.topic_settings);
@@ -384,6 +387,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     signal.abort();
     first_error.map_or(Ok(()), Err)
+}
+
+/// The form actions of the registered processors, for the gateway to check forms with.
+fn form_actions() -> FormActions {
+    FormActions::new(PROCESSORS.iter().filter_map(Registration::form_action))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -326,6 +326,7 @@ mod tests {
             default_region: Some("IN".into()),
             questions: questions(),
             metadata_json: "{}".into(),
+            actions_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
             receipt: Some(action.clone()),

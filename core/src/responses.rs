@@ -336,6 +336,7 @@ mod tests {
                 ),
             ],
             metadata_json: "{}".into(),
+            actions_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
             receipt: None,

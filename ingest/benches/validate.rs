@@ -54,6 +54,7 @@ fn form() -> FormVersion {
             question("rent", QuestionType::Number, &[]),
         ],
         metadata_json: "{}".into(),
+        actions_json: "{}".into(),
         rules: RULES
             .iter()
             .enumerate()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use formstream_core::api::HttpLimits;
 use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, TopicSettings, parse_duration};
+use formstream_core::forms::FormActions;
 use formstream_core::organisations::OrganisationsArgs;
 
 /// The `formstream gateway` command.
@@ -38,6 +39,11 @@ pub struct GatewayConfig {
 
     #[command(flatten)]
     pub http: HttpLimits,
+
+    /// The form actions of the registered processors (not a flag: the binary sets it from its
+    /// processor list); a form whose `actions` none of them owns is refused.
+    #[arg(skip)]
+    pub form_actions: FormActions,
 
     /// Create missing topics at start-up (from the topic settings).
     #[arg(long, env = "FORMSTREAM_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]

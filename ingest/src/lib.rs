@@ -130,6 +130,7 @@ pub async fn run(
             ],
             config.console_processors.clone(),
         )),
+        form_actions: config.form_actions.clone(),
     });
     let app = http::router(state, config.max_body_bytes);
 

@@ -47,6 +47,9 @@ pub struct FormVersion {
     pub slang: Option<Slang>,
     /// Where the sheets processor exports this form; `None` when the form is not exported.
     pub sheets: Option<Sheets>,
+    /// The actions processors declare themselves (`formstream_core::forms::actions`), as a JSON
+    /// object: action name to its settings; `{}` when the form has none.
+    pub actions_json: String,
     pub created_at: TimestampMillis,
 }
 

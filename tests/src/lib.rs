@@ -207,7 +207,9 @@ pub async fn spawn_gateway(options: GatewayOptions) -> TestGateway {
     gateway
 }
 
-fn write_keys_file() -> anyhow::Result<tempfile::TempPath> {
+/// An API keys file with the test keys of acme ([`ACME_KEY`]) and globex ([`GLOBEX_KEY`]),
+/// deleted when the returned path is dropped.
+pub fn write_keys_file() -> anyhow::Result<tempfile::TempPath> {
     use std::io::Write;
     let mut file = tempfile::Builder::new()
         .prefix("formstream-test-keys-")

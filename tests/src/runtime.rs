@@ -218,6 +218,7 @@ pub fn test_form(id: &str) -> Form {
                 max_length: None,
             }],
             metadata_json: "{}".to_owned(),
+            actions_json: "{}".into(),
             rules: Vec::new(),
             notify: Default::default(),
             receipt: None,

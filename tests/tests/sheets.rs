@@ -87,6 +87,7 @@ fn version(number: i32, questions: Vec<Question>, spreadsheet_id: Option<&str>) 
         default_region: None,
         questions,
         metadata_json: "{}".into(),
+        actions_json: "{}".into(),
         rules: vec![],
         notify: Default::default(),
         sheets: Some(SheetsAction {

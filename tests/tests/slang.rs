@@ -62,6 +62,7 @@ fn form(id: &str) -> Form {
                 question("name", QuestionType::Text, &[]),
             ],
             metadata_json: "{}".into(),
+            actions_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
             slang: Some(Slang {

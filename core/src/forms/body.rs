@@ -140,6 +140,10 @@ pub struct FormBody {
     pub slang: Option<SlangBody>,
     #[serde(default)]
     pub sheets: Option<SheetsBody>,
+    /// The actions processors declare themselves, by name ([`super::actions`]); each is checked
+    /// by its processor's check when the form is saved.
+    #[serde(default)]
+    pub actions: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A form version as the API shows it.
@@ -161,6 +165,8 @@ pub struct FormView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slang: Option<SlangBody>,
     pub sheets: Option<SheetsBody>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub actions: serde_json::Map<String, serde_json::Value>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -219,6 +225,7 @@ impl FormView {
                 spreadsheet_id: s.spreadsheet_id.clone(),
                 create: s.spreadsheet_id.is_none(),
             }),
+            actions: serde_json::from_str(&version.actions_json).unwrap_or_default(),
             created_at: rfc3339(form.created_at),
             updated_at: rfc3339(version.created_at),
         }

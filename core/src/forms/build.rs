@@ -247,6 +247,7 @@ pub fn build_version(
         questions,
         metadata_json: serde_json::Value::Object(body.metadata.clone().unwrap_or_default())
             .to_string(),
+        actions_json: serde_json::Value::Object(body.actions.clone()).to_string(),
         rules,
         notify: Notify {
             sms_collector: body.notify.sms_collector,

@@ -184,6 +184,7 @@ mod tests {
             default_region: None,
             questions: vec![],
             metadata_json: "{}".into(),
+            actions_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
             receipt: None,

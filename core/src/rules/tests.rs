@@ -39,6 +39,7 @@ fn form(rules: &[(&str, &str)]) -> FormVersion {
             question("langs", QuestionType::MultipleChoice, &["hi", "mr", "en"]),
         ],
         metadata_json: "{}".into(),
+        actions_json: "{}".into(),
         rules: rules
             .iter()
             .map(|(id, expression)| Rule {

@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
-use formstream_core::forms::{FormBody, FormView, build_version};
+use formstream_core::forms::{FormActions, FormBody, FormView, build_version};
 use formstream_core::identity::FormKey;
 use formstream_core::problem::FieldProblem;
 use formstream_core::rules::TOO_EXPENSIVE;
@@ -49,7 +49,7 @@ pub(crate) async fn create_form(
         .id
         .clone()
         .unwrap_or_else(|| Uuid::now_v7().simple().to_string());
-    let version = build_off_thread(body, 1, now).await?;
+    let version = build_off_thread(&state, body, 1, now).await?;
     owned_spreadsheet(&state, &caller, &version)?;
     let _guard = state.inner.form_writes.lock().await;
     // Only the caller's own forms can conflict: another organisation's form of this id is
@@ -101,7 +101,7 @@ pub(crate) async fn update_form(
         )]));
     }
     // Numbered under the lock, once the current version is known.
-    let mut version = build_off_thread(body, 0, now_millis()).await?;
+    let mut version = build_off_thread(&state, body, 0, now_millis()).await?;
     owned_spreadsheet(&state, &caller, &version)?;
     let _guard = state.inner.form_writes.lock().await;
     let held = own_form(&state, &caller, &form_id)?;
@@ -140,14 +140,39 @@ fn owned_spreadsheet(
     }
 }
 
+/// [`build_version`], reporting every problem: the form's own and those its processors' actions
+/// find (checked through the registry of the registered processors' actions).
+fn build_checked(
+    actions: &FormActions,
+    body: &FormBody,
+    version: i32,
+    now: i64,
+) -> Result<FormVersion, Vec<FieldProblem>> {
+    let mut problems = actions.check(body);
+    match build_version(body, version, now) {
+        Ok(built) if problems.is_empty() => Ok(built),
+        Ok(_) => Err(problems),
+        Err(mut found) => {
+            found.append(&mut problems);
+            Err(found)
+        }
+    }
+}
+
 /// Longest a form's checks may take. The rule budget keeps a rule's try on the sample response to
 /// microseconds, so only a rule the budget misjudged meets this; it is then refused, not stored.
 const BUILD_DEADLINE: Duration = Duration::from_secs(2);
 
 /// [`build_version`] on a blocking thread, within [`BUILD_DEADLINE`]. Past it the answer is a 422
 /// `rule_too_expensive` at once (the check finishes on its thread; its result is dropped).
-async fn build_off_thread(body: FormBody, version: i32, now: i64) -> Result<FormVersion, ApiError> {
-    let build = tokio::task::spawn_blocking(move || build_version(&body, version, now));
+async fn build_off_thread(
+    state: &AppState,
+    body: FormBody,
+    version: i32,
+    now: i64,
+) -> Result<FormVersion, ApiError> {
+    let actions = state.inner.form_actions.clone();
+    let build = tokio::task::spawn_blocking(move || build_checked(&actions, &body, version, now));
     match tokio::time::timeout(BUILD_DEADLINE, build).await {
         Ok(Ok(built)) => built.map_err(ApiError::Invalid),
         Ok(Err(failed)) => Err(ApiError::Internal(failed.into())),

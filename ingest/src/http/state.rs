@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::http::request::Parts;
 
 use formstream_core::api::{ApiError, ApiKeys, Caller, HasApiKeys};
-use formstream_core::forms::FormsView;
+use formstream_core::forms::{FormActions, FormsView};
 use formstream_core::organisations::Organisations;
 use formstream_core::phones::Phones;
 use formstream_schemas::{Encoder, Form, Response};
@@ -53,6 +53,8 @@ pub struct Inner {
     pub sessions: crate::console::Sessions,
     /// Topic totals and processor lag for the console's Live page.
     pub live: Arc<crate::console::live::Live>,
+    /// The actions the registered processors declare; a form's `actions` are checked by them.
+    pub form_actions: FormActions,
 }
 
 impl AppState {

@@ -14,11 +14,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
+use formstream_core::forms::actions::settings;
 use formstream_core::time::now_millis;
 use formstream_runtime::{Failure, Launch, Processor, Record};
 use formstream_schemas::Response;
 use serde_json::json;
 
+use crate::action::{JournalAction, NAME, answers};
 use crate::config::JournalArgs;
 
 pub struct Journal {
@@ -55,7 +57,7 @@ impl Journal {
     /// The journal line of one record (without the trailing newline).
     pub fn line(record: &Record<Response>, journaled_at_ms: i64) -> String {
         let value = &record.value;
-        json!({
+        let mut line = json!({
             "response_id": value.response_id,
             "revision": value.revision,
             "form_id": value.form_id,
@@ -65,8 +67,15 @@ impl Journal {
             "offset": record.offset,
             "attempt": record.attempt,
             "journaled_at_ms": journaled_at_ms,
-        })
-        .to_string()
+        });
+        // The form's journal action, if it has one (action.rs), names answers to keep too.
+        let action = record
+            .form_version()
+            .and_then(|v| settings::<JournalAction>(v, NAME));
+        if let Some(action) = action {
+            line["answers"] = answers(&action, value);
+        }
+        line.to_string()
     }
 
     /// The failure the fault-injection flags ask for on this attempt of this record, if any.

@@ -2,16 +2,21 @@
 //! durably (one `fsync` per batch), and can inject faults (retriable, permanent, slowness, an
 //! outage). It is the runtime's test processor and a real "archive responses to a file" processor.
 //!
-//! Modules: [`config`] (its flags), [`journal`] (the effect), `tests` (unit tests).
+//! Modules: [`config`] (its flags), [`journal`] (the effect), [`action`] (its form action, which
+//! adds chosen answers to a form's lines), `tests` (unit tests).
 //!
 //! Invariant: a record's offset may be committed only once its line is synced to disk.
 
+pub mod action;
 pub mod config;
 pub mod journal;
 
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
+use formstream_core::forms::FormAction;
 use formstream_runtime::{Launch, RuntimeConfig, Shutdown};
 
 pub use config::JournalArgs;
@@ -29,5 +34,9 @@ impl Launch for Journal {
         shutdown: Shutdown,
     ) -> anyhow::Result<()> {
         formstream_runtime::run(Journal::open(args)?, runtime, None, shutdown).await
+    }
+
+    fn form_action() -> Option<Arc<dyn FormAction>> {
+        Some(action::action())
     }
 }

@@ -65,6 +65,7 @@ mod tests {
                 max_length: None,
             }],
             metadata_json: "{}".into(),
+            actions_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
             receipt: Some(ReceiptAction {

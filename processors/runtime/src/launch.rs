@@ -1,15 +1,17 @@
 //! How a processor is built from its flags and run: the one construction trait, [`Launch`], and
 //! [`Registration`], what the `formstream` binary lists for each processor (one line).
 //!
-//! Invariant: a processor's name, description, flags and construction live in its own crate (its
-//! `impl Launch`); `formstream process <name>` and `formstream dev` run every registered processor
+//! Invariant: a processor's name, description, flags, construction and form action live in its
+//! own crate (its `impl Launch`); `formstream process <name>` and `formstream dev` run every registered processor
 //! through [`Registration`], so adding one touches no other processor and no gateway code.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgMatches, Args, FromArgMatches};
+use formstream_core::forms::FormAction;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
@@ -35,6 +37,12 @@ pub trait Launch: 'static {
         runtime: RuntimeConfig,
         shutdown: Shutdown,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The form action this processor owns, if any (`formstream_core::forms::Action`): the
+    /// gateway checks a form's `actions` through every registered processor's.
+    fn form_action() -> Option<Arc<dyn FormAction>> {
+        None
+    }
 }
 
 /// Runs the processor `open` builds, for one that must open something asynchronously before it
@@ -84,6 +92,7 @@ pub struct Registration {
     pub name: &'static str,
     command: fn() -> clap::Command,
     prepare: fn(&ArgMatches) -> Result<Prepared, clap::Error>,
+    form_action: fn() -> Option<Arc<dyn FormAction>>,
 }
 
 impl Registration {
@@ -92,7 +101,13 @@ impl Registration {
             name: P::NAME,
             command: command::<P>,
             prepare: prepare::<P>,
+            form_action: P::form_action,
         }
+    }
+
+    /// The form action the processor owns, if any.
+    pub fn form_action(&self) -> Option<Arc<dyn FormAction>> {
+        (self.form_action)()
     }
 
     /// Its subcommand: the runtime's flags and its own.

@@ -175,6 +175,7 @@ mod tests {
             default_region: None,
             questions,
             metadata_json: "{}".into(),
+            actions_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
             sheets: None,

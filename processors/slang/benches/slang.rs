@@ -138,6 +138,7 @@ fn form(id: &str) -> Form {
                 q("slang", QuestionType::Text, vec![]),
             ],
             metadata_json: "{}".into(),
+            actions_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
             slang: Some(Slang {

@@ -226,7 +226,11 @@ impl Launch for Validate {
     const ABOUT: &'static str = "Check every response revision against its form's rules; publish the outcome to the flags topic, exactly once (Kafka transactions)";
     type Args = ValidateArgs;
 
-    async fn run(args: ValidateArgs, runtime: RuntimeConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    async fn run(
+        args: ValidateArgs,
+        runtime: RuntimeConfig,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
         let processor = Validate::with_args(&runtime, &args).await?;
         formstream_runtime::run(processor, runtime, None, shutdown).await
     }

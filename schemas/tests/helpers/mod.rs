@@ -49,6 +49,7 @@ pub fn forms() -> Vec<Form> {
         default_region: None,
         questions: vec![],
         metadata_json: "{}".into(),
+        actions_json: "{}".into(),
         rules: vec![],
         notify: Notify::default(),
         receipt: None,
@@ -79,6 +80,7 @@ pub fn forms() -> Vec<Form> {
             q("phone", QuestionType::Phone, vec![], None),
         ],
         metadata_json: r#"{"theme":"dark"}"#.into(),
+        actions_json: "{}".into(),
         rules: vec![
             Rule {
                 id: "savings-le-income".into(),

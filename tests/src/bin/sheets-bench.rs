@@ -70,6 +70,7 @@ fn bench_form(id: &str, spreadsheet_id: &str) -> Form {
                 q("notes", QuestionType::Text, &[]),
             ],
             metadata_json: "{}".into(),
+            actions_json: "{}".into(),
             rules: vec![],
             notify: Default::default(),
             sheets: Some(SheetsAction {
