@@ -174,16 +174,32 @@ where
             .and_then(|v| v.strip_prefix("Bearer "))
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .map(str::trim);
-        let Some(key) = key else {
-            return state
+        let caller = match key {
+            Some(key) => state
+                .api_keys()
+                .authenticate(key)
+                .cloned()
+                .ok_or(ApiError::Unauthorized),
+            None => state
                 .session_caller(parts)
-                .unwrap_or(Err(ApiError::Unauthorized));
-        };
-        state
-            .api_keys()
-            .authenticate(key)
-            .cloned()
-            .ok_or(ApiError::Unauthorized)
+                .unwrap_or(Err(ApiError::Unauthorized)),
+        }?;
+        if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+            let _ = slot.0.set(caller.clone());
+        }
+        Ok(caller)
+    }
+}
+
+/// Where the [`Caller`] extractor leaves the caller it authenticated, for a layer that writes an
+/// audit line once the request is answered: the layer puts one in the request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(Arc<std::sync::OnceLock<Caller>>);
+
+impl CallerSlot {
+    /// The request's caller, once the handler authenticated it.
+    pub fn get(&self) -> Option<&Caller> {
+        self.0.get()
     }
 }
 

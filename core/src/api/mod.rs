@@ -7,5 +7,5 @@ pub mod keys;
 pub mod serve;
 
 pub use error::{ApiError, PROBLEM_JSON, Problem};
-pub use keys::{ApiKeys, Caller, HasApiKeys};
+pub use keys::{ApiKeys, Caller, CallerSlot, HasApiKeys};
 pub use serve::{HttpLimits, serve};

@@ -1,13 +1,14 @@
 //! The gateway's HTTP API.
 //!
 //! Modules: [`router`] (routes, health and metrics endpoints), [`openapi`] (`/openapi.json`, from
-//! the handlers' attributes), [`middleware`] (request metrics),
+//! the handlers' attributes), [`middleware`] (request metrics), [`audit`] (a log line per write),
 //! [`extract`] (JSON bodies with problem+json rejections), [`state`] (what handlers share), and
 //! one module of handlers per resource: [`forms`], [`responses`], [`batches`], [`flags`].
 //!
 //! Invariant: a handler answers 2xx for a response only after Kafka acknowledged its record; every
 //! other outcome is a problem+json error, and nothing invalid is published.
 
+pub mod audit;
 pub mod batches;
 pub mod extract;
 pub mod flags;

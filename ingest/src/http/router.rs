@@ -58,6 +58,7 @@ pub(crate) fn served(metrics: Metrics, max_body_bytes: usize) -> Router<AppState
     routes
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(super::audit::audit))
         .layer(middleware::from_fn_with_state(metrics, track))
 }
 

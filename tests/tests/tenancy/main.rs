@@ -20,6 +20,7 @@
 //!
 //! And the other edges (its "Also" list), one module each:
 //! - [`also_webhooks`]: webhooks reach public addresses only (loopback with the development flag);
+//! - [`also_audit`]: every write to the gateway is logged with the key's name, never the key;
 //! - [`also_dlq_phones`]: phone numbers in a dead letter's error message are redacted at write;
 //! - [`also_dlq_retention`]: dead-letter topics keep letters `--dlq-retention-ms` (14 days).
 //!
@@ -27,6 +28,7 @@
 
 mod support;
 
+mod also_audit;
 mod also_dlq_phones;
 mod also_dlq_retention;
 mod also_webhooks;

@@ -1,0 +1,91 @@
+//! Every write to the gateway leaves an audit line naming the organisation and the API key's
+//! name, never the key itself; reads leave none.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use formstream_tests::{ACME_KEY, spawn_app, valid_response};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Log output kept in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// A current-thread runtime: the gateway's tasks run on this thread, under its log subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn every_write_is_audited_with_the_keys_name_never_the_key() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_env_filter("formstream::audit=info")
+        .finish();
+    let _guard = subscriber.set_default();
+
+    let gateway = spawn_app().await;
+    let form_id = gateway.create_typical_form().await;
+    let (status, _) = gateway.submit(&form_id, &valid_response("Asha")).await;
+    assert_eq!(status, 202);
+    let refused = gateway
+        .client
+        .post(gateway.url("/v1/forms"))
+        .bearer_auth("not-a-key")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(refused.status(), 401);
+    let read = gateway
+        .acme(reqwest::Method::GET, &format!("/v1/forms/{form_id}"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(read.status(), 200);
+    gateway.finish().await;
+
+    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let lines: Vec<&str> = logs.lines().collect();
+    let writes: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("organisation=acme"))
+        .collect();
+    assert_eq!(writes.len(), 2, "two audited writes by acme: {logs}");
+    assert!(
+        writes[0].contains("key=test") && writes[0].contains("status=201"),
+        "{logs}"
+    );
+    assert!(
+        writes[1].contains(&format!("/v1/forms/{form_id}/responses"))
+            && writes[1].contains("status=202"),
+        "{logs}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("without an authenticated caller") && l.contains("status=401")),
+        "{logs}"
+    );
+    assert!(!logs.contains("GET"), "reads are not audited: {logs}");
+    assert!(
+        !logs.contains(ACME_KEY) && !logs.contains("not-a-key"),
+        "no key in the logs: {logs}"
+    );
+}
