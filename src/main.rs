@@ -11,7 +11,7 @@ use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use formstream_core::config::{KafkaArgs, RegistryArgs, TopicNames, TopicSettings};
 use formstream_core::forms::FormActions;
 use formstream_core::topics::{TopicOutcome, ensure_topics, spine_topics};
-use formstream_ingest::config::GatewayConfig;
+use formstream_ingest::config::{DeadLetterProcessor, GatewayConfig};
 use formstream_runtime::Registration;
 use formstream_runtime::launch::Unset;
 use formstream_runtime::redrive::command::DlqCommand;
@@ -212,6 +212,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Gateway(mut config) => {
             config.form_actions = form_actions();
+            serve_every_processors_dead_letters(&mut config);
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
@@ -283,11 +284,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Dlq(command) => {
-            let registered: Vec<String> = PROCESSORS.iter().map(|r| r.name.to_owned()).collect();
-            command.run(&registered).await
-        }
+        Command::Dlq(command) => command.run(&registered_names()).await,
         Command::Dev(args) => dev(args).await,
+    }
+}
+
+/// The names of the registered processors, as `formstream process` lists them.
+fn registered_names() -> Vec<String> {
+    PROCESSORS.iter().map(|r| r.name.to_owned()).collect()
+}
+
+/// `--dead-letter-processors` unset: the gateway serves every registered processor's dead
+/// letters, on its default dead-letter topic.
+fn serve_every_processors_dead_letters(config: &mut GatewayConfig) {
+    if config.dead_letter_processors.is_empty() {
+        config.dead_letter_processors = registered_names()
+            .iter()
+            .map(|name| DeadLetterProcessor::named(name))
+            .collect();
     }
 }
 
@@ -299,6 +313,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         processors_metrics_listen,
     } = args;
     gateway.form_actions = form_actions();
+    serve_every_processors_dead_letters(&mut gateway);
     if gateway.create_topics {
         // Before anything starts: the processors follow the forms topic from the start.
         let specs = spine_topics(&gateway.topics, &gateway.topic_settings);

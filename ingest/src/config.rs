@@ -120,4 +120,47 @@ pub struct GatewayConfig {
         default_value = "validate,notify-collectors,receipts,sheets,slang,journal"
     )]
     pub console_processors: Vec<(String, String)>,
+
+    /// Processors whose dead letters `/v1/dead-letters` serves, comma-separated: `name`
+    /// (dead-letter topic `<name>.dlq`) or `name=topic` (a processor run with another
+    /// `--dlq-topic`).
+    // Empty by default, which `formstream gateway` and `formstream dev` read as every registered
+    // processor on its default dead-letter topic: what `formstream dev` runs.
+    #[arg(long, env = "FORMSTREAM_DEAD_LETTER_PROCESSORS", value_delimiter = ',', value_parser = DeadLetterProcessor::parse)]
+    pub dead_letter_processors: Vec<DeadLetterProcessor>,
+}
+
+/// A processor whose dead letters the gateway serves, and its dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterProcessor {
+    pub name: String,
+    pub dlq_topic: String,
+}
+
+impl DeadLetterProcessor {
+    /// The processor `name` on its default dead-letter topic, `<name>.dlq`.
+    pub fn named(name: &str) -> Self {
+        DeadLetterProcessor {
+            name: name.to_owned(),
+            dlq_topic: format!("{name}.dlq"),
+        }
+    }
+
+    /// `name` or `name=topic`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (name, topic) = match text.trim().split_once('=') {
+            Some((name, topic)) => (name.trim(), Some(topic.trim())),
+            None => (text.trim(), None),
+        };
+        if name.is_empty() || topic.is_some_and(str::is_empty) {
+            return Err(format!(
+                "{text:?} is not a processor: expected name or name=dead-letter-topic"
+            ));
+        }
+        let mut processor = DeadLetterProcessor::named(name);
+        if let Some(topic) = topic {
+            processor.dlq_topic = topic.to_owned();
+        }
+        Ok(processor)
+    }
 }

@@ -340,6 +340,23 @@ pub struct FlagsQuery {
     pub after: Option<String>,
 }
 
+/// A page's `limit` parameter: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent; anything else
+/// is a problem at `/limit` (and the default).
+pub(crate) fn page_limit(text: Option<&str>, problems: &mut Vec<FieldProblem>) -> usize {
+    match text.map(str::parse::<usize>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            problems.push(FieldProblem::new(
+                "/limit",
+                "invalid_limit",
+                format!("limit is a whole number from 1 to {MAX_LIMIT}"),
+            ));
+            DEFAULT_LIMIT
+        }
+    }
+}
+
 /// A checked [`FlagsQuery`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listing {
@@ -364,18 +381,7 @@ impl FlagsQuery {
                 Status::Open
             }
         };
-        let limit = match self.limit.as_deref().map(str::parse::<usize>) {
-            None => DEFAULT_LIMIT,
-            Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
-            Some(_) => {
-                problems.push(FieldProblem::new(
-                    "/limit",
-                    "invalid_limit",
-                    format!("limit is a whole number from 1 to {MAX_LIMIT}"),
-                ));
-                DEFAULT_LIMIT
-            }
-        };
+        let limit = page_limit(self.limit.as_deref(), &mut problems);
         let after = match self.after.as_deref() {
             None => None,
             Some(text) => {

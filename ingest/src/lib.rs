@@ -109,6 +109,11 @@ pub async fn run(
         organisations,
         view,
         flags,
+        dead_letters: http::dead_letters::DeadLetters::new(
+            &config.kafka,
+            &codec,
+            &config.dead_letter_processors,
+        ),
         publisher: publisher.clone(),
         forms_topic: config.topics.forms_topic.clone(),
         responses_topic: config.topics.responses_topic.clone(),

@@ -1227,6 +1227,49 @@ where
     );
 }
 
+/// `formstream process journal` on the test's topics, with the outage file given (present: the
+/// journal fails, past its retry budget: dead letters); killed when dropped.
+pub struct JournalProcess(std::process::Child);
+
+impl JournalProcess {
+    pub fn start(
+        topics: &RuntimeTopics,
+        journal: &std::path::Path,
+        outage: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Self {
+        let log = std::fs::File::create(log).expect("creating the process log");
+        let child = std::process::Command::new(formstream_binary())
+            .args(["process", "journal"])
+            .args(topics.runtime_args())
+            .arg("--journal-path")
+            .arg(journal)
+            .arg("--outage-file")
+            .arg(outage)
+            // The outage outlasts the retry budget, and the circuit never opens: dead letters.
+            .args([
+                "--retry-max-attempts",
+                "3",
+                "--circuit-threshold",
+                "1000000",
+            ])
+            .env("FORMSTREAM_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting formstream process journal");
+        JournalProcess(child)
+    }
+}
+
+impl Drop for JournalProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One line of the `journal` test processor's journal.
 #[derive(Debug, Clone, Deserialize)]
 pub struct JournalEntry {
@@ -1249,6 +1292,15 @@ pub fn read_journal(path: &std::path::Path) -> Vec<JournalEntry> {
     text.lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
+}
+
+/// Journal lines per response id.
+pub fn journaled(path: &std::path::Path) -> std::collections::HashMap<String, Vec<JournalEntry>> {
+    let mut by = std::collections::HashMap::<String, Vec<JournalEntry>>::new();
+    for entry in read_journal(path) {
+        by.entry(entry.response_id.clone()).or_default().push(entry);
+    }
+    by
 }
 
 /// The `formstream` binary next to the test executable (…/target/debug/formstream).

@@ -8,51 +8,12 @@
 //! line per pending dead letter, exit status 0 only for what succeeded, and every error names
 //! what is wrong.
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use formstream_runtime::redrive::RedriveTopics;
 use formstream_tests::runtime::*;
 use serde_json::Value;
-
-/// `formstream process journal` on the test's topics, with the outage file given; killed when
-/// dropped.
-struct Journal(Child);
-
-impl Journal {
-    fn start(topics: &RuntimeTopics, journal: &Path, outage: &Path, log: &Path) -> Self {
-        let log = std::fs::File::create(log).expect("creating the process log");
-        let child = Command::new(formstream_binary())
-            .args(["process", "journal"])
-            .args(topics.runtime_args())
-            .arg("--journal-path")
-            .arg(journal)
-            .arg("--outage-file")
-            .arg(outage)
-            // The outage outlasts the retry budget, and the circuit never opens: dead letters.
-            .args([
-                "--retry-max-attempts",
-                "3",
-                "--circuit-threshold",
-                "1000000",
-            ])
-            .env("FORMSTREAM_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("starting formstream process journal");
-        Journal(child)
-    }
-}
-
-impl Drop for Journal {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs `formstream dlq <args>` for the test's journal dead letters.
 fn dlq(topics: &RuntimeTopics, command: &str, args: &[&str]) -> Output {
@@ -85,15 +46,6 @@ fn listed(topics: &RuntimeTopics, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// Journal lines per response id.
-fn journaled(path: &Path) -> std::collections::HashMap<String, Vec<JournalEntry>> {
-    let mut by = std::collections::HashMap::<String, Vec<JournalEntry>>::new();
-    for entry in read_journal(path) {
-        by.entry(entry.response_id.clone()).or_default().push(entry);
-    }
-    by
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_outage_is_redriven_from_the_command_line_exactly_once() {
     init_logs();
@@ -103,7 +55,8 @@ async fn an_outage_is_redriven_from_the_command_line_exactly_once() {
     let producer = TestProducer::new(&topics);
     let forms = forms_per_partition(&producer, 2).await;
     std::fs::write(&outage, b"").expect("taking the journal down");
-    let _process = Journal::start(&topics, &journal, &outage, &dir.path().join("journal.log"));
+    let _process =
+        JournalProcess::start(&topics, &journal, &outage, &dir.path().join("journal.log"));
     let produced = producer.responses(&fresh_responses(&forms, 4)).await;
 
     // The processor creates its dead-letter topic when it starts: until then `list` fails.

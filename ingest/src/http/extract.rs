@@ -4,8 +4,8 @@
 //! of 415, 413, 400 or 422 applies, the 422 with the pointer of the field that did not fit.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{FromRequest, Query, Request};
 use axum::http::{StatusCode, header};
 use formstream_core::api::ApiError;
 use formstream_core::problem::FieldProblem;
@@ -61,6 +61,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
                 })?;
         Ok(JsonBytes(bytes))
     }
+}
+
+/// A query string as its handler's type: a malformed one is a 422 (the type's fields are strings,
+/// checked by the handler, so this is rare).
+pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(query)| query).map_err(|rejection| {
+        ApiError::Invalid(vec![FieldProblem::new(
+            "",
+            "invalid_query",
+            rejection.body_text(),
+        )])
+    })
 }
 
 /// Parses a JSON body: 400 for malformed JSON, 422 (with the failing field's pointer) for JSON of

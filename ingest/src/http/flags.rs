@@ -5,7 +5,6 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
-use formstream_core::problem::FieldProblem;
 
 use super::state::{AppState, own_form, require_ready};
 use crate::flags::{FlagList, FlagsQuery};
@@ -31,13 +30,7 @@ pub(crate) async fn list_flags(
 ) -> Result<axum::Json<FlagList>, ApiError> {
     require_ready(&state)?;
     let form = own_form(&state, &caller, &form_id)?;
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::Invalid(vec![FieldProblem::new(
-            "",
-            "invalid_query",
-            rejection.body_text(),
-        )])
-    })?;
+    let query = super::extract::query(query)?;
     let listing = query.check().map_err(ApiError::Invalid)?;
     let flags = &state.inner.flags;
     if !flags.is_ready() {

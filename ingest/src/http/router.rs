@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 use super::middleware::track;
 use super::openapi::ApiDoc;
 use super::state::AppState;
-use super::{batches, flags, forms, openapi, responses};
+use super::{batches, dead_letters, flags, forms, openapi, responses};
 use crate::console;
 use crate::metrics::Metrics;
 
@@ -32,6 +32,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(responses::correct_response))
         .routes(routes!(flags::list_flags))
         .routes(routes!(batches::submit_batch))
+        .merge(dead_letters::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(render_metrics))

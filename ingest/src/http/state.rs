@@ -14,6 +14,7 @@ use formstream_core::organisations::Organisations;
 use formstream_core::phones::Phones;
 use formstream_schemas::{Encoder, Form, Response};
 
+use super::dead_letters::DeadLetters;
 use super::responses::RetryCacheEntry;
 use crate::flags::FlagsView;
 use crate::idempotency::Submissions;
@@ -35,6 +36,8 @@ pub struct Inner {
     pub view: Arc<FormsView>,
     /// Flagged responses, for `GET /v1/forms/{form_id}/flags`.
     pub flags: Arc<FlagsView>,
+    /// The processors' dead letters, for `/v1/dead-letters`.
+    pub dead_letters: DeadLetters,
     pub publisher: Publisher,
     pub forms_topic: String,
     pub responses_topic: String,
