@@ -29,6 +29,12 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request body is larger than this gateway accepts")]
     TooLarge,
+    /// The record built from the request is larger than Kafka accepts (the producer's
+    /// `message.max.bytes` or the topic's `max.message.bytes`): retrying cannot help.
+    #[error(
+        "the response's record is larger than Kafka accepts (message.max.bytes); nothing was accepted: shorten its answers"
+    )]
+    RecordTooLarge,
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -72,7 +78,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge | ApiError::RecordTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -94,7 +100,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 ("/problems/unsupported-media-type", "Unsupported media type")
             }
-            ApiError::TooLarge => ("/problems/too-large", "Request too large"),
+            ApiError::TooLarge | ApiError::RecordTooLarge => {
+                ("/problems/too-large", "Request too large")
+            }
             ApiError::Conflict(_) => ("/problems/conflict", "Conflict"),
             ApiError::PreconditionFailed(_) => {
                 ("/problems/precondition-failed", "Precondition failed")

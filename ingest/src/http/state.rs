@@ -105,8 +105,12 @@ pub(crate) fn own_form(
         .ok_or(ApiError::NotFound("form"))
 }
 
-/// The 503 for a record Kafka did not acknowledge.
+/// The answer for a record Kafka did not acknowledge: 413 when it is larger than Kafka accepts
+/// (retrying would fail the same way, so a 503 would make clients retry forever), else 503.
 pub(crate) fn unavailable(state: &AppState, error: PublishError) -> ApiError {
+    if error.kind() == "too_large" {
+        return ApiError::RecordTooLarge;
+    }
     ApiError::Unavailable {
         retry_after_secs: state.inner.retry_after_secs,
         cause: error.to_string(),
