@@ -48,6 +48,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let keys = ApiKeys::load(&config.api_keys_file)?;
+    let reloader = formstream_core::api::keys::reload_on_sighup(keys.clone())?;
     if keys.is_empty() {
         tracing::warn!(file = %config.api_keys_file.display(), "No API keys configured: every API call will get 401.");
     }
@@ -174,6 +175,7 @@ pub async fn run(
             Ok(Ok(())) => {}
         }
     }
+    reloader.abort();
     tracing::info!("Gateway stopped.");
     Ok(())
 }

@@ -115,8 +115,10 @@ impl GatewayOptions {
     }
 }
 
-/// clap wrapper, so that the gateway's defaults stay in one place: its `GatewayConfig`.
+/// clap wrapper, so that the gateway's defaults stay in one place: its `GatewayConfig`. Later
+/// flags override earlier ones (a test's `extra_args` override the defaults here).
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct ConfigArgs {
     #[command(flatten)]
     config: GatewayConfig,

@@ -1,11 +1,13 @@
 //! API keys: each belongs to one organisation, and every API call is scoped to the key's organisation.
 //!
 //! Invariant: keys are kept only as SHA-256 hashes, in the file and in memory, and are never logged;
-//! a request without a known key never reaches a handler.
+//! a request without a known key never reaches a handler. The keys file is read again on SIGHUP
+//! ([`reload_on_sighup`]): a valid file replaces every key at once (a revoked key is refused from
+//! the next request on); an invalid one is logged and the keys in use stay.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -38,9 +40,15 @@ pub struct Caller {
     pub key_name: Arc<str>,
 }
 
+/// Key hash -> its caller.
+type Table = HashMap<[u8; 32], Caller>;
+
+/// The keys in use; clones share them, so a reload is seen by every holder.
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
-    by_hash: Arc<HashMap<[u8; 32], Caller>>,
+    by_hash: Arc<RwLock<Arc<Table>>>,
+    /// The file they were loaded from, for [`ApiKeys::reload`].
+    file: Option<Arc<PathBuf>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +78,29 @@ impl ApiKeys {
             path: shown.clone(),
             source,
         })?;
-        Self::parse(&text, &shown)
+        let mut keys = Self::parse(&text, &shown)?;
+        keys.file = Some(Arc::new(path.to_owned()));
+        Ok(keys)
+    }
+
+    /// Reads the keys file again and, when it is valid, replaces every key at once; returns how
+    /// many keys are now in use. Keys not loaded from a file have nothing to reload.
+    pub fn reload(&self) -> Result<usize, KeysError> {
+        let Some(file) = &self.file else {
+            return Ok(self.len());
+        };
+        let fresh = Self::load(file)?;
+        let table = fresh.table();
+        let count = table.len();
+        *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = table;
+        Ok(count)
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.by_hash
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Self, KeysError> {
@@ -100,7 +130,8 @@ impl ApiKeys {
             }
         }
         Ok(ApiKeys {
-            by_hash: Arc::new(by_hash),
+            by_hash: Arc::new(RwLock::new(Arc::new(by_hash))),
+            file: None,
         })
     }
 
@@ -118,21 +149,42 @@ impl ApiKeys {
             })
             .collect();
         ApiKeys {
-            by_hash: Arc::new(by_hash),
+            by_hash: Arc::new(RwLock::new(Arc::new(by_hash))),
+            file: None,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.table().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.len() == 0
     }
 
-    pub fn authenticate(&self, key: &str) -> Option<&Caller> {
-        self.by_hash.get(&hash_key(key))
+    pub fn authenticate(&self, key: &str) -> Option<Caller> {
+        let hash = hash_key(key);
+        self.by_hash
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&hash)
+            .cloned()
     }
+}
+
+/// Reloads `keys` from their file on every SIGHUP, until the process ends; logs each outcome.
+pub fn reload_on_sighup(keys: ApiKeys) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match keys.reload() {
+                Ok(count) => tracing::info!(keys = count, "API keys reloaded (SIGHUP)."),
+                Err(error) => {
+                    tracing::error!(%error, "API keys not reloaded (SIGHUP); the keys in use stay.")
+                }
+            }
+        }
+    }))
 }
 
 pub fn hash_key(key: &str) -> [u8; 32] {
@@ -178,7 +230,6 @@ where
             Some(key) => state
                 .api_keys()
                 .authenticate(key)
-                .cloned()
                 .ok_or(ApiError::Unauthorized),
             None => state
                 .session_caller(parts)

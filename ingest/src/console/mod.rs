@@ -85,7 +85,6 @@ pub(crate) async fn sign_in(
     let caller = state
         .api_keys()
         .authenticate(body.api_key.trim())
-        .cloned()
         .ok_or(ApiError::Unauthorized)?;
     let sessions = &state.inner.sessions;
     tracing::info!(organisation = %caller.organisation, key = %caller.key_name, "Console session opened.");

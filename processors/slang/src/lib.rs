@@ -51,6 +51,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let keys = ApiKeys::load(&args.api_keys_file)?;
+    let reloader = formstream_core::api::keys::reload_on_sighup(keys.clone())?;
     let (dir, memory) = (args.index_dir.clone(), args.writer_memory);
     let index = tokio::task::spawn_blocking(move || SlangIndex::open(&dir, memory))
         .await
@@ -127,6 +128,7 @@ pub async fn run(
     }
     let _ = server.await;
     let _ = follower.await;
+    reloader.abort();
     outcome
 }
 

@@ -22,6 +22,7 @@
 //! - [`also_webhooks`]: webhooks reach public addresses only (loopback with the development flag);
 //! - [`also_audit`]: every write to the gateway is logged with the key's name, never the key;
 //! - [`also_dlq_phones`]: phone numbers in a dead letter's error message are redacted at write;
+//! - [`also_keys_reload`]: the API keys file reloads on SIGHUP (revoked keys refused at once);
 //! - [`also_record_size`]: a record larger than Kafka accepts is a 413, never an endless 503;
 //! - [`also_dlq_retention`]: dead-letter topics keep letters `--dlq-retention-ms` (14 days).
 //!
@@ -32,6 +33,7 @@ mod support;
 mod also_audit;
 mod also_dlq_phones;
 mod also_dlq_retention;
+mod also_keys_reload;
 mod also_record_size;
 mod also_webhooks;
 mod attack1_spreadsheets;
