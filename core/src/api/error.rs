@@ -32,7 +32,7 @@ pub enum ApiError {
     /// The record built from the request is larger than Kafka accepts (the producer's
     /// `message.max.bytes` or the topic's `max.message.bytes`): retrying cannot help.
     #[error(
-        "the response's record is larger than Kafka accepts (message.max.bytes); nothing was accepted: shorten its answers"
+        "the record is larger than Kafka accepts (message.max.bytes); nothing was accepted: shorten the answers (for a form, its versions' text)"
     )]
     RecordTooLarge,
     #[error("{0}")]
