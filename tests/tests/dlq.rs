@@ -595,7 +595,11 @@ async fn two_organisations() -> TwoOrganisations {
     let forms = forms_per_partition(&producer, PARTITIONS).await;
     let processor = TestProcessor::new();
     let acme = test_response(&forms[0], &unique(), 0);
-    let mut globex = test_response(&forms[2], &unique(), 0);
+    // A form is (organisation, form id): globex's response is to a form of globex's.
+    let mut globex_form = test_form(&format!("f{}", unique()));
+    globex_form.organisation = "globex".to_owned();
+    producer.form(&globex_form).await;
+    let mut globex = test_response(&globex_form.id, &unique(), 0);
     globex.organisation = "globex".to_owned();
     reject(&processor, &acme.response_id);
     reject(&processor, &globex.response_id);
