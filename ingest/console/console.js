@@ -279,7 +279,14 @@ async function deadLettersPage(processor) {
       setTimeout(() => deadLettersPage(processor), 500);
     } else outcome.replaceChildren(problems(result));
   };
-  const columns = ['kind', 'form_id', 'response_id', 'error', 'at'];
+  // Each column: its heading and where a dead letter's summary (GET /v1/dead-letters/{processor}) holds it.
+  const columns = [
+    ['Kind', (item) => item.error && item.error.kind],
+    ['Form', (item) => item.record && item.record.form_id],
+    ['Response', (item) => item.record && item.record.response_id],
+    ['Error', (item) => item.error && item.error.message],
+    ['Dead-lettered at', (item) => item.dead_lettered_at],
+  ];
   const shown = el('pre', { id: 'dead-letter' }, 'Select a dead letter to see it.');
   const rowsOf = items.map((item) => el('tr', {},
     el('td', {}, el('input', { type: 'checkbox', name: 'dead-letter', value: item.id, 'aria-label': `Select ${item.id}` })),
@@ -287,9 +294,9 @@ async function deadLettersPage(processor) {
       const full = await api('GET', `${base}/${encodeURIComponent(item.id)}`);
       shown.textContent = JSON.stringify(full.data, null, 2);
     } }, item.id)),
-    columns.map((c) => el('td', {}, item[c] === undefined ? '' : typeof item[c] === 'object' ? JSON.stringify(item[c]) : String(item[c])))));
+    columns.map(([, value]) => el('td', {}, value(item) == null ? '' : String(value(item))))));
   detail.replaceChildren(el('h2', {}, processor),
-    table(`${items.length} pending`, ['', 'Id', ...columns], rowsOf),
+    table(`${items.length} pending`, ['', 'Id', ...columns.map(([heading]) => heading)], rowsOf),
     el('div', { class: 'row' },
       el('button', { onclick: () => act('redrive', { ids: chosen() }) }, 'Re-drive selected'),
       el('button', { class: 'secondary', onclick: () => act('discard', { ids: chosen() }) }, 'Discard selected'),
