@@ -52,7 +52,8 @@ async fn an_outage_longer_than_the_session_timeout_pauses_and_then_drains() {
     runtime
         .wait_for_circuit(
             2.0,
-            f64::from(PARTITIONS),
+            // Every source partition, and its companion on the re-drive topic (engine/companion.rs).
+            f64::from(2 * PARTITIONS),
             Duration::from_secs(30),
             "the circuit opens and the partitions are paused",
         )
@@ -74,8 +75,8 @@ async fn an_outage_longer_than_the_session_timeout_pauses_and_then_drains() {
         );
         assert_eq!(
             metric_value(&metrics, "formstream_processor_paused_partitions", &[]),
-            f64::from(PARTITIONS),
-            "every partition stays paused"
+            f64::from(2 * PARTITIONS),
+            "every partition (and its re-drive companion) stays paused"
         );
         assert_eq!(
             metric_value(
@@ -161,7 +162,8 @@ async fn an_outage_longer_than_the_session_timeout_pauses_and_then_drains() {
             "formstream_processor_rebalances_total",
             &[("kind", "assigned")]
         ),
-        f64::from(PARTITIONS),
+        // Each partition comes with its companion on the re-drive topic (engine/companion.rs).
+        f64::from(2 * PARTITIONS),
         "{metrics}"
     );
     for kind in ["revoked", "lost"] {
