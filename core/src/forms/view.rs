@@ -6,13 +6,15 @@
 //! may each hold a form of one id, and nothing of one ever replaces, removes or reveals the
 //! other's. The view only ever moves a form forward (a record with fewer versions than the one
 //! held is ignored), and it reports ready only after it has read every partition of the forms
-//! topic up to the end it had when it started.
+//! topic up to the end it had when it started. A forms record is skipped only when it cannot be
+//! decoded, never while the schema registry cannot answer (that is waited out).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use formstream_schemas::{Codec, Form};
+use formstream_schemas::{Codec, CodecError, Form};
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
@@ -146,9 +148,10 @@ pub async fn follow_forms_topic(
                     },
                     _ => tracing::warn!(%topic, "Ignored a forms tombstone without a text key."),
                 },
-                Some(payload) => match codec.decode::<Form>(payload).await {
-                    Ok(form) => view.apply(form),
-                    Err(error) => {
+                Some(payload) => match decode_patiently(&codec, payload, &mut shutdown).await {
+                    None => return Ok(()),
+                    Some(Ok(form)) => view.apply(form),
+                    Some(Err(error)) => {
                         observer.decode_error(&topic);
                         tracing::error!(
                             %topic,
@@ -169,6 +172,43 @@ pub async fn follow_forms_topic(
     }
     Ok(())
 }
+
+/// Decodes a forms record, waiting out a schema registry that cannot answer now (a timeout, a
+/// refused connection, 408, 429, 5xx) with capped exponential backoff: skipping the record would
+/// lose the form until it is saved again. Later records wait behind it, so the view still only
+/// moves forward. `Some(Err)` is a record that cannot be decoded (skipped); `None`, `shutdown`
+/// changed while the registry was out.
+async fn decode_patiently(
+    codec: &Codec,
+    payload: &[u8],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Result<Form, CodecError>> {
+    let mut delay = REGISTRY_RETRY_FIRST;
+    loop {
+        match codec.decode::<Form>(payload).await {
+            Err(error) if error.is_retriable() => {
+                tracing::warn!(
+                    %error,
+                    ?delay,
+                    "The schema registry cannot answer; decoding the forms record again after a pause."
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return None,
+                }
+                delay = (delay * 2).min(REGISTRY_RETRY_MAX);
+            }
+            decoded => return Some(decoded),
+        }
+    }
+}
+
+/// The first pause after a schema registry failed to answer: short, since most outages of a
+/// registry behind a load balancer are a restart.
+const REGISTRY_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest pause between two tries of a registry that keeps failing: a registry back up is
+/// noticed within this.
+const REGISTRY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,8 @@
 //! dead-letters what cannot succeed. While the processor's one circuit is open it waits; a record
 //! whose target's circuit is open (see [`crate::targets`]) is handed back to the engine, which
 //! keeps it until the circuit lets it go, so that it holds no slot of `--max-in-flight` meanwhile.
-//! Neither wait counts against the retry budget.
+//! Neither wait counts against the retry budget. A schema registry that cannot answer is waited
+//! out too (the record is not at fault): only a payload that cannot be decoded is dead-lettered.
 //!
 //! Invariant: a job is reported finished only after its effect succeeded or Kafka acknowledged its
 //! dead letter; a job handed back to wait is not finished (its offset stays uncommitted, its key
@@ -655,7 +656,10 @@ async fn prepare<P: Processor>(
     arrived: Instant,
 ) -> Prepared<P::Value> {
     let decoded = match job.raw.payload() {
-        Some(bytes) => ctx.decoder.decode(bytes).await.map_err(|e| e.to_string()),
+        Some(bytes) => match decode_patiently(ctx, &job, bytes).await {
+            Some(decoded) => decoded,
+            None => return Prepared::Abandoned,
+        },
         None => Err("the record has no value (a tombstone)".to_owned()),
     };
     let value = match decoded {
@@ -698,6 +702,48 @@ async fn prepare<P: Processor>(
         job,
     })
 }
+
+/// Decodes a payload, waiting out a schema registry that cannot answer now (a timeout, a refused
+/// connection, 408, 429, 5xx): the record is not at fault, so it is tried again with capped
+/// exponential backoff for as long as it takes, holding its key and its offset uncommitted,
+/// never dead-lettered. `Some(Err)` is a payload that cannot be decoded (bad magic byte, an id
+/// the working registry does not know, a corrupt body); `None`, a job given up (its partition
+/// revoked, or the engine draining) while the registry was out.
+async fn decode_patiently<P: Processor>(
+    ctx: &WorkerContext<P>,
+    job: &Job,
+    bytes: &[u8],
+) -> Option<Result<P::Value, String>> {
+    let mut delay = REGISTRY_RETRY_FIRST;
+    loop {
+        match ctx.decoder.decode(bytes).await {
+            Ok(value) => return Some(Ok(value)),
+            Err(error) if error.is_retriable() => {
+                tracing::warn!(
+                    topic = %job.tp.topic,
+                    partition = job.tp.partition,
+                    offset = job.offset,
+                    %error,
+                    ?delay,
+                    "The schema registry cannot answer; decoding again after a pause."
+                );
+                ctx.pause(delay).await;
+                if !job.alive() || ctx.is_stopping() {
+                    return None;
+                }
+                delay = (delay * 2).min(REGISTRY_RETRY_MAX);
+            }
+            Err(error) => return Some(Err(error.to_string())),
+        }
+    }
+}
+
+/// The first pause after a schema registry failed to answer: short, since most outages of a
+/// registry behind a load balancer are a restart.
+const REGISTRY_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest pause between two tries of a registry that keeps failing: a registry back up is
+/// noticed within this, and a long outage costs one request per record key and this period.
+const REGISTRY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Dead-letters a job that never reached its effect.
 async fn dead_letter_unprepared<P: Processor>(

@@ -24,7 +24,8 @@
 //! - [`also_dlq_phones`]: phone numbers in a dead letter's error message are redacted at write;
 //! - [`also_keys_reload`]: the API keys file reloads on SIGHUP (revoked keys refused at once);
 //! - [`also_record_size`]: a record larger than Kafka accepts is a 413, never an endless 503;
-//! - [`also_dlq_retention`]: dead-letter topics keep letters `--dlq-retention-ms` (14 days).
+//! - [`also_dlq_retention`]: dead-letter topics keep letters `--dlq-retention-ms` (14 days);
+//! - [`also_registry_outage`]: a schema registry outage is waited out, never dead-lettered.
 //!
 //! [`support`] holds what the gateway-driven tests share.
 
@@ -35,6 +36,7 @@ mod also_dlq_phones;
 mod also_dlq_retention;
 mod also_keys_reload;
 mod also_record_size;
+mod also_registry_outage;
 mod also_webhooks;
 mod attack1_spreadsheets;
 mod attack2_responses;
