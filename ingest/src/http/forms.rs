@@ -82,7 +82,7 @@ pub(crate) async fn create_form(
         (status = 200, description = "The new version", body = FormView),
         (status = 404, description = "No such form in the caller's organisation", body = Problem, content_type = PROBLEM_JSON),
         (status = 412, description = "`If-Match` names another version", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Every problem of the body, at its pointer", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Every problem of the body, at its pointer; `form_too_large` when the form's record, with every version, would be larger than Kafka accepts", body = Problem, content_type = PROBLEM_JSON),
     ))]
 pub(crate) async fn update_form(
     State(state): State<AppState>,
@@ -208,6 +208,9 @@ async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError
         )
         .await
         .map_err(|error| {
+            if error.kind() == "too_large" {
+                return too_large(&form, payload.len());
+            }
             tracing::warn!(form_id = %form.id, %error, "Kafka did not acknowledge the form; answering 503.");
             unavailable(state, error)
         })?;
@@ -219,6 +222,28 @@ async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError
     state.inner.view.apply(form);
     Ok(view)
 }
+
+/// A form's record holds every version (responses to any of them must still find it), so it
+/// grows with each update; the one that would take it past what Kafka accepts (the producer's
+/// `message.max.bytes` or the forms topic's `max.message.bytes`) is refused with a 422 saying so,
+/// and the stored form stays as it was. Versions are never pruned to make room: a response to an
+/// old version may still be on its way through the processors.
+fn too_large(form: &Form, bytes: usize) -> ApiError {
+    tracing::info!(form_id = %form.id, bytes, versions = form.versions.len(), "Form refused: its record would be larger than Kafka accepts.");
+    ApiError::Invalid(vec![FieldProblem::new(
+        "",
+        FORM_TOO_LARGE,
+        format!(
+            "with this version the form's record ({bytes} bytes, {} versions) would be larger \
+             than Kafka accepts (message.max.bytes); nothing was saved: shorten this version's \
+             texts, or create a new form",
+            form.versions.len()
+        ),
+    )])
+}
+
+/// The problem code of a form whose record would be larger than Kafka accepts.
+const FORM_TOO_LARGE: &str = "form_too_large";
 
 /// A form's current version, or the one `version` names.
 #[utoipa::path(get, path = "/v1/forms/{form_id}", tag = "forms",

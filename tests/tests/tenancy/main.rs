@@ -23,7 +23,8 @@
 //! - [`also_audit`]: every write to the gateway is logged with the key's name, never the key;
 //! - [`also_dlq_phones`]: phone numbers in a dead letter's error message are redacted at write;
 //! - [`also_keys_reload`]: the API keys file reloads on SIGHUP (revoked keys refused at once);
-//! - [`also_record_size`]: a record larger than Kafka accepts is a 413, never an endless 503;
+//! - [`also_record_size`]: a record larger than Kafka accepts is a 413, never an endless 503, and
+//!   a form grown past it is a 422 `form_too_large` that leaves it as it was;
 //! - [`also_dlq_retention`]: dead-letter topics keep letters `--dlq-retention-ms` (14 days);
 //! - [`also_registry_outage`]: a schema registry outage is waited out, never dead-lettered.
 //!
