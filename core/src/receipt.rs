@@ -253,40 +253,24 @@ pub fn render(
 
 #[cfg(test)]
 mod tests {
-    use formstream_schemas::{Answer, Choice, Collector};
+    use formstream_schemas::fixtures::{self, choice_answer, labelled_choices, text_answer};
 
     use super::*;
 
-    fn question(key: &str, kind: QuestionType) -> Question {
-        Question {
-            key: key.into(),
-            text: key.into(),
-            kind,
-            required: false,
-            choices: if kind.has_choices() {
-                vec![
-                    Choice {
-                        key: "pune".into(),
-                        text: "Pune".into(),
-                    },
-                    Choice {
-                        key: "kolkata".into(),
-                        text: "Kolkata".into(),
-                    },
-                ]
-            } else {
-                vec![]
-            },
-            max_length: None,
-        }
-    }
-
     fn questions() -> Vec<Question> {
+        let cities = || labelled_choices(&[("pune", "Pune"), ("kolkata", "Kolkata")]);
+        let question = fixtures::question;
         vec![
             question("name", QuestionType::Text),
             question("phone", QuestionType::Phone),
-            question("city", QuestionType::SingleChoice),
-            question("visited", QuestionType::MultipleChoice),
+            Question {
+                choices: cities(),
+                ..question("city", QuestionType::SingleChoice)
+            },
+            Question {
+                choices: cities(),
+                ..question("visited", QuestionType::MultipleChoice)
+            },
         ]
     }
 
@@ -320,44 +304,22 @@ mod tests {
         )
         .unwrap();
         let version = FormVersion {
-            version: 3,
             title: "Household survey".into(),
-            description: String::new(),
             default_region: Some("IN".into()),
-            questions: questions(),
-            metadata_json: "{}".into(),
-            actions_json: "{}".into(),
-            rules: vec![],
-            notify: Default::default(),
             receipt: Some(action.clone()),
-            slang: None,
-            sheets: None,
-            created_at: 0,
-        };
-        let answer = |key: &str, text: Option<&str>, choices: &[&str]| Answer {
-            question_key: key.into(),
-            text: text.map(Into::into),
-            number: None,
-            choices: choices.iter().map(|c| c.to_string()).collect(),
+            ..fixtures::version(3, questions())
         };
         let response = Response {
-            response_id: "r-1".into(),
-            form_id: "f".into(),
             form_version: 3,
-            organisation: "o".into(),
-            revision: 0,
-            submitted_at: 0,
-            received_at: 0,
-            collector: Collector {
-                id: "c".into(),
-                phone: None,
-            },
-            answers: vec![
-                answer("name", Some("Priya"), &[]),
-                answer("city", Some("pune"), &["pune"]),
-                answer("visited", Some("pune,kolkata"), &["pune", "kolkata"]),
-            ],
-            metadata_json: "{}".into(),
+            ..fixtures::response(
+                "f",
+                "r-1",
+                vec![
+                    text_answer("name", "Priya"),
+                    choice_answer("city", &["pune"]),
+                    choice_answer("visited", &["pune", "kolkata"]),
+                ],
+            )
         };
         let text = render(&action, "f", &version, &response, "RC0123456789").unwrap();
         assert_eq!(

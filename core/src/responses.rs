@@ -296,53 +296,26 @@ fn escape_pointer(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use formstream_schemas::{Choice, Question};
+    use formstream_schemas::Question;
+    use formstream_schemas::fixtures::{self, choice_question, question};
 
     fn form() -> FormVersion {
-        let q = |key: &str, kind, required, choices: &[&str]| Question {
-            key: key.into(),
-            text: key.into(),
-            kind,
-            required,
-            choices: choices
-                .iter()
-                .map(|c| Choice {
-                    key: (*c).into(),
-                    text: c.to_uppercase(),
-                })
-                .collect(),
-            max_length: None,
+        let required = |question: Question| Question {
+            required: true,
+            ..question
         };
         FormVersion {
-            version: 3,
-            title: "t".into(),
-            description: String::new(),
             default_region: Some("IN".into()),
-            questions: vec![
-                q("name", QuestionType::Text, true, &[]),
-                q("income", QuestionType::Number, true, &[]),
-                q("phone", QuestionType::Phone, false, &[]),
-                q(
-                    "city",
-                    QuestionType::SingleChoice,
-                    false,
-                    &["pune", "delhi"],
-                ),
-                q(
-                    "langs",
-                    QuestionType::MultipleChoice,
-                    false,
-                    &["hi", "mr", "en"],
-                ),
-            ],
-            metadata_json: "{}".into(),
-            actions_json: "{}".into(),
-            rules: vec![],
-            notify: Default::default(),
-            receipt: None,
-            slang: None,
-            sheets: None,
-            created_at: 0,
+            ..fixtures::version(
+                3,
+                vec![
+                    required(question("name", QuestionType::Text)),
+                    required(question("income", QuestionType::Number)),
+                    question("phone", QuestionType::Phone),
+                    choice_question("city", QuestionType::SingleChoice, &["pune", "delhi"]),
+                    choice_question("langs", QuestionType::MultipleChoice, &["hi", "mr", "en"]),
+                ],
+            )
         }
     }
 

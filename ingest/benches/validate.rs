@@ -10,7 +10,8 @@ use formstream_core::phones::{Phones, normalise_phone};
 use formstream_core::responses::{ResponseBody, Submission, validate};
 use formstream_core::rules::RuleSet;
 use formstream_ingest::digest::digest;
-use formstream_schemas::{Choice, FormVersion, Question, QuestionType, Response, Rule};
+use formstream_schemas::fixtures::{self, choice_question, question};
+use formstream_schemas::{FormVersion, QuestionType, Response, Rule};
 use phonenumber::country;
 
 const N: u32 = 20_000;
@@ -25,52 +26,28 @@ const RULES: [&str; 5] = [
 ];
 
 fn form() -> FormVersion {
-    let question = |key: &str, kind, choices: &[&str]| Question {
-        key: key.into(),
-        text: key.into(),
-        kind,
-        required: false,
-        choices: choices
-            .iter()
-            .map(|c| Choice {
-                key: (*c).into(),
-                text: c.to_uppercase(),
-            })
-            .collect(),
-        max_length: None,
-    };
     FormVersion {
-        version: 1,
-        title: "t".into(),
-        description: String::new(),
         default_region: Some("IN".into()),
-        questions: vec![
-            question("name", QuestionType::Text, &[]),
-            question("income", QuestionType::Number, &[]),
-            question("phone", QuestionType::Phone, &[]),
-            question("city", QuestionType::SingleChoice, &["pune", "delhi"]),
-            question("langs", QuestionType::MultipleChoice, &["hi", "mr", "en"]),
-            question("savings", QuestionType::Number, &[]),
-            question("rent", QuestionType::Number, &[]),
-        ],
-        metadata_json: "{}".into(),
-        actions_json: "{}".into(),
         rules: RULES
             .iter()
             .enumerate()
             .map(|(i, expression)| Rule {
-                id: format!("rule-{i}"),
-                expression: (*expression).into(),
-                constraint: None,
                 message: "check this".into(),
-                question_keys: vec![],
+                ..fixtures::rule(&format!("rule-{i}"), expression, &[])
             })
             .collect(),
-        notify: Default::default(),
-        receipt: None,
-        slang: None,
-        sheets: None,
-        created_at: 0,
+        ..fixtures::version(
+            1,
+            vec![
+                question("name", QuestionType::Text),
+                question("income", QuestionType::Number),
+                question("phone", QuestionType::Phone),
+                choice_question("city", QuestionType::SingleChoice, &["pune", "delhi"]),
+                choice_question("langs", QuestionType::MultipleChoice, &["hi", "mr", "en"]),
+                question("savings", QuestionType::Number),
+                question("rent", QuestionType::Number),
+            ],
+        )
     }
 }
 

@@ -21,9 +21,9 @@ use formstream_core::identity::{FormKey, ORGANISATION_HEADER};
 use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_runtime::redrive::{DeadLetterAdmin, RedriveTopics};
 use formstream_runtime::{Failure, Processor, Record, RuntimeConfig, Target, TargetRef, Targets};
+use formstream_schemas::fixtures;
 use formstream_schemas::{
-    Answer, Codec, Collector, FlagStatus, Form, FormVersion, Question, QuestionType, Response,
-    ResponseFlag, Violation,
+    Codec, FlagStatus, Form, FormVersion, Question, QuestionType, Response, ResponseFlag, Violation,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -197,60 +197,38 @@ struct RuntimeArgs {
     config: RuntimeConfig,
 }
 
-/// A form with one version (1) and one text question.
+/// A form of acme with one version (1) and one text question, made now.
 pub fn test_form(id: &str) -> Form {
     let now = now_ms();
-    Form {
-        id: id.to_owned(),
-        organisation: "acme".to_owned(),
+    let version = FormVersion {
+        title: "Runtime test form".to_owned(),
         created_at: now,
-        versions: vec![FormVersion {
-            version: 1,
-            title: "Runtime test form".to_owned(),
-            description: String::new(),
-            default_region: None,
-            questions: vec![Question {
-                key: "name".to_owned(),
+        ..fixtures::version(
+            1,
+            vec![Question {
                 text: "Your name".to_owned(),
-                kind: QuestionType::Text,
-                required: false,
-                choices: Vec::new(),
-                max_length: None,
+                ..fixtures::question("name", QuestionType::Text)
             }],
-            metadata_json: "{}".to_owned(),
-            actions_json: "{}".into(),
-            rules: Vec::new(),
-            notify: Default::default(),
-            receipt: None,
-            slang: None,
-            sheets: None,
-            created_at: now,
-        }],
+        )
+    };
+    Form {
+        created_at: now,
+        ..fixtures::form("acme", id, vec![version])
     }
 }
 
-/// Revision `revision` of response `response_id` to version 1 of `form_id`.
+/// Revision `revision` of response `response_id` of acme to version 1 of `form_id`, submitted now.
 pub fn test_response(form_id: &str, response_id: &str, revision: i32) -> Response {
     let now = now_ms();
     Response {
-        response_id: response_id.to_owned(),
-        form_id: form_id.to_owned(),
-        form_version: 1,
-        organisation: "acme".to_owned(),
         revision,
         submitted_at: now,
         received_at: now,
-        collector: Collector {
-            id: "collector-1".to_owned(),
-            phone: None,
-        },
-        answers: vec![Answer {
-            question_key: "name".to_owned(),
-            text: Some(format!("answer {revision}")),
-            number: None,
-            choices: Vec::new(),
-        }],
-        metadata_json: "{}".to_owned(),
+        ..fixtures::response(
+            form_id,
+            response_id,
+            vec![fixtures::text_answer("name", &format!("answer {revision}"))],
+        )
     }
 }
 

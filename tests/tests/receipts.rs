@@ -19,7 +19,8 @@ use formstream_receipts::processor::NAME;
 use formstream_receipts::receipt::reference;
 use formstream_runtime::dlq::headers;
 use formstream_runtime::{Ledger, LedgerArgs};
-use formstream_schemas::{Answer, Form, Question, QuestionType, ReceiptAction, Response};
+use formstream_schemas::fixtures;
+use formstream_schemas::{Form, Question, QuestionType, ReceiptAction, Response};
 use formstream_tests::runtime::{
     RunningRuntime, RuntimeTopics, TestProducer, eventually, formstream_binary, group_state,
     spawn_runtime, test_form, test_response, wait_committed_to_nonempty_ends,
@@ -52,12 +53,8 @@ impl Setup {
         version.title = "Household survey".to_owned();
         version.default_region = Some("IN".to_owned());
         version.questions.push(Question {
-            key: "phone".to_owned(),
             text: "Your mobile number".to_owned(),
-            kind: QuestionType::Phone,
-            required: false,
-            choices: Vec::new(),
-            max_length: None,
+            ..fixtures::question("phone", QuestionType::Phone)
         });
         version.receipt = Some(ReceiptAction {
             phone_question: "phone".to_owned(),
@@ -80,19 +77,9 @@ impl Setup {
     /// Revision `revision` of response `id`, named `name`, answering `phone` (if any).
     fn response(&self, id: &str, revision: i32, name: &str, phone: Option<&str>) -> Response {
         let mut response = test_response(&self.form.id, id, revision);
-        response.answers = vec![Answer {
-            question_key: "name".to_owned(),
-            text: Some(name.to_owned()),
-            number: None,
-            choices: Vec::new(),
-        }];
+        response.answers = vec![fixtures::text_answer("name", name)];
         if let Some(phone) = phone {
-            response.answers.push(Answer {
-                question_key: "phone".to_owned(),
-                text: Some(phone.to_owned()),
-                number: None,
-                choices: Vec::new(),
-            });
+            response.answers.push(fixtures::text_answer("phone", phone));
         }
         response
     }

@@ -12,8 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
+use formstream_schemas::fixtures;
 use formstream_schemas::{
-    Answer, Choice, Form, FormVersion, Question, QuestionType, Response, Sheets as SheetsAction,
+    Answer, Form, FormVersion, Question, QuestionType, Response, Sheets as SheetsAction,
 };
 use formstream_sheets::{Sheets, SheetsArgs};
 use formstream_tests::runtime::*;
@@ -64,38 +65,20 @@ async fn start(topics: &RuntimeTopics, flags: &[String]) -> RunningRuntime {
 
 fn question(key: &str, text: &str, kind: QuestionType, choices: &[(&str, &str)]) -> Question {
     Question {
-        key: key.into(),
         text: text.into(),
-        kind,
-        required: false,
-        choices: choices
-            .iter()
-            .map(|(k, t)| Choice {
-                key: (*k).into(),
-                text: (*t).into(),
-            })
-            .collect(),
-        max_length: None,
+        choices: fixtures::labelled_choices(choices),
+        ..fixtures::question(key, kind)
     }
 }
 
 fn version(number: i32, questions: Vec<Question>, spreadsheet_id: Option<&str>) -> FormVersion {
     FormVersion {
-        version: number,
         title: "Household survey".into(),
-        description: String::new(),
-        default_region: None,
-        questions,
-        metadata_json: "{}".into(),
-        actions_json: "{}".into(),
-        rules: vec![],
-        notify: Default::default(),
         sheets: Some(SheetsAction {
             spreadsheet_id: spreadsheet_id.map(str::to_owned),
         }),
-        receipt: None,
-        slang: None,
         created_at: now_ms(),
+        ..fixtures::version(number, questions)
     }
 }
 
@@ -120,10 +103,8 @@ fn v1_questions() -> Vec<Question> {
 
 fn form(id: &str, versions: Vec<FormVersion>) -> Form {
     Form {
-        id: id.into(),
-        organisation: "acme".into(),
         created_at: now_ms(),
-        versions,
+        ..fixtures::form("acme", id, versions)
     }
 }
 
@@ -134,11 +115,17 @@ fn response(
     revision: i32,
     answers: &[(&str, &str, &[&str], Option<f64>)],
 ) -> Response {
+    let answers = answers
+        .iter()
+        .map(|(key, text, choices, number)| Answer {
+            question_key: (*key).into(),
+            text: Some((*text).into()),
+            number: *number,
+            choices: choices.iter().map(|c| (*c).to_owned()).collect(),
+        })
+        .collect();
     Response {
-        response_id: id.into(),
-        form_id: form_id.into(),
         form_version: version,
-        organisation: "acme".into(),
         revision,
         submitted_at: 1_764_000_000_000,
         received_at: 1_764_000_000_000,
@@ -146,16 +133,7 @@ fn response(
             id: "collector-7".into(),
             phone: None,
         },
-        answers: answers
-            .iter()
-            .map(|(key, text, choices, number)| Answer {
-                question_key: (*key).into(),
-                text: Some((*text).into()),
-                number: *number,
-                choices: choices.iter().map(|c| (*c).to_owned()).collect(),
-            })
-            .collect(),
-        metadata_json: "{}".into(),
+        ..fixtures::response(form_id, id, answers)
     }
 }
 

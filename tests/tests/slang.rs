@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use formstream_runtime::RuntimeConfig;
-use formstream_schemas::{
-    Answer, Choice, Form, FormVersion, Question, QuestionType, Response, Slang,
-};
+use formstream_schemas::fixtures;
+use formstream_schemas::{Form, FormVersion, QuestionType, Response, Slang};
 use formstream_slang::SlangArgs;
 use formstream_tests::runtime::*;
 use formstream_tests::{ACME_KEY, GLOBEX_KEY};
@@ -24,80 +23,38 @@ use tokio::task::JoinHandle;
 
 const FORM: &str = "slang-survey";
 
-fn question(key: &str, kind: QuestionType, choices: &[&str]) -> Question {
-    Question {
-        key: key.into(),
-        text: key.into(),
-        kind,
-        required: false,
-        choices: choices
-            .iter()
-            .map(|c| Choice {
-                key: (*c).into(),
-                text: (*c).into(),
-            })
-            .collect(),
-        max_length: None,
-    }
-}
-
 fn form(id: &str) -> Form {
-    let now = now_ms();
-    Form {
-        id: id.into(),
-        organisation: "acme".into(),
-        created_at: now,
-        versions: vec![FormVersion {
-            version: 1,
-            title: "Slang".into(),
-            description: String::new(),
-            default_region: None,
-            questions: vec![
-                question(
+    let mut form = test_form(id);
+    form.versions[0] = FormVersion {
+        title: "Slang".into(),
+        slang: Some(Slang {
+            city_question: "city".into(),
+            text_questions: vec!["slang".into()],
+        }),
+        created_at: form.created_at,
+        ..fixtures::version(
+            1,
+            vec![
+                fixtures::choice_question(
                     "city",
                     QuestionType::MultipleChoice,
                     &["pune", "chennai", "kolkata", "lucknow"],
                 ),
-                question("slang", QuestionType::Text, &[]),
-                question("name", QuestionType::Text, &[]),
+                fixtures::question("slang", QuestionType::Text),
+                fixtures::question("name", QuestionType::Text),
             ],
-            metadata_json: "{}".into(),
-            actions_json: "{}".into(),
-            rules: vec![],
-            notify: Default::default(),
-            slang: Some(Slang {
-                city_question: "city".into(),
-                text_questions: vec!["slang".into()],
-            }),
-            receipt: None,
-            sheets: None,
-            created_at: now,
-        }],
-    }
+        )
+    };
+    form
 }
 
 fn response(form_id: &str, id: &str, revision: i32, cities: &[&str], text: &str) -> Response {
     let mut r = test_response(form_id, id, revision);
     r.answers = vec![
-        Answer {
-            question_key: "city".into(),
-            text: Some(cities.join(",")),
-            number: None,
-            choices: cities.iter().map(|c| (*c).to_owned()).collect(),
-        },
-        Answer {
-            question_key: "slang".into(),
-            text: Some(text.into()),
-            number: None,
-            choices: vec![],
-        },
+        fixtures::choice_answer("city", cities),
+        fixtures::text_answer("slang", text),
         // Not in the slang action: never indexed.
-        Answer {
-            question_key: "name".into(),
-            text: Some("भाई Secret".into()),
-            number: None,
-            choices: vec![],
-        },
+        fixtures::text_answer("name", "भाई Secret"),
     ];
     r
 }

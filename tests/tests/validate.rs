@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use formstream_schemas::fixtures::{choice_answer, choice_question, number_answer, question, rule};
 use formstream_schemas::{
-    Answer, Choice, Codec, FlagStatus, Form, FormVersion, Question, QuestionType, Response,
-    ResponseFlag, Rule,
+    Answer, Codec, FlagStatus, Form, FormVersion, QuestionType, Response, ResponseFlag, Rule,
 };
 use formstream_tests::runtime::*;
 use formstream_tests::{ACME_KEY, read_topic, send_json, spawn_app, unique};
@@ -23,42 +23,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-fn question(key: &str, kind: QuestionType, choices: &[&str]) -> Question {
-    Question {
-        key: key.to_owned(),
-        text: key.replace('_', " "),
-        kind,
-        required: false,
-        choices: choices
-            .iter()
-            .map(|c| Choice {
-                key: (*c).to_owned(),
-                text: (*c).to_owned(),
-            })
-            .collect(),
-        max_length: None,
-    }
-}
-
-fn rule(id: &str, expression: &str, keys: &[&str]) -> Rule {
-    Rule {
-        id: id.to_owned(),
-        expression: expression.to_owned(),
-        constraint: None,
-        message: format!("{id} failed"),
-        question_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
-    }
-}
-
 /// A household form: savings may not exceed income, and a second language must differ from the
 /// first (which errors, index out of range, when only one language is answered).
 fn household_form(id: &str, rules: Vec<Rule>) -> Form {
     let mut form = test_form(id);
     let version: &mut FormVersion = &mut form.versions[0];
     version.questions = vec![
-        question("monthly_income", QuestionType::Number, &[]),
-        question("monthly_savings", QuestionType::Number, &[]),
-        question("langs", QuestionType::MultipleChoice, &["hi", "en", "mr"]),
+        question("monthly_income", QuestionType::Number),
+        question("monthly_savings", QuestionType::Number),
+        choice_question("langs", QuestionType::MultipleChoice, &["hi", "en", "mr"]),
     ];
     version.rules = rules;
     form
@@ -76,28 +49,14 @@ fn household_rules() -> Vec<Rule> {
 }
 
 fn answers(income: Option<f64>, savings: Option<f64>, langs: &[&str]) -> Vec<Answer> {
-    let number = |key: &str, value: Option<f64>| {
-        value.map(|n| Answer {
-            question_key: key.to_owned(),
-            text: Some(n.to_string()),
-            number: Some(n),
-            choices: Vec::new(),
-        })
-    };
-    let mut all: Vec<Answer> = [
-        number("monthly_income", income),
-        number("monthly_savings", savings),
+    [
+        income.map(|n| number_answer("monthly_income", n)),
+        savings.map(|n| number_answer("monthly_savings", n)),
+        Some(choice_answer("langs", langs)),
     ]
     .into_iter()
     .flatten()
-    .collect();
-    all.push(Answer {
-        question_key: "langs".to_owned(),
-        text: None,
-        number: None,
-        choices: langs.iter().map(|l| (*l).to_owned()).collect(),
-    });
-    all
+    .collect()
 }
 
 fn household_response(

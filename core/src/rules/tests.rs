@@ -1,94 +1,50 @@
 //! The rules module's tests: evaluation semantics, save-time checks and XLSForm translation.
 
-use formstream_schemas::{
-    Answer, Choice, Collector, FormVersion, Notify, Question, QuestionType, Response, Rule,
-    Violation,
-};
+use formstream_schemas::fixtures::{self, choice_question, question};
+use formstream_schemas::{Answer, FormVersion, QuestionType, Response, Rule, Violation};
 
 use super::eval::Outcome;
 use super::*;
 
-fn question(key: &str, kind: QuestionType, choices: &[&str]) -> Question {
-    Question {
-        key: key.into(),
-        text: key.into(),
-        kind,
-        required: false,
-        choices: choices
-            .iter()
-            .map(|c| Choice {
-                key: (*c).into(),
-                text: c.to_uppercase(),
-            })
-            .collect(),
-        max_length: None,
-    }
-}
-
 fn form(rules: &[(&str, &str)]) -> FormVersion {
     FormVersion {
-        version: 1,
-        title: "t".into(),
-        description: String::new(),
-        default_region: None,
-        questions: vec![
-            question("monthly_income", QuestionType::Number, &[]),
-            question("monthly_savings", QuestionType::Number, &[]),
-            question("name", QuestionType::Text, &[]),
-            question("city", QuestionType::SingleChoice, &["pune", "delhi"]),
-            question("langs", QuestionType::MultipleChoice, &["hi", "mr", "en"]),
-        ],
-        metadata_json: "{}".into(),
-        actions_json: "{}".into(),
         rules: rules
             .iter()
-            .map(|(id, expression)| Rule {
-                id: (*id).into(),
-                expression: (*expression).into(),
-                constraint: None,
-                message: format!("{id} failed"),
-                question_keys: vec![],
-            })
+            .map(|(id, expression)| fixtures::rule(id, expression, &[]))
             .collect(),
-        notify: Notify::default(),
-        receipt: None,
-        slang: None,
-        sheets: None,
-        created_at: 0,
+        ..fixtures::version(
+            1,
+            vec![
+                question("monthly_income", QuestionType::Number),
+                question("monthly_savings", QuestionType::Number),
+                question("name", QuestionType::Text),
+                choice_question("city", QuestionType::SingleChoice, &["pune", "delhi"]),
+                choice_question("langs", QuestionType::MultipleChoice, &["hi", "mr", "en"]),
+            ],
+        )
     }
 }
 
+/// A response whose answers are JSON values read as the tests mean them: a string is text (and the
+/// choice for `city`), a number a number, an array the choices.
 fn response(answers: &[(&str, serde_json::Value)]) -> Response {
-    Response {
-        response_id: "r".into(),
-        form_id: "f".into(),
-        form_version: 1,
-        organisation: "o".into(),
-        revision: 0,
-        submitted_at: 0,
-        received_at: 0,
-        collector: Collector {
-            id: "c".into(),
-            phone: None,
-        },
-        answers: answers
-            .iter()
-            .map(|(key, value)| Answer {
-                question_key: (*key).into(),
-                text: value.as_str().map(Into::into),
-                number: value.as_f64(),
-                choices: match value {
-                    serde_json::Value::Array(items) => items
-                        .iter()
-                        .filter_map(|i| i.as_str().map(Into::into))
-                        .collect(),
-                    serde_json::Value::String(s) if *key == "city" => vec![s.clone()],
-                    _ => vec![],
-                },
-            })
-            .collect(),
-        metadata_json: "{}".into(),
-    }
+    let answers = answers
+        .iter()
+        .map(|(key, value)| Answer {
+            question_key: (*key).into(),
+            text: value.as_str().map(Into::into),
+            number: value.as_f64(),
+            choices: match value {
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(Into::into))
+                    .collect(),
+                serde_json::Value::String(s) if *key == "city" => vec![s.clone()],
+                _ => vec![],
+            },
+        })
+        .collect();
+    fixtures::response("f", "r", answers)
 }
 
 /// What the first rule of `rules` says about `response`, read from its violations.
@@ -454,9 +410,11 @@ fn rules_beyond_the_budget_are_refused_as_too_expensive() {
     let mut version = form(&[("r", "many.all(a, many.exists(b, a != b || a == \"c1\"))")]);
     let choices: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
     let choices: Vec<&str> = choices.iter().map(String::as_str).collect();
-    version
-        .questions
-        .push(question("many", QuestionType::MultipleChoice, &choices));
+    version.questions.push(choice_question(
+        "many",
+        QuestionType::MultipleChoice,
+        &choices,
+    ));
     let found = RuleSet::compile(&version).expect_err("too many steps");
     assert_eq!(found[0].code, TOO_EXPENSIVE);
     assert!(

@@ -46,58 +46,38 @@ pub fn text(
 #[cfg(test)]
 mod tests {
     use formstream_core::identity::ResponseKey;
-    use formstream_schemas::{Answer, Collector, Question, QuestionType};
+    use formstream_schemas::fixtures::{self, text_answer};
+    use formstream_schemas::{Question, QuestionType};
 
     use super::*;
 
     fn version(template: &str) -> FormVersion {
         FormVersion {
-            version: 2,
             title: "Household survey".into(),
-            description: String::new(),
             default_region: Some("IN".into()),
-            questions: vec![Question {
-                key: "name".into(),
-                text: "Name".into(),
-                kind: QuestionType::Text,
-                required: false,
-                choices: vec![],
-                max_length: None,
-            }],
-            metadata_json: "{}".into(),
-            actions_json: "{}".into(),
-            rules: vec![],
-            notify: Default::default(),
             receipt: Some(ReceiptAction {
                 phone_question: "phone".into(),
                 template: template.into(),
             }),
-            slang: None,
-            sheets: None,
-            created_at: 0,
+            ..fixtures::version(
+                2,
+                vec![Question {
+                    text: "Name".into(),
+                    ..fixtures::question("name", QuestionType::Text)
+                }],
+            )
         }
     }
 
     fn response(revision: i32) -> Response {
         Response {
-            response_id: "0b9e4a44-0000-7000-8000-000000000001".into(),
-            form_id: "household".into(),
             form_version: 2,
-            organisation: "acme".into(),
             revision,
-            submitted_at: 0,
-            received_at: 0,
-            collector: Collector {
-                id: "c".into(),
-                phone: None,
-            },
-            answers: vec![Answer {
-                question_key: "name".into(),
-                text: Some("Priya".into()),
-                number: None,
-                choices: vec![],
-            }],
-            metadata_json: "{}".into(),
+            ..fixtures::response(
+                "household",
+                "0b9e4a44-0000-7000-8000-000000000001",
+                vec![text_answer("name", "Priya")],
+            )
         }
     }
 

@@ -146,60 +146,33 @@ pub fn row_bytes(row: &[Value]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use formstream_schemas::{Collector, FormVersion, Question};
+    use formstream_schemas::Question;
+    use formstream_schemas::fixtures::{self, choice_answer, labelled_choices, number_answer};
 
     use super::*;
 
     fn question(key: &str, text: &str, kind: QuestionType, choices: &[(&str, &str)]) -> Question {
         Question {
-            key: key.into(),
             text: text.into(),
-            kind,
-            required: false,
-            choices: choices
-                .iter()
-                .map(|(k, t)| Choice {
-                    key: (*k).into(),
-                    text: (*t).into(),
-                })
-                .collect(),
-            max_length: None,
-        }
-    }
-
-    fn version(version: i32, questions: Vec<Question>) -> FormVersion {
-        FormVersion {
-            version,
-            title: "t".into(),
-            description: String::new(),
-            default_region: None,
-            questions,
-            metadata_json: "{}".into(),
-            actions_json: "{}".into(),
-            rules: vec![],
-            notify: Default::default(),
-            sheets: None,
-            receipt: None,
-            slang: None,
-            created_at: 0,
+            choices: labelled_choices(choices),
+            ..fixtures::question(key, kind)
         }
     }
 
     #[test]
     fn columns_grow_at_the_end_and_removed_questions_keep_theirs() {
-        let form = Form {
-            id: "f".into(),
-            organisation: "o".into(),
-            created_at: 0,
-            versions: vec![
-                version(
+        let form = fixtures::form(
+            "o",
+            "f",
+            vec![
+                fixtures::version(
                     1,
                     vec![
                         question("name", "Name", QuestionType::Text, &[]),
                         question("age", "Age", QuestionType::Number, &[]),
                     ],
                 ),
-                version(
+                fixtures::version(
                     2,
                     vec![
                         question(
@@ -212,7 +185,7 @@ mod tests {
                     ],
                 ),
             ],
-        };
+        );
         let layout = Layout::of(&form);
         let keys: Vec<&str> = layout.columns.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, ["name", "age", "langs"]);
@@ -230,32 +203,16 @@ mod tests {
             .map(Value::from)
         );
         let response = Response {
-            response_id: "r1".into(),
-            form_id: "f".into(),
             form_version: 2,
-            organisation: "o".into(),
             revision: 1,
-            submitted_at: 0,
-            received_at: 0,
-            collector: Collector {
-                id: "c1".into(),
-                phone: None,
-            },
-            answers: vec![
-                Answer {
-                    question_key: "langs".into(),
-                    text: Some("hi,ta".into()),
-                    number: None,
-                    choices: vec!["hi".into(), "ta".into()],
-                },
-                Answer {
-                    question_key: "age".into(),
-                    text: Some("41".into()),
-                    number: Some(41.0),
-                    choices: vec![],
-                },
-            ],
-            metadata_json: "{}".into(),
+            ..fixtures::response(
+                "f",
+                "r1",
+                vec![
+                    choice_answer("langs", &["hi", "ta"]),
+                    number_answer("age", 41.0),
+                ],
+            )
         };
         let row = layout.row(&response);
         assert_eq!(row.len(), layout.width());

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use formstream_runtime::RuntimeConfig;
+use formstream_schemas::fixtures::{self, choice_answer, question, text_answer};
 use formstream_schemas::{
-    Answer, Choice, Codec, Collector, Form, FormVersion, Question, QuestionType, Response, Slang,
+    Choice, Codec, Form, FormVersion, Question, QuestionType, Response, Slang,
 };
 use formstream_slang::SlangArgs;
 use hdrhistogram::Histogram;
@@ -116,40 +117,24 @@ fn form(id: &str) -> Form {
             text: format!("City {i}"),
         })
         .collect();
-    let q = |key: &str, kind, choices| Question {
-        key: key.into(),
-        text: key.into(),
-        kind,
-        required: false,
-        choices,
-        max_length: None,
-    };
-    Form {
-        id: id.into(),
-        organisation: "acme".into(),
-        created_at: 0,
-        versions: vec![FormVersion {
-            version: 1,
-            title: "Slang bench".into(),
-            description: String::new(),
-            default_region: None,
-            questions: vec![
-                q("city", QuestionType::SingleChoice, cities),
-                q("slang", QuestionType::Text, vec![]),
+    let version = FormVersion {
+        title: "Slang bench".into(),
+        slang: Some(Slang {
+            city_question: "city".into(),
+            text_questions: vec!["slang".into()],
+        }),
+        ..fixtures::version(
+            1,
+            vec![
+                Question {
+                    choices: cities,
+                    ..question("city", QuestionType::SingleChoice)
+                },
+                question("slang", QuestionType::Text),
             ],
-            metadata_json: "{}".into(),
-            actions_json: "{}".into(),
-            rules: vec![],
-            notify: Default::default(),
-            slang: Some(Slang {
-                city_question: "city".into(),
-                text_questions: vec!["slang".into()],
-            }),
-            receipt: None,
-            sheets: None,
-            created_at: 0,
-        }],
-    }
+        )
+    };
+    fixtures::form("acme", id, vec![version])
 }
 
 fn answer_text(rng: &mut StdRng, zipf: &rand_distr_zipf::Zipf, words: &[String]) -> String {
@@ -266,33 +251,14 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..records {
         let id = uuid::Uuid::from_u128(rng.random()).to_string();
         let city = format!("city{:02}", (zipf.sample(&mut rng) - 1) % CITIES);
+        let answers = vec![
+            choice_answer("city", &[&city]),
+            text_answer("slang", &answer_text(&mut rng, &zipf, &words)),
+        ];
         let response = Response {
-            response_id: id.clone(),
-            form_id: form_id.clone(),
-            form_version: 1,
-            organisation: "acme".into(),
-            revision: 0,
             submitted_at: 1_764_000_000_000 + i as i64,
             received_at: 1_764_000_000_000 + i as i64,
-            collector: Collector {
-                id: "c1".into(),
-                phone: None,
-            },
-            answers: vec![
-                Answer {
-                    question_key: "city".into(),
-                    text: Some(city.clone()),
-                    number: None,
-                    choices: vec![city],
-                },
-                Answer {
-                    question_key: "slang".into(),
-                    text: Some(answer_text(&mut rng, &zipf, &words)),
-                    number: None,
-                    choices: vec![],
-                },
-            ],
-            metadata_json: "{}".into(),
+            ..fixtures::response(&form_id, &id, answers)
         };
         let payload = encoder.encode(&response)?;
         let headers = OwnedHeaders::new()

@@ -17,7 +17,8 @@ use formstream_notify::{RateLimit, SmsSender, TwilioClient};
 use formstream_receipts::Receipts;
 use formstream_receipts::processor::NAME;
 use formstream_runtime::{Ledger, LedgerArgs};
-use formstream_schemas::{Answer, Question, QuestionType, ReceiptAction, Response};
+use formstream_schemas::fixtures;
+use formstream_schemas::{Question, QuestionType, ReceiptAction, Response};
 use formstream_tests::runtime::{
     RuntimeTopics, TestProducer, spawn_runtime, test_form, test_response,
 };
@@ -63,12 +64,9 @@ async fn main() -> anyhow::Result<()> {
     let version = &mut form.versions[0];
     version.title = "Household survey".to_owned();
     version.questions.push(Question {
-        key: "phone".to_owned(),
         text: "Mobile".to_owned(),
-        kind: QuestionType::Phone,
         required: true,
-        choices: Vec::new(),
-        max_length: None,
+        ..fixtures::question("phone", QuestionType::Phone)
     });
     version.receipt = Some(ReceiptAction {
         phone_question: "phone".to_owned(),
@@ -78,12 +76,9 @@ async fn main() -> anyhow::Result<()> {
     let responses: Vec<(i32, Response)> = (0..args.records)
         .map(|i| {
             let mut response = test_response(&form.id, &uuid::Uuid::new_v4().to_string(), 0);
-            response.answers.push(Answer {
-                question_key: "phone".to_owned(),
-                text: Some(phone(i)),
-                number: None,
-                choices: Vec::new(),
-            });
+            response
+                .answers
+                .push(fixtures::text_answer("phone", &phone(i)));
             ((i % args.partitions as usize) as i32, response)
         })
         .collect();

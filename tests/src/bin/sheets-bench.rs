@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use formstream_schemas::fixtures::{self, choice_answer, number_answer, text_answer};
 use formstream_schemas::{
-    Answer, Choice, Collector, Form, FormVersion, Question, QuestionType, Response,
-    Sheets as SheetsAction,
+    Collector, Form, FormVersion, Question, QuestionType, Response, Sheets as SheetsAction,
 };
 use formstream_sheets::{Sheets, SheetsArgs};
 use formstream_tests::runtime::*;
@@ -35,29 +35,18 @@ fn env(name: &str, default: usize) -> usize {
 
 fn bench_form(id: &str, spreadsheet_id: &str) -> Form {
     let q = |key: &str, kind: QuestionType, choices: &[&str]| Question {
-        key: key.into(),
         text: format!("Question {key}"),
-        kind,
-        required: false,
-        choices: choices
-            .iter()
-            .map(|c| Choice {
-                key: (*c).into(),
-                text: c.to_uppercase(),
-            })
-            .collect(),
-        max_length: None,
+        ..fixtures::choice_question(key, kind, choices)
     };
-    Form {
-        id: id.into(),
-        organisation: "acme".into(),
+    let version = FormVersion {
+        title: format!("Bench {id}"),
+        sheets: Some(SheetsAction {
+            spreadsheet_id: Some(spreadsheet_id.into()),
+        }),
         created_at: now_ms(),
-        versions: vec![FormVersion {
-            version: 1,
-            title: format!("Bench {id}"),
-            description: String::new(),
-            default_region: None,
-            questions: vec![
+        ..fixtures::version(
+            1,
+            vec![
                 q("name", QuestionType::Text, &[]),
                 q(
                     "city",
@@ -69,26 +58,11 @@ fn bench_form(id: &str, spreadsheet_id: &str) -> Form {
                 q("savings", QuestionType::Number, &[]),
                 q("notes", QuestionType::Text, &[]),
             ],
-            metadata_json: "{}".into(),
-            actions_json: "{}".into(),
-            rules: vec![],
-            notify: Default::default(),
-            sheets: Some(SheetsAction {
-                spreadsheet_id: Some(spreadsheet_id.into()),
-            }),
-            receipt: None,
-            slang: None,
-            created_at: now_ms(),
-        }],
-    }
-}
-
-fn answer(key: &str, text: &str, number: Option<f64>, choices: &[&str]) -> Answer {
-    Answer {
-        question_key: key.into(),
-        text: Some(text.into()),
-        number,
-        choices: choices.iter().map(|c| (*c).to_owned()).collect(),
+        )
+    };
+    Form {
+        created_at: now_ms(),
+        ..fixtures::form("acme", id, vec![version])
     }
 }
 
@@ -138,27 +112,26 @@ async fn main() {
             .unwrap_or(forms_count - 1);
         per_form[k] += 1;
         let form_id = &forms[k];
+        let answers = vec![
+            text_answer("name", "Asha Kulkarni"),
+            choice_answer("city", &["pune"]),
+            choice_answer("langs", &["hi", "bn"]),
+            number_answer("income", 25000.0),
+            number_answer("savings", 1500.0),
+            text_answer("notes", "Visited twice; prefers evening calls"),
+        ];
         let response = Response {
-            response_id: format!("00000000-0000-4000-8000-{n:012}"),
-            form_id: form_id.clone(),
-            form_version: 1,
-            organisation: "acme".into(),
-            revision: 0,
             submitted_at: 1_764_000_000_000 + n as i64,
             received_at: 1_764_000_000_000 + n as i64,
             collector: Collector {
                 id: format!("collector-{}", n % 97),
                 phone: None,
             },
-            answers: vec![
-                answer("name", "Asha Kulkarni", None, &[]),
-                answer("city", "pune", None, &["pune"]),
-                answer("langs", "hi,bn", None, &["hi", "bn"]),
-                answer("income", "25000", Some(25000.0), &[]),
-                answer("savings", "1500", Some(1500.0), &[]),
-                answer("notes", "Visited twice; prefers evening calls", None, &[]),
-            ],
-            metadata_json: "{}".into(),
+            ..fixtures::response(
+                form_id,
+                &format!("00000000-0000-4000-8000-{n:012}"),
+                answers,
+            )
         };
         // Key = form id: a form's responses share a partition, as the gateway publishes them.
         batch.push(((k % partitions as usize) as i32, response));
