@@ -3,7 +3,8 @@
 //!
 //! Invariant (Vector's `RetryLogic`): a 2xx is done; 408, 429 and 5xx, and a request that got no
 //! answer at all (a timeout, a refused connection), are retriable, no sooner than the answer's
-//! `Retry-After`; every other status is permanent.
+//! `Retry-After`; every other status is permanent. An answer's error text never holds a phone
+//! number in full (it reaches logs and dead letters).
 
 use std::fmt;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
+
+use formstream_core::redact::scrub_phones;
 
 use crate::processor::Failure;
 
@@ -29,7 +32,8 @@ pub struct HttpError {
     /// (`RESOURCE_EXHAUSTED`).
     pub code: Option<String>,
     /// The body's message (Twilio's `message`, Google's `error.message`), or its first
-    /// characters, or the status's reason phrase when the body is empty.
+    /// characters, or the status's reason phrase when the body is empty; phone numbers in it
+    /// redacted.
     pub message: String,
 }
 
@@ -64,7 +68,9 @@ impl HttpError {
             status: status.as_u16(),
             retry_after,
             code,
-            message: message.chars().take(MAX_DETAIL_CHARS).collect(),
+            // Providers quote what they were sent (Twilio: "The 'To' number +1555... is not a
+            // valid phone number"); this message reaches logs and dead letters.
+            message: scrub_phones(&message.chars().take(MAX_DETAIL_CHARS).collect::<String>()),
         }
     }
 
@@ -126,6 +132,19 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn a_number_quoted_in_an_error_body_is_redacted() {
+        let twilio = r#"{"code": 21211, "message": "The 'To' number +14155550140 is not a valid phone number.", "status": 400}"#;
+        let error = HttpError::from_parts(StatusCode::BAD_REQUEST, None, twilio);
+        assert_eq!(
+            error.message,
+            "The 'To' number +1******0140 is not a valid phone number."
+        );
+        let google = r#"{"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "Invalid value: +919876543210"}}"#;
+        let error = HttpError::from_parts(StatusCode::BAD_REQUEST, None, google);
+        assert_eq!(error.message, "Invalid value: +91******3210");
+    }
 
     fn with(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();

@@ -443,7 +443,7 @@ impl TargetCircuits {
                     organisation = %target.organisation(),
                     kind = target.kind(),
                     target = %circuit.name,
-                    error = %format!("{error:#}"),
+                    error = %formstream_core::redact::scrubbed(&format!("{error:#}")),
                     "Probe failed; the target's circuit stays open."
                 );
                 self.update(circuit, |c| c.breaker.probe_failed(now));

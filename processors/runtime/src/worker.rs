@@ -20,6 +20,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use formstream_core::forms::FormsView;
+use formstream_core::redact::scrubbed;
 use formstream_core::time::now_millis;
 use formstream_schemas::{Decoder, Form};
 use futures::stream::FuturesUnordered;
@@ -897,7 +898,7 @@ fn warn_dead_lettering(job: &Job, message: &str, why: &str) {
         topic = %job.tp.topic,
         partition = job.tp.partition,
         offset = job.offset,
-        error = %message,
+        error = %scrubbed(message),
         "{why}; dead-lettering."
     );
 }
@@ -1057,7 +1058,7 @@ async fn attempt_until_settled<P: Processor>(
             .next_delay(counted.max(1), elapsed, retry_after, &mut rand::rng());
         match delay {
             Some(delay) => {
-                tracing::debug!(records = retry.len(), attempts, ?delay, error = %last_error, "Retriable failure; retrying.");
+                tracing::debug!(records = retry.len(), attempts, ?delay, error = %scrubbed(&last_error), "Retriable failure; retrying.");
                 Box::pin(ctx.pause(delay)).await;
                 active = retry;
             }
@@ -1229,7 +1230,7 @@ pub async fn probe_loop<P: Processor>(ctx: Arc<WorkerContext<P>>) {
         match ctx.processor.probe().await {
             Ok(()) => ctx.circuit(CircuitBreaker::probe_succeeded),
             Err(error) => {
-                tracing::info!(error = %format!("{error:#}"), "Probe failed; the circuit stays open.");
+                tracing::info!(error = %scrubbed(&format!("{error:#}")), "Probe failed; the circuit stays open.");
                 let now = tokio::time::Instant::now();
                 ctx.circuit(|breaker| breaker.probe_failed(now));
             }

@@ -22,6 +22,8 @@
 //! - [`also_webhooks`]: webhooks reach public addresses only (loopback with the development flag);
 //! - [`also_audit`]: every write to the gateway is logged with the key's name, never the key;
 //! - [`also_dlq_phones`]: phone numbers in a dead letter's error message are redacted at write;
+//! - [`also_provider_phones`]: a number Twilio quotes in its error text is redacted in logs and
+//!   dead letters;
 //! - [`also_keys_reload`]: the API keys file reloads on SIGHUP (revoked keys refused at once);
 //! - [`also_record_size`]: a record larger than Kafka accepts is a 413, never an endless 503, and
 //!   a form grown past it is a 422 `form_too_large` that leaves it as it was;
@@ -36,6 +38,7 @@ mod also_audit;
 mod also_dlq_phones;
 mod also_dlq_retention;
 mod also_keys_reload;
+mod also_provider_phones;
 mod also_record_size;
 mod also_registry_outage;
 mod also_webhooks;

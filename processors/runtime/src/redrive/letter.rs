@@ -5,7 +5,7 @@
 //! every header value goes through [`scrub_phones`] (phones are stored in E.164), so a collector's
 //! or a respondent's number never leaves through `show`, `list` or the HTTP API.
 
-use formstream_core::redact::redact_phone;
+pub use formstream_core::redact::scrub_phones;
 use formstream_core::time::rfc3339;
 use formstream_schemas::{Codec, CodecError, Response, ResponseFlag};
 use serde::Serialize;
@@ -303,58 +303,11 @@ fn scrub_value(value: &mut Value) {
     }
 }
 
-/// `text` with every E.164 number in it (`+` and 7 to 15 digits, not part of a longer run of
-/// digits) redacted to its country code and last four digits.
-pub fn scrub_phones(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let preceded_by_digit = i > 0 && bytes[i - 1].is_ascii_digit();
-        if bytes[i] == b'+' && !preceded_by_digit {
-            let digits = bytes[i + 1..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            if (7..=15).contains(&digits) && bytes[i + 1] != b'0' {
-                out.push_str(&text[copied..i]);
-                out.push_str(&redact_phone(&text[i..=i + digits]));
-                i += 1 + digits;
-                copied = i;
-                continue;
-            }
-        }
-        i += 1;
-    }
-    out.push_str(&text[copied..]);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use formstream_schemas::{Answer, Collector};
 
     use super::*;
-
-    #[test]
-    fn phones_in_text_are_scrubbed() {
-        assert_eq!(scrub_phones("+919876543210"), "+91******3210");
-        assert_eq!(
-            scrub_phones("call +14155550123 or +447700900123."),
-            "call +1******0123 or +44******0123."
-        );
-        // Not phones: too short, a leading zero, digits glued before the plus, no plus.
-        for kept in [
-            "+12345",
-            "+0123456789",
-            "12+9876543210",
-            "9876543210",
-            "a + b",
-        ] {
-            assert_eq!(scrub_phones(kept), kept);
-        }
-    }
 
     fn letter(record: Decoded) -> DeadLetter {
         DeadLetter {
