@@ -1,44 +1,14 @@
 //! Every write to the gateway leaves an audit line naming the organisation and the API key's
 //! name, never the key itself; reads leave none.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use formstream_tests::{ACME_KEY, spawn_app, valid_response};
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::util::SubscriberInitExt;
 
-/// Log output kept in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use crate::support::CapturedLogs;
 
 /// A current-thread runtime: the gateway's tasks run on this thread, under its log subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn every_write_is_audited_with_the_keys_name_never_the_key() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_env_filter("formstream::audit=info")
-        .finish();
-    let _guard = subscriber.set_default();
+    let (captured, _guard) = CapturedLogs::start("formstream::audit=info");
 
     let gateway = spawn_app().await;
     let form_id = gateway.create_typical_form().await;
@@ -61,7 +31,7 @@ async fn every_write_is_audited_with_the_keys_name_never_the_key() {
     assert_eq!(read.status(), 200);
     gateway.finish().await;
 
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let logs = captured.text();
     let lines: Vec<&str> = logs.lines().collect();
     let writes: Vec<&&str> = lines
         .iter()

@@ -2,58 +2,27 @@
 //! a valid phone number") reaches neither the logs nor the dead letter in full: the number is
 //! redacted to its country code and last four digits wherever the text goes.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use formstream_runtime::dlq::headers;
 use formstream_tests::twilio_fake::FakeTwilio;
 use formstream_tests::{ACME_KEY, read_topic, spawn_app, unique};
 use reqwest::Method;
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::support::{call, flagged_answer, household, start_receipts};
+use crate::support::{CapturedLogs, call, flagged_answer, household, start_receipts};
 
 /// A respondent's number that Twilio refuses, quoting it (400, code 21211).
 const REFUSED: &str = "+14155550140";
 /// How it may appear: country code and last four digits.
 const REDACTED: &str = "+1******0140";
 
-/// Log output kept in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 /// A current-thread runtime: the gateway's and the processor's tasks run on this thread, under
 /// its log subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn a_number_twilio_quotes_in_its_error_is_redacted_in_logs_and_dead_letters() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_env_filter(
-            "warn,formstream_runtime=debug,formstream_notify=debug,formstream_receipts=debug",
-        )
-        .finish();
-    let _guard = subscriber.set_default();
+    let (captured, _guard) = CapturedLogs::start(
+        "warn,formstream_runtime=debug,formstream_notify=debug,formstream_receipts=debug",
+    );
 
     let gateway = spawn_app().await;
     let twilio = FakeTwilio::start().await;
@@ -109,7 +78,7 @@ async fn a_number_twilio_quotes_in_its_error_is_redacted_in_logs_and_dead_letter
         message.contains("21211") && message.contains(REDACTED),
         "{message}"
     );
-    let logs = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();
+    let logs = captured.text();
     assert!(
         logs.contains("is not a valid phone number") && logs.contains(REDACTED),
         "Twilio's error text is logged, redacted: {logs}"

@@ -3,8 +3,9 @@
 //! until they have committed everything there is.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -25,6 +26,8 @@ use formstream_tests::twilio_fake::FakeTwilio;
 use formstream_tests::{TestGateway, delete_topics, read_topic, unique};
 use formstream_validate::Validate;
 use serde_json::{Value, json};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How long a processor may take to finish what the gateway published.
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -326,4 +329,45 @@ pub fn csv_rows(path: &Path) -> Vec<Vec<String>> {
         .records()
         .map(|r| r.expect("a CSV row").iter().map(str::to_owned).collect())
         .collect()
+}
+
+/// The log lines of this thread, kept in memory while its guard lives: a current-thread test
+/// runtime runs every task of the gateway and the processors on it.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Starts capturing what `filter` (an `EnvFilter` directive) lets through, until the guard
+    /// (the second value) is dropped.
+    pub fn start(filter: &str) -> (CapturedLogs, impl Sized) {
+        let captured = CapturedLogs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .with_env_filter(filter)
+            .finish();
+        (captured, subscriber.set_default())
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
