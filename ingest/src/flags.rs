@@ -34,12 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-
-/// Items per page when the client does not say.
-// Enough for a collector's screen; small enough that a page is a quick answer.
-pub const DEFAULT_LIMIT: usize = 50;
-/// Most items per page: bounds the work and the answer of one request.
-pub const MAX_LIMIT: usize = 500;
+use crate::paging;
 
 /// Whether a flag still needs a correction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -287,14 +282,11 @@ impl FlagsView {
             Status::Resolved => &form.resolved,
         };
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut matching = index
+        let matching = index
             .range((start, Bound::Unbounded))
-            .filter_map(|cursor| form.responses.get(&cursor.response_id));
-        let items: Vec<FlagState> = matching.by_ref().take(limit).cloned().collect();
-        let next = match (items.last(), matching.next()) {
-            (Some(last), Some(_)) => Some(last.cursor()),
-            _ => None,
-        };
+            .filter_map(|cursor| form.responses.get(&cursor.response_id))
+            .cloned();
+        let (items, next) = paging::page(matching, limit, FlagState::cursor);
         Page { items, next }
     }
 
@@ -340,23 +332,6 @@ pub struct FlagsQuery {
     pub after: Option<String>,
 }
 
-/// A page's `limit` parameter: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent; anything else
-/// is a problem at `/limit` (and the default).
-pub(crate) fn page_limit(text: Option<&str>, problems: &mut Vec<FieldProblem>) -> usize {
-    match text.map(str::parse::<usize>) {
-        None => DEFAULT_LIMIT,
-        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(_) => {
-            problems.push(FieldProblem::new(
-                "/limit",
-                "invalid_limit",
-                format!("limit is a whole number from 1 to {MAX_LIMIT}"),
-            ));
-            DEFAULT_LIMIT
-        }
-    }
-}
-
 /// A checked [`FlagsQuery`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listing {
@@ -381,21 +356,8 @@ impl FlagsQuery {
                 Status::Open
             }
         };
-        let limit = page_limit(self.limit.as_deref(), &mut problems);
-        let after = match self.after.as_deref() {
-            None => None,
-            Some(text) => {
-                let cursor = Cursor::parse(text);
-                if cursor.is_none() {
-                    problems.push(FieldProblem::new(
-                        "/after",
-                        "invalid_cursor",
-                        "after takes the next_cursor of a previous page, unchanged",
-                    ));
-                }
-                cursor
-            }
-        };
+        let limit = paging::limit(self.limit.as_deref(), &mut problems);
+        let after = paging::after(self.after.as_deref(), Cursor::parse, &mut problems);
         if problems.is_empty() {
             Ok(Listing {
                 status,
@@ -557,6 +519,7 @@ pub async fn follow_flags_topic(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paging::{DEFAULT_LIMIT, MAX_LIMIT};
 
     fn outcome(response: &str, revision: i32, status: FlagStatus, at: i64) -> ResponseFlag {
         ResponseFlag {

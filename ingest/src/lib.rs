@@ -3,7 +3,8 @@
 //!
 //! Modules: [`http`] (the API: routes, handlers, extractors), [`kafka`] (the durable producer),
 //! [`idempotency`] and [`digest`] (the retry cache, and what tells a retry from a new submission),
-//! [`flags`] (the flags view behind `GET .../flags`), [`metrics`] (everything it exports),
+//! [`flags`] (the flags view behind `GET .../flags`), [`paging`] (the `limit` and `after` of paged
+//! listings, and cutting a page), [`metrics`] (everything it exports),
 //! [`config`] (its flags), [`console`] (the web console and its sessions). The form model, the forms view and response validation it serves are
 //! `formstream_core`'s, shared with the processors.
 //!
@@ -18,6 +19,7 @@ pub mod http;
 pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
+pub mod paging;
 
 use std::future::Future;
 use std::num::NonZeroUsize;

@@ -32,7 +32,7 @@ use utoipa_axum::routes;
 use super::extract::ApiJson;
 use super::state::AppState;
 use crate::config::DeadLetterProcessor;
-use crate::flags::page_limit;
+use crate::paging;
 
 /// How old a snapshot of a dead-letter topic may be when read again: the console polls the
 /// counts every few seconds, and every poll would otherwise read the topics to their ends.
@@ -287,18 +287,8 @@ impl DeadLettersQuery {
             until: self.until.clone(),
         };
         let filter = checked_filter(&body, caller, "", &mut problems);
-        let limit = page_limit(self.limit.as_deref(), &mut problems);
-        let after = self.after.as_deref().and_then(|text| {
-            let cursor = parse_cursor(text);
-            if cursor.is_none() {
-                problems.push(FieldProblem::new(
-                    "/after",
-                    "invalid_cursor",
-                    "after takes the next_cursor of a previous page, unchanged",
-                ));
-            }
-            cursor
-        });
+        let limit = paging::limit(self.limit.as_deref(), &mut problems);
+        let after = paging::after(self.after.as_deref(), parse_cursor, &mut problems);
         if problems.is_empty() {
             Ok(Listing {
                 status,
@@ -342,7 +332,7 @@ pub(crate) async fn list_dead_letters(
     let query = super::extract::query(query)?;
     let listing = query.check(&caller).map_err(ApiError::Invalid)?;
     let snapshot = served.snapshot(FRESH, state.inner.retry_after_secs).await?;
-    let mut matching = snapshot.letters.iter().filter(|letter| {
+    let matching = snapshot.letters.iter().filter(|letter| {
         visible(letter, &caller)
             && listing.status.is_none_or(|s| letter.state.status == s)
             && listing.filter.matches(letter)
@@ -350,11 +340,7 @@ pub(crate) async fn list_dead_letters(
                 .after
                 .is_none_or(|after| (letter.dead_lettered_ms(), letter.id) > after)
     });
-    let page: Vec<&DeadLetter> = matching.by_ref().take(listing.limit).collect();
-    let next_cursor = match (page.last(), matching.next()) {
-        (Some(last), Some(_)) => Some(cursor(last)),
-        _ => None,
-    };
+    let (page, next_cursor) = paging::page(matching, listing.limit, |last| cursor(last));
     Ok(axum::Json(DeadLetterPage {
         items: page
             .iter()
