@@ -203,6 +203,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_file_is_valid() {
+        // docker-compose.yml mounts it into the gateway and the sheets exporter.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/local/organisations.toml"
+        );
+        let organisations = Organisations::load(Path::new(path)).expect("a valid example");
+        assert!(!organisations.owns_spreadsheet("acme", A));
+    }
+
+    #[test]
     fn nothing_is_owned_without_a_file() {
         let organisations = OrganisationsArgs::default().load().expect("no file");
         assert!(!organisations.owns_spreadsheet("acme", A));

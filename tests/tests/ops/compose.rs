@@ -565,3 +565,29 @@ fn the_offline_file_only_swaps_images_and_leaves_grafana_out() {
     let build = read_repo_file("deploy/docker/build.sh");
     assert!(build.contains("\"formstream-prometheus:local\""));
 }
+
+#[test]
+fn every_service_that_reads_the_organisations_file_mounts_the_one_file() {
+    // The gateway refuses, and the sheets exporter dead-letters, a spreadsheet an organisation
+    // does not own: both read deploy/local/organisations.toml (whose validity core's tests check).
+    const VARIABLE: &str = "FORMSTREAM_ORGANISATIONS_FILE";
+    let compose = compose();
+    let mut readers = Vec::new();
+    for (name, command) in formstream_services(&compose) {
+        let service = &compose["services"][name.as_str()];
+        let env = CommandEnv::of(&subcommand(&command));
+        if !env.vars.contains_key(VARIABLE) {
+            continue;
+        }
+        let path = effective(service, &env, VARIABLE)
+            .unwrap_or_else(|| panic!("{name} reads {VARIABLE} but does not set it"));
+        let mount = format!("./deploy/local/organisations.toml:{path}:ro");
+        assert!(
+            strings(&service["volumes"]).contains(&mount),
+            "{name} mounts {mount}"
+        );
+        readers.push(name);
+    }
+    readers.sort();
+    assert_eq!(readers, ["gateway", "sheets"]);
+}

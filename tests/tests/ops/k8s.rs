@@ -566,3 +566,47 @@ fn kubeconform_accepts_every_manifest() {
         "kubeconform validated fewer than the {valid} objects:\n{report}"
     );
 }
+
+#[test]
+fn every_command_that_reads_the_organisations_file_is_given_the_one_config_map() {
+    // The gateway refuses, and the sheets exporter dead-letters, a spreadsheet an organisation
+    // does not own: both must read the same file, or one would let through what the other
+    // refuses. Which commands read it is the binary's word (their --help), not this test's.
+    const VARIABLE: &str = "FORMSTREAM_ORGANISATIONS_FILE";
+    const CONFIG_MAP: &str = "formstream-organisations";
+    let objects = objects();
+    let config_maps = config_maps(&objects);
+    let text = config_maps
+        .get(CONFIG_MAP)
+        .and_then(|c| c["data"]["organisations.toml"].as_str())
+        .unwrap_or_else(|| panic!("ConfigMap {CONFIG_MAP} holds organisations.toml"));
+    formstream_core::organisations::Organisations::parse(text, "deploy/k8s/organisations.yaml")
+        .expect("the example organisations file is valid");
+    let mut readers = Vec::new();
+    for workload in workloads(&objects) {
+        let pod = &workload["spec"]["template"];
+        let container = &pod["spec"]["containers"][0];
+        let args = strings(&container["args"]);
+        let help = CommandEnv::of(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        if !help.vars.contains_key(VARIABLE) {
+            continue;
+        }
+        let what = name(workload);
+        readers.push(what.to_owned());
+        let path = container_env(container, &config_maps)
+            .get(VARIABLE)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| panic!("{what} reads {VARIABLE} but does not set it"));
+        let volume = volume_for(pod, container, &path)
+            .unwrap_or_else(|| panic!("{what}: {VARIABLE}={path} is on no volume"));
+        assert_eq!(
+            volume["configMap"]["name"].as_str(),
+            Some(CONFIG_MAP),
+            "{what}: {VARIABLE}={path}"
+        );
+        assert!(path.ends_with("/organisations.toml"), "{what}: {path}");
+    }
+    readers.sort();
+    assert_eq!(readers, ["formstream-gateway", "formstream-sheets"]);
+}
