@@ -577,15 +577,36 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    let attempt = || {
+        let holds = condition();
+        async move { anyhow::Ok(holds.await) }
+    };
+    poll_until(deadline, Duration::from_millis(50), attempt, |holds| *holds)
+        .await
+        .unwrap_or(false)
+}
+
+/// Calls `attempt` every `interval` until what it answers is `done`, or until `deadline` has
+/// passed since the first call; returns that last answer either way, so that a caller can say
+/// what was still missing. An error from `attempt` ends the wait at once. (The asserting forms:
+/// [`wait_until`] and `runtime::eventually`.)
+pub async fn poll_until<T, F, Fut>(
+    deadline: Duration,
+    interval: Duration,
+    mut attempt: F,
+    done: impl Fn(&T) -> bool,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
     let started = Instant::now();
     loop {
-        if condition().await {
-            return true;
+        let answer = attempt().await?;
+        if done(&answer) || started.elapsed() >= deadline {
+            return Ok(answer);
         }
-        if started.elapsed() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 

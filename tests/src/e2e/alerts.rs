@@ -7,11 +7,13 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::poll_until;
 
 /// When one alert (one label set) was firing, in seconds since the first POST.
 #[derive(Debug, Clone, Serialize)]
@@ -76,23 +78,23 @@ impl Prometheus {
             url: format!("http://{listen}"),
         };
         let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            if let Ok(r) = client
-                .get(format!("{}/-/ready", prometheus.url))
-                .send()
-                .await
-                && r.status().is_success()
-            {
-                return Ok(prometheus);
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(60),
-                "Prometheus not ready within 60 s (log in {})",
-                dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let attempt = || {
+            let probe = client.get(format!("{}/-/ready", prometheus.url)).send();
+            async move { anyhow::Ok(probe.await.is_ok_and(|r| r.status().is_success())) }
+        };
+        let ready = poll_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            attempt,
+            |ready| *ready,
+        )
+        .await?;
+        anyhow::ensure!(
+            ready,
+            "Prometheus not ready within 60 s (log in {})",
+            dir.display()
+        );
+        Ok(prometheus)
     }
 
     /// Every firing interval between `first_post` and now, as offsets from `first_post`.

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::load::Ledger;
 use super::workload::{Planned, Poison, TEXT_QUESTIONS, WORDS, Workload};
+use crate::poll_until;
 use crate::standalone::{Message, SheetRow};
 
 /// One check's outcome.
@@ -363,74 +364,74 @@ async fn slang(
             Ok::<Value, anyhow::Error>(response.json().await?)
         }
     };
-    let started = std::time::Instant::now();
-    loop {
+    let (get, per_city, per_word) = (&get, &per_city, &per_word);
+    let attempt = || async move {
         let mut mismatches = Vec::new();
-        for ((form, question), expected) in &per_city {
+        for ((form, question), expected) in per_city {
             let body = get(format!(
                 "/v1/forms/{}/slang/{question}/words?cities=100&limit=1",
                 workload.form_id(*form)
             ))
             .await?;
-            let found: BTreeMap<String, u64> = body["cities"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| {
-                    (
-                        c["city"].as_str().unwrap_or_default().to_owned(),
-                        c["answers"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect();
+            let found = answers_per_city(&body);
             if &found != expected {
                 mismatches.push(format!(
                     "form {form} {question}: expected {expected:?}, found {found:?}"
                 ));
             }
         }
-        for ((question, word), expected) in &per_word {
+        for ((question, word), expected) in per_word {
             let body = get(format!(
                 "/v1/forms/{}/slang/{question}/cities?word={word}&limit=100",
                 workload.form_id(0)
             ))
             .await?;
-            let found: BTreeMap<String, u64> = body["cities"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| {
-                    (
-                        c["city"].as_str().unwrap_or_default().to_owned(),
-                        c["answers"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect();
+            let found = answers_per_city(&body);
             if &found != expected {
                 mismatches.push(format!(
                     "form 0 {question} word {word}: expected {expected:?}, found {found:?}"
                 ));
             }
         }
-        let answers: u64 = per_city.values().flat_map(|c| c.values()).sum();
-        if mismatches.is_empty() || started.elapsed() > Duration::from_secs(60) {
-            return Ok(Check::new(
-                "slang counts equal the answers",
-                mismatches.is_empty(),
-                format!(
-                    "{} (form, question) pairs holding {answers} answers, per city; {} (word, question) pairs of the hottest form, per city; mismatches {}{}",
-                    per_city.len(),
-                    per_word.len(),
-                    mismatches.len(),
-                    mismatches
-                        .first()
-                        .map(|m| format!(" (first: {m})"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+        anyhow::Ok(mismatches)
+    };
+    let mismatches = poll_until(
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        attempt,
+        Vec::is_empty,
+    )
+    .await?;
+    let answers: u64 = per_city.values().flat_map(|c| c.values()).sum();
+    Ok(Check::new(
+        "slang counts equal the answers",
+        mismatches.is_empty(),
+        format!(
+            "{} (form, question) pairs holding {answers} answers, per city; {} (word, question) pairs of the hottest form, per city; mismatches {}{}",
+            per_city.len(),
+            per_word.len(),
+            mismatches.len(),
+            mismatches
+                .first()
+                .map(|m| format!(" (first: {m})"))
+                .unwrap_or_default()
+        ),
+    ))
+}
+
+/// The slang API's `cities` of an answer: each city's name and its count of answers.
+fn answers_per_city(body: &Value) -> BTreeMap<String, u64> {
+    body["cities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["city"].as_str().unwrap_or_default().to_owned(),
+                c["answers"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 async fn dead_letters(

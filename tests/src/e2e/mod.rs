@@ -28,6 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::poll_until;
 use crate::standalone::{FakeAdmin, FakeKind};
 use checks::Check;
 use load::{Ledger, LoadPlan};
@@ -898,27 +899,31 @@ async fn inject_faults(
 async fn first_effect(processor: String, metrics: String, at: f64) -> Restart {
     let client = reqwest::Client::new();
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(60) {
-        if let Ok(response) = client
+    let attempt = || {
+        let scrape = client
             .get(format!("{metrics}/metrics"))
             .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            && let Ok(text) = response.text().await
-            && sample::ok_records(&text) > 0.0
-        {
-            return Restart {
-                processor,
-                at,
-                first_effect: Some(started.elapsed().as_secs_f64()),
+            .send();
+        async move {
+            let text = match scrape.await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
             };
+            anyhow::Ok(sample::ok_records(&text) > 0.0)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let effected = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        attempt,
+        |effected| *effected,
+    )
+    .await
+    .unwrap_or(false);
     Restart {
         processor,
         at,
-        first_effect: None,
+        first_effect: effected.then(|| started.elapsed().as_secs_f64()),
     }
 }
 
@@ -932,56 +937,69 @@ async fn drain(
 ) -> anyhow::Result<Check> {
     let started = Instant::now();
     let slack = f64::from(scenario.partitions);
-    loop {
-        procs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter_mut()
-            .try_for_each(Proc::check_running)?;
-        let (quiet, last) = {
-            let samples = samples.lock().unwrap_or_else(|p| p.into_inner());
-            let recent: Vec<&Sample> = samples.iter().rev().take(6).collect();
-            let quiet = recent.len() == 6
-                && recent.iter().all(|s| {
-                    PROCESSORS.iter().all(|p| {
-                        s.processors
-                            .get(*p)
-                            .is_some_and(|x| x.up && x.lag_records <= slack)
-                    })
+    let attempt = || {
+        let state = caught_up(procs, samples, slack);
+        async move { state }
+    };
+    let (quiet, last) = poll_until(
+        scenario.drain_deadline,
+        Duration::from_millis(500),
+        attempt,
+        |(quiet, _)| *quiet,
+    )
+    .await?;
+    let waited = started.elapsed();
+    let lags: Vec<String> = last
+        .map(|s| {
+            s.processors
+                .iter()
+                .map(|(name, p)| {
+                    format!("{name} {} records, {:.0} s", p.lag_records, p.lag_seconds)
                 })
-                && PROCESSORS.iter().all(|p| {
-                    let oks: Vec<f64> = recent
-                        .iter()
-                        .filter_map(|s| s.processors.get(*p).map(|x| x.ok))
-                        .collect();
-                    oks.windows(2).all(|w| w[0] == w[1])
-                });
-            (quiet, recent.first().map(|s| (*s).clone()))
-        };
-        let waited = started.elapsed();
-        if quiet || waited >= scenario.drain_deadline {
-            let lags: Vec<String> = last
-                .map(|s| {
-                    s.processors
-                        .iter()
-                        .map(|(name, p)| {
-                            format!("{name} {} records, {:.0} s", p.lag_records, p.lag_seconds)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            return Ok(Check {
-                name: "every processor caught up after the load and the faults".into(),
-                passed: quiet,
-                figures: format!(
-                    "{} after {:.0} s (deadline {:.0} s); lag at the end: {}",
-                    if quiet { "caught up" } else { "NOT caught up" },
-                    waited.as_secs_f64(),
-                    scenario.drain_deadline.as_secs_f64(),
-                    lags.join(", ")
-                ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Check {
+        name: "every processor caught up after the load and the faults".into(),
+        passed: quiet,
+        figures: format!(
+            "{} after {:.0} s (deadline {:.0} s); lag at the end: {}",
+            if quiet { "caught up" } else { "NOT caught up" },
+            waited.as_secs_f64(),
+            scenario.drain_deadline.as_secs_f64(),
+            lags.join(", ")
+        ),
+    })
+}
+
+/// Whether every processor runs, is within `slack` records of the end of its topic and finished
+/// nothing over the last six samples (5 s); with the latest sample. An error if a process died.
+fn caught_up(
+    procs: &Procs,
+    samples: &Mutex<Vec<Sample>>,
+    slack: f64,
+) -> anyhow::Result<(bool, Option<Sample>)> {
+    procs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter_mut()
+        .try_for_each(Proc::check_running)?;
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner());
+    let recent: Vec<&Sample> = samples.iter().rev().take(6).collect();
+    let quiet = recent.len() == 6
+        && recent.iter().all(|s| {
+            PROCESSORS.iter().all(|p| {
+                s.processors
+                    .get(*p)
+                    .is_some_and(|x| x.up && x.lag_records <= slack)
+            })
+        })
+        && PROCESSORS.iter().all(|p| {
+            let oks: Vec<f64> = recent
+                .iter()
+                .filter_map(|s| s.processors.get(*p).map(|x| x.ok))
+                .collect();
+            oks.windows(2).all(|w| w[0] == w[1])
+        });
+    Ok((quiet, recent.first().map(|s| (*s).clone())))
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::poll_until;
 use crate::standalone::Announce;
 
 /// The processors of the scenario, in the order they are started.
@@ -107,25 +108,23 @@ impl Proc {
             return Ok(());
         };
         let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            self.check_running()?;
-            if let Ok(response) = client
+        let attempt = || {
+            let running = self.check_running();
+            let probe = client
                 .get(format!("{base}/readyz"))
                 .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                && response.status().is_success()
-            {
-                return Ok(());
+                .send();
+            async move {
+                running?;
+                Ok(probe.await.is_ok_and(|r| r.status().is_success()))
             }
-            anyhow::ensure!(
-                started.elapsed() < deadline,
-                "{} not ready within {deadline:?}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
+        let ready = poll_until(deadline, Duration::from_millis(100), attempt, |ready| {
+            *ready
+        })
+        .await?;
+        anyhow::ensure!(ready, "{} not ready within {deadline:?}", self.name);
+        Ok(())
     }
 }
 
