@@ -44,6 +44,14 @@ async fn wait_pending(admin: &DeadLetterAdmin, filter: &Filter, count: usize) ->
     admin.list(&OPERATOR, filter).await.expect("listing")
 }
 
+/// Every pending dead letter, of every organisation.
+async fn pending(admin: &DeadLetterAdmin) -> Vec<DeadLetter> {
+    admin
+        .list(&OPERATOR, &Filter::default())
+        .await
+        .expect("listing")
+}
+
 /// Successful effects per response id.
 fn effects_by_response(processor: &TestProcessor) -> HashMap<String, Vec<Call>> {
     let mut by: HashMap<String, Vec<Call>> = HashMap::new();
@@ -200,13 +208,7 @@ async fn an_outage_past_the_retry_budget_is_redriven_after_the_fix_exactly_once(
         || async { effects_by_response(&processor).len() == produced.len() },
     )
     .await;
-    assert!(
-        admin
-            .list(&OPERATOR, &Filter::default())
-            .await
-            .expect("listing")
-            .is_empty()
-    );
+    assert!(pending(&admin).await.is_empty());
 
     // Re-driving again does nothing: by filter, nothing is pending; by id, each is skipped.
     let again = admin
@@ -317,10 +319,7 @@ async fn discarded_dead_letters_leave_the_list_and_are_never_redriven() {
         .await
         .expect("discarding");
     assert_eq!(outcome.done, vec![discarded]);
-    let left = admin
-        .list(&OPERATOR, &Filter::default())
-        .await
-        .expect("listing");
+    let left = pending(admin).await;
     assert_eq!(ids(&left), ids(&letters[1..]));
     let shown = admin.show(&OPERATOR, discarded).await.expect("showing");
     assert_eq!(shown.state.status, Status::Discarded);
@@ -569,13 +568,7 @@ async fn a_redriven_record_that_fails_again_is_dead_lettered_again_with_its_coun
     .await;
     let effect = &processor.state.effects()[0];
     assert_eq!((effect.redrive_count, effect.partition), (Some(2), 1));
-    assert!(
-        admin
-            .list(&OPERATOR, &Filter::default())
-            .await
-            .expect("list")
-            .is_empty()
-    );
+    assert!(pending(admin).await.is_empty());
     setup.finish().await;
 }
 
@@ -631,10 +624,7 @@ async fn an_organisation_cannot_list_show_redrive_or_discard_anothers_dead_lette
     let setup = two_organisations().await;
     let admin = setup.topics.dead_letters(PROCESSOR);
     let globex = Scope::Organisation("globex".to_owned());
-    let all = admin
-        .list(&OPERATOR, &Filter::default())
-        .await
-        .expect("list");
+    let all = pending(&admin).await;
     let of = |response: &Response| {
         all.iter()
             .find(|l| l.response_id().as_deref() == Some(response.response_id.as_str()))
@@ -695,10 +685,7 @@ async fn an_organisation_cannot_list_show_redrive_or_discard_anothers_dead_lette
         .await
         .expect("re-drive");
     assert_eq!(outcome.done, vec![globex_id]);
-    let left = admin
-        .list(&OPERATOR, &Filter::default())
-        .await
-        .expect("list");
+    let left = pending(&admin).await;
     assert_eq!(
         left.len(),
         2,
@@ -723,14 +710,7 @@ async fn an_organisation_cannot_list_show_redrive_or_discard_anothers_dead_lette
         discard.done.is_empty(),
         "nothing of globex's is left: {discard:?}"
     );
-    assert_eq!(
-        admin
-            .list(&OPERATOR, &Filter::default())
-            .await
-            .expect("list")
-            .len(),
-        2
-    );
+    assert_eq!(pending(&admin).await.len(), 2);
 
     setup
         .runtime
