@@ -3,7 +3,8 @@
 //! respondent an SMS receipt.
 //!
 //! - [`twilio`]: a client of Twilio Programmable Messaging's real REST API, whose errors say
-//!   what the caller may do next ([`SmsError`]), and a message listing for reconciliation.
+//!   what the caller may do next ([`SmsError`], in [`error`]), and a message listing for
+//!   reconciliation.
 //! - [`outbox`]: the local stand-in for Twilio when no credentials are configured: one fsync'd
 //!   JSON line per message, searchable the same way.
 //! - [`sender`]: [`SmsSender`], one type over both, built from [`SmsArgs`].

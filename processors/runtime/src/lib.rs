@@ -10,7 +10,8 @@
 //! [`circuit`] and [`targets`] (retries, breakers per target), [`dlq`] (dead letters), [`http`]
 //! (an HTTP API's answer as a [`Failure`]), [`transactions`] (outputs and offsets together),
 //! [`ledger`] (effects outside Kafka, at most once), [`replay`] (moving a group's offsets),
-//! [`raw`] (a fetched record), [`metrics`], [`config`] (its flags).
+//! [`redrive`] (listing, re-driving and discarding dead letters), [`raw`] (a fetched record),
+//! [`metrics`], [`config`] (its flags).
 //!
 //! Invariant (docs/design.md, promises 2 to 6): an offset is committed only when every record
 //! below it has had its effect or has been dead-lettered.
