@@ -7,7 +7,8 @@
 //! literals of at most [`MAX_LITERAL_ENTRIES`] entries, comprehensions (`all`, `exists`,
 //! `exists_one`, `map`, `filter`) only over a multiple-choice answer and at most
 //! [`MAX_LOOP_NESTING`] deep, `matches` only with a literal pattern that compiles within
-//! [`MAX_REGEX_BYTES`], and an estimated [`MAX_STEPS`] evaluation steps or fewer on any response.
+//! [`MAX_REGEX_BYTES`], and an estimated [`MAX_STEPS`] evaluation steps or fewer on any response;
+//! a form version's rules together take [`MAX_FORM_STEPS`] or fewer.
 
 use std::collections::HashMap;
 
@@ -26,6 +27,10 @@ pub const MAX_LOOP_NESTING: usize = 2;
 /// comprehension counted as its body times the choices of the answer it ranges over): tens of
 /// microseconds of interpreter time.
 pub const MAX_STEPS: u64 = 20_000;
+/// Most evaluation steps all the rules of a form version may take together on one response: five
+/// rules at [`MAX_STEPS`], so that fifty rules each just within it cannot add up to fifty times
+/// one rule's time.
+pub const MAX_FORM_STEPS: u64 = 5 * MAX_STEPS;
 /// Largest compiled `matches` pattern; the interpreter compiles it again on every evaluation.
 pub const MAX_REGEX_BYTES: usize = 256 * 1024;
 
@@ -37,6 +42,8 @@ pub(super) struct Cost {
     /// Whether its time can grow with the answers beyond the size of its syntax tree: it has a
     /// comprehension, a `matches`, or a `+` that may join strings or lists.
     pub(super) grows: bool,
+    /// Its estimated evaluation steps on the largest response its form admits.
+    pub(super) steps: u64,
 }
 
 /// Checks `expression` (already walked: every free identifier names a question) against the
@@ -62,7 +69,10 @@ pub(super) fn check(
         ));
     }
     if pass.found.is_empty() {
-        Ok(Cost { grows: pass.grows })
+        Ok(Cost {
+            grows: pass.grows,
+            steps,
+        })
     } else {
         pass.found.dedup();
         Err(pass.found)

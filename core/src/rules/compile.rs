@@ -36,6 +36,7 @@ pub(super) fn compile(
     let mut ids = HashSet::new();
     let mut compiled = Vec::with_capacity(rules.len());
     let mut grows = false;
+    let mut steps: u64 = 0;
     for (i, rule) in rules.iter().enumerate() {
         let at = |field: &str| format!("/rules/{i}/{field}");
         if !is_rule_id(&rule.id) {
@@ -94,6 +95,7 @@ pub(super) fn compile(
             ),
             Ok((expression, needs, cost)) => {
                 grows |= cost.grows;
+                steps = steps.saturating_add(cost.steps);
                 let rule = CompiledRule {
                     id: rule.id.clone(),
                     message: rule.message.clone(),
@@ -107,6 +109,18 @@ pub(super) fn compile(
                 compiled.push(rule);
             }
         }
+    }
+    if steps > budget::MAX_FORM_STEPS {
+        problems.push(FieldProblem::new(
+            "/rules",
+            budget::TOO_EXPENSIVE,
+            format!(
+                "these rules together may take about {steps} evaluation steps per response, more \
+                 than the {} a form's rules may take; range over fewer or smaller answers, or \
+                 merge rules",
+                budget::MAX_FORM_STEPS
+            ),
+        ));
     }
     if !problems.is_empty() {
         return Err(problems);

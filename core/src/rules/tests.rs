@@ -435,6 +435,33 @@ fn rules_beyond_the_budget_are_refused_as_too_expensive() {
 
 /// Only rule sets whose time can grow with the answers are evaluated off the async threads.
 #[test]
+fn a_forms_rules_together_have_a_budget_too() {
+    // Each rule within its own budget (two nested comprehensions over 30 choices: about 11,000
+    // steps); ten of them are more than a form's rules may take together.
+    let expression = "many.all(a, many.exists(b, a != b || a == \"c1\"))";
+    let with_rules = |count: usize| {
+        let ids: Vec<String> = (0..count).map(|i| format!("r{i}")).collect();
+        let rules: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), expression)).collect();
+        let mut version = form(&rules);
+        let choices: Vec<String> = (0..30).map(|i| format!("c{i}")).collect();
+        let choices: Vec<&str> = choices.iter().map(String::as_str).collect();
+        version.questions.push(choice_question(
+            "many",
+            QuestionType::MultipleChoice,
+            &choices,
+        ));
+        RuleSet::compile(&version)
+    };
+    assert!(with_rules(1).is_ok());
+    assert!(with_rules(5).is_ok());
+    let found = with_rules(10).expect_err("too many steps together");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].code, TOO_EXPENSIVE);
+    assert_eq!(found[0].pointer, "/rules");
+    assert!(found[0].detail.contains("together"), "{}", found[0].detail);
+}
+
+#[test]
 fn rules_that_may_run_long_are_told_apart() {
     let long = |expression: &str| {
         RuleSet::compile(&form(&[("r", expression)]))

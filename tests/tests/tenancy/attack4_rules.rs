@@ -2,7 +2,7 @@
 //!
 //! - At save, rules whose cost cannot be bounded (comprehensions over literals, nested three deep,
 //!   huge literals) are refused with a 422 `rule_too_expensive` pointing at the rule, and nothing
-//!   is stored.
+//!   is stored; so are rules each within budget that together exceed a form's (at `/rules`).
 //! - Rules within the budget whose time still grows with the answers (a long answer scanned with
 //!   `matches` again and again) are accepted at save, where the sample answers are short; in
 //!   validate, globex's long answers make them run for seconds per response.
@@ -19,7 +19,8 @@ use formstream_schemas::{
 };
 use formstream_tests::runtime::*;
 use formstream_tests::{
-    ACME_KEY, GLOBEX_KEY, assert_problem, field_problems, pairs, read_topic, spawn_app, unique,
+    ACME_KEY, GLOBEX_KEY, TestGateway, assert_problem, field_problems, pairs, read_topic,
+    spawn_app, unique,
 };
 use formstream_validate::{Validate, ValidateArgs};
 use reqwest::Method;
@@ -90,12 +91,7 @@ async fn rules_beyond_the_budget_are_refused_at_save_and_nothing_is_stored() {
         ]),
         "{problem}"
     );
-    let stored = gateway
-        .globex(Method::GET, &format!("/v1/forms/{id}"))
-        .send()
-        .await
-        .expect("GET the form");
-    assert_eq!(stored.status(), 404, "nothing stored");
+    assert_not_stored(&gateway, &id).await;
 
     // The rule whose time grows with the answers is within the budget: accepted at save (the
     // validate test below bounds it with the deadline), as is acme's ordinary form.
@@ -109,6 +105,56 @@ async fn rules_beyond_the_budget_are_refused_at_save_and_nothing_is_stored() {
             &form_body(&id, json!([rule_json("short", "size(t) < 1000")])),
         )
         .await;
+    gateway.finish().await;
+}
+
+/// Globex's form `id` is not there: a refused save stored nothing.
+async fn assert_not_stored(gateway: &TestGateway, id: &str) {
+    let stored = gateway
+        .globex(Method::GET, &format!("/v1/forms/{id}"))
+        .send()
+        .await
+        .expect("GET the form");
+    assert_eq!(stored.status(), 404, "nothing stored");
+}
+
+/// Rules each within their own budget can still add up: a form's rules together have a budget
+/// too (`formstream_core::rules::MAX_FORM_STEPS`), refused at `/rules`, and nothing is stored.
+#[tokio::test]
+async fn rules_that_together_exceed_a_forms_budget_are_refused_at_save() {
+    let gateway = spawn_app().await;
+    let id = format!("f{}", unique());
+    let choices: Vec<Value> = (0..30)
+        .map(|i| json!({"key": format!("c{i}"), "text": format!("Choice {i}")}))
+        .collect();
+    // Two nested comprehensions over 30 choices: within one rule's budget.
+    let expression = r#"many.all(a, many.exists(b, a != b || a == "c1"))"#;
+    let body = |count: usize| {
+        let rules: Vec<Value> = (0..count)
+            .map(|i| json!({"id": format!("r{i}"), "expression": expression, "message": "check", "question_keys": ["many"]}))
+            .collect();
+        json!({
+            "id": id,
+            "title": "Many rules",
+            "questions": [{"key": "many", "text": "Many", "type": "multiple_choice", "choices": choices}],
+            "rules": rules
+        })
+    };
+    let refused = gateway
+        .globex(Method::POST, "/v1/forms")
+        .json(&body(10))
+        .send()
+        .await
+        .expect("POST /v1/forms");
+    let problem = assert_problem(refused, 422).await;
+    assert_eq!(
+        field_problems(&problem),
+        pairs(&[("/rules", TOO_EXPENSIVE)]),
+        "{problem}"
+    );
+    assert_not_stored(&gateway, &id).await;
+    // Fewer of the same rules fit.
+    gateway.create_form_as(GLOBEX_KEY, &body(3)).await;
     gateway.finish().await;
 }
 
