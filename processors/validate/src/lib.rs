@@ -17,11 +17,14 @@
 //! grow with the answers ([`RuleSet::may_run_long`]) are evaluated on a blocking thread within
 //! `--rule-deadline`; past it the response is flagged with a `rule_too_expensive` error on every
 //! rule, and while that evaluation still runs on, the next responses of the same form version are
-//! flagged at once, so that one form holds at most one thread. Other rule sets (comparisons and
-//! arithmetic, microseconds) are evaluated in place.
+//! flagged at once, so that one form holds at most one thread; and at most
+//! `--max-rule-evaluations` such evaluations run at once on the instance, those past their
+//! deadline included, so that many forms (or versions) cannot pile up threads either (a response
+//! that finds no slot free within its deadline is flagged the same way). Other rule sets
+//! (comparisons and arithmetic, microseconds) are evaluated in place.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -33,6 +36,7 @@ use formstream_core::time::now_millis;
 use formstream_runtime::processor::{ORDERING_HEADER, ORGANISATION_HEADER};
 use formstream_runtime::{Failure, Launch, Output, Processor, Record, RuntimeConfig, Shutdown};
 use formstream_schemas::{Encoder, FlagStatus, Response, ResponseFlag, Violation};
+use tokio::sync::Semaphore;
 
 /// The header that carries a flag's response revision, beside the response id.
 pub const REVISION_HEADER: &str = "revision";
@@ -47,12 +51,21 @@ pub struct ValidateArgs {
     // honest rule yet short enough that a pathological one costs the flags little.
     #[arg(long, env = "FORMSTREAM_RULE_DEADLINE", default_value = "1s", value_parser = parse_duration)]
     pub rule_deadline: Duration,
+
+    /// Most evaluations of long-running rules (see --rule-deadline) on blocking threads at once,
+    /// those running past their deadline included: a response that finds none free within its
+    /// deadline is flagged with a `rule_too_expensive` error instead of starting another thread.
+    // Within the budget such rules take microseconds, so a few threads serve any honest load; 8
+    // bounds what pathological rules of many forms (or versions) can hold.
+    #[arg(long, env = "FORMSTREAM_MAX_RULE_EVALUATIONS", default_value_t = 8)]
+    pub max_rule_evaluations: usize,
 }
 
 impl Default for ValidateArgs {
     fn default() -> Self {
         ValidateArgs {
             rule_deadline: Duration::from_secs(1),
+            max_rule_evaluations: 8,
         }
     }
 }
@@ -78,6 +91,11 @@ pub struct Validate {
     flags_topic: Arc<str>,
     rules: RuleCache,
     deadline: Duration,
+    /// One permit per evaluation on a blocking thread (`--max-rule-evaluations`), held until the
+    /// evaluation ends, past its deadline too: abandoned evaluations cannot pile up.
+    slots: Arc<Semaphore>,
+    /// Evaluations given up at their deadline (still running on), since start.
+    abandoned: AtomicU64,
     /// Outcomes evaluated off the async threads in `handle`, taken by `outputs`, which the
     /// runtime calls right after `handle` for the same record.
     evaluated: Mutex<HashMap<Position, Vec<Violation>>>,
@@ -100,6 +118,8 @@ impl Validate {
             flags_topic: flags_topic.into(),
             rules: RwLock::new(HashMap::new()),
             deadline: args.rule_deadline,
+            slots: Arc::new(Semaphore::new(args.max_rule_evaluations.max(1))),
+            abandoned: AtomicU64::new(0),
             evaluated: Mutex::new(HashMap::new()),
         })
     }
@@ -160,16 +180,37 @@ impl Validate {
                 self.deadline.as_millis()
             ));
         }
-        let response = response.clone();
+        let started = tokio::time::Instant::now();
+        let slot = tokio::time::timeout(self.deadline, self.slots.clone().acquire_owned()).await;
+        let Ok(Ok(slot)) = slot else {
+            return rules.set.unevaluated(&format!(
+                "{TOO_EXPENSIVE}: not evaluated; every one of this instance's rule evaluation \
+                 threads stayed busy for {} ms (rules running past their deadline)",
+                self.deadline.as_millis()
+            ));
+        };
+        let owned = response.clone();
         let evaluating = rules.clone();
-        let mut task = tokio::task::spawn_blocking(move || evaluating.set.evaluate(&response));
-        match tokio::time::timeout(self.deadline, &mut task).await {
+        let mut task = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            evaluating.set.evaluate(&owned)
+        });
+        let left = self.deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, &mut task).await {
             Ok(Ok(violations)) => violations,
             // Evaluation catches the interpreter's panics; this is the thread pool's own failure.
             Ok(Err(failed)) => rules
                 .set
                 .unevaluated(&format!("the rules' evaluation failed: {failed}")),
             Err(_) => {
+                let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    organisation = %response.organisation,
+                    form_id = %response.form_id,
+                    form_version = response.form_version,
+                    abandoned,
+                    "Rules ran past their deadline; flagged, their evaluation runs on in its slot."
+                );
                 rules.late.fetch_add(1, Ordering::AcqRel);
                 let running = rules.clone();
                 tokio::spawn(async move {
@@ -182,6 +223,11 @@ impl Validate {
                 ))
             }
         }
+    }
+
+    /// Evaluations given up at their deadline since start (each ran on in its slot).
+    pub fn abandoned_evaluations(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// The outcome of one response revision, evaluated in place.

@@ -208,6 +208,7 @@ async fn a_pathological_rule_is_flagged_at_its_deadline_while_other_organisation
     let config = topics.config(&[]);
     let args = ValidateArgs {
         rule_deadline: Duration::from_millis(100),
+        ..ValidateArgs::default()
     };
     let validate = Validate::with_args(&config, &args)
         .await
@@ -269,6 +270,58 @@ async fn a_pathological_rule_is_flagged_at_its_deadline_while_other_organisation
         slowest < Duration::from_secs(5),
         "acme's slowest flag came {slowest:?} after publishing"
     );
+}
+
+/// Pathological rules of many forms cannot pile up blocked threads: with one evaluation slot,
+/// globex's three forms (each allowed one late evaluation) get one thread between them; the
+/// others' responses are flagged at their deadline without starting one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rule_evaluations_of_many_forms_are_bounded_per_instance() {
+    init_logs();
+    let topics = RuntimeTopics::create(3).await;
+    topics.create_flags_topic().await;
+    let producer = TestProducer::new(&topics);
+    let forms: Vec<Form> = (0..3)
+        .map(|i| {
+            let mut form = form("globex", vec![rule("slow", &scans_again_and_again())]);
+            form.id = format!("{}-{i}", form.id);
+            form
+        })
+        .collect();
+    for form in &forms {
+        producer.form(form).await;
+    }
+    let config = topics.config(&[]);
+    let args = ValidateArgs {
+        rule_deadline: Duration::from_millis(100),
+        max_rule_evaluations: 1,
+    };
+    let validate = Validate::with_args(&config, &args)
+        .await
+        .expect("the validate processor");
+    let runtime = spawn_runtime(validate, config).await;
+    let long = "x".repeat(300_000);
+    let items: Vec<(i32, Response)> = forms
+        .iter()
+        .enumerate()
+        .map(|(i, form)| (i as i32, response(form, &format!("g{i}"), long.clone())))
+        .collect();
+    producer.responses(&items).await;
+    let flags = flags_on_topic(&topics, items.len()).await;
+    runtime.stop().await.expect("the runtime stops cleanly");
+    topics.delete().await;
+
+    assert_eq!(flags.len(), items.len(), "{:?}", flags.keys());
+    let errors: Vec<String> = flags
+        .values()
+        .map(|f| f.violations[0].error.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        errors.iter().all(|e| e.contains(TOO_EXPENSIVE)),
+        "{errors:#?}"
+    );
+    let ran = errors.iter().filter(|e| e.contains("ran past")).count();
+    assert_eq!(ran, 1, "one evaluation thread at most: {errors:#?}");
 }
 
 /// The flags on the topic (read_committed), by response id, once `expected` are there or a minute
