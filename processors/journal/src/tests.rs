@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use formstream_runtime::{Failure, Processor, RawRecord, Record};
-use formstream_schemas::{Answer, Collector, Response};
+use formstream_schemas::{Collector, Response, fixtures};
 use serde_json::Value;
 
 use crate::{Journal, JournalArgs};
@@ -29,10 +29,8 @@ fn record(response_id: &str, offset: i64, attempt: u32, text: &str) -> Record<Re
         raw: RawRecord::new(Some(b"household"), None, std::iter::empty),
         assignment: 1,
         value: Response {
-            response_id: response_id.to_owned(),
             form_id: "household".to_owned(),
             form_version: 2,
-            organisation: "acme".to_owned(),
             revision: 1,
             submitted_at: 1_700_000_000_000,
             received_at: 1_700_000_000_001,
@@ -40,13 +38,11 @@ fn record(response_id: &str, offset: i64, attempt: u32, text: &str) -> Record<Re
                 id: "collector-17".to_owned(),
                 phone: None,
             },
-            answers: vec![Answer {
-                question_key: "name".to_owned(),
-                text: Some(text.to_owned()),
-                number: None,
-                choices: Vec::new(),
-            }],
-            metadata_json: "{}".to_owned(),
+            ..fixtures::response(
+                "household",
+                response_id,
+                vec![fixtures::text_answer("name", text)],
+            )
         },
         form: None,
         attempt,
