@@ -81,9 +81,14 @@ impl RuntimeTopics {
     /// Creates fresh forms (compacted) and responses topics (`partitions` partitions); the
     /// runtime creates the dead-letter topic itself.
     pub async fn create(partitions: i32) -> Self {
+        Self::create_on(&bootstrap(), partitions).await
+    }
+
+    /// [`Self::create`] on the broker at `bootstrap` (a test's own instance).
+    pub async fn create_on(bootstrap: &str, partitions: i32) -> Self {
         let id = unique();
         let topics = RuntimeTopics {
-            bootstrap: bootstrap(),
+            bootstrap: bootstrap.to_owned(),
             forms: format!("test-{id}-forms"),
             responses: format!("test-{id}-responses"),
             flags: format!("test-{id}-flags"),

@@ -6,6 +6,12 @@
 //! failed or aborted transaction leaves both the outputs (still held by the engine, to be sent
 //! again in the next transaction) and the offsets where they were.
 //!
+//! Deliveries: a transaction is committed only once Kafka acknowledged every record sent in it
+//! (flushed, no failed delivery report). Around a broker restart librdkafka purges queued
+//! records (an abort, an epoch bump); should one of them belong to a transaction that then
+//! commits with its offsets, its output would be lost for good, so a failed delivery aborts the
+//! transaction, to be sent again, instead.
+//!
 //! Fencing: each instance has its own transactional id, and the offsets travel with the
 //! consumer's group metadata (KIP-447), so a zombie that lost its partitions in a rebalance cannot
 //! commit for them: the broker rejects its transaction, and the engine drops the work of
@@ -13,15 +19,18 @@
 //!
 //! [`Processor::transactional`]: crate::Processor::transactional
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use formstream_core::config::KafkaArgs;
 use formstream_core::kafka::client_config;
+use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 
 use crate::processor::Output;
@@ -43,14 +52,56 @@ pub enum TransactionError {
 
 /// A transactional producer, one per processor instance.
 pub struct Transactor {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Deliveries>,
+}
+
+/// The producer's delivery reports: how many records Kafka did not take since the count was
+/// last reset, and why the last one failed.
+#[derive(Default, Clone)]
+pub struct Deliveries(Arc<DeliveryCount>);
+
+#[derive(Default)]
+pub struct DeliveryCount {
+    failed: AtomicUsize,
+    last_error: Mutex<Option<KafkaError>>,
+}
+
+impl Deliveries {
+    /// Failures since the last call, and the last one's error; the count starts again.
+    fn take_failures(&self) -> (usize, Option<KafkaError>) {
+        let failed = self.0.failed.swap(0, Ordering::AcqRel);
+        let error = self
+            .0
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        (failed, error)
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        if let Err((error, _)) = result {
+            self.0.failed.fetch_add(1, Ordering::AcqRel);
+            *self
+                .0
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
+        }
+    }
 }
 
 impl Transactor {
     /// Creates the producer and registers its transactional id with the broker (blocking; call
     /// from a blocking context).
     pub fn new(kafka: &KafkaArgs, transactional_id: &str) -> Result<Self, KafkaError> {
-        let producer: ThreadedProducer<DefaultProducerContext> = client_config(kafka)
+        let producer: ThreadedProducer<Deliveries> = client_config(kafka)
             .set("transactional.id", transactional_id)
             // A crashed instance's open transaction holds back its partitions' last stable
             // offset until the broker aborts it: keep that short (Kafka's default is 60 s).
@@ -60,7 +111,7 @@ impl Transactor {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .create()?;
+            .create_with_context(Deliveries::default())?;
         producer.init_transactions(Timeout::After(STEP_TIMEOUT))?;
         Ok(Transactor { producer })
     }
@@ -73,15 +124,35 @@ impl Transactor {
         group: &ConsumerGroupMetadata,
     ) -> Result<(), TransactionError> {
         self.producer.begin_transaction().map_err(classify)?;
-        let outcome = self.send_all(outputs).and_then(|()| {
-            self.producer.send_offsets_to_transaction(
-                offsets,
-                group,
-                Timeout::After(STEP_TIMEOUT),
-            )?;
-            self.producer
-                .commit_transaction(Timeout::After(STEP_TIMEOUT))
-        });
+        // Reports of an earlier transaction's purged records may still come in: they can only
+        // make this one abort and go again, never commit with a record missing.
+        let deliveries = self.producer.context().clone();
+        deliveries.take_failures();
+        let outcome = self
+            .send_all(outputs)
+            .and_then(|()| self.producer.flush(Timeout::After(STEP_TIMEOUT)))
+            .and_then(|()| match deliveries.take_failures() {
+                (0, _) => Ok(()),
+                (_, Some(error)) => Err(error),
+                (_, None) => Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail)),
+            })
+            .and_then(|()| {
+                self.producer.send_offsets_to_transaction(
+                    offsets,
+                    group,
+                    Timeout::After(STEP_TIMEOUT),
+                )
+            })
+            .and_then(|()| {
+                // Nothing may have failed since the flush either.
+                match deliveries.take_failures() {
+                    (0, _) => self
+                        .producer
+                        .commit_transaction(Timeout::After(STEP_TIMEOUT)),
+                    (_, Some(error)) => Err(error),
+                    (_, None) => Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail)),
+                }
+            });
         match outcome {
             Ok(()) => Ok(()),
             Err(error) => {

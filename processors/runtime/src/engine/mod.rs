@@ -205,7 +205,7 @@ impl<P: Processor> Engine<P> {
                 _ = &mut shutdown => break,
                 _ = transaction_tick.tick(), if transactional => {
                     if let Err(error) = self.commit_transaction().await {
-                        failed = Some(error);
+                        failed = Some(anyhow::Error::new(error));
                         break;
                     }
                 }
@@ -253,6 +253,13 @@ impl<P: Processor> Engine<P> {
                         Ok(message) => self.on_message(&message),
                         Err(error) => tracing::warn!(%error, "Consumer error."),
                     }
+                    // librdkafka's consumer cannot go on after a fatal error (for one, a static
+                    // member fenced by its own rejoin after a coordinator restart): it would
+                    // stay in the group fetching nothing. Stop, so that a restart rejoins.
+                    if let Some((code, reason)) = consumer.client().fatal_error() {
+                        failed = Some(anyhow::anyhow!("the Kafka consumer failed fatally: {reason} ({code:?})"));
+                        break;
+                    }
                     // Take what librdkafka has already fetched before going round the loop again,
                     // as far as the buffers have room.
                     for _ in 0..MAX_INTAKE.min(self.room()) {
@@ -274,7 +281,7 @@ impl<P: Processor> Engine<P> {
             self.worker.stopping.send_replace(true);
             probe.abort();
             self.probes.abort_all();
-            return Err(anyhow::Error::new(error).context("stopping the processor"));
+            return Err(error.context("stopping the processor"));
         }
         let drained = self.drain().await;
         probe.abort();
