@@ -45,10 +45,12 @@ cargo build --quiet --profile "$PROFILE" -p formstream-tests --bin e2e --bin fak
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/$([[ "$PROFILE" == dev ]] && echo debug || echo "$PROFILE")"
 
 prom_pid=""
+status=0
 cleanup() {
   [[ -n "$prom_pid" ]] && kill "$prom_pid" 2>/dev/null || true
   "$KAFKA" destroy >&2 || true
-  rm -rf "$WORK"
+  # A failed run keeps its logs (each process's, per life) for the post-mortem.
+  if [[ "$status" == 0 ]]; then rm -rf "$WORK"; else echo "e2e: logs kept in $WORK/run/logs" >&2; fi
 }
 trap cleanup EXIT
 
@@ -74,7 +76,6 @@ if [[ "${BENCH_PROMETHEUS:-1}" == 1 ]]; then
   args+=(--prometheus "$(command -v prometheus)" --alert-rules "$ROOT/deploy/prometheus/alerts.yml")
 fi
 
-status=0
 "$TARGET/e2e" "${args[@]}" || status=$?
 echo "e2e: machine load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 

@@ -117,6 +117,9 @@ pub struct Scenario {
     pub keep_topics: bool,
     /// A `prometheus` binary and the alert rules it evaluates over the scraped series.
     pub prometheus: Option<(PathBuf, PathBuf)>,
+    /// After the checks, measure the solo throughput of each of [`SOLO`] over up to this many of
+    /// the run's records; `None` leaves it unmeasured (the CI size, for time).
+    pub solo_records: Option<usize>,
 }
 
 impl Scenario {
@@ -154,6 +157,7 @@ impl Scenario {
             drain_deadline: Duration::from_secs(120),
             keep_topics: false,
             prometheus: None,
+            solo_records: None,
         }
     }
 
@@ -179,6 +183,7 @@ impl Scenario {
             broker: Some(broker),
             sheets_in_flight: 400_000,
             drain_deadline: Duration::from_secs(900),
+            solo_records: Some(200_000),
             ..Scenario::ci(bootstrap, dir, formstream, fake_twilio, fake_sheets)
         }
     }
@@ -222,6 +227,11 @@ pub struct Outcome {
     pub last_effect_seconds: f64,
     /// Per processor: seconds from the first POST to its last finished record.
     pub finished: BTreeMap<String, f64>,
+    /// Per processor: records it finished over all its lives (a record finished again after a
+    /// kill counts twice: it was work done twice).
+    pub processed: BTreeMap<String, f64>,
+    /// Per processor of [`SOLO`]: its throughput alone on the machine (when measured).
+    pub solo: BTreeMap<String, Solo>,
     pub faults: Vec<FaultEvent>,
     pub restarts: Vec<Restart>,
     pub checks: Vec<Check>,
@@ -277,12 +287,164 @@ impl Names {
             topics.push(self.dlq(processor));
             topics.push(self.ledger(processor));
         }
+        let solo = self.solo(SOLO[0]);
+        topics.push(solo.flags.clone());
+        for processor in SOLO {
+            topics.push(solo.dlq(processor));
+            topics.push(solo.ledger(processor));
+        }
         topics
+    }
+
+    /// The names of `processor`'s solo run: the run's forms and responses, groups and topics of
+    /// its own; validate's flags go to a topic of their own, notify-collectors reads the run's.
+    fn solo(&self, processor: &str) -> Names {
+        let run = format!("{}-solo", self.run);
+        Names {
+            flags: if processor == "validate" {
+                format!("{run}-flags")
+            } else {
+                self.flags.clone()
+            },
+            forms: self.forms.clone(),
+            responses: self.responses.clone(),
+            run,
+        }
+    }
+}
+
+/// The processors whose bound is their own throughput (issue 15): measured alone, on this run's
+/// records, after the checks.
+pub const SOLO: &[&str] = &["validate", "slang", "notify-collectors"];
+
+/// A processor's throughput alone on the machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Solo {
+    /// Records finished between its first finished record and its last.
+    pub records: f64,
+    pub seconds: f64,
+}
+
+impl Solo {
+    pub fn rate(&self) -> f64 {
+        self.records / self.seconds
     }
 }
 
 fn free_address() -> String {
     format!("127.0.0.1:{}", crate::deploy::free_port())
+}
+
+/// The topic flags every process of the scenario takes.
+fn kafka_args(scenario: &Scenario, names: &Names) -> Vec<String> {
+    [
+        "--kafka-bootstrap",
+        &scenario.bootstrap,
+        "--forms-topic",
+        &names.forms,
+        "--responses-topic",
+        &names.responses,
+        "--flags-topic",
+        &names.flags,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// What the processors are pointed at besides Kafka: the fakes, the keys file, slang's index.
+struct Wiring<'a> {
+    twilio: &'a crate::standalone::Announce,
+    sheets_api: &'a str,
+    sheets_credentials: &'a Path,
+    keys: &'a Path,
+    index_dir: PathBuf,
+    slang_listen: String,
+}
+
+/// The command line of `processor`: a static member (its name as instance id) of the group
+/// `names` gives it, with its dead-letter and ledger topics.
+fn processor_args(
+    scenario: &Scenario,
+    names: &Names,
+    processor: &str,
+    wiring: &Wiring<'_>,
+    metrics_listen: &str,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec!["process".into(), processor.to_owned()];
+    args.extend(kafka_args(scenario, names));
+    let partitions = scenario.partitions.to_string();
+    let ledger = names.ledger(processor);
+    let (group, dlq) = (names.group(processor), names.dlq(processor));
+    args.extend(
+        [
+            "--group-id",
+            &group,
+            "--dlq-topic",
+            &dlq,
+            "--metrics-listen",
+            metrics_listen,
+            "--instance-id",
+            processor,
+        ]
+        .map(str::to_owned),
+    );
+    let twilio = [
+        "--twilio-base-url",
+        &wiring.twilio.api,
+        "--twilio-account-sid",
+        wiring.twilio.account_sid.as_deref().unwrap_or_default(),
+        "--twilio-auth-token",
+        wiring.twilio.auth_token.as_deref().unwrap_or_default(),
+        "--twilio-from",
+        crate::twilio_fake::FAKE_FROM,
+        "--ledger-topic",
+        &ledger,
+        "--ledger-partitions",
+        &partitions,
+    ]
+    .map(str::to_owned);
+    match processor {
+        "notify-collectors" => args.extend(twilio),
+        "receipts" => {
+            args.extend(twilio);
+            args.extend([
+                "--receipts-rate".to_owned(),
+                scenario.receipts_rate.to_string(),
+            ]);
+        }
+        "sheets" => args.extend(
+            [
+                "--sheets-credentials",
+                &wiring.sheets_credentials.display().to_string(),
+                "--sheets-base-url",
+                wiring.sheets_api,
+                "--ledger-topic",
+                &ledger,
+                "--ledger-partitions",
+                &partitions,
+                "--max-in-flight",
+                &scenario.sheets_in_flight.to_string(),
+                "--max-buffered-records",
+                &(scenario.sheets_in_flight * 2).to_string(),
+                "--max-buffered-bytes",
+                &(scenario.sheets_in_flight * 4_096).to_string(),
+            ]
+            .map(str::to_owned),
+        ),
+        "slang" => args.extend(
+            [
+                "--index-dir",
+                &wiring.index_dir.display().to_string(),
+                "--search-listen",
+                &wiring.slang_listen,
+                "--api-keys-file",
+                &wiring.keys.display().to_string(),
+            ]
+            .map(str::to_owned),
+        ),
+        _ => {}
+    }
+    args
 }
 
 /// Runs the scenario; the outcome holds the checks (a failed check is not an `Err`).
@@ -367,27 +529,11 @@ async fn run_named(
         ),
     )?;
 
-    let kafka_args = |args: &mut Vec<String>| {
-        args.extend(
-            [
-                "--kafka-bootstrap",
-                &scenario.bootstrap,
-                "--forms-topic",
-                &names.forms,
-                "--responses-topic",
-                &names.responses,
-                "--flags-topic",
-                &names.flags,
-            ]
-            .map(str::to_owned),
-        );
-    };
-
     // The gateway (it creates the topics).
     let gateway_listen = free_address();
     let gateway_url = format!("http://{gateway_listen}");
     let mut args: Vec<String> = vec!["gateway".into(), "--listen".into(), gateway_listen.clone()];
-    kafka_args(&mut args);
+    args.extend(kafka_args(scenario, names));
     args.extend(
         [
             "--responses-partitions",
@@ -426,86 +572,21 @@ async fn run_named(
     }
 
     // The processors, each a static member (its name as instance id).
-    let twilio_api = &twilio.announce;
-    let slang_listen = free_address();
-    let index_dir = scenario.dir.join("slang-index");
+    let wiring = Wiring {
+        twilio: &twilio.announce,
+        sheets_api: &sheets.announce.api,
+        sheets_credentials: &credentials,
+        keys: &keys,
+        index_dir: scenario.dir.join("slang-index"),
+        slang_listen: free_address(),
+    };
     let mut processors = Vec::new();
     for processor in PROCESSORS {
         let metrics_listen = free_address();
-        let mut args: Vec<String> = vec!["process".into(), (*processor).to_owned()];
-        kafka_args(&mut args);
-        args.extend(
-            [
-                "--group-id",
-                &names.group(processor),
-                "--dlq-topic",
-                &names.dlq(processor),
-                "--metrics-listen",
-                &metrics_listen,
-                "--instance-id",
-                processor,
-            ]
-            .map(str::to_owned),
-        );
-        let twilio_args = [
-            "--twilio-base-url".to_owned(),
-            twilio_api.api.clone(),
-            "--twilio-account-sid".to_owned(),
-            twilio_api.account_sid.clone().unwrap_or_default(),
-            "--twilio-auth-token".to_owned(),
-            twilio_api.auth_token.clone().unwrap_or_default(),
-            "--twilio-from".to_owned(),
-            crate::twilio_fake::FAKE_FROM.to_owned(),
-            "--ledger-topic".to_owned(),
-            names.ledger(processor),
-            "--ledger-partitions".to_owned(),
-            scenario.partitions.to_string(),
-        ];
-        match *processor {
-            "notify-collectors" => args.extend(twilio_args),
-            "receipts" => {
-                args.extend(twilio_args);
-                args.extend([
-                    "--receipts-rate".to_owned(),
-                    scenario.receipts_rate.to_string(),
-                ]);
-            }
-            "sheets" => args.extend(
-                [
-                    "--sheets-credentials",
-                    &credentials.display().to_string(),
-                    "--sheets-base-url",
-                    &sheets.announce.api,
-                    "--ledger-topic",
-                    &names.ledger(processor),
-                    "--ledger-partitions",
-                    &scenario.partitions.to_string(),
-                    "--max-in-flight",
-                    &scenario.sheets_in_flight.to_string(),
-                    "--max-buffered-records",
-                    &(scenario.sheets_in_flight * 2).to_string(),
-                    "--max-buffered-bytes",
-                    &(scenario.sheets_in_flight * 4_096).to_string(),
-                ]
-                .map(str::to_owned),
-            ),
-            "slang" => args.extend(
-                [
-                    "--index-dir",
-                    &index_dir.display().to_string(),
-                    "--search-listen",
-                    &slang_listen,
-                    "--api-keys-file",
-                    &keys.display().to_string(),
-                ]
-                .map(str::to_owned),
-            ),
-            _ => {}
-        }
         processors.push(Proc::spawn(
             processor,
             &scenario.formstream,
-            args,
+            processor_args(scenario, names, processor, &wiring, &metrics_listen),
             logs,
             Some(format!("http://{metrics_listen}")),
         )?);
@@ -613,7 +694,7 @@ async fn run_named(
         dead_letter_topics: &dead_letter_topics,
         messages: &messages,
         rows: &rows,
-        slang: &format!("http://{slang_listen}"),
+        slang: &format!("http://{}", wiring.slang_listen),
         api_key: API_KEY,
     };
     let mut checks = vec![drained];
@@ -631,7 +712,24 @@ async fn run_named(
     }
     let twilio_stats = twilio_admin.stats().await.unwrap_or_default();
     let sheets_stats = sheets_admin.stats().await.unwrap_or_default();
+    let mut faults = faults;
+    for proc in procs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (at, why) in &proc.exits {
+            let at = at.duration_since(started).as_secs_f64();
+            faults.push(FaultEvent {
+                what: format!("unplanned exit, restarted: {why}"),
+                target: Some(proc.name.clone()),
+                start: at,
+                end: at,
+            });
+        }
+    }
+    faults.sort_by(|a, b| a.start.total_cmp(&b.start));
     drop(procs);
+    let solo = match scenario.solo_records {
+        Some(limit) => solo_throughputs(scenario, names, &wiring, logs, limit).await?,
+        None => BTreeMap::new(),
+    };
     let refusals = ledger
         .refusals
         .lock()
@@ -649,7 +747,9 @@ async fn run_named(
         refusals,
         ingest_seconds,
         last_effect_seconds,
+        processed: processed_totals(&samples),
         finished,
+        solo,
         faults,
         restarts,
         checks,
@@ -718,6 +818,126 @@ fn lag_alerts_check(faults: &[FaultEvent], firings: &[alerts::Firing], end: f64)
             firings.len()
         ),
     }
+}
+
+/// Per processor, the records it finished over all its lives: the growth of its counter, which
+/// starts again from 0 at each restart.
+fn processed_totals(samples: &[Sample]) -> BTreeMap<String, f64> {
+    let mut last: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut totals: BTreeMap<String, f64> = BTreeMap::new();
+    for sample in samples {
+        for (name, p) in sample.processors.iter().filter(|(_, p)| p.up) {
+            let previous = last.insert(name, p.ok).unwrap_or(0.0);
+            let grown = if p.ok >= previous {
+                p.ok - previous
+            } else {
+                p.ok
+            };
+            *totals.entry(name.clone()).or_default() += grown;
+        }
+    }
+    totals
+}
+
+/// Each of [`SOLO`] alone (every process of the run stopped but the fakes), as a new consumer
+/// group over the run's records from the start, with topics and an index of its own: records
+/// finished per second from its first finished record to its `limit`-th, or to its last when it
+/// caught up before (nothing finished for 5 s). Startup and group join are not counted.
+async fn solo_throughputs(
+    scenario: &Scenario,
+    names: &Names,
+    wiring: &Wiring<'_>,
+    logs: &Path,
+    limit: usize,
+) -> anyhow::Result<BTreeMap<String, Solo>> {
+    let kafka = formstream_core::config::KafkaArgs {
+        bootstrap: scenario.bootstrap.clone(),
+        properties: Vec::new(),
+    };
+    let flags = names.solo("validate").flags;
+    formstream_core::topics::ensure_topics(
+        &kafka,
+        &[formstream_core::topics::TopicSpec {
+            name: flags,
+            partitions: scenario.partitions,
+            replication_factor: 1,
+            config: Vec::new(),
+        }],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let client = reqwest::Client::new();
+    let mut solo = BTreeMap::new();
+    for processor in SOLO {
+        let wiring = Wiring {
+            index_dir: scenario.dir.join("solo-slang-index"),
+            slang_listen: free_address(),
+            ..*wiring
+        };
+        let metrics_listen = free_address();
+        let metrics = format!("http://{metrics_listen}");
+        let args = processor_args(
+            scenario,
+            &names.solo(processor),
+            processor,
+            &wiring,
+            &metrics_listen,
+        );
+        let name = format!("solo-{processor}");
+        let mut proc = Proc::spawn(
+            &name,
+            &scenario.formstream,
+            args,
+            logs,
+            Some(metrics.clone()),
+        )?;
+        proc.wait_ready(Duration::from_secs(180)).await?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut first: Option<(Instant, f64)> = None;
+        let (mut ok, mut grown_at) = (0.0, Instant::now());
+        loop {
+            proc.check_running()?;
+            let text = match client
+                .get(format!("{metrics}/metrics"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
+                Ok(response) => response.text().await.ok(),
+                Err(_) => None,
+            };
+            let now = Instant::now();
+            if let Some(now_ok) = text.as_deref().map(sample::ok_records)
+                && now_ok > ok
+            {
+                first.get_or_insert((now, now_ok));
+                (ok, grown_at) = (now_ok, now);
+            }
+            let caught_up = first.is_some() && now - grown_at > Duration::from_secs(5);
+            if ok >= limit as f64 || caught_up || now >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(proc);
+        match first {
+            Some((at, from)) if grown_at > at => {
+                let measured = Solo {
+                    records: ok - from,
+                    seconds: (grown_at - at).as_secs_f64(),
+                };
+                eprintln!(
+                    "e2e: solo {processor}: {:.0} records in {:.1} s, {:.0}/s",
+                    measured.records,
+                    measured.seconds,
+                    measured.rate()
+                );
+                solo.insert((*processor).to_owned(), measured);
+            }
+            _ => eprintln!("e2e: solo {processor}: too few records finished to measure"),
+        }
+    }
+    Ok(solo)
 }
 
 /// Per processor, the time of the last sample at which its finished count grew (1 s resolution).
@@ -810,6 +1030,7 @@ async fn inject_faults(
 ) -> anyhow::Result<(Vec<FaultEvent>, Vec<Restart>)> {
     let mut events = Vec::new();
     let mut watches = Vec::new();
+    let mut outages = Vec::new();
     for (at, fault) in plan_faults(scenario, ingest)? {
         let due = started + Duration::from_secs_f64(at);
         tokio::time::sleep_until(due.into()).await;
@@ -839,29 +1060,24 @@ async fn inject_faults(
                     end: at,
                 });
             }
+            // An outage runs beside the plan, so that the faults due during it come on time.
             Planned::TwilioDown(duration) => {
                 eprintln!("e2e: {start:.1}s Twilio down for {duration:?}");
-                twilio.set_down(true).await?;
-                tokio::time::sleep(duration).await;
-                twilio.set_down(false).await?;
-                events.push(FaultEvent {
-                    what: "Twilio down (503)".into(),
-                    target: None,
-                    start,
-                    end: started.elapsed().as_secs_f64(),
-                });
+                outages.push(tokio::spawn(outage(
+                    twilio.clone(),
+                    "Twilio down (503)",
+                    duration,
+                    started,
+                )));
             }
             Planned::SheetsDown(duration) => {
                 eprintln!("e2e: {start:.1}s Sheets answers 429 for {duration:?}");
-                sheets.set_down(true).await?;
-                tokio::time::sleep(duration).await;
-                sheets.set_down(false).await?;
-                events.push(FaultEvent {
-                    what: "Sheets 429s".into(),
-                    target: None,
-                    start,
-                    end: started.elapsed().as_secs_f64(),
-                });
+                outages.push(tokio::spawn(outage(
+                    sheets.clone(),
+                    "Sheets 429s",
+                    duration,
+                    started,
+                )));
             }
             Planned::BrokerRestart => {
                 let Some(broker) = &scenario.broker else {
@@ -886,13 +1102,36 @@ async fn inject_faults(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter_mut()
-            .try_for_each(Proc::check_running)?;
+            .try_for_each(Proc::restart_if_exited)?;
     }
+    for outage in outages {
+        events.push(outage.await??);
+    }
+    events.sort_by(|a, b| a.start.total_cmp(&b.start));
     let mut restarts = Vec::new();
     for watch in watches {
         restarts.push(watch.await?);
     }
     Ok((events, restarts))
+}
+
+/// One fake down for `duration` (Twilio answers 503, Sheets 429), then up again.
+async fn outage(
+    fake: FakeAdmin,
+    what: &str,
+    duration: Duration,
+    started: Instant,
+) -> anyhow::Result<FaultEvent> {
+    let start = started.elapsed().as_secs_f64();
+    fake.set_down(true).await?;
+    tokio::time::sleep(duration).await;
+    fake.set_down(false).await?;
+    Ok(FaultEvent {
+        what: what.into(),
+        target: None,
+        start,
+        end: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Polls a restarted processor's /metrics every 100 ms until it reports a finished record.
@@ -983,7 +1222,7 @@ fn caught_up(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter_mut()
-        .try_for_each(Proc::check_running)?;
+        .try_for_each(Proc::restart_if_exited)?;
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner());
     let recent: Vec<&Sample> = samples.iter().rev().take(6).collect();
     let quiet = recent.len() == 6

@@ -37,6 +37,8 @@ pub struct Proc {
     pub lives: usize,
     /// `http://127.0.0.1:<port>` of its /metrics (and /readyz).
     pub metrics: Option<String>,
+    /// When it exited by itself, and why (each time it was started again).
+    pub exits: Vec<(Instant, String)>,
 }
 
 impl Proc {
@@ -57,6 +59,7 @@ impl Proc {
             started: Instant::now(),
             lives: 1,
             metrics,
+            exits: Vec::new(),
         })
     }
 
@@ -99,6 +102,38 @@ impl Proc {
                 tail.join("\n")
             );
         }
+        Ok(())
+    }
+
+    /// Starts the process again, with the same command line, if it exited by itself (as a
+    /// supervisor such as Kubernetes would), and records when and why: the end of its log.
+    pub fn restart_if_exited(&mut self) -> anyhow::Result<()> {
+        let Ok(Some(status)) = self.child.try_wait() else {
+            return Ok(());
+        };
+        let log = log_path(&self.logs, &self.name, self.lives);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let last = text
+            .lines()
+            .rev()
+            .find(|line| line.contains("ERROR") || line.contains("Error"))
+            .unwrap_or_default();
+        let why = format!(
+            "exited by itself ({status}); {}: {}",
+            log.display(),
+            plain(last)
+        );
+        eprintln!("e2e: {} {why}; restarted", self.name);
+        self.exits.push((Instant::now(), why));
+        self.lives += 1;
+        self.child = start(
+            &self.name,
+            &self.program,
+            &self.args,
+            &self.logs,
+            self.lives,
+        )?;
+        self.started = Instant::now();
         Ok(())
     }
 
@@ -234,4 +269,23 @@ pub fn usage(pid: u32) -> Option<(f64, u64)> {
         .parse()
         .ok()?;
     Some((cpu, rss_kib * 1024))
+}
+
+/// A log line without its terminal colours, and without the `|` a Markdown table cannot hold.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An SGR sequence: ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(if c == '|' { '/' } else { c });
+        }
+    }
+    out
 }

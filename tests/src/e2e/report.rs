@@ -177,6 +177,22 @@ pub fn write(
         }
     }
 
+    if !outcome.solo.is_empty() {
+        writeln!(
+            md,
+            "\nSolo throughput: each processor alone on the machine after the checks (every other process stopped), a new consumer group over this run's records from the start, from its first finished record to its last counted one:\n"
+        )?;
+        for (processor, solo) in &outcome.solo {
+            writeln!(
+                md,
+                "- {processor}: {:.0} records in {:.1} s, {:.0} per second",
+                solo.records,
+                solo.seconds,
+                solo.rate()
+            )?;
+        }
+    }
+
     writeln!(
         md,
         "\n## Ingest\n\nAcknowledged {} (response, revision) pairs by {:.0} s; items refused {}; items or corrections sent again after a 5xx or a refused connection {}; whole requests answered 5xx or failed {}. Twilio received {} creates; Sheets {} writes, {} answered 429.",
@@ -249,8 +265,20 @@ pub fn write(
 }
 
 /// Each processor's bound in seconds, when this run measures one: receipts at its rate limit,
-/// sheets at the write quota (the writes it made, one per quota slot).
+/// sheets at the write quota (the writes it made, one per quota slot), validate, slang and
+/// notify-collectors at their solo throughput over the records they finished in the run. None
+/// can finish before the load that feeds it ends, so a bound is never below the ingest time.
 fn bounds(outcome: &Outcome, scenario: &Scenario) -> Vec<(String, Option<(f64, String)>)> {
+    let not_before_ingest = |(seconds, why): (f64, String)| {
+        if seconds >= outcome.ingest_seconds {
+            (seconds, why)
+        } else {
+            (
+                outcome.ingest_seconds,
+                format!("{why}: {seconds:.0} s, below the ingest time, so the ingest time"),
+            )
+        }
+    };
     super::PROCESSORS
         .iter()
         .map(|p| {
@@ -269,9 +297,18 @@ fn bounds(outcome: &Outcome, scenario: &Scenario) -> Vec<(String, Option<(f64, S
                         outcome.sheets_writes, scenario.sheets_writes_per_minute
                     ),
                 )),
-                _ => None,
+                _ => match (outcome.solo.get(*p), outcome.processed.get(*p)) {
+                    (Some(solo), Some(processed)) => Some((
+                        processed / solo.rate(),
+                        format!(
+                            "{processed:.0} records at its solo {:.0} per second",
+                            solo.rate()
+                        ),
+                    )),
+                    _ => None,
+                },
             };
-            ((*p).to_owned(), bound)
+            ((*p).to_owned(), bound.map(not_before_ingest))
         })
         .collect()
 }

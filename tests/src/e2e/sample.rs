@@ -1,4 +1,5 @@
-//! Once a second, what every process of the scenario reports: each processor's lag (records and
+//! Once a second, what every process of the scenario reports (and any process that exited by
+//! itself is started again, as a supervisor would): each processor's lag (records and
 //! seconds), finished and dead-lettered records from its /metrics, the CPU and memory of every
 //! process from /proc, and what the fakes hold.
 //!
@@ -161,6 +162,11 @@ pub async fn run(
         tokio::select! {
             _ = ticks.tick() => {}
             _ = stop.changed() => return,
+        }
+        // The supervisor: a process that exited by itself is started again (a failure to start
+        // it shows at the fault injector's or the drain's next check).
+        for proc in procs.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+            let _ = proc.restart_if_exited();
         }
         let acked = ledger
             .acked_total
