@@ -523,6 +523,8 @@ pub struct ProcessorState {
     pub behaviour: Behaviour,
     /// Every call, in the order the calls ended.
     calls: Mutex<Vec<Call>>,
+    /// Offsets whose call started, per partition (ended or not).
+    started: Mutex<BTreeMap<i32, BTreeSet<i64>>>,
     /// Responses (`<organisation>/<response id>`) whose effect is running now.
     running: Mutex<HashSet<String>>,
     /// The most effects that ever ran at once.
@@ -556,6 +558,11 @@ impl ProcessorState {
             .iter()
             .filter(|c| c.outcome == Outcome::Ok)
             .count()
+    }
+
+    /// Offsets whose call started (whether it ended or not), per partition.
+    pub fn started_offsets(&self) -> BTreeMap<i32, BTreeSet<i64>> {
+        self.started.lock().expect("started lock").clone()
     }
 
     /// Offsets whose effect succeeded, per partition.
@@ -638,6 +645,13 @@ impl Processor for TestProcessor {
 
     async fn handle(&self, record: &Record<Response>) -> Result<(), Failure> {
         let state = &self.state;
+        state
+            .started
+            .lock()
+            .expect("started lock")
+            .entry(record.partition)
+            .or_default()
+            .insert(record.offset);
         let id = record.value.response_id.clone();
         if state.behaviour.panics.lock().expect("lock").contains(&id) {
             panic!("the test processor panics on response {id}, as the test asked");
