@@ -259,12 +259,18 @@ async function deadLettersPage(processor) {
       'The dead-letter routes (/v1/dead-letters) are not available on this gateway.'));
   }
   if (summary.status !== 200) return show('Dead letters', problems(summary));
-  const processors = summary.data.processors || [];
-  const rows = processors.map((p) => el('tr', {},
-    el('td', {}, el('a', { href: `#/dead-letters/${encodeURIComponent(p.processor)}` }, p.processor)),
-    el('td', {}, p.pending)));
+  const counts = el('div', { 'aria-live': 'polite' });
+  const countsOf = (data) => table(`Pending dead letters per processor, updated ${new Date().toLocaleTimeString()}`,
+    ['Processor', 'Pending'], (data.processors || []).map((p) => el('tr', { 'data-processor': p.processor },
+      el('td', {}, el('a', { href: `#/dead-letters/${encodeURIComponent(p.processor)}` }, p.processor)),
+      el('td', { class: 'pending' }, p.pending))));
+  counts.replaceChildren(countsOf(summary.data));
   const detail = el('div', { 'aria-live': 'polite' });
-  show('Dead letters', table('Pending dead letters per processor', ['Processor', 'Pending'], rows), detail);
+  show('Dead letters', el('p', { class: 'muted' }, 'Your organisation\'s dead letters; the counts update every 5 seconds.'), counts, detail);
+  every(5000, async () => {
+    const fresh = await api('GET', '/v1/dead-letters');
+    if (fresh.status === 200) counts.replaceChildren(countsOf(fresh.data));
+  });
   if (!processor) return;
   const base = `/v1/dead-letters/${encodeURIComponent(processor)}`;
   const list = await api('GET', `${base}?status=pending&limit=200`);
@@ -300,7 +306,8 @@ async function deadLettersPage(processor) {
     el('div', { class: 'row' },
       el('button', { onclick: () => act('redrive', { ids: chosen() }) }, 'Re-drive selected'),
       el('button', { class: 'secondary', onclick: () => act('discard', { ids: chosen() }) }, 'Discard selected'),
-      el('button', { class: 'secondary', onclick: () => act('redrive', { filter: {} }) }, 'Re-drive all pending')),
+      el('button', { class: 'secondary', onclick: () => act('redrive', { filter: {} }) }, 'Re-drive all pending'),
+      el('button', { class: 'secondary', onclick: () => deadLettersPage(processor) }, 'Refresh the list')),
     outcome, shown);
 }
 
@@ -323,14 +330,27 @@ function sparkline(values, label) {
   return svg;
 }
 
+function circuitCell(p) {
+  const state = p.circuit || 'unknown';
+  const cls = state === 'closed' ? 'ok' : state === 'unknown' ? 'muted' : 'bad';
+  const targets = p.open_target_circuits ? ` (${p.open_target_circuits} targets open)` : '';
+  return el('td', { class: 'circuit' }, el('span', { class: cls }, state), targets);
+}
+
+function secondsText(seconds) {
+  if (seconds === null || seconds === undefined) return el('span', { class: 'muted' }, 'unknown');
+  return seconds < 100 ? seconds.toFixed(1) : Math.round(seconds).toString();
+}
+
 async function livePage() {
   const samples = [];
   const body = el('div', { 'aria-live': 'polite' });
   show('Live', el('p', { class: 'muted' },
-    'The pipeline as a whole (its processors are shared by every organisation): records written per second, and the records each processor has not committed yet. Updated every 3 seconds.'), body);
+    'Records written per second, and per processor: the records its consumer group has not committed yet and the age of the oldest of them, its circuit, and your organisation\'s pending dead letters. Records, lag and circuits are the pipeline\'s as a whole (its processors are shared by every organisation); the dead letters are yours only. Updated every 3 seconds.'), body);
   const load = async () => {
-    const result = await api('GET', '/console/api/live');
+    const [result, dead] = await Promise.all([api('GET', '/console/api/live'), api('GET', '/v1/dead-letters')]);
     if (result.status !== 200) return body.replaceChildren(problems(result));
+    const pending = new Map(dead.status === 200 ? (dead.data.processors || []).map((p) => [p.processor, p.pending]) : []);
     samples.push(result.data);
     if (samples.length > 40) samples.shift();
     const first = samples[0]; const last = samples[samples.length - 1];
@@ -342,13 +362,18 @@ async function livePage() {
     const topics = last.topics.map((t) => el('tr', {}, el('td', {}, el('code', {}, t.topic)), el('td', {}, t.records), el('td', { class: 'rate' }, rate(t.topic))));
     const processors = last.processors.map((p) => {
       const history = samples.map((s) => (s.processors.find((q) => q.processor === p.processor) || {}).lag_records || 0);
+      const running = p.lag_records !== null;
       return el('tr', { 'data-processor': p.processor }, el('td', {}, p.processor), el('td', {}, el('code', {}, p.group)),
-        el('td', { class: 'lag' }, p.lag_records === null ? el('span', { class: 'muted' }, 'not running') : p.lag_records),
-        el('td', {}, sparkline(history, `lag of ${p.processor} over the last ${history.length} samples`)));
+        el('td', { class: 'lag' }, running ? p.lag_records : el('span', { class: 'muted' }, 'not running')),
+        el('td', { class: 'lag-seconds' }, running ? secondsText(p.lag_seconds) : '—'),
+        circuitCell(p),
+        el('td', { class: 'dead-letters' }, pending.has(p.processor) ? pending.get(p.processor) : el('span', { class: 'muted' }, 'not served')),
+        el('td', {}, sparkline(history, `lag in records of ${p.processor} over the last ${history.length} samples`)));
     });
     body.replaceChildren(
       table('Topics', ['Topic', 'Records', 'Records/s'], topics),
-      table(`Processors, updated ${new Date().toLocaleTimeString()}`, ['Processor', 'Consumer group', 'Lag (records)', 'Lag, recent'], processors));
+      table(`Processors, updated ${new Date().toLocaleTimeString()}`,
+        ['Processor', 'Consumer group', 'Lag (records)', 'Lag (seconds)', 'Circuit', 'Your dead letters', 'Lag, recent'], processors));
   };
   await load();
   every(3000, load);

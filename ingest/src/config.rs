@@ -121,6 +121,20 @@ pub struct GatewayConfig {
     )]
     pub console_processors: Vec<(String, String)>,
 
+    /// The web console's Live page: where each processor serves its Prometheus metrics, for its
+    /// circuit state, comma-separated `name=url` (e.g.
+    /// `journal=http://127.0.0.1:9464/metrics`). A processor not listed, or not answering within
+    /// a second, shows its circuit as unknown.
+    // Empty: where each processor's --metrics-listen is depends on the deployment (every
+    // processor's default, 127.0.0.1:9464, is the same port), so the gateway guesses none.
+    #[arg(
+        long,
+        env = "FORMSTREAM_CONSOLE_PROCESSOR_METRICS",
+        value_delimiter = ',',
+        value_parser = crate::console::live::parse_metrics_url
+    )]
+    pub console_processor_metrics: Vec<(String, String)>,
+
     /// Processors whose dead letters `/v1/dead-letters` serves, comma-separated: `name`
     /// (dead-letter topic `<name>.dlq`) or `name=topic` (a processor run with another
     /// `--dlq-topic`).

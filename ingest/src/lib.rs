@@ -137,6 +137,7 @@ pub async fn run(
                 config.topics.flags_topic.clone(),
             ],
             config.console_processors.clone(),
+            config.console_processor_metrics.clone(),
         )),
         form_actions: config.form_actions.clone(),
     });

@@ -3,7 +3,7 @@
 // Drives the system's Chromium (CHROMIUM) with Playwright's client; saves a screenshot of each page
 // in SCREENSHOTS. Exits non-zero, with the reason, at the first step that does not happen.
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const env = (name) => {
@@ -20,12 +20,18 @@ const formTitle = env('FORM_TITLE');
 const responseId = env('RESPONSE_ID');
 const screenshots = env('SCREENSHOTS');
 const correction = JSON.parse(env('CORRECTION'));
+// Step 5: the journal processor's outage file (present: its target is down) and the responses
+// submitted while it is down.
+const outage = env('OUTAGE_FILE');
+const broken = env('BROKEN_RESPONSES').split(',');
 mkdirSync(screenshots, { recursive: true });
 
 const step = (what) => console.log(`console.mjs: ${what}`);
 const expect = (condition, message) => { if (!condition) throw new Error(message); };
 // Flags arrive through Kafka and the validate processor; the page refreshes every 5 s.
 const SLOW = { timeout: 60_000 };
+// Dead letters wait for the journal's retry window (30 s) to pass first.
+const SLOWER = { timeout: 120_000 };
 
 const browser = await chromium.launch({
   executablePath: env('CHROMIUM'),
@@ -109,7 +115,10 @@ try {
   step('200 % zoom: the page reflows, nothing scrolls sideways but the table');
   await page.setViewportSize({ width: 640, height: 430 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  expect(overflow <= 0, `at 200 % the page is ${overflow}px wider than the window`);
+  const wide = await page.evaluate(() => [...document.querySelectorAll('body *')]
+    .filter((e) => e.getBoundingClientRect().right > window.innerWidth && !e.closest('.table'))
+    .map((e) => e.tagName + (e.id ? `#${e.id}` : '')).slice(0, 10));
+  expect(overflow <= 0, `at 200 % the page is ${overflow}px wider than the window: ${wide}`);
   await shot('flags-200-percent');
   await page.setViewportSize({ width: 1280, height: 860 });
 
@@ -124,23 +133,71 @@ try {
   await page.locator(`tr[data-response="${responseId}"]`).getByText('by revision 1').waitFor(SLOW);
   await shot('flags-resolved');
 
-  step('dead letters');
-  await page.getByRole('link', { name: 'Dead letters' }).click();
-  const unavailable = page.locator('#dead-letters-unavailable');
-  const listed = page.getByText('Pending dead letters per processor');
-  await unavailable.or(listed).waitFor();
-  step((await unavailable.count()) ? 'dead letters: the routes are not on this gateway' : 'dead letters: listed');
-  await shot('dead-letters');
-
-  step('live: the validate processor has caught up');
+  step('live: the processors have caught up; the journal\'s circuit is closed');
   await page.getByRole('link', { name: 'Live' }).click();
-  await page.locator('tr[data-processor="validate"] td.lag').getByText('0', { exact: true }).waitFor(SLOW);
+  const live = (name, cell) => page.locator(`tr[data-processor="${name}"] td.${cell}`);
+  await live('validate', 'lag').getByText('0', { exact: true }).waitFor(SLOW);
+  await live('journal', 'lag').getByText('0', { exact: true }).waitFor(SLOW);
+  await live('journal', 'lag-seconds').getByText('0.0', { exact: true }).waitFor(SLOW);
+  await live('journal', 'circuit').getByText('closed', { exact: true }).waitFor(SLOW);
+  await live('validate', 'circuit').getByText('unknown', { exact: true }).waitFor(SLOW);
+  await live('journal', 'dead-letters').getByText('0', { exact: true }).waitFor(SLOW);
   // A second sample gives the rates (and the chart) two points.
   await page.waitForFunction(() => {
     const cell = document.querySelector('td.rate');
     return cell && cell.textContent !== '…';
   }, null, SLOW);
   await shot('live');
+
+  step('break the journal\'s target and submit responses');
+  writeFileSync(outage, '');
+  for (const id of broken) {
+    const sent = await fetch(`${base}/v1/forms/${formId}/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ response_id: id, collector: { id: 'collector-7' }, answers: { monthly_income: 1000, monthly_savings: 10 } }),
+    });
+    expect(sent.status === 202, `a response answered ${sent.status}: ${await sent.text()}`);
+  }
+
+  step('live: the journal\'s lag grows, in records and in seconds');
+  const journalRow = (n, check) => page.waitForFunction(([n, check]) => {
+    const row = document.querySelector('tr[data-processor="journal"]');
+    if (!row) return false;
+    const cell = (name) => row.querySelector(`td.${name}`).textContent.trim();
+    const [lag, seconds, dead] = [Number(cell('lag')), parseFloat(cell('lag-seconds')), cell('dead-letters')];
+    if (check === 'lagging') return lag >= n && seconds > 0;
+    return dead === String(n) && lag === 0;
+  }, [n, check], SLOWER);
+  await journalRow(broken.length, 'lagging');
+  await shot('live-lagging');
+
+  step('live: past the retry window they are dead letters, and the lag is gone');
+  await journalRow(broken.length, 'dead-lettered');
+
+  step('dead letters: the journal\'s are listed');
+  await page.getByRole('link', { name: 'Dead letters' }).click();
+  const pending = page.locator('tr[data-processor="journal"] td.pending');
+  await pending.getByText(String(broken.length), { exact: true }).waitFor(SLOW);
+  await page.getByRole('link', { name: 'journal', exact: true }).click();
+  await page.getByText(`${broken.length} pending`, { exact: true }).waitFor(SLOW);
+  for (const id of broken) {
+    await page.locator('td').getByText(id, { exact: true }).waitFor();
+  }
+  expect((await unlabelled()).length === 0, `controls without a label: ${await unlabelled()}`);
+  await shot('dead-letters');
+
+  step('fix the target and re-drive every pending one');
+  unlinkSync(outage);
+  await page.getByRole('button', { name: 'Re-drive all pending' }).click();
+  await page.getByText(`redrive: ${broken.length} done, 0 skipped.`).waitFor(SLOW);
+  await page.getByText('0 pending', { exact: true }).waitFor(SLOW);
+  await pending.getByText('0', { exact: true }).waitFor(SLOW);
+  await shot('dead-letters-redriven');
+
+  step('live: no dead letters left');
+  await page.getByRole('link', { name: 'Live' }).click();
+  await journalRow(0, 'dead-lettered');
 
   step('sign out');
   await page.getByRole('button', { name: 'Sign out' }).click();

@@ -8,6 +8,13 @@
 //! pointers, a breaking response in Flags, that flag resolved once a correction arrives, and the
 //! validate processor caught up (lag 0) on the Live page.
 //!
+//! Step 5 of the walk-through: the journal processor (the same binary's `formstream process
+//! journal`, on the gateway's responses topic with its own group and dead-letter topic) has its
+//! target broken (its outage file); the browser sees its lag and then its dead letters grow, fixes
+//! the target, re-drives them from the Dead letters page and sees them go; each re-driven response
+//! is then in the journal exactly once (from the re-drive topic). Build the binary first (`cargo
+//! build --bin formstream`; `deploy/local/test.sh` does).
+//!
 //! Skips, saying why, only when Chromium is missing on a developer's machine; under CI (`CI` set)
 //! a missing Chromium fails (deploy/local/setup.sh installs it). Screenshots go to
 //! `FORMSTREAM_CONSOLE_SCREENSHOTS` (docs/console to refresh the README's), else a temporary dir.
@@ -16,7 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use formstream_tests::runtime::{RuntimeTopics, spawn_runtime};
+use formstream_runtime::redrive::RedriveTopics;
+use formstream_tests::runtime::{
+    RuntimeTopics, committed_offsets_of, end_offsets_of, eventually, formstream_binary, journaled,
+    spawn_runtime,
+};
 use formstream_tests::*;
 use formstream_validate::Validate;
 use serde_json::{Value, json};
@@ -67,6 +78,75 @@ fn household_form(id: &str) -> Value {
     })
 }
 
+/// How long the journal retries a record while its target is down before dead-lettering it: the
+/// window in which the Live page must see the lag grow (it polls every 3 s).
+const JOURNAL_RETRY_WINDOW: &str = "30s";
+
+/// `formstream process journal` on `topics`, its metrics on `metrics` (127.0.0.1:port); killed
+/// when dropped.
+struct Journal(std::process::Child);
+
+impl Journal {
+    fn start(topics: &RuntimeTopics, dir: &Path, metrics: &str) -> Self {
+        // Retried for JOURNAL_RETRY_WINDOW (never for lack of attempts), the circuit never opens:
+        // a broken target means lag for that long, then dead letters.
+        let overrides = [
+            (
+                "--journal-path",
+                dir.join("journal.jsonl").display().to_string(),
+            ),
+            ("--outage-file", dir.join("down").display().to_string()),
+            ("--retry-max-attempts", "1000000".to_owned()),
+            ("--retry-max-elapsed", JOURNAL_RETRY_WINDOW.to_owned()),
+            ("--retry-base", "500ms".to_owned()),
+            ("--retry-max-delay", "1s".to_owned()),
+            ("--circuit-threshold", "1000000".to_owned()),
+            ("--metrics-listen", metrics.to_owned()),
+        ];
+        // The binary refuses a flag given twice: drop the defaults the overrides replace.
+        let base = topics.runtime_args();
+        let mut args: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < base.len() {
+            if overrides.iter().any(|(flag, _)| *flag == base[i]) {
+                i += 2;
+                continue;
+            }
+            args.push(base[i].clone());
+            i += 1;
+        }
+        for (flag, value) in overrides {
+            args.extend([flag.to_owned(), value]);
+        }
+        let log = std::fs::File::create(dir.join("journal.log")).expect("creating the journal log");
+        let child = std::process::Command::new(formstream_binary())
+            .args(["process", "journal"])
+            .args(&args)
+            .env("FORMSTREAM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the journal log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting formstream process journal");
+        Journal(child)
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free local port for the journal's metrics (bound, then released for the process to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_after_a_correction() {
     let Some(chromium) = chromium() else {
@@ -84,8 +164,20 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
 
     let id = unique();
     let group = format!("test-{id}-group");
+    let journal_group = format!("test-{id}-journal");
+    let journal_dlq = format!("test-{id}-journal-dlq");
+    let journal_metrics = format!("127.0.0.1:{}", free_port());
     let app = spawn_gateway(
-        GatewayOptions::default().arg("--console-processors", format!("validate={group}")),
+        GatewayOptions::default()
+            .arg(
+                "--console-processors",
+                format!("validate={group},journal={journal_group}"),
+            )
+            .arg("--dead-letter-processors", format!("journal={journal_dlq}"))
+            .arg(
+                "--console-processor-metrics",
+                format!("journal=http://{journal_metrics}/metrics"),
+            ),
     )
     .await;
     let topics = RuntimeTopics {
@@ -105,6 +197,16 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
         config,
     )
     .await;
+    let journal_topics = RuntimeTopics {
+        dlq: journal_dlq.clone(),
+        group: journal_group,
+        ..topics.clone()
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let journal = Journal::start(&journal_topics, dir.path(), &journal_metrics);
+    let (journal_path, outage) = (dir.path().join("journal.jsonl"), dir.path().join("down"));
+    // Step 5's responses, submitted while the journal's target is down.
+    let broken: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
 
     // The browser creates the form and submits the breaking response.
     let form_id = format!("household-{id}");
@@ -134,6 +236,8 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
         .env("FORM_TITLE", "Household finances")
         .env("RESPONSE_ID", &response_id)
         .env("CORRECTION", correction.to_string())
+        .env("OUTAGE_FILE", &outage)
+        .env("BROKEN_RESPONSES", broken.join(","))
         .env("SCREENSHOTS", &screenshots)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -159,15 +263,47 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
         "flags-open",
         "flags-200-percent",
         "flags-resolved",
-        "dead-letters",
         "live",
+        "live-lagging",
+        "dead-letters",
+        "dead-letters-redriven",
     ] {
         let png = std::fs::read(screenshots.join(format!("{page}.png")))
             .unwrap_or_else(|e| panic!("screenshot {page}.png: {e}"));
         assert!(png.starts_with(b"\x89PNG"), "{page}.png is a PNG");
     }
 
+    // The target was fixed and the dead letters re-driven: once the journal has finished every
+    // re-driven copy, each broken response is in the journal exactly once, from the re-drive
+    // topic (it was never journaled while the target was down).
+    let redrive = RedriveTopics::of(&journal_dlq);
+    let ends = end_offsets_of(&journal_topics, &redrive.redrive)
+        .await
+        .expect("the re-drive topic's end offsets");
+    eventually(
+        Duration::from_secs(60),
+        "the journal committed every re-driven copy",
+        || async {
+            committed_offsets_of(&journal_topics, &redrive.redrive)
+                .await
+                .is_ok_and(|c| ends.iter().all(|(p, e)| *e == 0 || c.get(p) == Some(e)))
+        },
+    )
+    .await;
+    let lines = journaled(&journal_path);
+    for response in &broken {
+        let entries = lines.get(response).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(entries.len(), 1, "{response} journaled once: {entries:#?}");
+        assert_eq!(entries[0].topic, redrive.redrive, "{entries:#?}");
+    }
+
+    drop(journal);
     validate.stop().await.expect("validate stops");
+    delete_topics(
+        &app.bootstrap,
+        &[&redrive.dlq, &redrive.redrive, &redrive.state],
+    )
+    .await;
     app.finish().await;
 }
 

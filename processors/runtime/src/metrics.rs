@@ -181,6 +181,10 @@ impl Metrics {
             "Records published in committed transactions; transactional processors only.",
             &["processor"],
         );
+        // The circuit starts closed: say so from the first scrape, not only after a change.
+        circuit_state
+            .with_label_values(&[processor])
+            .set(CircuitGauge::Closed as i64);
         let ok = records.with_label_values(&[processor, "ok"]);
         let retried = records.with_label_values(&[processor, "retried"]);
         let effect = effect_duration.with_label_values(&[processor]);
