@@ -162,10 +162,13 @@ try {
 
   step('live: the journal\'s lag grows, in records and in seconds');
   const journalRow = (n, check) => page.waitForFunction(([n, check]) => {
+    // The Live page's row: until it has rendered, the page left behind (Dead letters) may hold
+    // a journal row of its own, without these cells.
     const row = document.querySelector('tr[data-processor="journal"]');
-    if (!row) return false;
-    const cell = (name) => row.querySelector(`td.${name}`).textContent.trim();
-    const [lag, seconds, dead] = [Number(cell('lag')), parseFloat(cell('lag-seconds')), cell('dead-letters')];
+    const cells = ['lag', 'lag-seconds', 'dead-letters'].map((name) => row?.querySelector(`td.${name}`));
+    if (cells.some((cell) => !cell)) return false;
+    const [lagText, secondsText, dead] = cells.map((cell) => cell.textContent.trim());
+    const [lag, seconds] = [Number(lagText), parseFloat(secondsText)];
     if (check === 'lagging') return lag >= n && seconds > 0;
     return dead === String(n) && lag === 0;
   }, [n, check], SLOWER);
