@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use formstream_core::forms::{FormBody, build_version};
+use formstream_core::forms::{FormActions, FormBody};
 use formstream_core::phones::normalise_phone;
 use formstream_core::responses::{ResponseBody, Submission, validate};
 use formstream_schemas::{Codec, FormVersion, Response};
@@ -155,9 +155,12 @@ pub fn generate_forms(
             });
             let body: FormBody =
                 serde_json::from_value(create_body.clone()).context("form body shape")?;
-            let version = build_version(&body, 1, now).map_err(|problems| {
-                anyhow::anyhow!("generated form {id} is invalid: {problems:?}")
-            })?;
+            // Rules only: the form's own checks, no processor's action.
+            let version = FormActions::default()
+                .build_version(&body, 1, now)
+                .map_err(|problems| {
+                    anyhow::anyhow!("generated form {id} is invalid: {problems:?}")
+                })?;
             Ok(BenchForm {
                 id,
                 create_body,

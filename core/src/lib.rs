@@ -9,9 +9,9 @@
 //! - [`follow`]: reading a whole topic into an in-memory view;
 //! - [`identity`]: (organisation, form id, response id), and the keys built on it;
 //! - [`organisations`]: what each organisation owns outside formstream (its spreadsheets);
-//! - [`forms`]: the form model (API shapes, the checks that build a version) and the forms view;
+//! - [`forms`]: the form model (API shapes, the checks that build a version, the registry of the
+//!   actions processors own) and the forms view;
 //! - [`rules`]: CEL business rules, checked at save time and evaluated per response;
-//! - [`receipt`]: receipt templates (MiniJinja), checked at save time and rendered per response;
 //! - [`responses`]: validation of a submitted response against its form version;
 //! - [`phones`]: phone numbers in E.164; [`redact`]: phone numbers as logs and dead letters show
 //!   them; [`time`]: epoch milliseconds and RFC 3339;
@@ -20,7 +20,7 @@
 //! - [`codec`]: the Avro codec the registry flags ask for.
 //!
 //! Invariant: nothing here produces to the spine topics; what it decides (a form is valid, a rule
-//! holds, a template renders) means the same in the gateway and in every processor.
+//! holds) means the same in the gateway and in every processor.
 
 pub mod api;
 pub mod config;
@@ -31,7 +31,6 @@ pub mod kafka;
 pub mod organisations;
 pub mod phones;
 pub mod problem;
-pub mod receipt;
 pub mod redact;
 pub mod responses;
 pub mod rules;

@@ -182,7 +182,7 @@ fn is_spreadsheet_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forms::build_version;
+    use crate::forms::build::draft_version;
 
     const A: &str = "1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms";
     const B: &str = "1ZzYyXxWwVvUuTtSsRrQqPpOoNnMmLlKkJjIiHhGgFfE";
@@ -251,18 +251,19 @@ mod tests {
     fn a_form_naming_a_spreadsheet_it_does_not_own_is_a_problem_at_its_pointer() {
         let organisations =
             Organisations::parse(&format!("[acme]\nspreadsheets = [\"{A}\"]\n"), "t").unwrap();
+        // A form exporting to `id` (or to a spreadsheet of its own), as the sheets action stores it.
         let version = |id: Option<&str>| {
-            let sheets = match id {
-                Some(id) => serde_json::json!({"spreadsheet_id": id}),
-                None => serde_json::json!({"create": true}),
-            };
             let body = serde_json::json!({
                 "title": "t",
                 "questions": [{"key": "name", "text": "Name", "type": "text"}],
-                "sheets": sheets,
             });
-            build_version(&serde_json::from_value(body).expect("a form body"), 1, 0)
-                .expect("a valid form")
+            let body = serde_json::from_value(body).expect("a form body");
+            let (mut version, problems) = draft_version(&body, 1, 0);
+            assert!(problems.is_empty(), "{problems:?}");
+            version.sheets = Some(formstream_schemas::Sheets {
+                spreadsheet_id: id.map(str::to_owned),
+            });
+            version
         };
         assert!(
             organisations

@@ -41,7 +41,8 @@ pub struct GatewayConfig {
     pub http: HttpLimits,
 
     /// The form actions of the registered processors (not a flag: the binary sets it from its
-    /// processor list); a form whose `actions` none of them owns is refused.
+    /// processor list); a form with an action (in `actions`, or a top-level field such as
+    /// `receipt`) none of them owns is refused.
     #[arg(skip)]
     pub form_actions: FormActions,
 

@@ -139,6 +139,17 @@ pub struct TestGateway {
     _keys_file: Arc<tempfile::TempPath>,
 }
 
+/// The form actions of the processors these tests run (the binary registers every processor's,
+/// src/processors.rs): what the in-process gateway checks and stores forms with.
+pub fn form_actions() -> formstream_core::forms::FormActions {
+    formstream_core::forms::FormActions::new([
+        formstream_notify_collectors::action::action(),
+        formstream_receipts::action::action(),
+        formstream_slang::action::action(),
+        formstream_sheets::action::action(),
+    ])
+}
+
 /// Starts a gateway on fresh topics of the shared broker and waits until it is ready.
 pub async fn spawn_app() -> TestGateway {
     spawn_gateway(GatewayOptions::default()).await
@@ -172,9 +183,10 @@ pub async fn spawn_gateway(options: GatewayOptions) -> TestGateway {
         "5s".into(),
     ];
     args.extend(options.extra_args.iter().cloned());
-    let config = ConfigArgs::try_parse_from(&args)
+    let mut config = ConfigArgs::try_parse_from(&args)
         .unwrap_or_else(|e| panic!("gateway arguments {args:?} do not parse: {e}"))
         .config;
+    config.form_actions = form_actions();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

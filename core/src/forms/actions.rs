@@ -1,30 +1,58 @@
 //! Form actions that processors declare themselves: a form's `actions` object maps an action's
 //! name to its settings (`"actions": {"journal": {"answers": ["name"]}}`); the processor that owns
-//! the action gives its JSON shape and its save-time check ([`Action`]); the gateway checks a
-//! form's actions through the registry ([`FormActions`]) that the binary fills from the
-//! registered processors, so adding one edits no gateway code.
+//! the action gives its JSON shape and its save-time check ([`Action`]); the gateway builds a
+//! form version through the registry ([`FormActions::build_version`]) that the binary fills from
+//! the registered processors, so adding one edits no gateway code.
+//!
+//! The actions the public JSON had before `actions` existed (`receipt`, ...) are top-level fields
+//! of a form ([`FormBody::fields`]) and typed fields of the wire record; their processors own them
+//! the same way ([`Action::field`]: the check, plus filling the record's field and showing it).
 //!
 //! Invariant: a saved form version holds only actions some registered processor owns, each with
-//! settings its check accepted; problems point at `/actions/<name>/...` (RFC 6901).
+//! settings its check accepted; problems point at `/actions/<name>/...` or `/<field>/...` (RFC
+//! 6901); a top-level field of the wrong JSON shape is refused alone, as `invalid_shape`, the
+//! answer a body of the wrong shape gets.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
 use formstream_schemas::FormVersion;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::forms::FormBody;
+use crate::forms::build::{compile_rules, draft_version};
 use crate::problem::FieldProblem;
 
-/// An action a processor owns: its name (the key in a form's `actions`) and its check.
+/// An action a processor owns: its name (the key in a form's `actions`, or the top-level field it
+/// is), its JSON shape and its check, and for a top-level field how it is stored and shown.
 pub trait FormAction: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
-    /// Problems of `settings` in the form `body` (its questions, its other fields), with
-    /// pointers relative to the action (`""` for the whole, `/answers/0`); none when it is valid.
+    /// Whether its settings are the top-level form field [`Self::name`] (typed in the wire
+    /// record) rather than an entry of `actions`.
+    fn is_field(&self) -> bool {
+        false
+    }
+
+    /// Where and why `settings` do not read as the action's type: (pointer relative to the
+    /// action, serde's message); `None` when they do.
+    fn shape(&self, settings: &Value) -> Option<(String, String)>;
+
+    /// Problems of `settings` (of a good shape) in the form `body` (its questions, its other
+    /// fields), with pointers relative to the action (`""` for the whole, `/answers/0`); none when
+    /// it is valid.
     fn check(&self, settings: &Value, body: &FormBody) -> Vec<FieldProblem>;
+
+    /// Stores checked `settings` in `version` (a top-level field's typed field of the record).
+    fn build(&self, _settings: &Value, _version: &mut FormVersion) {}
+
+    /// The settings as the API shows them for a stored `version` (a top-level field's), if any.
+    fn show(&self, _version: &FormVersion) -> Option<Value> {
+        None
+    }
 }
 
 /// A typed action: its settings are a `T` (the JSON shape; `#[serde(deny_unknown_fields)]`
@@ -32,11 +60,48 @@ pub trait FormAction: Send + Sync + 'static {
 pub struct Action<T> {
     name: &'static str,
     check: fn(&T, &FormBody) -> Vec<FieldProblem>,
+    field: Option<Field<T>>,
+}
+
+/// How a top-level field's action is kept in the wire record's typed field.
+struct Field<T> {
+    build: fn(T, &mut FormVersion),
+    show: fn(&FormVersion) -> Option<T>,
+    json: fn(T) -> Option<Value>,
+}
+
+fn to_json<T: Serialize>(settings: T) -> Option<Value> {
+    serde_json::to_value(settings).ok()
 }
 
 impl<T> Action<T> {
+    /// An action under a form's `actions`, kept as its JSON in the record (`actions_json`).
     pub const fn new(name: &'static str, check: fn(&T, &FormBody) -> Vec<FieldProblem>) -> Self {
-        Action { name, check }
+        Action {
+            name,
+            check,
+            field: None,
+        }
+    }
+
+    /// An action that is the top-level form field `name`, kept in a typed field of the record:
+    /// `build` stores checked settings there and `show` reads them back for the API (what it shows
+    /// must build the same record again: a client can `PUT` back what it fetched).
+    pub const fn field(
+        name: &'static str,
+        check: fn(&T, &FormBody) -> Vec<FieldProblem>,
+        build: fn(T, &mut FormVersion),
+        show: fn(&FormVersion) -> Option<T>,
+    ) -> Self
+    where
+        T: Serialize,
+    {
+        let json = to_json::<T>;
+        Action {
+            name,
+            check,
+            field: Some(Field { build, show, json }),
+        }
     }
 }
 
@@ -45,15 +110,31 @@ impl<T: DeserializeOwned + 'static> FormAction for Action<T> {
         self.name
     }
 
+    fn is_field(&self) -> bool {
+        self.field.is_some()
+    }
+
+    fn shape(&self, settings: &Value) -> Option<(String, String)> {
+        let error = serde_path_to_error::deserialize::<_, T>(settings).err()?;
+        Some((pointer(error.path()), error.into_inner().to_string()))
+    }
+
     fn check(&self, settings: &Value, body: &FormBody) -> Vec<FieldProblem> {
-        match serde_path_to_error::deserialize::<_, T>(settings) {
+        match serde_json::from_value::<T>(settings.clone()) {
             Ok(settings) => (self.check)(&settings, body),
-            Err(error) => vec![FieldProblem::new(
-                pointer(error.path()),
-                "invalid_action",
-                error.into_inner().to_string(),
-            )],
+            Err(_) => Vec::new(), // its shape problem is reported by the caller
         }
+    }
+
+    fn build(&self, settings: &Value, version: &mut FormVersion) {
+        if let (Some(field), Ok(settings)) = (&self.field, T::deserialize(settings)) {
+            (field.build)(settings, version);
+        }
+    }
+
+    fn show(&self, version: &FormVersion) -> Option<Value> {
+        let field = self.field.as_ref()?;
+        (field.json)((field.show)(version)?)
     }
 }
 
@@ -98,14 +179,75 @@ impl FormActions {
         }
     }
 
+    /// Checks a form body and, when it is valid, builds version `version` of the form: the form's
+    /// own checks, then each top-level action field's (in [`FormBody::fields`] order), the rules'
+    /// compile, then the `actions`. Every problem is reported, not just the first, except a field
+    /// of the wrong JSON shape: that one alone, as the gateway answers any body of a wrong shape.
+    pub fn build_version(
+        &self,
+        body: &FormBody,
+        version: i32,
+        now: i64,
+    ) -> Result<FormVersion, Vec<FieldProblem>> {
+        for (name, settings) in body.fields() {
+            if let Some(action) = self.field(name)
+                && let Some((pointer, message)) = action.shape(settings)
+            {
+                let at = format!("/{name}{pointer}");
+                return Err(vec![FieldProblem::new(at, "invalid_shape", message)]);
+            }
+        }
+        let (mut built, mut problems) = draft_version(body, version, now);
+        for (name, settings) in body.fields() {
+            let Some(action) = self.field(name) else {
+                problems.push(FieldProblem::new(
+                    format!("/{name}"),
+                    "unknown_action",
+                    format!("no registered processor owns the {name:?} action"),
+                ));
+                continue;
+            };
+            let found = action.check(settings, body);
+            if found.is_empty() {
+                action.build(settings, &mut built);
+            }
+            problems.extend(found.into_iter().map(|mut problem| {
+                problem.pointer = format!("/{name}{}", problem.pointer);
+                problem
+            }));
+        }
+        compile_rules(&built, &mut problems);
+        problems.extend(self.check(body));
+        if problems.is_empty() {
+            Ok(built)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The top-level fields of `version` as the API shows them, by name (what their owners show).
+    pub fn show(&self, version: &FormVersion) -> Map<String, Value> {
+        (self.actions.values())
+            .filter(|action| action.is_field())
+            .filter_map(|action| Some((action.name().to_owned(), action.show(version)?)))
+            .collect()
+    }
+
+    fn field(&self, name: &str) -> Option<&Arc<dyn FormAction>> {
+        self.actions.get(name).filter(|action| action.is_field())
+    }
+
     /// Problems of `body`'s `actions`: an action no processor owns, or settings its owner's check
     /// refuses; pointers from the body's root (`/actions/journal/answers/0`).
     pub fn check(&self, body: &FormBody) -> Vec<FieldProblem> {
         let mut problems = Vec::new();
         for (name, settings) in &body.actions {
             let at = format!("/actions/{}", name.replace('~', "~0").replace('/', "~1"));
-            let Some(action) = self.actions.get(name.as_str()) else {
-                let known: Vec<&str> = self.actions.keys().copied().collect();
+            let Some(action) = self.actions.get(name.as_str()).filter(|a| !a.is_field()) else {
+                let known: Vec<&str> = (self.actions.values())
+                    .filter(|a| !a.is_field())
+                    .map(|a| a.name())
+                    .collect();
                 problems.push(FieldProblem::new(
                     at,
                     "unknown_action",
@@ -113,6 +255,14 @@ impl FormActions {
                 ));
                 continue;
             };
+            if let Some((pointer, message)) = action.shape(settings) {
+                problems.push(FieldProblem::new(
+                    format!("{at}{pointer}"),
+                    "invalid_action",
+                    message,
+                ));
+                continue;
+            }
             for mut problem in action.check(settings, body) {
                 problem.pointer = format!("{at}{}", problem.pointer);
                 problems.push(problem);
@@ -164,10 +314,13 @@ mod tests {
         problems.into_iter().map(|p| (p.pointer, p.code)).collect()
     }
 
+    fn echo() -> FormActions {
+        FormActions::new([Arc::new(Action::new("echo", check_echo)) as Arc<dyn FormAction>])
+    }
+
     #[test]
     fn actions_are_checked_by_their_owner_and_unknown_ones_are_refused() {
-        let actions =
-            FormActions::new([Arc::new(Action::new("echo", check_echo)) as Arc<dyn FormAction>]);
+        let actions = echo();
         assert!(
             actions
                 .check(&body(json!({"echo": {"answers": ["name"]}})))
@@ -194,7 +347,7 @@ mod tests {
     #[test]
     fn a_stored_version_gives_an_action_its_settings() {
         let mut version =
-            crate::forms::build_version(&body(json!({"echo": {"answers": ["name"]}})), 1, 0)
+            (echo().build_version(&body(json!({"echo": {"answers": ["name"]}})), 1, 0))
                 .expect("a valid form");
         let echo: Echo = settings(&version, "echo").expect("the echo settings");
         assert_eq!(echo.answers, ["name"]);

@@ -4,10 +4,11 @@
 //! Invariant: what [`FormView::of`] shows for a stored version is a body that builds that same
 //! version again (a client can `PUT` back what it fetched; `build.rs` tests it).
 
-use formstream_schemas::{Form, FormVersion, QuestionType};
-use serde::{Deserialize, Serialize};
+use formstream_schemas::{Choice, Form, FormVersion, Question, QuestionType};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
-use crate::receipt::ReceiptBody;
+use crate::forms::FormActions;
 use crate::time::rfc3339;
 
 /// A question as the API takes and shows it.
@@ -34,6 +35,24 @@ pub enum ApiQuestionType {
     MultipleChoice,
     Number,
     Phone,
+}
+
+impl From<&QuestionBody> for Question {
+    fn from(q: &QuestionBody) -> Self {
+        Question {
+            key: q.key.clone(),
+            text: q.text.clone(),
+            kind: q.kind.into(),
+            required: q.required,
+            choices: (q.choices.iter())
+                .map(|c| Choice {
+                    key: c.key.clone(),
+                    text: c.text.clone(),
+                })
+                .collect(),
+            max_length: q.max_length,
+        }
+    }
 }
 
 impl From<ApiQuestionType> for QuestionType {
@@ -82,37 +101,6 @@ pub struct RuleBody {
     pub question_keys: Vec<String>,
 }
 
-/// Who is told about flagged responses.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyBody {
-    #[serde(default)]
-    pub sms_collector: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook_url: Option<String>,
-}
-
-/// The slang action: which text answers the slang processor indexes, and the question whose
-/// answer is the respondent's city. The city question may be a single or a multiple choice (a
-/// respondent who picks several cities is counted in each).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SlangBody {
-    pub city_question: String,
-    pub text_questions: Vec<String>,
-}
-
-/// The sheets action: export each response as a row of a Google spreadsheet, either the one named
-/// (`{"spreadsheet_id": "..."}`) or one the exporter creates (`{"create": true}`); exactly one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SheetsBody {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spreadsheet_id: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub create: bool,
-}
-
 /// The body of `POST /v1/forms` and `PUT /v1/forms/{id}`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -131,19 +119,49 @@ pub struct FormBody {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub rules: Vec<RuleBody>,
+    /// Who is told about flagged responses: the notify-collectors processor's action
+    /// (processors/notify-collectors/README.md).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub notify: Option<Value>,
+    /// The SMS receipt to the respondent: the receipts processor's action
+    /// (processors/receipts/README.md); none when absent.
     #[serde(default)]
-    pub notify: NotifyBody,
-    /// The SMS receipt to the respondent (the receipts processor); none when absent.
+    #[schema(value_type = Option<Object>)]
+    pub receipt: Option<Value>,
+    /// The slang processor's action (processors/slang/README.md).
     #[serde(default)]
-    pub receipt: Option<ReceiptBody>,
+    #[schema(value_type = Option<Object>)]
+    pub slang: Option<Value>,
+    /// The sheets processor's action (processors/sheets/README.md).
     #[serde(default)]
-    pub slang: Option<SlangBody>,
-    #[serde(default)]
-    pub sheets: Option<SheetsBody>,
+    #[schema(value_type = Option<Object>)]
+    pub sheets: Option<Value>,
     /// The actions processors declare themselves, by name ([`super::actions`]); each is checked
     /// by its processor's check when the form is saved.
     #[serde(default)]
     pub actions: serde_json::Map<String, serde_json::Value>,
+}
+
+impl FormBody {
+    /// The top-level fields that are processors' actions (the public JSON had them before
+    /// `actions`), with their settings when given, in the order their problems are listed. Their
+    /// owners check and store them ([`FormActions::build_version`]).
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        let fields = [
+            ("receipt", &self.receipt),
+            ("notify", &self.notify),
+            ("slang", &self.slang),
+            ("sheets", &self.sheets),
+        ];
+        (fields.into_iter()).filter_map(|(name, settings)| Some((name, settings.as_ref()?)))
+    }
+}
+
+/// A field that is given, `null` included (which its owner's type then refuses, as it did when the
+/// field was typed here): absent is `None`, `null` is `Some(Value::Null)`.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// A form version as the API shows it.
@@ -159,12 +177,17 @@ pub struct FormView {
     pub questions: Vec<QuestionBody>,
     pub metadata: serde_json::Value,
     pub rules: Vec<RuleBody>,
-    pub notify: NotifyBody,
+    /// Shown as its owner shows it (`{}` when no notify-collectors is registered).
+    #[schema(value_type = Object)]
+    pub notify: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub receipt: Option<ReceiptBody>,
+    #[schema(value_type = Option<Object>)]
+    pub receipt: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub slang: Option<SlangBody>,
-    pub sheets: Option<SheetsBody>,
+    #[schema(value_type = Option<Object>)]
+    pub slang: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub sheets: Option<Value>,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub actions: serde_json::Map<String, serde_json::Value>,
     pub created_at: String,
@@ -172,7 +195,10 @@ pub struct FormView {
 }
 
 impl FormView {
-    pub fn of(form: &Form, version: &FormVersion) -> Self {
+    /// The view of `version` of `form`, its top-level action fields as their owners in
+    /// `actions` show them.
+    pub fn of(form: &Form, version: &FormVersion, actions: &FormActions) -> Self {
+        let mut fields = actions.show(version);
         FormView {
             id: form.id.clone(),
             organisation: form.organisation.clone(),
@@ -180,9 +206,7 @@ impl FormView {
             title: version.title.clone(),
             description: version.description.clone(),
             default_region: version.default_region.clone(),
-            questions: version
-                .questions
-                .iter()
+            questions: (version.questions.iter())
                 .map(|q| QuestionBody {
                     key: q.key.clone(),
                     text: q.text.clone(),
@@ -212,19 +236,10 @@ impl FormView {
                     question_keys: r.question_keys.clone(),
                 })
                 .collect(),
-            notify: NotifyBody {
-                sms_collector: version.notify.sms_collector,
-                webhook_url: version.notify.webhook_url.clone(),
-            },
-            receipt: version.receipt.as_ref().map(ReceiptBody::from),
-            slang: version.slang.as_ref().map(|s| SlangBody {
-                city_question: s.city_question.clone(),
-                text_questions: s.text_questions.clone(),
-            }),
-            sheets: version.sheets.as_ref().map(|s| SheetsBody {
-                spreadsheet_id: s.spreadsheet_id.clone(),
-                create: s.spreadsheet_id.is_none(),
-            }),
+            notify: (fields.remove("notify")).unwrap_or_else(|| Value::Object(Default::default())),
+            receipt: fields.remove("receipt"),
+            slang: fields.remove("slang"),
+            sheets: fields.remove("sheets"),
             actions: serde_json::from_str(&version.actions_json).unwrap_or_default(),
             created_at: rfc3339(form.created_at),
             updated_at: rfc3339(version.created_at),

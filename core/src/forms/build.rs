@@ -1,17 +1,17 @@
-//! Building a form version from a form body: every check a form must pass to be stored.
+//! Building a form version from a form body: the checks of the form itself (its questions and
+//! rules); its processors' actions are checked by their owners ([`super::FormActions`], which
+//! builds a version with both).
 //!
-//! Invariant: [`build_version`] returns a version only when every part of the body is valid;
-//! otherwise it lists every problem, each at its JSON pointer.
+//! Invariant: every problem of the form's own parts is listed, each at its JSON pointer; a stored
+//! rule is one the validate processor can compile.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use formstream_schemas::{
-    Choice, FormVersion, Notify, Question, QuestionType, Rule, Sheets, Slang,
-};
+use formstream_schemas::{FormVersion, Question, QuestionType, Rule};
 use regex::Regex;
 
-use crate::forms::body::{FormBody, SheetsBody, SlangBody};
+use crate::forms::body::FormBody;
 use crate::problem::FieldProblem;
 use crate::rules::{RuleSet, translate_constraint};
 
@@ -26,44 +26,13 @@ const MAX_QUESTIONS: usize = 500;
 const MAX_CHOICES: usize = 500;
 const MAX_TITLE_CHARS: usize = 500;
 const MAX_DESCRIPTION_CHARS: usize = 10_000;
-/// Longer URLs than this are refused by common HTTP servers anyway.
-const MAX_WEBHOOK_URL_CHARS: usize = 2_048;
-
-/// Google's spreadsheet ids (the part of the URL after `/d/`) are URL-safe base64, 44 characters
-/// today; the range leaves room for other lengths without accepting anything that is not an id.
-static SPREADSHEET_ID: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_-]{10,128}$").expect("valid regex"));
-
-/// Exactly one of a well-formed id or `create: true`: the exporter trusts it, and a typo in an id
-/// is better refused at save time than dead-lettered for every response.
-fn check_sheets(sheets: &SheetsBody, problems: &mut Vec<FieldProblem>) {
-    match (&sheets.spreadsheet_id, sheets.create) {
-        (Some(_), true) => problems.push(FieldProblem::new(
-            "/sheets",
-            "conflicting",
-            "give either spreadsheet_id or create: true, not both",
-        )),
-        (None, false) => problems.push(FieldProblem::new(
-            "/sheets",
-            "required",
-            "give spreadsheet_id (an existing spreadsheet shared with the exporter) or create: true",
-        )),
-        (Some(id), false) if !SPREADSHEET_ID.is_match(id) => problems.push(FieldProblem::new(
-            "/sheets/spreadsheet_id",
-            "invalid_spreadsheet_id",
-            "a spreadsheet id is the part of its URL after /d/: 10 to 128 letters, digits, '-' or '_'",
-        )),
-        _ => {}
-    }
-}
-
-/// Checks a form body and, when it is valid, builds version `version` of the form.
-/// Every problem is reported, not just the first.
-pub fn build_version(
+/// Version `version` of the form as `body` gives it, without its actions' typed fields (their
+/// owners fill them), and the problems of its own parts: every problem, not just the first.
+pub(crate) fn draft_version(
     body: &FormBody,
     version: i32,
     now: i64,
-) -> Result<FormVersion, Vec<FieldProblem>> {
+) -> (FormVersion, Vec<FieldProblem>) {
     let mut problems = Vec::new();
     if let Some(id) = &body.id
         && !FORM_ID.is_match(id)
@@ -203,42 +172,8 @@ pub fn build_version(
             _ => {}
         }
     }
-    let questions: Vec<Question> = body
-        .questions
-        .iter()
-        .map(|q| Question {
-            key: q.key.clone(),
-            text: q.text.clone(),
-            kind: q.kind.into(),
-            required: q.required,
-            choices: q
-                .choices
-                .iter()
-                .map(|c| Choice {
-                    key: c.key.clone(),
-                    text: c.text.clone(),
-                })
-                .collect(),
-            max_length: q.max_length,
-        })
-        .collect();
+    let questions: Vec<Question> = body.questions.iter().map(Question::from).collect();
     let rules = rules_of(body, &questions, &mut problems);
-    let receipt = crate::receipt::check(body.receipt.as_ref(), &questions, &mut problems);
-    if let Some(url) = &body.notify.webhook_url
-        && let Err(detail) = check_webhook_url(url)
-    {
-        problems.push(FieldProblem::new(
-            "/notify/webhook_url",
-            "invalid_webhook_url",
-            detail,
-        ));
-    }
-    if let Some(slang) = &body.slang {
-        check_slang(slang, &questions, &mut problems);
-    }
-    if let Some(sheets) = &body.sheets {
-        check_sheets(sheets, &mut problems);
-    }
     let version = FormVersion {
         version,
         title: body.title.trim().to_owned(),
@@ -249,86 +184,19 @@ pub fn build_version(
             .to_string(),
         actions_json: serde_json::Value::Object(body.actions.clone()).to_string(),
         rules,
-        notify: Notify {
-            sms_collector: body.notify.sms_collector,
-            webhook_url: body.notify.webhook_url.clone(),
-        },
-        receipt,
-        slang: body.slang.as_ref().map(|s| Slang {
-            city_question: s.city_question.clone(),
-            text_questions: s.text_questions.clone(),
-        }),
-        sheets: body.sheets.as_ref().map(|s| Sheets {
-            spreadsheet_id: s.spreadsheet_id.clone(),
-        }),
+        notify: Default::default(),
+        receipt: None,
+        slang: None,
+        sheets: None,
         created_at: now,
     };
-    // The same compile the validate processor runs: a rule stored is a rule it can evaluate.
-    if let Err(found) = RuleSet::compile(&version) {
-        problems.extend(found);
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(version)
+    (version, problems)
 }
 
-/// Most text questions one slang action indexes: each is a field value per response in the index.
-const MAX_SLANG_TEXT_QUESTIONS: usize = 50;
-
-/// The slang action must name questions of this version, of the right types: the slang processor
-/// trusts it (a city question without choices would index every answer under no city).
-fn check_slang(slang: &SlangBody, questions: &[Question], problems: &mut Vec<FieldProblem>) {
-    match questions.iter().find(|q| q.key == slang.city_question) {
-        None => problems.push(FieldProblem::new(
-            "/slang/city_question",
-            "unknown_question",
-            format!("the form has no question {:?}", slang.city_question),
-        )),
-        Some(q) if !q.kind.has_choices() => problems.push(FieldProblem::new(
-            "/slang/city_question",
-            "not_a_choice_question",
-            format!(
-                "{:?} must be a single_choice or multiple_choice question",
-                slang.city_question
-            ),
-        )),
-        Some(_) => {}
-    }
-    if slang.text_questions.is_empty() {
-        problems.push(FieldProblem::new(
-            "/slang/text_questions",
-            "required",
-            "name at least one text question to index",
-        ));
-    } else if slang.text_questions.len() > MAX_SLANG_TEXT_QUESTIONS {
-        problems.push(FieldProblem::new(
-            "/slang/text_questions",
-            "too_many",
-            format!("at most {MAX_SLANG_TEXT_QUESTIONS} text questions"),
-        ));
-    }
-    let mut seen = HashSet::new();
-    for (i, key) in slang.text_questions.iter().enumerate() {
-        let pointer = format!("/slang/text_questions/{i}");
-        match questions.iter().find(|q| &q.key == key) {
-            None => problems.push(FieldProblem::new(
-                pointer,
-                "unknown_question",
-                format!("the form has no question {key:?}"),
-            )),
-            Some(q) if q.kind != QuestionType::Text => problems.push(FieldProblem::new(
-                pointer,
-                "not_a_text_question",
-                format!("{key:?} must be a text question"),
-            )),
-            Some(_) if !seen.insert(key.as_str()) => problems.push(FieldProblem::new(
-                pointer,
-                "duplicate_key",
-                format!("{key:?} is named twice"),
-            )),
-            Some(_) => {}
-        }
+/// The same compile the validate processor runs: a rule stored is a rule it can evaluate.
+pub(crate) fn compile_rules(version: &FormVersion, problems: &mut Vec<FieldProblem>) {
+    if let Err(found) = RuleSet::compile(version) {
+        problems.extend(found);
     }
 }
 
@@ -391,41 +259,25 @@ fn rules_of(
         .collect()
 }
 
-/// Webhooks carry response data, so they go over TLS. Plain http is allowed only to this machine
-/// (loopback), which is what local development and the tests' receivers use.
-fn check_webhook_url(raw: &str) -> Result<(), String> {
-    if raw.chars().count() > MAX_WEBHOOK_URL_CHARS {
-        return Err(format!("at most {MAX_WEBHOOK_URL_CHARS} characters"));
-    }
-    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials do not belong in the URL; webhooks are signed instead".to_owned());
-    }
-    let loopback = match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => return Err("the URL has no host".to_owned()),
-    };
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err(
-            "webhooks are sent over https; http is allowed only to loopback hosts (localhost, 127.0.0.1, [::1])"
-                .to_owned(),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use formstream_schemas::Form;
 
     use super::*;
+    use crate::forms::FormActions;
     use crate::forms::body::FormView;
 
     fn body(json: serde_json::Value) -> FormBody {
         serde_json::from_value(json).expect("valid body shape")
+    }
+
+    /// The form's own checks (no processor's action registered).
+    fn build_version(
+        body: &FormBody,
+        version: i32,
+        now: i64,
+    ) -> Result<FormVersion, Vec<FieldProblem>> {
+        FormActions::default().build_version(body, version, now)
     }
 
     #[test]
@@ -495,8 +347,7 @@ mod tests {
             "rules": [
                 {"id": "cap", "constraint": ". <= ${income}", "message": "m", "question_keys": ["savings"]},
                 {"id": "cel", "expression": "income >= 0", "message": "m"}
-            ],
-            "notify": {"webhook_url": "http://localhost:8081/hook"}
+            ]
         });
         let version = build_version(&body(json), 1, 0).expect("valid");
         assert_eq!(version.rules[0].expression, "savings <= income");
@@ -507,8 +358,17 @@ mod tests {
             versions: vec![version.clone()],
         };
         // What GET shows, PUT back, builds the same version.
-        let mut shown = serde_json::to_value(FormView::of(&form, &version)).expect("view");
-        for field in ["id", "organisation", "version", "created_at", "updated_at"] {
+        let mut shown =
+            serde_json::to_value(FormView::of(&form, &version, &FormActions::default()))
+                .expect("view");
+        for field in [
+            "id",
+            "organisation",
+            "version",
+            "created_at",
+            "updated_at",
+            "notify",
+        ] {
             shown.as_object_mut().expect("object").remove(field);
         }
         let again = build_version(&body(shown), 1, 0).expect("the view is a valid body");
@@ -519,110 +379,14 @@ mod tests {
             "questions": [{"key": "income", "text": "Income", "type": "number"}],
             "rules": [{"id": "r", "expression": "true", "constraint": ". > 0", "message": "m",
                        "question_keys": ["income"]}],
-            "notify": {"webhook_url": "ftp://example.org/x"}
+            "receipt": {"phone_question": "income", "template": "t"}
         });
         let problems = build_version(&body(mismatched), 1, 0).expect_err("invalid");
         assert_eq!(problems[0].pointer, "/rules/0");
         assert_eq!(problems[0].code, "expression_or_constraint");
-        assert_eq!(problems[1].pointer, "/notify/webhook_url");
-        assert_eq!(problems[1].code, "invalid_webhook_url");
+        // An action field no registered processor owns is refused, not stored unchecked.
+        assert_eq!(problems[1].pointer, "/receipt");
+        assert_eq!(problems[1].code, "unknown_action");
         assert_eq!(problems.len(), 2, "{problems:?}");
-    }
-
-    #[test]
-    fn a_slang_action_round_trips_and_bad_ones_point_at_each_problem() {
-        let questions = serde_json::json!([
-            {"key": "city", "text": "City", "type": "multiple_choice",
-             "choices": [{"key": "pune", "text": "Pune"}]},
-            {"key": "words", "text": "Words", "type": "text"},
-            {"key": "age", "text": "Age", "type": "number"}
-        ]);
-        let good = serde_json::json!({"title": "t", "questions": questions,
-            "slang": {"city_question": "city", "text_questions": ["words"]}});
-        let version = build_version(&body(good), 1, 0).expect("valid");
-        let slang = version.slang.clone().expect("a slang action");
-        assert_eq!(slang.city_question, "city");
-        assert_eq!(slang.text_questions, ["words"]);
-        let form = Form {
-            id: "f".into(),
-            organisation: "o".into(),
-            created_at: 0,
-            versions: vec![version.clone()],
-        };
-        let mut shown = serde_json::to_value(FormView::of(&form, &version)).expect("view");
-        for field in ["id", "organisation", "version", "created_at", "updated_at"] {
-            shown.as_object_mut().expect("object").remove(field);
-        }
-        assert_eq!(build_version(&body(shown), 1, 0).expect("valid"), version);
-
-        let bad = serde_json::json!({"title": "t", "questions": questions,
-            "slang": {"city_question": "words", "text_questions": ["age", "nope", "words", "words"]}});
-        let problems = build_version(&body(bad), 1, 0).expect_err("invalid");
-        let found: Vec<(&str, &str)> = problems
-            .iter()
-            .map(|p| (p.pointer.as_str(), p.code))
-            .collect();
-        assert_eq!(
-            found,
-            [
-                ("/slang/city_question", "not_a_choice_question"),
-                ("/slang/text_questions/0", "not_a_text_question"),
-                ("/slang/text_questions/1", "unknown_question"),
-                ("/slang/text_questions/3", "duplicate_key"),
-            ]
-        );
-        let unknown = serde_json::json!({"title": "t", "questions": questions,
-            "slang": {"city_question": "town", "text_questions": []}});
-        let problems = build_version(&body(unknown), 1, 0).expect_err("invalid");
-        assert_eq!(problems[0].pointer, "/slang/city_question");
-        assert_eq!(problems[0].code, "unknown_question");
-        assert_eq!(problems[1].pointer, "/slang/text_questions");
-    }
-
-    #[test]
-    fn a_sheets_action_round_trips_and_bad_ones_point_at_the_problem() {
-        let questions = serde_json::json!([{"key": "name", "text": "Name", "type": "text"}]);
-        for sheets in [
-            serde_json::json!({"spreadsheet_id": "1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms"}),
-            serde_json::json!({"create": true}),
-        ] {
-            let good = serde_json::json!({"title": "t", "questions": questions, "sheets": sheets});
-            let version = build_version(&body(good), 1, 0).expect("valid");
-            assert!(version.sheets.is_some());
-            let form = Form {
-                id: "f".into(),
-                organisation: "o".into(),
-                created_at: 0,
-                versions: vec![version.clone()],
-            };
-            let mut shown = serde_json::to_value(FormView::of(&form, &version)).expect("view");
-            assert_eq!(shown["sheets"], sheets);
-            for field in ["id", "organisation", "version", "created_at", "updated_at"] {
-                shown.as_object_mut().expect("object").remove(field);
-            }
-            assert_eq!(build_version(&body(shown), 1, 0).expect("valid"), version);
-        }
-        for (sheets, pointer, code) in [
-            (serde_json::json!({}), "/sheets", "required"),
-            (serde_json::json!({"create": false}), "/sheets", "required"),
-            (
-                serde_json::json!({"spreadsheet_id": "1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms", "create": true}),
-                "/sheets",
-                "conflicting",
-            ),
-            (
-                serde_json::json!({"spreadsheet_id": "https://docs.google.com/x"}),
-                "/sheets/spreadsheet_id",
-                "invalid_spreadsheet_id",
-            ),
-        ] {
-            let bad = serde_json::json!({"title": "t", "questions": questions, "sheets": sheets});
-            let problems = build_version(&body(bad), 1, 0).expect_err("invalid");
-            assert_eq!(problems.len(), 1, "{problems:?}");
-            assert_eq!(
-                (problems[0].pointer.as_str(), problems[0].code),
-                (pointer, code)
-            );
-        }
     }
 }

@@ -1,5 +1,6 @@
-//! Forms: as the HTTP API takes and shows them ([`body`]), the checks that build a stored version
-//! from a body ([`build`]), the actions processors declare themselves ([`actions`]), and the
+//! Forms: as the HTTP API takes and shows them ([`body`]), the checks of a form's own parts
+//! ([`build`]), the actions processors own, and the building of a stored version from a body with
+//! them ([`actions`]: [`FormActions::build_version`]), and the
 //! in-memory view of every form that the gateway and each processor follow ([`view`]).
 
 pub mod actions;
@@ -9,5 +10,4 @@ pub mod view;
 
 pub use actions::{Action, FormAction, FormActions};
 pub use body::{FormBody, FormView};
-pub use build::build_version;
 pub use view::{FormsObserver, FormsView, follow_forms_topic};

@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use formstream_core::api::{ApiError, Caller, PROBLEM_JSON, Problem};
-use formstream_core::forms::{FormActions, FormBody, FormView, build_version};
+use formstream_core::forms::{FormBody, FormView};
 use formstream_core::identity::FormKey;
 use formstream_core::problem::FieldProblem;
 use formstream_core::rules::TOO_EXPENSIVE;
@@ -140,30 +140,12 @@ fn owned_spreadsheet(
     }
 }
 
-/// [`build_version`], reporting every problem: the form's own and those its processors' actions
-/// find (checked through the registry of the registered processors' actions).
-fn build_checked(
-    actions: &FormActions,
-    body: &FormBody,
-    version: i32,
-    now: i64,
-) -> Result<FormVersion, Vec<FieldProblem>> {
-    let mut problems = actions.check(body);
-    match build_version(body, version, now) {
-        Ok(built) if problems.is_empty() => Ok(built),
-        Ok(_) => Err(problems),
-        Err(mut found) => {
-            found.append(&mut problems);
-            Err(found)
-        }
-    }
-}
-
 /// Longest a form's checks may take. The rule budget keeps a rule's try on the sample response to
 /// microseconds, so only a rule the budget misjudged meets this; it is then refused, not stored.
 const BUILD_DEADLINE: Duration = Duration::from_secs(2);
 
-/// [`build_version`] on a blocking thread, within [`BUILD_DEADLINE`]. Past it the answer is a 422
+/// The version `body` builds, checked by the form's own checks and its registered processors'
+/// actions ([`formstream_core::forms::FormActions::build_version`]), on a blocking thread, within [`BUILD_DEADLINE`]. Past it the answer is a 422
 /// `rule_too_expensive` at once (the check finishes on its thread; its result is dropped).
 async fn build_off_thread(
     state: &AppState,
@@ -172,7 +154,7 @@ async fn build_off_thread(
     now: i64,
 ) -> Result<FormVersion, ApiError> {
     let actions = state.inner.form_actions.clone();
-    let build = tokio::task::spawn_blocking(move || build_checked(&actions, &body, version, now));
+    let build = tokio::task::spawn_blocking(move || actions.build_version(&body, version, now));
     match tokio::time::timeout(BUILD_DEADLINE, build).await {
         Ok(Ok(built)) => built.map_err(ApiError::Invalid),
         Ok(Err(failed)) => Err(ApiError::Internal(failed.into())),
@@ -218,7 +200,7 @@ async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError
         .current()
         .cloned()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("form without versions")))?;
-    let view = FormView::of(&form, &current);
+    let view = FormView::of(&form, &current, &state.inner.form_actions);
     state.inner.view.apply(form);
     Ok(view)
 }
@@ -265,7 +247,11 @@ pub(crate) async fn get_form(
         Some(n) => form.version(n),
     }
     .ok_or(ApiError::NotFound("form version"))?;
-    Ok(axum::Json(FormView::of(&form, version)))
+    Ok(axum::Json(FormView::of(
+        &form,
+        version,
+        &state.inner.form_actions,
+    )))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -286,7 +272,10 @@ pub(crate) async fn list_forms(
         .view
         .list(&caller.organisation)
         .iter()
-        .filter_map(|f| f.current().map(|v| FormView::of(f, v)))
+        .filter_map(|f| {
+            f.current()
+                .map(|v| FormView::of(f, v, &state.inner.form_actions))
+        })
         .collect();
     Ok(axum::Json(FormList { forms }))
 }

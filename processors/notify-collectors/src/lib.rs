@@ -16,10 +16,12 @@
 //! recipient and reference) before any re-send, and an `Attempted` webhook is re-delivered with
 //! the same `webhook-id`, which Standard Webhooks receivers deduplicate on.
 //!
+//! - [`action`]: its form action (`notify`: SMS to the collector, webhook; checked at save time);
 //! - [`config`]: flags and the per-organisation webhook secrets file;
 //! - [`message`]: the SMS text and the webhook payload;
 //! - [`processor`]: the [`NotifyCollectors`] processor.
 
+pub mod action;
 pub mod config;
 pub mod message;
 pub mod processor;
@@ -27,6 +29,9 @@ pub mod processor;
 pub use config::{NotifyCollectorsArgs, WebhookSecrets};
 pub use processor::NotifyCollectors;
 
+use std::sync::Arc;
+
+use formstream_core::forms::FormAction;
 use formstream_runtime::{Launch, RuntimeConfig, Shutdown, launch::open_and_run};
 
 impl Launch for NotifyCollectors {
@@ -34,6 +39,10 @@ impl Launch for NotifyCollectors {
     const ABOUT: &'static str =
         "Tell data collectors about flagged responses, by SMS and/or signed webhook, never twice";
     type Args = NotifyCollectorsArgs;
+
+    fn form_action() -> Option<Arc<dyn FormAction>> {
+        Some(action::action())
+    }
 
     async fn run(
         args: NotifyCollectorsArgs,

@@ -20,9 +20,11 @@
 //! receipts per ledger, prune old keys (tombstones; the ledger applies them) or co-partition it.
 //!
 //! - [`config`]: the flags;
+//! - [`action`]: its form action (`receipt`: the template, checked at save time and rendered);
 //! - [`receipt`]: the reference and the text;
 //! - [`processor`]: the [`Receipts`] processor.
 
+pub mod action;
 pub mod config;
 pub mod processor;
 pub mod receipt;
@@ -30,6 +32,9 @@ pub mod receipt;
 pub use config::ReceiptsArgs;
 pub use processor::Receipts;
 
+use std::sync::Arc;
+
+use formstream_core::forms::FormAction;
 use formstream_runtime::{Launch, RuntimeConfig, Shutdown, launch::open_and_run};
 
 impl Launch for Receipts {
@@ -37,6 +42,10 @@ impl Launch for Receipts {
     const ABOUT: &'static str =
         "Text each respondent one SMS receipt per response, rate-limited, never twice";
     type Args = ReceiptsArgs;
+
+    fn form_action() -> Option<Arc<dyn FormAction>> {
+        Some(action::action())
+    }
 
     async fn run(
         args: ReceiptsArgs,

@@ -5,7 +5,6 @@
 //! reconciliation of one receipt looks for and sends the same text, and the text always carries
 //! the reference that reconciliation searches for.
 
-use formstream_core::receipt;
 use formstream_schemas::{FormVersion, ReceiptAction, Response};
 
 /// The receipt reference of a response, from its identity key
@@ -27,12 +26,13 @@ pub fn text(
     response: &Response,
     reference: &str,
 ) -> Result<String, String> {
-    let mut text = receipt::render(action, form_id, version, response, reference).map_err(|e| {
-        format!(
-            "the receipt template of form {form_id} v{} cannot render this response: {e}",
-            version.version
-        )
-    })?;
+    let mut text =
+        crate::action::render(action, form_id, version, response, reference).map_err(|e| {
+            format!(
+                "the receipt template of form {form_id} v{} cannot render this response: {e}",
+                version.version
+            )
+        })?;
     if !text.contains(reference) {
         if !text.is_empty() {
             text.push(' ');

@@ -7,6 +7,7 @@
 //! records, crashes between a write and the offset commit, and partitions moving between
 //! instances never add a second row (see [`google`] for the reasoning and its one stated limit).
 //!
+//! - [`action`], its form action (`sheets`: which spreadsheet, checked at save time);
 //! - [`config`], flags;
 //! - [`layout`], columns, header and row of a response;
 //! - [`auth`], service-account OAuth (JWT bearer grant);
@@ -17,6 +18,7 @@
 //! - [`sink`], what the batcher hands a target;
 //! - [`processor`], the [`Sheets`] processor.
 
+pub mod action;
 pub mod api;
 pub mod auth;
 pub mod batcher;
@@ -30,12 +32,19 @@ pub mod sink;
 pub use config::SheetsArgs;
 pub use processor::{NAME, Sheets};
 
+use std::sync::Arc;
+
+use formstream_core::forms::FormAction;
 use formstream_runtime::{Launch, RuntimeConfig, Shutdown, launch::open_and_run};
 
 impl Launch for Sheets {
     const NAME: &'static str = processor::NAME;
     const ABOUT: &'static str = "Export every response of forms with a sheets action as one spreadsheet row (Google Sheets, or local CSV files without credentials), exactly once, corrections in place";
     type Args = SheetsArgs;
+
+    fn form_action() -> Option<Arc<dyn FormAction>> {
+        Some(action::action())
+    }
 
     async fn run(
         args: SheetsArgs,

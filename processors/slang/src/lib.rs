@@ -13,8 +13,10 @@
 //!
 //! Layout: [`tokenizer`] (words of any script), [`index`] (Tantivy: entries, commits, queries),
 //! [`counts`] (word and phrase counts of the committed index), [`processor`] (records to
-//! entries), [`api`] (HTTP), [`config`] (flags).
+//! entries), [`api`] (HTTP), [`config`] (flags), [`action`] (its form action, `slang`: which
+//! questions, checked when a form is saved).
 
+pub mod action;
 pub mod api;
 pub mod config;
 pub mod counts;
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use formstream_core::api::{ApiKeys, serve};
-use formstream_core::forms::{FormsView, follow_forms_topic};
+use formstream_core::forms::{FormAction, FormsView, follow_forms_topic};
 use formstream_runtime::{Launch, RuntimeConfig, Shutdown};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -136,6 +138,10 @@ impl Launch for Slang {
     const NAME: &'static str = "slang";
     const ABOUT: &'static str = "Index the text answers of forms with a slang action by city (Tantivy, Unicode word segmentation), and serve the search API over the index";
     type Args = SlangArgs;
+
+    fn form_action() -> Option<Arc<dyn FormAction>> {
+        Some(action::action())
+    }
 
     /// Not just the runtime: the processor also serves its search API and commits its index
     /// around it.

@@ -309,7 +309,7 @@ mod tests {
         for form in 0..20 {
             let body: formstream_core::forms::FormBody =
                 serde_json::from_value(workload.form_body(form)).expect("a form body");
-            formstream_core::forms::build_version(&body, 1, 0).expect("a valid form");
+            (crate::form_actions().build_version(&body, 1, 0)).expect("a valid form");
         }
         // Every phone is one the gateway accepts, as the gateway writes it.
         for p in planned.iter().take(2_000) {

@@ -1,7 +1,9 @@
-//! Receipt actions: the SMS a form sends to the respondent of each response, as a MiniJinja
-//! template over the answers and the form. The gateway checks an action when the form is saved
-//! ([`check`]); the receipts processor renders it ([`render`]). Both live here so that a template
-//! the gateway accepted is exactly a template the processor can render.
+//! The receipts processor's form action, `"receipt": {"phone_question": ..., "template": ...}`
+//! (a top-level field of a form; the wire record's `receipt`): the SMS a form sends to the
+//! respondent of each response, as a MiniJinja template over the answers and the form. The
+//! gateway checks an action when the form is saved ([`action`]: [`check`]); the processor renders
+//! it ([`render`]). Both live here so that a template the gateway accepted is exactly a template
+//! the processor can render.
 //!
 //! Invariant: an action stored on a form names a `phone` question of the same version, and its
 //! template parses, names only the variables below (and, under `answers`, only questions of the
@@ -14,12 +16,16 @@
 //! and `receipt_ref`, the reference the processor reconciles on.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use formstream_core::forms::{Action, FormAction, FormBody};
+use formstream_core::problem::FieldProblem;
 use formstream_schemas::{FormVersion, Question, QuestionType, ReceiptAction, Response};
 use minijinja::{Environment, Value, context};
 use serde::{Deserialize, Serialize};
 
-use crate::problem::FieldProblem;
+/// The action's name: the form's top-level field.
+pub const NAME: &str = "receipt";
 
 /// Twilio's hard limit on a message body: a template longer than that cannot produce a message.
 pub const MAX_TEMPLATE_CHARS: usize = 1_600;
@@ -34,20 +40,36 @@ const FORM_FIELDS: &[&str] = &["id", "title", "version"];
 const RESPONSE_FIELDS: &[&str] = &["id", "revision"];
 
 /// A receipt action as the forms API takes and shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptBody {
     pub phone_question: String,
     pub template: String,
 }
 
-impl From<&ReceiptAction> for ReceiptBody {
-    fn from(action: &ReceiptAction) -> Self {
-        ReceiptBody {
-            phone_question: action.phone_question.clone(),
-            template: action.template.clone(),
-        }
-    }
+/// The action, for the gateway's registry: stored in, and shown from, the record's `receipt`.
+pub fn action() -> Arc<dyn FormAction> {
+    Arc::new(Action::field(NAME, check_body, store, show))
+}
+
+fn check_body(body: &ReceiptBody, form: &FormBody) -> Vec<FieldProblem> {
+    let questions: Vec<Question> = form.questions.iter().map(Question::from).collect();
+    check(body, &questions)
+}
+
+fn store(body: ReceiptBody, version: &mut FormVersion) {
+    version.receipt = Some(ReceiptAction {
+        phone_question: body.phone_question,
+        template: body.template,
+    });
+}
+
+fn show(version: &FormVersion) -> Option<ReceiptBody> {
+    let action = version.receipt.as_ref()?;
+    Some(ReceiptBody {
+        phone_question: action.phone_question.clone(),
+        template: action.template.clone(),
+    })
 }
 
 /// The one environment every template is compiled and rendered in: plain text (no HTML
@@ -60,38 +82,30 @@ fn environment() -> Environment<'static> {
     env
 }
 
-/// Checks a receipt action (`body`) against the form's `questions`; every problem goes to
-/// `problems` with a pointer under `/receipt`. Returns the action to store when it is valid.
-pub fn check(
-    body: Option<&ReceiptBody>,
-    questions: &[Question],
-    problems: &mut Vec<FieldProblem>,
-) -> Option<ReceiptAction> {
-    let body = body?;
-    let before = problems.len();
+/// The problems of a receipt action (`body`) for a form with `questions`, each with a pointer
+/// relative to the action (`/template`); none when it is valid.
+pub fn check(body: &ReceiptBody, questions: &[Question]) -> Vec<FieldProblem> {
+    let mut problems = Vec::new();
     match questions.iter().find(|q| q.key == body.phone_question) {
         None => problems.push(FieldProblem::new(
-            "/receipt/phone_question",
+            "/phone_question",
             "unknown_question",
             format!("{:?} is not a question of the form", body.phone_question),
         )),
         Some(q) if q.kind != QuestionType::Phone => problems.push(FieldProblem::new(
-            "/receipt/phone_question",
+            "/phone_question",
             "not_a_phone_question",
             format!("{:?} is not a phone question", body.phone_question),
         )),
         Some(_) => {}
     }
     problems.extend(template_problems(&body.template, questions));
-    (problems.len() == before).then(|| ReceiptAction {
-        phone_question: body.phone_question.clone(),
-        template: body.template.clone(),
-    })
+    problems
 }
 
 /// What is wrong with `template` for a form with `questions`.
 fn template_problems(template: &str, questions: &[Question]) -> Vec<FieldProblem> {
-    const AT: &str = "/receipt/template";
+    const AT: &str = "/template";
     if template.trim().is_empty() {
         return vec![FieldProblem::new(
             AT,
@@ -274,17 +288,21 @@ mod tests {
         ]
     }
 
+    /// The action to store, or its problems with their pointers from the form's root.
     fn checked(phone: &str, template: &str) -> Result<ReceiptAction, Vec<(String, &'static str)>> {
-        let mut problems = Vec::new();
         let body = ReceiptBody {
             phone_question: phone.into(),
             template: template.into(),
         };
-        let action = check(Some(&body), &questions(), &mut problems);
-        match action {
-            Some(action) if problems.is_empty() => Ok(action),
-            _ => Err(problems.into_iter().map(|p| (p.pointer, p.code)).collect()),
+        let problems = check(&body, &questions());
+        if !problems.is_empty() {
+            let at = |p: FieldProblem| (format!("/receipt{}", p.pointer), p.code);
+            return Err(problems.into_iter().map(at).collect());
         }
+        Ok(ReceiptAction {
+            phone_question: body.phone_question,
+            template: body.template,
+        })
     }
 
     #[test]
@@ -364,7 +382,7 @@ mod tests {
             problems("phone", &"a".repeat(1601)),
             vec![("/receipt/template".to_owned(), "too_long")]
         );
-        // Built-in globals, loops and the bare maps are fine; so is no action at all.
+        // Built-in globals, loops and the bare maps are fine.
         assert!(
             checked(
                 "phone",
@@ -372,32 +390,28 @@ mod tests {
             )
             .is_ok()
         );
-        let mut none = Vec::new();
-        assert!(check(None, &questions(), &mut none).is_none() && none.is_empty());
     }
 
     #[test]
     fn a_syntax_error_says_where() {
-        let mut problems = Vec::new();
         let body = ReceiptBody {
             phone_question: "phone".into(),
             template: "Hello\n{% if answers.name %}".into(),
         };
-        check(Some(&body), &questions(), &mut problems);
+        let problems = check(&body, &questions());
         assert_eq!(problems.len(), 1);
         assert!(problems[0].detail.contains("line 2"), "{:?}", problems[0]);
     }
 
     #[test]
     fn runaway_templates_run_out_of_fuel() {
-        let mut problems = Vec::new();
         let body = ReceiptBody {
             phone_question: "phone".into(),
             template:
                 "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}"
                     .into(),
         };
-        check(Some(&body), &questions(), &mut problems);
+        let problems = check(&body, &questions());
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].code, "template_error");
     }
@@ -406,7 +420,9 @@ mod tests {
     /// the view (so a fetched form can be PUT back), and its problems are field problems.
     #[test]
     fn forms_store_show_and_refuse_receipts() {
-        use crate::forms::{FormBody, FormView, build_version};
+        use formstream_core::forms::{FormActions, FormView};
+        let actions = FormActions::new([action()]);
+        let build_version = |body: &FormBody, v, now| actions.build_version(body, v, now);
         let body = |receipt: serde_json::Value| -> FormBody {
             serde_json::from_value(serde_json::json!({
                 "title": "Survey",
@@ -431,8 +447,16 @@ mod tests {
             created_at: 0,
             versions: vec![version.clone()],
         };
-        let shown = serde_json::to_value(FormView::of(&form, &version)).expect("a view");
+        let shown = serde_json::to_value(FormView::of(&form, &version, &actions)).expect("a view");
         assert_eq!(shown["receipt"], good);
+        // A receipt of the wrong shape is refused alone, as a body of the wrong shape is.
+        let problems = build_version(&body(serde_json::json!({"phone_question": 3})), 1, 0)
+            .expect_err("invalid");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            (problems[0].pointer.as_str(), problems[0].code),
+            ("/receipt/phone_question", "invalid_shape")
+        );
         let problems = build_version(
             &body(serde_json::json!({"phone_question": "name", "template": "{{ answers.age }}"})),
             1,
