@@ -17,13 +17,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use formstream_schemas::FormVersion;
+use formstream_schemas::{Form, FormVersion};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::forms::FormBody;
 use crate::forms::build::{compile_rules, draft_version};
+use crate::forms::{FormBody, FormView};
 use crate::problem::FieldProblem;
 
 /// An action a processor owns: its name (the key in a form's `actions`, or the top-level field it
@@ -231,6 +231,34 @@ impl FormActions {
             .filter(|action| action.is_field())
             .filter_map(|action| Some((action.name().to_owned(), action.show(version)?)))
             .collect()
+    }
+
+    /// What `GET` shows of `version` (of a form of it alone), as a body without the form's id,
+    /// organisation, version number and times, and the version that body builds again. A client
+    /// can `PUT` back what it fetched, so the rebuilt version must equal `version`: each action's
+    /// `show` gives what its `build` stored (its tests check it with this).
+    pub fn shown_and_rebuilt(
+        &self,
+        version: &FormVersion,
+    ) -> (Value, Result<FormVersion, Vec<FieldProblem>>) {
+        let form = Form {
+            id: "f".into(),
+            organisation: "o".into(),
+            created_at: 0,
+            versions: vec![version.clone()],
+        };
+        let mut shown = serde_json::to_value(FormView::of(&form, version, self))
+            .unwrap_or_else(|_| Value::Object(Map::new()));
+        if let Some(shown) = shown.as_object_mut() {
+            for field in ["id", "organisation", "version", "created_at", "updated_at"] {
+                shown.remove(field);
+            }
+        }
+        let rebuilt = match serde_json::from_value::<FormBody>(shown.clone()) {
+            Ok(body) => self.build_version(&body, version.version, version.created_at),
+            Err(e) => Err(vec![FieldProblem::new("", "invalid_shape", e.to_string())]),
+        };
+        (shown, rebuilt)
     }
 
     fn field(&self, name: &str) -> Option<&Arc<dyn FormAction>> {

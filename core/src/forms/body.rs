@@ -177,9 +177,11 @@ pub struct FormView {
     pub questions: Vec<QuestionBody>,
     pub metadata: serde_json::Value,
     pub rules: Vec<RuleBody>,
-    /// Shown as its owner shows it (`{}` when no notify-collectors is registered).
-    #[schema(value_type = Object)]
-    pub notify: Value,
+    /// Shown as its owner shows it: always when notify-collectors is registered (as the binary
+    /// registers every processor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub notify: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub receipt: Option<Value>,
@@ -236,7 +238,7 @@ impl FormView {
                     question_keys: r.question_keys.clone(),
                 })
                 .collect(),
-            notify: (fields.remove("notify")).unwrap_or_else(|| Value::Object(Default::default())),
+            notify: fields.remove("notify"),
             receipt: fields.remove("receipt"),
             slang: fields.remove("slang"),
             sheets: fields.remove("sheets"),

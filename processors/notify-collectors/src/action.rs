@@ -91,8 +91,7 @@ fn check_webhook_url(raw: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use formstream_core::forms::{FormActions, FormView};
-    use formstream_schemas::Form;
+    use formstream_core::forms::FormActions;
     use serde_json::json;
 
     use super::*;
@@ -115,20 +114,15 @@ mod tests {
         let good = json!({"sms_collector": true, "webhook_url": "http://localhost:8081/hook"});
         let version = build(good.clone()).expect("valid");
         assert!(version.notify.sms_collector);
-        let form = Form {
-            id: "f".into(),
-            organisation: "o".into(),
-            created_at: 0,
-            versions: vec![version.clone()],
-        };
         let actions = FormActions::new([action()]);
-        let shown = serde_json::to_value(FormView::of(&form, &version, &actions)).expect("view");
-        assert_eq!(shown["notify"], good);
+        let (shown, rebuilt) = actions.shown_and_rebuilt(&version);
+        assert_eq!((&shown["notify"], rebuilt), (&good, Ok(version)));
         // A form without it tells nobody, and shows so.
         let none = build(serde_json::Value::Null).expect("valid");
         assert_eq!(none.notify, Notify::default());
-        let shown = serde_json::to_value(FormView::of(&form, &none, &actions)).expect("view");
+        let (shown, rebuilt) = actions.shown_and_rebuilt(&none);
         assert_eq!(shown["notify"], json!({"sms_collector": false}));
+        assert_eq!(rebuilt, Ok(none));
 
         let refused = |url: &str| build(json!({"webhook_url": url})).expect_err("invalid");
         for url in [

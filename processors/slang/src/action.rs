@@ -113,21 +113,14 @@ fn check(slang: &SlangBody, form: &FormBody) -> Vec<FieldProblem> {
 
 #[cfg(test)]
 mod tests {
-    use formstream_core::forms::{FormActions, FormView};
-    use formstream_schemas::Form;
+    use formstream_core::forms::FormActions;
 
     use super::*;
 
-    fn body(json: serde_json::Value) -> FormBody {
-        serde_json::from_value(json).expect("valid body shape")
-    }
-
-    fn build_version(
-        body: &FormBody,
-        version: i32,
-        now: i64,
-    ) -> Result<FormVersion, Vec<FieldProblem>> {
-        FormActions::new([action()]).build_version(body, version, now)
+    /// `json` built as a form with this action registered.
+    fn build(json: serde_json::Value) -> Result<FormVersion, Vec<FieldProblem>> {
+        let body: FormBody = serde_json::from_value(json).expect("valid body shape");
+        FormActions::new([action()]).build_version(&body, 1, 0)
     }
 
     #[test]
@@ -140,34 +133,16 @@ mod tests {
         ]);
         let good = serde_json::json!({"title": "t", "questions": questions,
             "slang": {"city_question": "city", "text_questions": ["words"]}});
-        let version = build_version(&body(good), 1, 0).expect("valid");
+        let version = build(good).expect("valid");
         let slang = version.slang.clone().expect("a slang action");
         assert_eq!(slang.city_question, "city");
         assert_eq!(slang.text_questions, ["words"]);
-        let form = Form {
-            id: "f".into(),
-            organisation: "o".into(),
-            created_at: 0,
-            versions: vec![version.clone()],
-        };
-        let mut shown =
-            serde_json::to_value(FormView::of(&form, &version, &FormActions::new([action()])))
-                .expect("view");
-        for field in [
-            "id",
-            "organisation",
-            "version",
-            "created_at",
-            "updated_at",
-            "notify",
-        ] {
-            shown.as_object_mut().expect("object").remove(field);
-        }
-        assert_eq!(build_version(&body(shown), 1, 0).expect("valid"), version);
+        let (_, rebuilt) = FormActions::new([action()]).shown_and_rebuilt(&version);
+        assert_eq!(rebuilt, Ok(version));
 
         let bad = serde_json::json!({"title": "t", "questions": questions,
             "slang": {"city_question": "words", "text_questions": ["age", "nope", "words", "words"]}});
-        let problems = build_version(&body(bad), 1, 0).expect_err("invalid");
+        let problems = build(bad).expect_err("invalid");
         let found: Vec<(&str, &str)> = problems
             .iter()
             .map(|p| (p.pointer.as_str(), p.code))
@@ -183,7 +158,7 @@ mod tests {
         );
         let unknown = serde_json::json!({"title": "t", "questions": questions,
             "slang": {"city_question": "town", "text_questions": []}});
-        let problems = build_version(&body(unknown), 1, 0).expect_err("invalid");
+        let problems = build(unknown).expect_err("invalid");
         assert_eq!(problems[0].pointer, "/slang/city_question");
         assert_eq!(problems[0].code, "unknown_question");
         assert_eq!(problems[1].pointer, "/slang/text_questions");
