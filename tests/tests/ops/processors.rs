@@ -1,6 +1,7 @@
 //! Every processor is one folder of the same shape (processors/README.md), registered in one line:
 //! each `processors/<name>/` that is not a library has `Cargo.toml`, `README.md` and `src/lib.rs`
-//! with its `impl Launch`; the binary's `src/processors.rs` registers it in one line, the binary
+//! with its `impl Launch`, and one with a form action has it in `src/action.rs`, which its README
+//! names; the binary's `src/processors.rs` registers it in one line, the binary
 //! runs exactly those processors, and no other crate (the gateway, the core, the binary's
 //! main.rs) names a processor crate.
 
@@ -49,6 +50,20 @@ fn every_processor_folder_has_the_same_files_and_one_registration_line() {
             problems.push(format!(
                 "processors/{folder}/src/lib.rs has no `impl Launch`"
             ));
+        }
+        if lib.contains("fn form_action()") {
+            let action = format!("processors/{folder}/src/action.rs");
+            if !repo_root().join(&action).is_file() {
+                problems.push(format!(
+                    "{action} is missing (the processor has a form action)"
+                ));
+            }
+            let readme = read_repo_file(&format!("processors/{folder}/README.md"));
+            if !readme.contains("src/action.rs") {
+                problems.push(format!(
+                    "processors/{folder}/README.md does not point at its form action (src/action.rs)"
+                ));
+            }
         }
         let line = format!("Registration::of::<{}::", crate_of(folder));
         if registrations.matches(&line).count() != 1 {
