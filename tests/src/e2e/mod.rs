@@ -839,6 +839,10 @@ fn processed_totals(samples: &[Sample]) -> BTreeMap<String, f64> {
     totals
 }
 
+/// A solo run's progress: its first finished record (when, and the count then), the count, and
+/// when it last grew.
+type SoloProgress = (Option<(Instant, f64)>, f64, Instant);
+
 /// Each of [`SOLO`] alone (every process of the run stopped but the fakes), as a new consumer
 /// group over the run's records from the start, with topics and an index of its own: records
 /// finished per second from its first finished record to its `limit`-th, or to its last when it
@@ -892,33 +896,42 @@ async fn solo_throughputs(
             Some(metrics.clone()),
         )?;
         proc.wait_ready(Duration::from_secs(180)).await?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut first: Option<(Instant, f64)> = None;
-        let (mut ok, mut grown_at) = (0.0, Instant::now());
-        loop {
-            proc.check_running()?;
-            let text = match client
-                .get(format!("{metrics}/metrics"))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-            {
-                Ok(response) => response.text().await.ok(),
-                Err(_) => None,
-            };
-            let now = Instant::now();
-            if let Some(now_ok) = text.as_deref().map(sample::ok_records)
-                && now_ok > ok
-            {
-                first.get_or_insert((now, now_ok));
-                (ok, grown_at) = (now_ok, now);
+        let progress: Mutex<SoloProgress> = Mutex::new((None, 0.0, Instant::now()));
+        let attempt = || {
+            let running = proc.check_running();
+            let (client, metrics, progress) = (&client, &metrics, &progress);
+            async move {
+                running?;
+                let text = match client
+                    .get(format!("{metrics}/metrics"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                {
+                    Ok(response) => response.text().await.ok(),
+                    Err(_) => None,
+                };
+                let now = Instant::now();
+                let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(now_ok) = text.as_deref().map(sample::ok_records)
+                    && now_ok > p.1
+                {
+                    p.0.get_or_insert((now, now_ok));
+                    (p.1, p.2) = (now_ok, now);
+                }
+                anyhow::Ok(*p)
             }
-            let caught_up = first.is_some() && now - grown_at > Duration::from_secs(5);
-            if ok >= limit as f64 || caught_up || now >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        };
+        let caught_up = |(first, _, grown_at): &SoloProgress| {
+            first.is_some() && grown_at.elapsed() > Duration::from_secs(5)
+        };
+        let (first, ok, grown_at) = poll_until(
+            Duration::from_secs(300),
+            Duration::from_millis(200),
+            attempt,
+            |p| p.1 >= limit as f64 || caught_up(p),
+        )
+        .await?;
         drop(proc);
         match first {
             Some((at, from)) if grown_at > at => {
