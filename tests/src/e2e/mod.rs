@@ -320,8 +320,12 @@ pub const SOLO: &[&str] = &["validate", "slang", "notify-collectors"];
 /// A processor's throughput alone on the machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct Solo {
-    /// Records finished between its first finished record and its last.
+    /// Records finished from its process start (a new group from the start: all of them) to its
+    /// last counted one.
     pub records: f64,
+    /// From its process start to the sample at which its count last grew (startup and group
+    /// join included: a first sample taken late, after most records were done, overstated the
+    /// rate by orders of magnitude).
     pub seconds: f64,
 }
 
@@ -839,14 +843,14 @@ fn processed_totals(samples: &[Sample]) -> BTreeMap<String, f64> {
     totals
 }
 
-/// A solo run's progress: its first finished record (when, and the count then), the count, and
-/// when it last grew.
-type SoloProgress = (Option<(Instant, f64)>, f64, Instant);
+/// A solo run's progress: the count of finished records and when it last grew.
+type SoloProgress = (f64, Instant);
 
 /// Each of [`SOLO`] alone (every process of the run stopped but the fakes), as a new consumer
 /// group over the run's records from the start, with topics and an index of its own: records
-/// finished per second from its first finished record to its `limit`-th, or to its last when it
-/// caught up before (nothing finished for 5 s). Startup and group join are not counted.
+/// finished per second from its process start to its `limit`-th, or to its last when it caught
+/// up before (nothing finished for 5 s). Startup and group join are counted: the figure is what
+/// a fresh process achieves, never more.
 async fn solo_throughputs(
     scenario: &Scenario,
     names: &Names,
@@ -888,6 +892,7 @@ async fn solo_throughputs(
             &metrics_listen,
         );
         let name = format!("solo-{processor}");
+        let started = Instant::now();
         let mut proc = Proc::spawn(
             &name,
             &scenario.formstream,
@@ -896,7 +901,7 @@ async fn solo_throughputs(
             Some(metrics.clone()),
         )?;
         proc.wait_ready(Duration::from_secs(180)).await?;
-        let progress: Mutex<SoloProgress> = Mutex::new((None, 0.0, Instant::now()));
+        let progress: Mutex<SoloProgress> = Mutex::new((0.0, started));
         let attempt = || {
             let running = proc.check_running();
             let (client, metrics, progress) = (&client, &metrics, &progress);
@@ -914,41 +919,39 @@ async fn solo_throughputs(
                 let now = Instant::now();
                 let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(now_ok) = text.as_deref().map(sample::ok_records)
-                    && now_ok > p.1
+                    && now_ok > p.0
                 {
-                    p.0.get_or_insert((now, now_ok));
-                    (p.1, p.2) = (now_ok, now);
+                    *p = (now_ok, now);
                 }
                 anyhow::Ok(*p)
             }
         };
-        let caught_up = |(first, _, grown_at): &SoloProgress| {
-            first.is_some() && grown_at.elapsed() > Duration::from_secs(5)
+        let caught_up = |(ok, grown_at): &SoloProgress| {
+            *ok > 0.0 && grown_at.elapsed() > Duration::from_secs(5)
         };
-        let (first, ok, grown_at) = poll_until(
+        let (ok, grown_at) = poll_until(
             Duration::from_secs(300),
             Duration::from_millis(200),
             attempt,
-            |p| p.1 >= limit as f64 || caught_up(p),
+            |p| p.0 >= limit as f64 || caught_up(p),
         )
         .await?;
         drop(proc);
-        match first {
-            Some((at, from)) if grown_at > at => {
-                let measured = Solo {
-                    records: ok - from,
-                    seconds: (grown_at - at).as_secs_f64(),
-                };
-                eprintln!(
-                    "e2e: solo {processor}: {:.0} records in {:.1} s, {:.0}/s",
-                    measured.records,
-                    measured.seconds,
-                    measured.rate()
-                );
-                solo.insert((*processor).to_owned(), measured);
-            }
-            _ => eprintln!("e2e: solo {processor}: too few records finished to measure"),
+        if ok == 0.0 {
+            eprintln!("e2e: solo {processor}: no record finished to measure");
+            continue;
         }
+        let measured = Solo {
+            records: ok,
+            seconds: (grown_at - started).as_secs_f64(),
+        };
+        eprintln!(
+            "e2e: solo {processor}: {:.0} records in {:.1} s, {:.0}/s",
+            measured.records,
+            measured.seconds,
+            measured.rate()
+        );
+        solo.insert((*processor).to_owned(), measured);
     }
     Ok(solo)
 }

@@ -180,7 +180,7 @@ pub fn write(
     if !outcome.solo.is_empty() {
         writeln!(
             md,
-            "\nSolo throughput: each processor alone on the machine after the checks (every other process stopped), a new consumer group over this run's records from the start, from its first finished record to its last counted one:\n"
+            "\nSolo throughput: each processor alone on the machine after the checks (every other process stopped), a new consumer group over this run's records from the start, from its process start (startup and group join included) to its last counted record:\n"
         )?;
         for (processor, solo) in &outcome.solo {
             writeln!(
