@@ -5,8 +5,9 @@
 //! effect exactly once, from the processor's re-drive topic, with a re-drive count; re-driving
 //! it again does nothing; a re-drive commits its re-drive partitions contiguously to their end and
 //! leaves no lag; discarded dead letters leave the list and are never re-driven; two operators at
-//! once copy each dead letter once; a re-driven record never runs beside the same response's
-//! source record; an organisation cannot list, show, re-drive or discard another's dead letters;
+//! once copy each dead letter once; a dead letter written twice (a crash between the dead letter
+//! and the commit) is listed and re-driven once; a re-driven record never runs beside the same
+//! response's source record; an organisation cannot list, show, re-drive or discard another's dead letters;
 //! the filters select what they say.
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,6 +23,9 @@ use formstream_runtime::redrive::{
 use formstream_schemas::Response;
 use formstream_tests::runtime::*;
 use formstream_tests::{read_topic, unique};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
 
 const PARTITIONS: i32 = 3;
 const ATTEMPTS: &str = "3";
@@ -143,6 +147,27 @@ impl Rejected {
             .expect("the runtime stops cleanly");
         self.topics.delete().await;
     }
+}
+
+/// Re-drives every pending dead letter, which must be `expected`, and waits until the (fixed)
+/// processor has effected that many records and committed its re-drive partitions.
+async fn redrive_all(setup: &Rejected, expected: &[DeadLetter]) {
+    let outcome = setup
+        .admin
+        .redrive(&OPERATOR, &everything(), "test")
+        .await
+        .expect("re-driving");
+    assert_eq!(
+        outcome.done.iter().copied().collect::<BTreeSet<_>>(),
+        ids(expected)
+    );
+    eventually(
+        Duration::from_secs(60),
+        &format!("the {} re-driven records effected", expected.len()),
+        || async { setup.processor.state.effect_count() == expected.len() },
+    )
+    .await;
+    wait_redrive_committed(&setup.topics).await;
 }
 
 /// `processor` rejects nothing any more.
@@ -332,25 +357,83 @@ async fn discarded_dead_letters_leave_the_list_and_are_never_redriven() {
         .expect("re-driving a discarded one");
     assert!(by_id.done.is_empty());
     assert_eq!(by_id.skipped[0].status, Status::Discarded);
-    let outcome = admin
-        .redrive(&OPERATOR, &everything(), "test")
-        .await
-        .expect("re-driving the rest");
-    assert_eq!(
-        outcome.done.iter().copied().collect::<BTreeSet<_>>(),
-        ids(&letters[1..])
-    );
-    eventually(
-        Duration::from_secs(60),
-        "the two re-driven records effected",
-        || async { processor.state.effect_count() == 2 },
-    )
-    .await;
-    wait_redrive_committed(&setup.topics).await;
+    redrive_all(&setup, &letters[1..]).await;
     let effected: BTreeSet<String> = effects_by_response(processor).into_keys().collect();
     let discarded_response = letters[0].response_id().expect("a response id");
     assert!(!effected.contains(&discarded_response));
     assert_eq!(processor.state.effect_count(), 2);
+
+    setup.finish().await;
+}
+
+/// Writes `letter` to the dead-letter topic again, as the processor does when it is killed after
+/// writing a dead letter and before committing its source offset, and redoes the record.
+async fn write_again(topics: &RuntimeTopics, letter: &DeadLetter) {
+    let producer: FutureProducer = formstream_core::kafka::client_config(&topics.kafka())
+        .create()
+        .expect("a producer");
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in &letter.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topics.dlq)
+        .partition(letter.id.partition)
+        .headers(headers);
+    if let Some(key) = &letter.key {
+        record = record.key(key);
+    }
+    if let Some(payload) = &letter.payload {
+        record = record.payload(payload);
+    }
+    producer
+        .send(record, Timeout::After(Duration::from_secs(30)))
+        .await
+        .map_err(|(error, _)| error)
+        .expect("writing the dead letter again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_written_twice_is_listed_and_redriven_once() {
+    init_logs();
+    let setup = Rejected::start(PARTITIONS, &[], |forms| fresh_responses(forms, 3)).await;
+    let (admin, processor, letters) = (&setup.admin, &setup.processor, &setup.letters);
+    write_again(&setup.topics, &letters[0]).await;
+    let on_topic = read_topic(
+        &setup.topics.bootstrap,
+        &setup.topics.dlq,
+        4,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("reading the dead-letter topic");
+    assert_eq!(on_topic.len(), 4, "the topic holds the copy");
+
+    // Listed once, with the first copy's id.
+    assert_eq!(ids(&pending(admin).await), ids(letters));
+
+    setup.fix();
+    redrive_all(&setup, letters).await;
+    assert!(
+        effects_by_response(processor)
+            .values()
+            .all(|effects| effects.len() == 1),
+        "each response effected once: {:?}",
+        effects_by_response(processor)
+    );
+    assert!(
+        pending(admin).await.is_empty(),
+        "nothing pending after the re-drive"
+    );
+
+    // A copy written after the operator acted (the record replayed and failed again) is a new one.
+    write_again(&setup.topics, &letters[1]).await;
+    let again = pending(admin).await;
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].id, letters[1].id);
+    assert_eq!(again[0].response_id(), letters[1].response_id());
 
     setup.finish().await;
 }

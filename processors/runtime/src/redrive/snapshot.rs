@@ -3,7 +3,8 @@
 //!
 //! Invariant: a snapshot has read every record committed to either topic before the read began
 //! (both are read `read_committed`, to the end each partition had when the read started or later),
-//! so a state written by an operator whose transaction committed before is always in it.
+//! so a state written by an operator whose transaction committed before is always in it; and it
+//! holds each dead letter once, though the topic may hold it twice (see [`one_per_source`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -142,8 +143,47 @@ impl Snapshot {
             letters.push(letter);
         }
         letters.sort_by_key(|letter| (letter.dead_lettered_ms(), letter.id));
-        Ok(Snapshot { letters })
+        Ok(Snapshot {
+            letters: one_per_source(letters),
+        })
     }
+}
+
+/// Keeps one dead letter per source record. A processor writes a dead letter and then commits the
+/// source offset; killed between the two, it redoes the record after its restart and writes the
+/// dead letter again, with the same source topic, partition and offset (dead letters are written at
+/// least once, as in Kafka Connect). Those copies are one dead letter: the first, which carries
+/// an operator's state (a copy's own state, if only the copy was acted on). A copy written after
+/// an operator acted on the first is another dead letter: the record failed again after a replay.
+/// Letters without complete source headers are kept as they are. `letters` is oldest first.
+fn one_per_source(letters: Vec<DeadLetter>) -> Vec<DeadLetter> {
+    let mut kept: Vec<DeadLetter> = Vec::with_capacity(letters.len());
+    let mut first_of: HashMap<(String, i32, i64), usize> = HashMap::new();
+    for letter in letters {
+        let (Some(topic), Some(partition), Some(offset)) = letter.source() else {
+            kept.push(letter);
+            continue;
+        };
+        let source = (topic.to_owned(), partition, offset);
+        if let Some(&i) = first_of.get(&source) {
+            let first = &mut kept[i];
+            let acted_on_before = first.state.status != Status::Pending
+                && first
+                    .state
+                    .at_ms
+                    .zip(letter.timestamp_ms)
+                    .is_some_and(|(acted, written)| acted <= written);
+            if !acted_on_before {
+                if first.state.status == Status::Pending {
+                    first.state = letter.state;
+                }
+                continue;
+            }
+        }
+        first_of.insert(source, kept.len());
+        kept.push(letter);
+    }
+    kept
 }
 
 /// The partitions of `topic`; 0 when it does not exist.
@@ -208,4 +248,97 @@ async fn read_topic(
             topic: topic.to_owned(),
             timeout,
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::headers;
+
+    /// A dead letter at `offset` of the dead-letter topic, written at `written_ms`, of source
+    /// record `source_offset` of `responses` partition 0.
+    fn letter(offset: i64, written_ms: i64, source_offset: i64) -> DeadLetter {
+        DeadLetter {
+            id: LetterId {
+                partition: 0,
+                offset,
+            },
+            timestamp_ms: Some(written_ms),
+            key: None,
+            payload: None,
+            headers: vec![
+                (headers::TOPIC.to_owned(), b"responses".to_vec()),
+                (headers::PARTITION.to_owned(), b"0".to_vec()),
+                (
+                    headers::OFFSET.to_owned(),
+                    source_offset.to_string().into_bytes(),
+                ),
+            ],
+            record: Decoded::Undecodable(String::new()),
+            state: State::PENDING,
+        }
+    }
+
+    fn acted(mut letter: DeadLetter, status: Status, at_ms: i64) -> DeadLetter {
+        letter.state = State {
+            status,
+            at_ms: Some(at_ms),
+            by: Some("ops".to_owned()),
+        };
+        letter
+    }
+
+    fn offsets(letters: &[DeadLetter]) -> Vec<i64> {
+        letters.iter().map(|l| l.id.offset).collect()
+    }
+
+    #[test]
+    fn a_dead_letter_written_twice_by_a_crash_before_the_commit_is_one() {
+        let kept = one_per_source(vec![
+            letter(0, 1_000, 7),
+            letter(1, 1_500, 8),
+            letter(2, 2_000, 7),
+        ]);
+        assert_eq!(offsets(&kept), [0, 1]);
+    }
+
+    #[test]
+    fn the_first_copy_keeps_the_state_and_hides_later_copies() {
+        // Re-driven at 3,000, after both copies were written: the copy is not pending.
+        let kept = one_per_source(vec![
+            acted(letter(0, 1_000, 7), Status::Redriven, 3_000),
+            letter(1, 2_000, 7),
+        ]);
+        assert_eq!(offsets(&kept), [0]);
+        assert_eq!(kept[0].state.status, Status::Redriven);
+    }
+
+    #[test]
+    fn a_copy_acted_on_alone_gives_the_dead_letter_its_state() {
+        let kept = one_per_source(vec![
+            letter(0, 1_000, 7),
+            acted(letter(1, 2_000, 7), Status::Discarded, 3_000),
+        ]);
+        assert_eq!(offsets(&kept), [0]);
+        assert_eq!(kept[0].state.status, Status::Discarded);
+    }
+
+    #[test]
+    fn a_record_that_fails_again_after_the_operator_acted_is_a_new_dead_letter() {
+        let kept = one_per_source(vec![
+            acted(letter(0, 1_000, 7), Status::Redriven, 2_000),
+            letter(1, 5_000, 7),
+        ]);
+        assert_eq!(offsets(&kept), [0, 1]);
+        assert_eq!(kept[1].state.status, Status::Pending);
+    }
+
+    #[test]
+    fn letters_without_their_source_are_all_kept() {
+        let mut a = letter(0, 1_000, 7);
+        let mut b = letter(1, 2_000, 7);
+        a.headers.clear();
+        b.headers.clear();
+        assert_eq!(offsets(&one_per_source(vec![a, b])), [0, 1]);
+    }
 }
