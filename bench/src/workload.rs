@@ -155,8 +155,8 @@ pub fn generate_forms(
             });
             let body: FormBody =
                 serde_json::from_value(create_body.clone()).context("form body shape")?;
-            // Rules only: the form's own checks, no processor's action.
-            let version = FormActions::default()
+            // Rules only: the form's own checks and validate's action.
+            let version = FormActions::new([formstream_validate::action::action()])
                 .build_version(&body, 1, now)
                 .map_err(|problems| {
                     anyhow::anyhow!("generated form {id} is invalid: {problems:?}")

@@ -143,6 +143,7 @@ pub struct TestGateway {
 /// src/processors.rs): what the in-process gateway checks and stores forms with.
 pub fn form_actions() -> formstream_core::forms::FormActions {
     formstream_core::forms::FormActions::new([
+        formstream_validate::action::action(),
         formstream_notify_collectors::action::action(),
         formstream_receipts::action::action(),
         formstream_slang::action::action(),

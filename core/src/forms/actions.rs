@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::forms::build::{compile_rules, draft_version};
+use crate::forms::build::draft_version;
 use crate::forms::{FormBody, FormView};
 use crate::problem::FieldProblem;
 
@@ -46,6 +46,13 @@ pub trait FormAction: Send + Sync + 'static {
     /// it is valid.
     fn check(&self, settings: &Value, body: &FormBody) -> Vec<FieldProblem>;
 
+    /// Problems of `settings` (of a good shape) that only the version the form builds shows (its
+    /// questions as stored, every field's action built): run after every field's check and
+    /// build, in the same field order; pointers as [`Self::check`]'s. Most actions have none.
+    fn check_built(&self, _settings: &Value, _version: &FormVersion) -> Vec<FieldProblem> {
+        Vec::new()
+    }
+
     /// Stores checked `settings` in `version` (a top-level field's typed field of the record).
     fn build(&self, _settings: &Value, _version: &mut FormVersion) {}
 
@@ -60,6 +67,7 @@ pub trait FormAction: Send + Sync + 'static {
 pub struct Action<T> {
     name: &'static str,
     check: fn(&T, &FormBody) -> Vec<FieldProblem>,
+    check_built: Option<fn(&T, &FormVersion) -> Vec<FieldProblem>>,
     field: Option<Field<T>>,
 }
 
@@ -80,6 +88,7 @@ impl<T> Action<T> {
         Action {
             name,
             check,
+            check_built: None,
             field: None,
         }
     }
@@ -100,7 +109,16 @@ impl<T> Action<T> {
         Action {
             name,
             check,
+            check_built: None,
             field: Some(Field { build, show, json }),
+        }
+    }
+
+    /// The action with a check of the version the form builds ([`FormAction::check_built`]).
+    pub const fn with_check_built(self, check: fn(&T, &FormVersion) -> Vec<FieldProblem>) -> Self {
+        Action {
+            check_built: Some(check),
+            ..self
         }
     }
 }
@@ -126,6 +144,13 @@ impl<T: DeserializeOwned + 'static> FormAction for Action<T> {
         }
     }
 
+    fn check_built(&self, settings: &Value, version: &FormVersion) -> Vec<FieldProblem> {
+        match (self.check_built, T::deserialize(settings)) {
+            (Some(check), Ok(settings)) => check(&settings, version),
+            _ => Vec::new(),
+        }
+    }
+
     fn build(&self, settings: &Value, version: &mut FormVersion) {
         if let (Some(field), Ok(settings)) = (&self.field, T::deserialize(settings)) {
             (field.build)(settings, version);
@@ -136,6 +161,14 @@ impl<T: DeserializeOwned + 'static> FormAction for Action<T> {
         let field = self.field.as_ref()?;
         (field.json)((field.show)(version)?)
     }
+}
+
+/// `problems` of the top-level field `name`, their pointers from the body's root.
+fn under(name: &str, problems: Vec<FieldProblem>) -> impl Iterator<Item = FieldProblem> + '_ {
+    problems.into_iter().map(move |mut problem| {
+        problem.pointer = format!("/{name}{}", problem.pointer);
+        problem
+    })
 }
 
 /// A serde path (`answers[0]`) as a JSON pointer (`/answers/0`).
@@ -180,8 +213,9 @@ impl FormActions {
     }
 
     /// Checks a form body and, when it is valid, builds version `version` of the form: the form's
-    /// own checks, then each top-level action field's (in [`FormBody::fields`] order), the rules'
-    /// compile, then the `actions`. Every problem is reported, not just the first, except a field
+    /// own checks, then each top-level action field's (in [`FormBody::fields`] order), then their
+    /// checks of the built version ([`FormAction::check_built`]: the rules' compile), then the
+    /// `actions`. Every problem is reported, not just the first, except a field
     /// of the wrong JSON shape: that one alone, as the gateway answers any body of a wrong shape.
     pub fn build_version(
         &self,
@@ -211,12 +245,13 @@ impl FormActions {
             if found.is_empty() {
                 action.build(settings, &mut built);
             }
-            problems.extend(found.into_iter().map(|mut problem| {
-                problem.pointer = format!("/{name}{}", problem.pointer);
-                problem
-            }));
+            problems.extend(under(name, found));
         }
-        compile_rules(&built, &mut problems);
+        for (name, settings) in body.fields() {
+            if let Some(action) = self.field(name) {
+                problems.extend(under(name, action.check_built(settings, &built)));
+            }
+        }
         problems.extend(self.check(body));
         if problems.is_empty() {
             Ok(built)

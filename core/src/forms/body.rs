@@ -86,21 +86,6 @@ pub struct ChoiceBody {
     pub text: String,
 }
 
-/// A business rule as the API takes and shows it: CEL in `expression`, or an XLSForm
-/// `constraint` that the gateway translates to CEL (and then shows both).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RuleBody {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expression: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub constraint: Option<String>,
-    pub message: String,
-    #[serde(default)]
-    pub question_keys: Vec<String>,
-}
-
 /// The body of `POST /v1/forms` and `PUT /v1/forms/{id}`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -117,8 +102,11 @@ pub struct FormBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    pub rules: Vec<RuleBody>,
+    /// The form's business rules: the validate processor's action
+    /// (processors/validate/README.md).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub rules: Option<Value>,
     /// Who is told about flagged responses: the notify-collectors processor's action
     /// (processors/notify-collectors/README.md).
     #[serde(default, deserialize_with = "present")]
@@ -149,6 +137,7 @@ impl FormBody {
     /// owners check and store them ([`FormActions::build_version`]).
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, &Value)> {
         let fields = [
+            ("rules", &self.rules),
             ("receipt", &self.receipt),
             ("notify", &self.notify),
             ("slang", &self.slang),
@@ -176,7 +165,11 @@ pub struct FormView {
     pub default_region: Option<String>,
     pub questions: Vec<QuestionBody>,
     pub metadata: serde_json::Value,
-    pub rules: Vec<RuleBody>,
+    /// Shown as validate shows it: always when it is registered (as the binary registers every
+    /// processor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub rules: Option<Value>,
     /// Shown as its owner shows it: always when notify-collectors is registered (as the binary
     /// registers every processor).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,17 +220,7 @@ impl FormView {
                 .collect(),
             metadata: serde_json::from_str(&version.metadata_json)
                 .unwrap_or_else(|_| serde_json::Value::Object(Default::default())),
-            rules: version
-                .rules
-                .iter()
-                .map(|r| RuleBody {
-                    id: r.id.clone(),
-                    expression: Some(r.expression.clone()),
-                    constraint: r.constraint.clone(),
-                    message: r.message.clone(),
-                    question_keys: r.question_keys.clone(),
-                })
-                .collect(),
+            rules: fields.remove("rules"),
             notify: fields.remove("notify"),
             receipt: fields.remove("receipt"),
             slang: fields.remove("slang"),

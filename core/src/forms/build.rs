@@ -1,19 +1,17 @@
-//! Building a form version from a form body: the checks of the form itself (its questions and
-//! rules); its processors' actions are checked by their owners ([`super::FormActions`], which
-//! builds a version with both).
+//! Building a form version from a form body: the checks of the form itself (its questions); its
+//! processors' actions, its rules (the validate processor's) included, are checked by their
+//! owners ([`super::FormActions`], which builds a version with both).
 //!
-//! Invariant: every problem of the form's own parts is listed, each at its JSON pointer; a stored
-//! rule is one the validate processor can compile.
+//! Invariant: every problem of the form's own parts is listed, each at its JSON pointer.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use formstream_schemas::{FormVersion, Question, QuestionType, Rule};
+use formstream_schemas::{FormVersion, Question, QuestionType};
 use regex::Regex;
 
 use crate::forms::body::FormBody;
 use crate::problem::FieldProblem;
-use crate::rules::{RuleSet, translate_constraint};
 
 static FORM_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$").expect("valid regex"));
@@ -173,7 +171,6 @@ pub(crate) fn draft_version(
         }
     }
     let questions: Vec<Question> = body.questions.iter().map(Question::from).collect();
-    let rules = rules_of(body, &questions, &mut problems);
     let version = FormVersion {
         version,
         title: body.title.trim().to_owned(),
@@ -183,7 +180,7 @@ pub(crate) fn draft_version(
         metadata_json: serde_json::Value::Object(body.metadata.clone().unwrap_or_default())
             .to_string(),
         actions_json: serde_json::Value::Object(body.actions.clone()).to_string(),
-        rules,
+        rules: Vec::new(),
         notify: Default::default(),
         receipt: None,
         slang: None,
@@ -191,72 +188,6 @@ pub(crate) fn draft_version(
         created_at: now,
     };
     (version, problems)
-}
-
-/// The same compile the validate processor runs: a rule stored is a rule it can evaluate.
-pub(crate) fn compile_rules(version: &FormVersion, problems: &mut Vec<FieldProblem>) {
-    if let Err(found) = RuleSet::compile(version) {
-        problems.extend(found);
-    }
-}
-
-/// The body's rules as stored: XLSForm constraints translated to CEL. A rule that cannot become
-/// CEL is reported and kept as a placeholder that always holds, so that every later problem still
-/// points at its own rule's index.
-fn rules_of(
-    body: &FormBody,
-    questions: &[Question],
-    problems: &mut Vec<FieldProblem>,
-) -> Vec<Rule> {
-    const PLACEHOLDER: &str = "true";
-    body.rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let expression = match (&r.expression, &r.constraint) {
-                (Some(expression), None) => expression.clone(),
-                // What GET shows for a constraint rule: accepted back unchanged, so that a client
-                // can PUT a form it fetched.
-                (Some(expression), Some(constraint))
-                    if translate_constraint(
-                        constraint,
-                        r.question_keys.first().map(String::as_str),
-                        questions,
-                    )
-                    .as_ref()
-                        == Ok(expression) =>
-                {
-                    expression.clone()
-                }
-                (None, Some(constraint)) => {
-                    let first = r.question_keys.first().map(String::as_str);
-                    translate_constraint(constraint, first, questions).unwrap_or_else(|detail| {
-                        problems.push(FieldProblem::new(
-                            format!("/rules/{i}/constraint"),
-                            "untranslatable_constraint",
-                            detail,
-                        ));
-                        PLACEHOLDER.to_owned()
-                    })
-                }
-                _ => {
-                    problems.push(FieldProblem::new(
-                        format!("/rules/{i}"),
-                        "expression_or_constraint",
-                        "a rule has either an expression (CEL) or a constraint (XLSForm); both only as GET shows them, the expression being the constraint's translation",
-                    ));
-                    PLACEHOLDER.to_owned()
-                }
-            };
-            Rule {
-                id: r.id.clone(),
-                expression,
-                constraint: r.constraint.clone(),
-                message: r.message.clone(),
-                question_keys: r.question_keys.clone(),
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -334,37 +265,20 @@ mod tests {
     }
 
     #[test]
-    fn a_form_with_rules_round_trips_through_its_view() {
-        let json = serde_json::json!({
-            "title": "Household survey",
-            "questions": [
-                {"key": "income", "text": "Monthly income", "type": "number"},
-                {"key": "savings", "text": "Monthly savings", "type": "number"}
-            ],
-            "rules": [
-                {"id": "cap", "constraint": ". <= ${income}", "message": "m", "question_keys": ["savings"]},
-                {"id": "cel", "expression": "income >= 0", "message": "m"}
-            ]
-        });
-        let version = build_version(&body(json), 1, 0).expect("valid");
-        assert_eq!(version.rules[0].expression, "savings <= income");
-        // What GET shows, PUT back, builds the same version.
-        let (_, rebuilt) = FormActions::default().shown_and_rebuilt(&version);
-        assert_eq!(rebuilt, Ok(version));
-
-        let mismatched = serde_json::json!({
+    fn actions_no_registered_processor_owns_are_refused() {
+        let body = body(serde_json::json!({
             "title": "t",
             "questions": [{"key": "income", "text": "Income", "type": "number"}],
-            "rules": [{"id": "r", "expression": "true", "constraint": ". > 0", "message": "m",
-                       "question_keys": ["income"]}],
+            "rules": [{"id": "r", "expression": "income > 0", "message": "m"}],
             "receipt": {"phone_question": "income", "template": "t"}
-        });
-        let problems = build_version(&body(mismatched), 1, 0).expect_err("invalid");
-        assert_eq!(problems[0].pointer, "/rules/0");
-        assert_eq!(problems[0].code, "expression_or_constraint");
-        // An action field no registered processor owns is refused, not stored unchecked.
-        assert_eq!(problems[1].pointer, "/receipt");
-        assert_eq!(problems[1].code, "unknown_action");
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        }));
+        let problems = build_version(&body, 1, 0).expect_err("invalid");
+        let pointers: Vec<_> = (problems.iter())
+            .map(|p| (p.pointer.as_str(), p.code))
+            .collect();
+        assert_eq!(
+            pointers,
+            [("/rules", "unknown_action"), ("/receipt", "unknown_action")]
+        );
     }
 }

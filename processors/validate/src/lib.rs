@@ -13,7 +13,7 @@
 //! by something else) is a permanent failure: the record is dead-lettered with the reason; that
 //! includes rules beyond the save-time budget (`rule_too_expensive`).
 //!
-//! One organisation's rules never stall the others' (issue 18, attack 4): rules whose time can
+//! One organisation's rules never stall the others' (docs/design.md, promise 8): rules whose time can
 //! grow with the answers ([`RuleSet::may_run_long`]) are evaluated on a blocking thread within
 //! `--rule-deadline`; past it the response is flagged with a `rule_too_expensive` error on every
 //! rule, and while that evaluation still runs on, the next responses of the same form version are
@@ -22,255 +22,32 @@
 //! deadline included, so that many forms (or versions) cannot pile up threads either (a response
 //! that finds no slot free within its deadline is flagged the same way). Other rule sets
 //! (comparisons and arithmetic, microseconds) are evaluated in place.
+//!
+//! - [`config`]: the flags;
+//! - [`action`]: its form action (`rules`: their JSON shape, the save-time check, the stored
+//!   rules; the rule engine itself is `formstream_core::rules`);
+//! - [`processor`]: the [`Validate`] processor.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+pub mod action;
+pub mod config;
+pub mod processor;
 
-use anyhow::anyhow;
-use clap::Args;
-use formstream_core::config::parse_duration;
-use formstream_core::rules::{RuleSet, TOO_EXPENSIVE};
-use formstream_core::time::now_millis;
-use formstream_runtime::processor::{ORDERING_HEADER, ORGANISATION_HEADER};
-use formstream_runtime::{Failure, Launch, Output, Processor, Record, RuntimeConfig, Shutdown};
-use formstream_schemas::{Encoder, FlagStatus, Response, ResponseFlag, Violation};
-use tokio::sync::Semaphore;
+pub use config::ValidateArgs;
+pub use processor::{REVISION_HEADER, Validate};
 
-/// The header that carries a flag's response revision, beside the response id.
-pub const REVISION_HEADER: &str = "revision";
+use std::sync::Arc;
 
-/// The validate processor's own flags.
-#[derive(Debug, Clone, Args)]
-pub struct ValidateArgs {
-    /// Longest one response's rules may run when their time can grow with the answers
-    /// (comprehensions, `matches`, joined strings); past it the response is flagged with a
-    /// `rule_too_expensive` error instead of waiting, and the other forms keep flowing.
-    // Within the budget such rules take well under a millisecond; a second is far beyond any
-    // honest rule yet short enough that a pathological one costs the flags little.
-    #[arg(long, env = "FORMSTREAM_RULE_DEADLINE", default_value = "1s", value_parser = parse_duration)]
-    pub rule_deadline: Duration,
-
-    /// Most evaluations of long-running rules (see --rule-deadline) on blocking threads at once,
-    /// those running past their deadline included: a response that finds none free within its
-    /// deadline is flagged with a `rule_too_expensive` error instead of starting another thread.
-    // Within the budget such rules take microseconds, so a few threads serve any honest load; 8
-    // bounds what pathological rules of many forms (or versions) can hold.
-    #[arg(long, env = "FORMSTREAM_MAX_RULE_EVALUATIONS", default_value_t = 8)]
-    pub max_rule_evaluations: usize,
-}
-
-impl Default for ValidateArgs {
-    fn default() -> Self {
-        ValidateArgs {
-            rule_deadline: Duration::from_secs(1),
-            max_rule_evaluations: 8,
-        }
-    }
-}
-
-/// A form version's compiled rules, and how many of their evaluations still run past their
-/// deadline.
-struct Rules {
-    set: RuleSet,
-    late: AtomicUsize,
-}
-
-/// Compiled rule sets, by organisation, form id and version (two organisations may each have a
-/// form `household`, with rules of their own): compiled once (tens of µs) per version, then
-/// evaluated in a few µs per response. Nested, so that a look-up borrows the record's strings
-/// instead of building a key.
-type RuleCache = RwLock<HashMap<String, HashMap<String, HashMap<i32, Arc<Rules>>>>>;
-
-/// Where a record was read: the key of an outcome evaluated by `handle` for `outputs`.
-type Position = (&'static str, i32, i64);
-
-pub struct Validate {
-    encoder: Encoder<ResponseFlag>,
-    flags_topic: Arc<str>,
-    rules: RuleCache,
-    deadline: Duration,
-    /// One permit per evaluation on a blocking thread (`--max-rule-evaluations`), held until the
-    /// evaluation ends, past its deadline too: abandoned evaluations cannot pile up.
-    slots: Arc<Semaphore>,
-    /// Evaluations given up at their deadline (still running on), since start.
-    abandoned: AtomicU64,
-    /// Outcomes evaluated off the async threads in `handle`, taken by `outputs`, which the
-    /// runtime calls right after `handle` for the same record.
-    evaluated: Mutex<HashMap<Position, Vec<Violation>>>,
-}
-
-impl Validate {
-    /// Builds the processor for `config`'s topics: flags are encoded for the flags topic (and
-    /// registered with the schema registry when one is configured).
-    pub async fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
-        Self::with_args(config, &ValidateArgs::default()).await
-    }
-
-    /// [`Validate::new`] with the processor's own flags.
-    pub async fn with_args(config: &RuntimeConfig, args: &ValidateArgs) -> anyhow::Result<Self> {
-        let codec = formstream_core::codec(&config.registry)?;
-        let flags_topic = config.topics.flags_topic.clone();
-        let encoder = codec.encoder::<ResponseFlag>(&flags_topic).await?;
-        Ok(Validate {
-            encoder,
-            flags_topic: flags_topic.into(),
-            rules: RwLock::new(HashMap::new()),
-            deadline: args.rule_deadline,
-            slots: Arc::new(Semaphore::new(args.max_rule_evaluations.max(1))),
-            abandoned: AtomicU64::new(0),
-            evaluated: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn rules_of(&self, record: &Record<Response>) -> Result<Arc<Rules>, Failure> {
-        let response = &record.value;
-        let cached = self.rules.read().ok().and_then(|cache| {
-            cache
-                .get(&response.organisation)?
-                .get(&response.form_id)?
-                .get(&response.form_version)
-                .cloned()
-        });
-        if let Some(rules) = cached {
-            return Ok(rules);
-        }
-        // The runtime holds a record back until its form version is in the view.
-        let version = record.form_version().ok_or_else(|| {
-            Failure::permanent(anyhow!(
-                "form {} has no version {}",
-                response.form_id,
-                response.form_version
-            ))
-        })?;
-        let rules = RuleSet::compile(version).map_err(|problems| {
-            let reasons: Vec<String> = problems
-                .iter()
-                .map(|p| format!("{}: {}", p.pointer, p.detail))
-                .collect();
-            Failure::permanent(anyhow!(
-                "the rules of form {} version {} do not compile: {}",
-                response.form_id,
-                response.form_version,
-                reasons.join("; ")
-            ))
-        })?;
-        let rules = Arc::new(Rules {
-            set: rules,
-            late: AtomicUsize::new(0),
-        });
-        if let Ok(mut cache) = self.rules.write() {
-            cache
-                .entry(response.organisation.clone())
-                .or_default()
-                .entry(response.form_id.clone())
-                .or_default()
-                .insert(response.form_version, rules.clone());
-        }
-        Ok(rules)
-    }
-
-    /// The violations of a response whose rules may run long, evaluated on a blocking thread
-    /// within the deadline (see the module header).
-    async fn evaluate_off_thread(&self, rules: Arc<Rules>, response: &Response) -> Vec<Violation> {
-        if rules.late.load(Ordering::Acquire) > 0 {
-            return rules.set.unevaluated(&format!(
-                "{TOO_EXPENSIVE}: not evaluated; these rules are still running past their {} ms deadline on an earlier response",
-                self.deadline.as_millis()
-            ));
-        }
-        let started = tokio::time::Instant::now();
-        let slot = tokio::time::timeout(self.deadline, self.slots.clone().acquire_owned()).await;
-        let Ok(Ok(slot)) = slot else {
-            return rules.set.unevaluated(&format!(
-                "{TOO_EXPENSIVE}: not evaluated; every one of this instance's rule evaluation \
-                 threads stayed busy for {} ms (rules running past their deadline)",
-                self.deadline.as_millis()
-            ));
-        };
-        let owned = response.clone();
-        let evaluating = rules.clone();
-        let mut task = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            evaluating.set.evaluate(&owned)
-        });
-        let left = self.deadline.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, &mut task).await {
-            Ok(Ok(violations)) => violations,
-            // Evaluation catches the interpreter's panics; this is the thread pool's own failure.
-            Ok(Err(failed)) => rules
-                .set
-                .unevaluated(&format!("the rules' evaluation failed: {failed}")),
-            Err(_) => {
-                let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(
-                    organisation = %response.organisation,
-                    form_id = %response.form_id,
-                    form_version = response.form_version,
-                    abandoned,
-                    "Rules ran past their deadline; flagged, their evaluation runs on in its slot."
-                );
-                rules.late.fetch_add(1, Ordering::AcqRel);
-                let running = rules.clone();
-                tokio::spawn(async move {
-                    let _ = task.await;
-                    running.late.fetch_sub(1, Ordering::AcqRel);
-                });
-                rules.set.unevaluated(&format!(
-                    "{TOO_EXPENSIVE}: these rules ran past their {} ms deadline on this response",
-                    self.deadline.as_millis()
-                ))
-            }
-        }
-    }
-
-    /// Evaluations given up at their deadline since start (each ran on in its slot).
-    pub fn abandoned_evaluations(&self) -> u64 {
-        self.abandoned.load(Ordering::Relaxed)
-    }
-
-    /// The outcome of one response revision, evaluated in place.
-    pub fn evaluate(&self, record: &Record<Response>) -> Result<ResponseFlag, Failure> {
-        let rules = self.rules_of(record)?;
-        Ok(flag_of(&record.value, rules.set.evaluate(&record.value)))
-    }
-
-    fn evaluated(&self) -> std::sync::MutexGuard<'_, HashMap<Position, Vec<Violation>>> {
-        self.evaluated
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn position(record: &Record<Response>) -> Position {
-    (record.topic, record.partition, record.offset)
-}
-
-/// The flag of `response` with `violations`.
-fn flag_of(response: &Response, violations: Vec<Violation>) -> ResponseFlag {
-    ResponseFlag {
-        response_id: response.response_id.clone(),
-        form_id: response.form_id.clone(),
-        form_version: response.form_version,
-        organisation: response.organisation.clone(),
-        revision: response.revision,
-        collector_id: response.collector.id.clone(),
-        collector_phone: response.collector.phone.clone(),
-        status: if violations.is_empty() {
-            FlagStatus::Clean
-        } else {
-            FlagStatus::Flagged
-        },
-        violations,
-        evaluated_at: now_millis(),
-    }
-}
+use formstream_core::forms::FormAction;
+use formstream_runtime::{Launch, RuntimeConfig, Shutdown};
 
 impl Launch for Validate {
-    const NAME: &'static str = "validate";
+    const NAME: &'static str = processor::NAME;
     const ABOUT: &'static str = "Check every response revision against its form's rules; publish the outcome to the flags topic, exactly once (Kafka transactions)";
     type Args = ValidateArgs;
+
+    fn form_action() -> Option<Arc<dyn FormAction>> {
+        Some(action::action())
+    }
 
     async fn run(
         args: ValidateArgs,
@@ -279,50 +56,5 @@ impl Launch for Validate {
     ) -> anyhow::Result<()> {
         let processor = Validate::with_args(&runtime, &args).await?;
         formstream_runtime::run(processor, runtime, None, shutdown).await
-    }
-}
-
-impl Processor for Validate {
-    type Value = Response;
-
-    fn name(&self) -> &str {
-        Self::NAME
-    }
-
-    /// Nothing outside Kafka: the outcome is the output record, published by the runtime. Rules
-    /// that may run long are evaluated here, off the async threads, for `outputs` to publish.
-    async fn handle(&self, record: &Record<Response>) -> Result<(), Failure> {
-        let rules = self.rules_of(record)?;
-        if rules.set.may_run_long() {
-            let violations = self.evaluate_off_thread(rules, &record.value).await;
-            self.evaluated().insert(position(record), violations);
-        }
-        Ok(())
-    }
-
-    fn transactional(&self) -> bool {
-        true
-    }
-
-    fn outputs(&self, record: &Record<Response>) -> Result<Vec<Output>, Failure> {
-        let evaluated = self.evaluated().remove(&position(record));
-        let flag = match evaluated {
-            Some(violations) => flag_of(&record.value, violations),
-            None => self.evaluate(record)?,
-        };
-        let payload = self
-            .encoder
-            .encode(&flag)
-            .map_err(|e| Failure::permanent(anyhow!("cannot encode the flag: {e}")))?;
-        Ok(vec![Output {
-            topic: self.flags_topic.clone(),
-            key: Some(flag.form_id.clone().into_bytes()),
-            payload,
-            headers: vec![
-                (ORDERING_HEADER.to_owned(), flag.response_id),
-                (REVISION_HEADER.to_owned(), flag.revision.to_string()),
-                (ORGANISATION_HEADER.to_owned(), flag.organisation),
-            ],
-        }])
     }
 }
