@@ -87,6 +87,9 @@ pub async fn run<P: Processor>(
     let group = config.group_id(&name);
     let dlq_topic = config.dlq_topic(&name);
     let metrics = Metrics::new(&name);
+    for collector in processor.metrics() {
+        metrics.register(collector)?;
+    }
     let codec = formstream_core::codec(&config.registry)?;
 
     if config.create_dlq_topic {

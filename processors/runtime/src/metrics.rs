@@ -316,6 +316,13 @@ impl Metrics {
             .inc_by(partitions as u64);
     }
 
+    /// Adds a processor's own metric to this registry ([`crate::Processor::metrics`]).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> anyhow::Result<()> {
+        self.registry
+            .register(collector)
+            .map_err(|e| anyhow::anyhow!("registering a processor's metric: {e}"))
+    }
+
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {

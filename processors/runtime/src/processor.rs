@@ -308,6 +308,13 @@ pub trait Processor: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// The processor's own metrics, served on its /metrics beside the runtime's (registered once,
+    /// when [`crate::run`] starts). Their labels take values from bounded sets only, as the
+    /// runtime's do: never an organisation, a form or a response.
+    fn metrics(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        Vec::new()
+    }
+
     /// Where to start reading `partitions` of `topic` when they are assigned to this instance,
     /// instead of the consumer group's committed offsets: the next offset to read, per partition.
     ///

@@ -26,10 +26,12 @@
 //! - [`config`]: the flags;
 //! - [`action`]: its form action (`rules`: their JSON shape, the save-time check, the stored
 //!   rules; the rule engine itself is `formstream_core::rules`);
-//! - [`processor`]: the [`Validate`] processor.
+//! - [`processor`]: the [`Validate`] processor;
+//! - [`metrics`]: its own metric (rule evaluations given up, by outcome).
 
 pub mod action;
 pub mod config;
+pub mod metrics;
 pub mod processor;
 
 pub use config::ValidateArgs;

@@ -6,7 +6,7 @@
 //! not compile (a form the gateway did not check) fail the record, permanently.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use formstream_schemas::{Encoder, FlagStatus, Response, ResponseFlag, Violation}
 use tokio::sync::Semaphore;
 
 use crate::config::ValidateArgs;
+use crate::metrics::Unevaluated;
 
 /// The processor's name: group `formstream-validate`, dead letters on `validate.dlq`.
 pub const NAME: &str = "validate";
@@ -50,8 +51,8 @@ pub struct Validate {
     /// One permit per evaluation on a blocking thread (`--max-rule-evaluations`), held until the
     /// evaluation ends, past its deadline too: abandoned evaluations cannot pile up.
     slots: Arc<Semaphore>,
-    /// Evaluations given up at their deadline (still running on), since start.
-    abandoned: AtomicU64,
+    /// Responses flagged without a finished evaluation, by why (served on /metrics).
+    unevaluated: Unevaluated,
     /// Outcomes evaluated off the async threads in `handle`, taken by `outputs`, which the
     /// runtime calls right after `handle` for the same record.
     evaluated: Mutex<HashMap<Position, Vec<Violation>>>,
@@ -75,7 +76,7 @@ impl Validate {
             rules: RwLock::new(HashMap::new()),
             deadline: args.rule_deadline,
             slots: Arc::new(Semaphore::new(args.max_rule_evaluations.max(1))),
-            abandoned: AtomicU64::new(0),
+            unevaluated: Unevaluated::new(),
             evaluated: Mutex::new(HashMap::new()),
         })
     }
@@ -131,6 +132,7 @@ impl Validate {
     /// within the deadline (see the module header).
     async fn evaluate_off_thread(&self, rules: Arc<Rules>, response: &Response) -> Vec<Violation> {
         if rules.late.load(Ordering::Acquire) > 0 {
+            self.unevaluated.still_running.inc();
             return rules.set.unevaluated(&format!(
                 "{TOO_EXPENSIVE}: not evaluated; these rules are still running past their {} ms deadline on an earlier response",
                 self.deadline.as_millis()
@@ -139,6 +141,7 @@ impl Validate {
         let started = tokio::time::Instant::now();
         let slot = tokio::time::timeout(self.deadline, self.slots.clone().acquire_owned()).await;
         let Ok(Ok(slot)) = slot else {
+            self.unevaluated.no_slot.inc();
             return rules.set.unevaluated(&format!(
                 "{TOO_EXPENSIVE}: not evaluated; every one of this instance's rule evaluation \
                  threads stayed busy for {} ms (rules running past their deadline)",
@@ -159,7 +162,8 @@ impl Validate {
                 .set
                 .unevaluated(&format!("the rules' evaluation failed: {failed}")),
             Err(_) => {
-                let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+                self.unevaluated.past_deadline.inc();
+                let abandoned = self.unevaluated.past_deadline.get();
                 tracing::warn!(
                     organisation = %response.organisation,
                     form_id = %response.form_id,
@@ -183,7 +187,7 @@ impl Validate {
 
     /// Evaluations given up at their deadline since start (each ran on in its slot).
     pub fn abandoned_evaluations(&self) -> u64 {
-        self.abandoned.load(Ordering::Relaxed)
+        self.unevaluated.past_deadline.get()
     }
 
     /// The outcome of one response revision, evaluated in place.
@@ -243,6 +247,10 @@ impl Processor for Validate {
 
     fn transactional(&self) -> bool {
         true
+    }
+
+    fn metrics(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![self.unevaluated.collector()]
     }
 
     fn outputs(&self, record: &Record<Response>) -> Result<Vec<Output>, Failure> {

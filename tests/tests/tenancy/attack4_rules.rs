@@ -9,6 +9,7 @@
 //!   Each of globex's responses is then flagged `rule_too_expensive` after `--rule-deadline`, and
 //!   acme's responses, published behind globex's, are flagged correctly and promptly: the
 //!   evaluation runs on a blocking thread, never on the async threads that carry acme's records.
+//!   Evaluations given up are counted on validate's /metrics, by outcome only.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -308,6 +309,8 @@ async fn late_rule_evaluations_of_many_forms_are_bounded_per_instance() {
         .collect();
     producer.responses(&items).await;
     let flags = flags_on_topic(&topics, items.len()).await;
+    // Counted before each flag was published, so there by now.
+    let metrics = runtime.metrics().await;
     runtime.stop().await.expect("the runtime stops cleanly");
     topics.delete().await;
 
@@ -322,7 +325,25 @@ async fn late_rule_evaluations_of_many_forms_are_bounded_per_instance() {
     );
     let ran = errors.iter().filter(|e| e.contains("ran past")).count();
     assert_eq!(ran, 1, "one evaluation thread at most: {errors:#?}");
+    // The operator sees the same on /metrics: one given up at its deadline, two that found no
+    // slot; labelled by outcome alone (never the organisation or the form).
+    let given_up = |outcome| metric_value(&metrics, ABANDONED, &[("outcome", outcome)]);
+    assert_eq!(given_up("past_deadline"), 1.0, "{metrics}");
+    assert_eq!(given_up("no_slot"), 2.0, "{metrics}");
+    assert_eq!(given_up("still_running"), 0.0, "{metrics}");
+    let series: Vec<&str> = (metrics.lines())
+        .filter(|line| line.starts_with(ABANDONED))
+        .collect();
+    assert!(
+        (series.iter()).all(
+            |line| line.starts_with(&format!("{ABANDONED}{{outcome=\"")) && !line.contains(',')
+        ),
+        "{series:#?}"
+    );
 }
+
+/// validate's count of rule evaluations it gave up on, by outcome.
+const ABANDONED: &str = "formstream_validate_rule_evaluations_abandoned_total";
 
 /// The flags on the topic (read_committed), by response id, once `expected` are there or a minute
 /// passed.
