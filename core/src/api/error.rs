@@ -29,10 +29,11 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request body is larger than this gateway accepts")]
     TooLarge,
-    /// The record built from the request is larger than Kafka accepts (the producer's
-    /// `message.max.bytes` or the topic's `max.message.bytes`): retrying cannot help.
+    /// The record built from the request (a response, a batch's) is larger than Kafka accepts
+    /// (the producer's `message.max.bytes` or the topic's `max.message.bytes`): retrying cannot
+    /// help. A form too large is a 422 `form_too_large` instead, with the form's own figures.
     #[error(
-        "the record is larger than Kafka accepts (message.max.bytes); nothing was accepted: shorten the answers (for a form, its versions' text)"
+        "the record is larger than Kafka accepts (message.max.bytes); nothing was accepted: shorten the answers"
     )]
     RecordTooLarge,
     #[error("{0}")]
