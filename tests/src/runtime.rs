@@ -176,6 +176,22 @@ impl RuntimeTopics {
             .expect("creating the flags topic");
     }
 
+    /// Creates the topic `<responses>-<suffix>` (3 partitions) for a processor's outputs, and
+    /// gives its name; the test deletes it.
+    pub async fn create_output_topic(&self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.responses);
+        let spec = TopicSpec {
+            name: name.clone(),
+            partitions: 3,
+            replication_factor: 1,
+            config: vec![],
+        };
+        ensure_topics(&self.kafka(), &[spec], Duration::from_secs(30))
+            .await
+            .expect("creating an output topic");
+        name
+    }
+
     /// Deletes this test's topics (the runtime's re-drive topics too), best effort.
     pub async fn delete(&self) {
         let redrive = RedriveTopics::of(&self.dlq);

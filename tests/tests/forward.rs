@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_schemas::{Codec, Response};
 use formstream_tests::deploy::{processors, read_repo_file};
 use formstream_tests::runtime::*;
@@ -28,16 +27,7 @@ impl Drop for ForwardProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_copies_every_revision_once_with_its_key_value_and_headers() {
     let topics = RuntimeTopics::create(3).await;
-    let forwarded = format!("{}-forwarded", topics.responses);
-    let spec = TopicSpec {
-        name: forwarded.clone(),
-        partitions: 3,
-        replication_factor: 1,
-        config: vec![],
-    };
-    ensure_topics(&topics.kafka(), &[spec], Duration::from_secs(30))
-        .await
-        .expect("creating the forward topic");
+    let forwarded = topics.create_output_topic("forwarded").await;
     let producer = TestProducer::new(&topics);
     let form = test_form(&format!("form-{}", unique()));
     producer.form(&form).await;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use formstream_core::topics::{TopicSpec, ensure_topics};
 use formstream_schemas::{Codec, Response};
 use formstream_tests::runtime::*;
 use formstream_tests::{BrokerInstance, read_topic, unique, wait_until};
@@ -88,16 +87,7 @@ async fn a_broker_restart_mid_transaction_loses_and_doubles_no_output() {
     broker.run("start");
     let bootstrap = broker.0.bootstrap();
     let topics = RuntimeTopics::create_on(&bootstrap, 3).await;
-    let forwarded = format!("{}-forwarded", topics.responses);
-    let spec = TopicSpec {
-        name: forwarded.clone(),
-        partitions: 3,
-        replication_factor: 1,
-        config: vec![],
-    };
-    ensure_topics(&topics.kafka(), &[spec], Duration::from_secs(30))
-        .await
-        .expect("creating the forward topic");
+    let forwarded = topics.create_output_topic("forwarded").await;
     let producer = TestProducer::new(&topics);
     let form = test_form(&format!("form-{}", unique()));
     producer.form(&form).await;
