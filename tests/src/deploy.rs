@@ -1,4 +1,4 @@
-//! Helpers for the deployment tests (issue 8): what the real `formstream` binary accepts, read
+//! Helpers for the deployment tests: what the real `formstream` binary accepts, read
 //! from its `--help`, and which metrics the code really exports, read from its metrics modules.
 //!
 //! Invariant: the deployment files (docker-compose.yml, deploy/k8s, deploy/prometheus,

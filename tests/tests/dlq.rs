@@ -1,4 +1,4 @@
-//! Dead-letter re-drive on the real broker (issue 16; docs/design.md promises 2, 3, 8 and 9), through
+//! Dead-letter re-drive on the real broker (docs/design.md, promises 2, 3, 8 and 9), through
 //! the library the CLI and the gateway call, with the runtime running a test processor in-process.
 //!
 //! Invariants proved here: a record dead-lettered by an outage, re-driven after the fix, takes

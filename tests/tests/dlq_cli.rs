@@ -1,5 +1,5 @@
 //! `formstream dlq` against the real broker and the `journal` processor of the same binary
-//! (issue 16): an outage longer than the retry budget dead-letters responses; after the fix,
+//! an outage longer than the retry budget dead-letters responses; after the fix,
 //! `formstream dlq redrive` journals each exactly once, a second re-drive does nothing, a discard
 //! empties the list, and bad input gets a clear error. Build the binary first (`cargo build
 //! --bin formstream`; `deploy/local/test.sh` does).

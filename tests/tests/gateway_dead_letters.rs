@@ -1,4 +1,4 @@
-//! `/v1/dead-letters` through the real gateway and broker (issue 16): the `journal` processor of
+//! `/v1/dead-letters` through the real gateway and broker: the `journal` processor of
 //! the same binary dead-letters responses while an outage outlasts its retry budget; after the
 //! fix, their organisation re-drives them over HTTP and each takes effect exactly once (re-driving
 //! again is skipped), and another organisation's API key can neither list, show, re-drive nor

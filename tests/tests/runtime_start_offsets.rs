@@ -1,5 +1,5 @@
 //! A processor that keeps its own offsets (`Processor::start_offsets`) starts its partitions there,
-//! not at the group's committed offsets (issue 7: the slang index resumes from the offsets stored
+//! not at the group's committed offsets (the slang index resumes from the offsets stored
 //! in its own commits).
 //!
 //! Invariant proved here: on assignment, a partition the processor names starts exactly at the

@@ -1,4 +1,4 @@
-//! A circuit per target (docs/design.md, promise 8; issue 18, "one target pauses everyone"),
+//! A circuit per target (docs/design.md, promise 8: a failing target pauses only its own work),
 //! with the in-process test processor: each record writes to a target of its organisation, and a
 //! target that fails holds back only its own records.
 //!

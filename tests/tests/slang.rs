@@ -1,4 +1,4 @@
-//! The slang processor on the real broker (issue 7): multilingual answers indexed by city and
+//! The slang processor on the real broker: multilingual answers indexed by city and
 //! searched through its API; corrections, restarts and rebuilds.
 //!
 //! Invariants proved here: words are Unicode words in every script (Hindi, Tamil, Bengali, Urdu,

@@ -1,4 +1,4 @@
-//! The validate processor on the real broker (issue 4): outcomes of clean, flagged, corrected and
+//! The validate processor on the real broker: outcomes of clean, flagged, corrected and
 //! erroring responses; a form whose rules do not compile goes to the dead-letter topic; the
 //! correction loop through the gateway until the flags API shows the flag resolved; and exactly
 //! one flag per (response, revision) through a `kill -9` and a restart (Kafka transactions).

@@ -2,7 +2,7 @@
 //! hold: a connection limit, and timeouts for a request's headers, for its handling, and for a
 //! connection that moves no bytes. Without them (hyper reads headers with no timeout unless given
 //! a timer, and nothing bounds a request or the connections), a few thousand slow clients, of any
-//! organisation, could hold the server for everyone (issue 18, attack 6).
+//! organisation, could hold the server for everyone (docs/design.md, promise 8).
 //!
 //! Invariant: at most `--http-max-connections` connections are open (further ones wait in the
 //! listen backlog until one closes); a connection waiting for a request's headers longer than

@@ -1,4 +1,4 @@
-//! The slang benchmark (issue 7), on the real broker: indexing throughput of the slang processor
+//! The slang benchmark, on the real broker: indexing throughput of the slang processor
 //! over a topic of BENCH_SLANG_RECORDS (1,000,000) responses, then the search API's latency on the
 //! resulting index (p50, p99 of each of the three queries, over HTTP with an API key, one client).
 //!

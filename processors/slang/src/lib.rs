@@ -1,4 +1,4 @@
-//! The slang processor (issue 7): a full-text index of the text answers of responses, by the city
+//! The slang processor: a full-text index of the text answers of responses, by the city
 //! answered in another question of the same form, and the search API over it.
 //!
 //! Exactly-once indexing, and why: the index is a local store, so its commits carry the offsets

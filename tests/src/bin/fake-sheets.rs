@@ -18,7 +18,7 @@ use formstream_tests::standalone::{Announce, serve_admin, sheets_admin};
 #[derive(Parser)]
 struct Args {
     /// Time each API call takes before it is answered.
-    // Google's usual answer time for a call, as issue 15 states it.
+    // Google's usual answer time for a call.
     #[arg(long, default_value = "200ms", value_parser = formstream_core::config::parse_duration)]
     latency: Duration,
     /// Writes accepted in any 60 s; more are answered 429.

@@ -13,7 +13,7 @@ use formstream_tests::twilio_fake::FakeTwilio;
 #[derive(Parser)]
 struct Args {
     /// Time each create takes before it is answered.
-    // Twilio's usual answer time for a create, as issue 15 states it.
+    // Twilio's usual answer time for a create.
     #[arg(long, default_value = "100ms", value_parser = formstream_core::config::parse_duration)]
     latency: Duration,
     /// Address of the admin API.

@@ -1,4 +1,4 @@
-//! The receipts benchmark (issue 5): receipts per second through the real runtime, the real
+//! The receipts benchmark: receipts per second through the real runtime, the real
 //! Twilio client and the effect ledger on the local broker, against the Twilio fake answering
 //! every create after a fixed latency, with a configured rate limit. Not a test: run it with
 //! `bench/receipts.sh`, which also measures Kafka's own consumer on the same topic.

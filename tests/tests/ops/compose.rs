@@ -1,5 +1,5 @@
 //! docker-compose.yml, docker-compose.offline.yml, the Dockerfiles and the compose Prometheus
-//! config, checked against the real binary (issue 8) without Docker: a service per registered
+//! config, checked against the real binary without Docker: a service per registered
 //! processor, scalable (no container name; no host port but its API's), environment variables the
 //! commands really read, files written only into volumes, healthchecks on the ports the services
 //! listen on, and a Prometheus job that finds every replica. `compose_stack` runs the stack itself.

@@ -1,4 +1,4 @@
-//! The whole compose stack, built and run (issue 17): the commands of docs/operations.md, as a
+//! The whole compose stack, built and run: the commands of docs/operations.md, as a
 //! user types them, with this test's own project name, image tag and host ports so it runs beside
 //! the shared broker, `formstream dev` and other runs of itself.
 //!

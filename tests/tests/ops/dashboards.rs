@@ -1,5 +1,5 @@
 //! The Grafana dashboard and the alert rules refer only to metrics and labels the code exports
-//! (issue 8): every PromQL expression of deploy/grafana and deploy/prometheus is checked against
+//! every PromQL expression of deploy/grafana and deploy/prometheus is checked against
 //! the metric definitions in the gateway's and the runtime's metrics modules, so renaming a
 //! metric breaks this test rather than a panel or a page.
 

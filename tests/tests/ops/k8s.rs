@@ -1,4 +1,4 @@
-//! The Kubernetes manifests of deploy/k8s, parsed and checked against the real binary (issue 8):
+//! The Kubernetes manifests of deploy/k8s, parsed and checked against the real binary:
 //! a StatefulSet per registered processor (its pod name is its static group membership) and a
 //! Deployment for the gateway, with readiness on /readyz and liveness on /healthz at the port the
 //! binary listens on, resource requests, environment names the commands read, a

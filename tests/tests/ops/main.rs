@@ -1,4 +1,4 @@
-//! Operations tests (issue 8), in one test binary: each binary links librdkafka and weighs about
+//! Operations tests, in one test binary: each binary links librdkafka and weighs about
 //! 175 MB in a debug build, and these suites share their helpers (`formstream_tests::deploy`).
 //! - `compose`: docker-compose.yml, the Dockerfile and the compose Prometheus config against the
 //!   binary's flags;

@@ -1,4 +1,4 @@
-//! A real Prometheus scrapes a real gateway and processor (issue 8): the Debian `prometheus`
+//! A real Prometheus scrapes a real gateway and processor: the Debian `prometheus`
 //! binary runs with a generated configuration (and the project's alert rules) on a free port, the
 //! `formstream` binary runs the gateway and the journal processor on the shared broker with fresh
 //! topics, a few responses go through, and Prometheus' HTTP API must then hold the lag and

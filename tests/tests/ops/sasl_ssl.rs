@@ -1,4 +1,4 @@
-//! The gateway and a processor work against a SASL_SSL cluster (issue 8): a private broker of
+//! The gateway and a processor work against a SASL_SSL cluster: a private broker of
 //! its own, started by `deploy/local/kafka.sh` in secure mode (a CA and SCRAM-SHA-512 user
 //! generated for it, never in the repository), refuses a client without TLS and credentials; the
 //! real `formstream` binary creates the topics, runs the gateway (configured through

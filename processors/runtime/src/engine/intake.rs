@@ -6,7 +6,7 @@
 //! ([`ORGANISATION_HEADER`], or both lack it), or, both lacking a response id, the same Kafka key
 //! (up to a 64-bit hash collision, which only costs concurrency: the two wait for each other); a
 //! header and a Kafka key that happen to be equal are different keys. So a response id that
-//! another organisation reuses never holds a record back behind the other's (issue 18).
+//! another organisation reuses never holds a record back behind the other's (docs/design.md, promise 8).
 
 use std::hash::BuildHasher;
 use std::time::Instant;
