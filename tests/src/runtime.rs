@@ -165,31 +165,28 @@ impl RuntimeTopics {
 
     /// Creates the flags topic (3 partitions), which validate writes to and notify-collectors reads.
     pub async fn create_flags_topic(&self) {
-        let spec = TopicSpec {
-            name: self.flags.clone(),
-            partitions: 3,
-            replication_factor: 1,
-            config: vec![],
-        };
-        ensure_topics(&self.kafka(), &[spec], Duration::from_secs(30))
-            .await
-            .expect("creating the flags topic");
+        self.create_topic(&self.flags).await;
     }
 
     /// Creates the topic `<responses>-<suffix>` (3 partitions) for a processor's outputs, and
     /// gives its name; the test deletes it.
     pub async fn create_output_topic(&self, suffix: &str) -> String {
         let name = format!("{}-{suffix}", self.responses);
+        self.create_topic(&name).await;
+        name
+    }
+
+    /// Creates `name` with 3 partitions on this test's broker.
+    async fn create_topic(&self, name: &str) {
         let spec = TopicSpec {
-            name: name.clone(),
+            name: name.to_owned(),
             partitions: 3,
             replication_factor: 1,
             config: vec![],
         };
         ensure_topics(&self.kafka(), &[spec], Duration::from_secs(30))
             .await
-            .expect("creating an output topic");
-        name
+            .unwrap_or_else(|e| panic!("creating topic {name}: {e}"));
     }
 
     /// Deletes this test's topics (the runtime's re-drive topics too), best effort.
