@@ -407,6 +407,45 @@ mod tests {
         );
     }
 
+    /// A check of the built version runs after every field's check, whatever field it belongs
+    /// to: the order of a 422's problems (validate's rule compile after the receipt's check).
+    #[test]
+    fn checks_of_the_built_version_come_after_every_fields_check() {
+        fn early(_: &Value, _: &FormBody) -> Vec<FieldProblem> {
+            vec![FieldProblem::new("/early", "early", "")]
+        }
+        fn late(_: &Value, _: &FormVersion) -> Vec<FieldProblem> {
+            vec![FieldProblem::new("/late", "late", "")]
+        }
+        fn store(_: Value, _: &mut FormVersion) {}
+        fn show(_: &FormVersion) -> Option<Value> {
+            None
+        }
+        let actions = FormActions::new([
+            Arc::new(Action::field("rules", early, store, show).with_check_built(late))
+                as Arc<dyn FormAction>,
+            Arc::new(Action::field("receipt", early, store, show)),
+        ]);
+        let body: FormBody = serde_json::from_value(json!({
+            "title": "t",
+            "questions": [{"key": "name", "text": "Name", "type": "text"}],
+            "rules": [],
+            "receipt": {},
+            "actions": {"echo": {}},
+        }))
+        .expect("a form body");
+        let problems = actions.build_version(&body, 1, 0).expect_err("invalid");
+        assert_eq!(
+            pointers(problems),
+            [
+                ("/rules/early".to_owned(), "early"),
+                ("/receipt/early".to_owned(), "early"),
+                ("/rules/late".to_owned(), "late"),
+                ("/actions/echo".to_owned(), "unknown_action"),
+            ]
+        );
+    }
+
     #[test]
     fn a_stored_version_gives_an_action_its_settings() {
         let mut version =
