@@ -294,6 +294,27 @@ fn registered_names() -> Vec<String> {
     PROCESSORS.iter().map(|r| r.name.to_owned()).collect()
 }
 
+/// `--console-slang-url` unset in `formstream dev`: the console's Slang page uses the search API of
+/// the slang processor it runs (its `FORMSTREAM_SLANG_SEARCH_LISTEN`, default 127.0.0.1:8090; an
+/// unspecified address is reached on loopback).
+fn console_slang_is_the_local_one(config: &mut GatewayConfig) -> anyhow::Result<()> {
+    if config.console_slang_url.is_some() {
+        return Ok(());
+    }
+    let listen = std::env::var("FORMSTREAM_SLANG_SEARCH_LISTEN")
+        .unwrap_or_else(|_| "127.0.0.1:8090".to_owned());
+    let mut listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("FORMSTREAM_SLANG_SEARCH_LISTEN={listen:?} is not an address"))?;
+    if listen.ip().is_unspecified() {
+        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = formstream_ingest::console::slang::parse_base_url(&format!("http://{listen}"))
+        .map_err(anyhow::Error::msg)?;
+    config.console_slang_url = Some(url);
+    Ok(())
+}
+
 /// `--dead-letter-processors` unset: the gateway serves every registered processor's dead
 /// letters, on its default dead-letter topic.
 fn serve_every_processors_dead_letters(config: &mut GatewayConfig) {
@@ -314,6 +335,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     } = args;
     gateway.form_actions = form_actions();
     serve_every_processors_dead_letters(&mut gateway);
+    console_slang_is_the_local_one(&mut gateway)?;
     if gateway.create_topics {
         // Before anything starts: the processors follow the forms topic from the start.
         let specs = spine_topics(&gateway.topics, &gateway.topic_settings);

@@ -6,7 +6,9 @@
 #   4. runs `formstream dev` in the foreground: the gateway on $FORMSTREAM_GATEWAY_LISTEN (default
 #      127.0.0.1:8080, with the development API keys of deploy/local/api-keys.toml) and every
 #      registered processor in the same process, each serving /metrics on its own port from
-#      $FORMSTREAM_DEV_METRICS_LISTEN (default 127.0.0.1:9464, then 9465, ... in registration order)
+#      $FORMSTREAM_DEV_METRICS_LISTEN (default 127.0.0.1:9464, then 9465, ... in registration order);
+#      the slang search API on $FORMSTREAM_SLANG_SEARCH_LISTEN (default 127.0.0.1:8090), which the
+#      console's Slang page reaches through the gateway (`formstream dev` sets --console-slang-url)
 # Everything it writes is under .local/ (journal, slang index, SMS outbox, sheets' CSV files) unless
 # the FORMSTREAM_* variables say otherwise.
 # Ctrl-C stops the gateway and the processors gracefully; the broker keeps running

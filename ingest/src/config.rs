@@ -136,6 +136,14 @@ pub struct GatewayConfig {
     )]
     pub console_processor_metrics: Vec<(String, String)>,
 
+    /// The web console's Slang page: base URL of the slang processor's search API (its
+    /// `--search-listen`, e.g. `http://127.0.0.1:8090`), which the gateway calls as the signed-in
+    /// organisation. Unset, the page says slang search is not configured.
+    // Unset: where the search API listens depends on the deployment (`formstream dev` sets it to
+    // the slang processor it runs).
+    #[arg(long, env = "FORMSTREAM_CONSOLE_SLANG_URL", value_parser = crate::console::slang::parse_base_url)]
+    pub console_slang_url: Option<reqwest::Url>,
+
     /// Processors whose dead letters `/v1/dead-letters` serves, comma-separated: `name`
     /// (dead-letter topic `<name>.dlq`) or `name=topic` (a processor run with another
     /// `--dlq-topic`).

@@ -139,6 +139,7 @@ pub async fn run(
             config.console_processors.clone(),
             config.console_processor_metrics.clone(),
         )),
+        slang: console::slang::SlangSearch::new(config.console_slang_url.clone()),
         form_actions: config.form_actions.clone(),
     });
     let app = http::router(state, config.max_body_bytes);

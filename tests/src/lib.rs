@@ -15,6 +15,7 @@ pub mod e2e;
 pub mod k8s_schemas;
 pub mod runtime;
 pub mod sheets_fake;
+pub mod slang;
 pub mod standalone;
 pub mod twilio_fake;
 pub mod webhook_receiver;

@@ -4,10 +4,12 @@
 //! ([`sessions`]) instead of a key.
 //!
 //! Invariant: the console sees exactly what its organisation's API key sees; the key itself is
-//! sent once, at sign-in, and never kept by the browser.
+//! sent once, at sign-in, and never kept by the browser (the gateway keeps it in the session, for
+//! [`slang`]'s calls to the slang search API as the organisation).
 
 pub mod live;
 pub mod sessions;
+pub mod slang;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -88,7 +90,7 @@ pub(crate) async fn sign_in(
         .ok_or(ApiError::Unauthorized)?;
     let sessions = &state.inner.sessions;
     tracing::info!(organisation = %caller.organisation, key = %caller.key_name, "Console session opened.");
-    let (token, view) = sessions.open(caller);
+    let (token, view) = sessions.open(caller, body.api_key.trim());
     let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));

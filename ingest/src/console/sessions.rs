@@ -1,6 +1,7 @@
 //! The console's sessions: an organisation's API key, exchanged once for a random session token
 //! that the browser keeps in an HttpOnly, SameSite=Strict cookie; the session itself (its caller and
-//! CSRF token) stays on the server.
+//! CSRF token, and the key it was opened with, for the console's calls to the slang search API as
+//! the organisation: [`Sessions::api_key`]) stays on the server.
 //!
 //! Invariant: a session authenticates a request only before its idle and absolute expiries, and a
 //! request that could change something (any method but GET/HEAD) only with the session's CSRF token
@@ -25,6 +26,9 @@ const MAX_SESSIONS: usize = 10_000;
 
 struct Session {
     caller: Caller,
+    /// The key the session was opened with: only the gateway's own calls to other services of
+    /// the pipeline as this organisation use it (the slang search API); never sent to the browser.
+    api_key: String,
     csrf: String,
     created: Instant,
     seen: Instant,
@@ -62,12 +66,14 @@ impl Sessions {
         self.absolute
     }
 
-    /// A new session for `caller`: its token (for the cookie) and what the console sees.
-    pub fn open(&self, caller: Caller) -> (String, SessionView) {
+    /// A new session for `caller`, who signed in with `api_key`: its token (for the cookie) and
+    /// what the console sees.
+    pub fn open(&self, caller: Caller, api_key: &str) -> (String, SessionView) {
         let token = random_hex();
         let now = Instant::now();
         let session = Session {
             caller,
+            api_key: api_key.to_owned(),
             csrf: random_hex(),
             created: now,
             seen: now,
@@ -100,6 +106,15 @@ impl Sessions {
         }
         session.seen = now;
         Some(self.view(session, now))
+    }
+
+    /// The API key the request's session was opened with, if the session is alive.
+    pub fn api_key(&self, headers: &HeaderMap) -> Option<String> {
+        let token = cookie_token(headers)?;
+        let now = Instant::now();
+        let sessions = self.by_hash.lock().unwrap_or_else(PoisonError::into_inner);
+        let session = sessions.get(&hash(token))?;
+        self.alive(session, now).then(|| session.api_key.clone())
     }
 
     /// Ends the request's session; false when it had none.
@@ -224,8 +239,10 @@ mod tests {
     #[test]
     fn a_session_authenticates_gets_and_needs_its_csrf_token_for_the_rest() {
         let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(600));
-        let (token, view) = sessions.open(caller());
+        let (token, view) = sessions.open(caller(), "key");
         assert_eq!(view.organisation, "acme");
+        let headers = parts(Method::GET, &token, None).headers;
+        assert_eq!(sessions.api_key(&headers).as_deref(), Some("key"));
         let get = sessions.caller(&parts(Method::GET, &token, None));
         assert_eq!(get.and_then(Result::ok), Some(caller()));
         let post = sessions.caller(&parts(Method::POST, &token, None));
@@ -243,19 +260,19 @@ mod tests {
     #[test]
     fn sessions_end_when_idle_too_long_or_too_old_and_at_logout() {
         let idle = Sessions::new(Duration::ZERO, Duration::from_secs(600));
-        let (token, _) = idle.open(caller());
+        let (token, _) = idle.open(caller(), "key");
         assert!(matches!(
             idle.caller(&parts(Method::GET, &token, None)),
             Some(Err(ApiError::Unauthorized))
         ));
         let old = Sessions::new(Duration::from_secs(600), Duration::ZERO);
-        let (token, _) = old.open(caller());
+        let (token, _) = old.open(caller(), "key");
         assert!(
             old.current(&parts(Method::GET, &token, None).headers)
                 .is_none()
         );
         let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(600));
-        let (token, _) = sessions.open(caller());
+        let (token, _) = sessions.open(caller(), "key");
         let headers = parts(Method::DELETE, &token, None).headers;
         assert!(sessions.close(&headers));
         assert!(matches!(

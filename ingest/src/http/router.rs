@@ -46,6 +46,8 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
             console::sign_out
         ))
         .routes(routes!(console::live::live))
+        .routes(routes!(console::slang::words))
+        .routes(routes!(console::slang::answers))
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

@@ -56,6 +56,8 @@ pub struct Inner {
     pub sessions: crate::console::Sessions,
     /// Topic totals and processor lag for the console's Live page.
     pub live: Arc<crate::console::live::Live>,
+    /// The slang search API the console's Slang page reaches through the gateway.
+    pub slang: crate::console::slang::SlangSearch,
     /// The actions the registered processors declare; a form's `actions` are checked by them.
     pub form_actions: FormActions,
 }

@@ -1,0 +1,98 @@
+//! The slang processor (index and search API) run in-process by a test, on a search listener the
+//! test bound first (so that a gateway started before it can be given its URL).
+//!
+//! Invariant: the processor is ready (its `/readyz` answers 200) before [`SlangProcess::start`]
+//! returns, and stops cleanly, with its index in a temporary directory deleted afterwards.
+
+use std::time::{Duration, Instant};
+
+use formstream_runtime::RuntimeConfig;
+use formstream_slang::SlangArgs;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running slang processor.
+pub struct SlangProcess {
+    /// `http://127.0.0.1:<port>` of its search API.
+    pub search_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _index: tempfile::TempDir,
+    _keys: tempfile::TempPath,
+}
+
+/// A listener for a search API on a free local port, and its URL.
+pub async fn search_listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    (listener, url)
+}
+
+impl SlangProcess {
+    /// Starts slang on `config` (its topics and group), serving its search API on `search` with
+    /// the test keys of acme and globex ([`crate::write_keys_file`]); waits until it is ready.
+    pub async fn start(config: RuntimeConfig, search: TcpListener) -> SlangProcess {
+        let search_url = format!("http://{}", search.local_addr().expect("an address"));
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let metrics_url = format!("http://{}", metrics.local_addr().expect("an address"));
+        let index = tempfile::tempdir().expect("a temporary index directory");
+        let keys = crate::write_keys_file().expect("the test keys file");
+        let args = SlangArgs {
+            index_dir: index.path().to_owned(),
+            search_listen: "127.0.0.1:0".parse().expect("an address"),
+            http: Default::default(),
+            api_keys_file: keys.to_path_buf(),
+            index_commit_interval: Duration::from_millis(200),
+            index_commit_records: 100_000,
+            writer_memory: 50_000_000,
+            index_batch_size: 64,
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(formstream_slang::run(
+            args,
+            config,
+            Some(search),
+            Some(metrics),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            assert!(!handle.is_finished(), "slang stopped before it was ready");
+            if let Ok(r) = client.get(format!("{metrics_url}/readyz")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "slang not ready in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        SlangProcess {
+            search_url,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _index: index,
+            _keys: keys,
+        }
+    }
+
+    /// Stops it (within 30 s, cleanly).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("slang stops within 30 s")
+                .expect("no panic")
+                .expect("slang stops cleanly");
+        }
+    }
+}
