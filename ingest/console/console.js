@@ -1,6 +1,7 @@
-// The formstream console: a signed-in organisation's forms, flags and dead letters, through the
+// The formstream console: a signed-in organisation's forms, flags, dead letters and slang, through the
 // gateway's own /v1 routes (the session cookie authenticates them; requests but GET carry the
-// session's CSRF token). Every value from the server is put in the page as text, never as HTML.
+// session's CSRF token), and the Slang page through /console/api/slang (the gateway asks the slang search
+// API as the organisation). Every value from the server is put in the page as text, never as HTML.
 'use strict';
 
 let session = null;
@@ -379,6 +380,77 @@ async function livePage() {
   every(3000, load);
 }
 
+// --- Slang -----------------------------------------------------------------------------------
+
+// The forms' indexed text questions: [{ form, question }], from each form's slang action.
+function slangQuestions(forms) {
+  return forms.flatMap((f) => (f.slang ? f.slang.text_questions.map((q) => ({ form: f, question: q })) : []));
+}
+
+function wordsTable(city, max) {
+  const rows = city.words.map((w) => {
+    const bar = el('span', { class: 'bar', 'aria-hidden': 'true' });
+    // CSSOM, not a style attribute: the page's CSP allows no inline styles.
+    bar.style.width = `${Math.max(0.2, (w.answers / max) * 10)}rem`;
+    return el('tr', { 'data-word': w.word }, el('th', { scope: 'row' }, w.word),
+      el('td', { class: 'count' }, bar, el('span', { class: 'n' }, w.answers)));
+  });
+  return el('section', { class: 'city', 'data-city': city.city, 'aria-label': `Top words in ${city.city}` },
+    table(`${city.city}: top words in ${city.answers} answer${city.answers === 1 ? '' : 's'} (bars: answers using the word)`,
+      ['Word', 'Answers'], rows));
+}
+
+async function slangPage(formId, question) {
+  const result = await api('GET', '/v1/forms');
+  if (result.status !== 200) return show('Slang', problems(result));
+  const indexed = slangQuestions(result.data.forms);
+  if (!indexed.length) return show('Slang', el('p', { class: 'notice' }, 'None of your forms has a slang action: add one ("slang": {"city_question", "text_questions"}) on the Forms page.'));
+  const chosen = indexed.find((i) => i.form.id === formId && i.question === question) || indexed[0];
+  const base = `/console/api/slang/${encodeURIComponent(chosen.form.id)}/${encodeURIComponent(chosen.question)}`;
+  const pick = el('select', { id: 'slang-question', onchange: () => {
+    const i = indexed[Number(pick.value)];
+    location.hash = `#/slang/${encodeURIComponent(i.form.id)}/${encodeURIComponent(i.question)}`;
+  } }, indexed.map((i, n) => el('option', { value: n, selected: i === chosen }, `${i.form.title} (${i.form.id}): ${i.question}`)));
+  const words = el('div', { id: 'slang-words', 'aria-live': 'polite' }, el('p', { class: 'muted' }, 'Loading…'));
+  const city = el('select', { id: 'slang-city' }, el('option', { value: '' }, 'All cities'));
+  const q = el('input', { id: 'slang-q', type: 'search', required: true, size: 30, maxlength: 500 });
+  const hits = el('div', { id: 'slang-answers', 'aria-live': 'polite' });
+  const search = el('form', { role: 'search', 'aria-label': 'Search the answers', onsubmit: async (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams({ q: q.value, limit: '50' });
+    if (city.value) params.set('city', city.value);
+    const found = await api('GET', `${base}/answers?${params}`);
+    if (found.status !== 200) return hits.replaceChildren(problems(found));
+    const rows = found.data.items.map((h) => el('tr', { 'data-response': h.response_id },
+      el('td', {}, h.cities.join(', ')), el('td', { class: 'answer' }, h.text), el('td', {}, el('code', {}, h.response_id))));
+    hits.replaceChildren(table(`${found.data.total} answer${found.data.total === 1 ? '' : 's'} matching “${q.value}”${city.value ? ` in ${city.value}` : ''}${found.data.items.length < found.data.total ? `, the best ${found.data.items.length} shown` : ''}`,
+      ['City', 'Answer', 'Response'], rows));
+  } },
+  el('div', { class: 'row' },
+    el('div', {}, el('label', { for: 'slang-q' }, 'Words to find in the answers'), q),
+    el('div', {}, el('label', { for: 'slang-city' }, 'City'), city),
+    el('button', { type: 'submit' }, 'Search')));
+  show('Slang', el('p', { class: 'muted' }, 'The words and two-word phrases your collectors\' answers use most, per city (each counted once per answer), and a search over the answers, from the slang index.'),
+    el('div', { class: 'row' }, el('div', {}, el('label', { for: 'slang-question' }, 'Form and question'), pick)),
+    el('h2', {}, 'Top words per city'), words, el('h2', {}, 'Search the answers'), search, hits);
+  const load = async () => {
+    const top = await api('GET', `${base}/words?limit=10&cities=20`);
+    if (top.status === 501) {
+      return words.replaceChildren(el('p', { class: 'notice', id: 'slang-unconfigured' }, 'Slang search is not configured on this gateway (--console-slang-url).'));
+    }
+    if (top.status !== 200) return words.replaceChildren(problems(top));
+    const cities = top.data.cities;
+    const max = Math.max(1, ...cities.flatMap((c) => c.words.map((w) => w.answers)));
+    const known = new Set([...city.options].map((o) => o.value));
+    for (const c of cities) if (!known.has(c.city)) city.append(el('option', { value: c.city }, c.city));
+    words.replaceChildren(cities.length
+      ? el('div', { class: 'cities' }, cities.map((c) => wordsTable(c, max)))
+      : el('p', { class: 'muted' }, 'No answers indexed yet.'));
+  };
+  await load();
+  every(10000, load);
+}
+
 // --- Routing ---------------------------------------------------------------------------------
 
 function every(ms, f) { stopRefresh(); refresh = setInterval(() => f().catch(() => {}), ms); }
@@ -393,6 +465,7 @@ async function route() {
     else if (parts[0] === 'flags') await flagsPage(parts[1], parts[2]);
     else if (parts[0] === 'dead-letters') await deadLettersPage(parts[1]);
     else if (parts[0] === 'live') await livePage();
+    else if (parts[0] === 'slang') await slangPage(parts[1], parts[2]);
     else await formsPage();
   } catch (e) {
     if (e.message !== 'signed out') show('Error', el('p', { class: 'bad', role: 'alert' }, String(e)));

@@ -1,5 +1,6 @@
-// The console's browser walk-through, run by tests/tests/console.rs with a gateway, the validate
-// processor and a form with a flagged response already in place (their ids in the environment).
+// The console's browser walk-through, run by tests/tests/console.rs with a gateway, the validate,
+// journal and slang processors and a form with a flagged response already in place (their ids in
+// the environment).
 // Drives the system's Chromium (CHROMIUM) with Playwright's client; saves a screenshot of each page
 // in SCREENSHOTS. Exits non-zero, with the reason, at the first step that does not happen.
 import { chromium } from 'playwright-core';
@@ -24,6 +25,13 @@ const correction = JSON.parse(env('CORRECTION'));
 // submitted while it is down.
 const outage = env('OUTAGE_FILE');
 const broken = env('BROKEN_RESPONSES').split(',');
+// The Slang step: a form with a slang action and answers in place; a city's expected top word and
+// its count; a search and the answer it finds (with its city).
+const slangForm = env('SLANG_FORM_ID');
+const slangQuestion = env('SLANG_QUESTION');
+const [topCity, topWord, topCount] = env('SLANG_TOP').split(',');
+const slangSearch = env('SLANG_SEARCH');
+const [foundCity, foundText] = env('SLANG_FOUND').split(',');
 mkdirSync(screenshots, { recursive: true });
 
 const step = (what) => console.log(`console.mjs: ${what}`);
@@ -44,6 +52,17 @@ try {
   const shot = async (name) => {
     await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: true });
     step(`screenshot ${name}.png`);
+  };
+  // 200 % zoom (a 640-pixel-wide window): the page reflows, nothing scrolls sideways but tables.
+  const at200Percent = async (name) => {
+    await page.setViewportSize({ width: 640, height: 430 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    const wide = await page.evaluate(() => [...document.querySelectorAll('body *')]
+      .filter((e) => e.getBoundingClientRect().right > window.innerWidth && !e.closest('.table'))
+      .map((e) => e.tagName + (e.id ? `#${e.id}` : '')).slice(0, 10));
+    expect(overflow <= 0, `at 200 % the page is ${overflow}px wider than the window: ${wide}`);
+    await shot(name);
+    await page.setViewportSize({ width: 1280, height: 860 });
   };
 
   step('sign in');
@@ -113,14 +132,7 @@ try {
   expect((await unlabelled()).length === 0, `controls without a label: ${await unlabelled()}`);
 
   step('200 % zoom: the page reflows, nothing scrolls sideways but the table');
-  await page.setViewportSize({ width: 640, height: 430 });
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  const wide = await page.evaluate(() => [...document.querySelectorAll('body *')]
-    .filter((e) => e.getBoundingClientRect().right > window.innerWidth && !e.closest('.table'))
-    .map((e) => e.tagName + (e.id ? `#${e.id}` : '')).slice(0, 10));
-  expect(overflow <= 0, `at 200 % the page is ${overflow}px wider than the window: ${wide}`);
-  await shot('flags-200-percent');
-  await page.setViewportSize({ width: 1280, height: 860 });
+  await at200Percent('flags-200-percent');
 
   step('correct it by the API; it is resolved');
   const corrected = await fetch(`${base}/v1/forms/${formId}/responses/${responseId}`, {
@@ -201,6 +213,31 @@ try {
   step('live: no dead letters left');
   await page.getByRole('link', { name: 'Live' }).click();
   await journalRow(0, 'dead-lettered');
+
+  step('slang: the top words of each city as bars, with their counts as text');
+  await page.getByRole('link', { name: 'Slang' }).click();
+  await page.getByRole('heading', { name: 'Slang', level: 1 }).waitFor();
+  await page.getByLabel('Form and question').selectOption({ label: `Greetings (${slangForm}): ${slangQuestion}` });
+  const top = page.locator(`section[data-city="${topCity}"] tbody tr`).first();
+  await top.locator('th').getByText(topWord, { exact: true }).waitFor(SLOW);
+  await top.locator('td.count').getByText(topCount, { exact: true }).waitFor();
+  const barWidth = await top.locator('.bar').evaluate((bar) => bar.getBoundingClientRect().width);
+  expect(barWidth > 0, `the bar of ${topWord} is ${barWidth}px wide`);
+  expect((await unlabelled()).length === 0, `controls without a label: ${await unlabelled()}`);
+  await shot('slang');
+
+  step('slang: a search, with the keyboard, lists the matching answer with its city');
+  await page.getByLabel('Words to find in the answers').focus();
+  await page.keyboard.type(slangSearch);
+  await page.keyboard.press('Enter');
+  const hit = page.locator('#slang-answers tbody tr').filter({ hasText: foundText });
+  await hit.waitFor(SLOW);
+  const hitCity = await hit.locator('td').first().textContent();
+  expect(hitCity === foundCity, `the answer's city is ${hitCity}`);
+  const hits = await page.locator('#slang-answers tbody tr').count();
+  expect(hits === 1, `the search lists ${hits} answers`);
+  await shot('slang-search');
+  await at200Percent('slang-200-percent');
 
   step('sign out');
   await page.getByRole('button', { name: 'Sign out' }).click();

@@ -15,6 +15,12 @@
 //! is then in the journal exactly once (from the re-drive topic). Build the binary first (`cargo
 //! build --bin formstream`; `deploy/local/test.sh` does).
 //!
+//! The Slang page's data path (`slang_words_and_answers_...`, no browser): the gateway's
+//! `/console/api/slang/...` routes forward to a real slang processor as the caller's organisation;
+//! another organisation asking for a form gets the gateway's own 404 (even with slang down), its own
+//! form of the same id shows only its own words; the search API's problems are relayed; slang down
+//! is a 503 problem, no `--console-slang-url` a 501.
+//!
 //! Skips, saying why, only when Chromium is missing on a developer's machine; under CI (`CI` set)
 //! a missing Chromium fails (deploy/local/setup.sh installs it). Screenshots go to
 //! `FORMSTREAM_CONSOLE_SCREENSHOTS` (docs/console to refresh the README's), else a temporary dir.
@@ -28,6 +34,7 @@ use formstream_tests::runtime::{
     RuntimeTopics, committed_offsets_of, end_offsets_of, eventually, formstream_binary, journaled,
     spawn_runtime,
 };
+use formstream_tests::slang::{SlangProcess, search_listener};
 use formstream_tests::*;
 use formstream_validate::Validate;
 use serde_json::{Value, json};
@@ -167,8 +174,10 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
     let journal_group = format!("test-{id}-journal");
     let journal_dlq = format!("test-{id}-journal-dlq");
     let journal_metrics = format!("127.0.0.1:{}", free_port());
+    let (slang_listener, slang_url) = search_listener().await;
     let app = spawn_gateway(
         GatewayOptions::default()
+            .arg("--console-slang-url", &slang_url)
             .arg(
                 "--console-processors",
                 format!("validate={group},journal={journal_group}"),
@@ -202,6 +211,37 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
         group: journal_group,
         ..topics.clone()
     };
+    // The Slang page's data: the slang processor on the gateway's topics, a form with a slang
+    // action, and answers from two cities.
+    let slang = SlangProcess::start(
+        RuntimeTopics {
+            dlq: format!("test-{id}-slang-dlq"),
+            group: format!("test-{id}-slang"),
+            ..topics.clone()
+        }
+        .config(&[]),
+        slang_listener,
+    )
+    .await;
+    let slang_form_id = format!("greetings-{id}");
+    app.create_form_as(ACME_KEY, &slang_form(&slang_form_id, "Greetings"))
+        .await;
+    for (city, words) in [
+        ("pune", "kya scene hai bhai"),
+        ("pune", "bhai ekdum jhakaas"),
+        ("pune", "namaste ji"),
+        ("delhi", "kya haal hai yaar"),
+        ("delhi", "yaar chal na"),
+    ] {
+        let request = app
+            .acme(
+                reqwest::Method::POST,
+                &format!("/v1/forms/{slang_form_id}/responses"),
+            )
+            .json(&answer(city, words));
+        let (status, body) = send_json(request).await;
+        assert_eq!(status, 202, "{body}");
+    }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let journal = Journal::start(&journal_topics, dir.path(), &journal_metrics);
     let (journal_path, outage) = (dir.path().join("journal.jsonl"), dir.path().join("down"));
@@ -239,6 +279,12 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
         .env("OUTAGE_FILE", &outage)
         .env("BROKEN_RESPONSES", broken.join(","))
         .env("SCREENSHOTS", &screenshots)
+        // The Slang step: pune's top word and its count; a search and the answer it finds.
+        .env("SLANG_FORM_ID", &slang_form_id)
+        .env("SLANG_QUESTION", "words")
+        .env("SLANG_TOP", "pune,bhai,2")
+        .env("SLANG_SEARCH", "jhakaas")
+        .env("SLANG_FOUND", "pune,bhai ekdum jhakaas")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -267,6 +313,9 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
         "live-lagging",
         "dead-letters",
         "dead-letters-redriven",
+        "slang",
+        "slang-search",
+        "slang-200-percent",
     ] {
         let png = std::fs::read(screenshots.join(format!("{page}.png")))
             .unwrap_or_else(|e| panic!("screenshot {page}.png: {e}"));
@@ -298,6 +347,7 @@ async fn the_console_signs_in_shows_a_form_and_its_flag_and_the_flag_resolves_af
     }
 
     drop(journal);
+    slang.stop().await;
     validate.stop().await.expect("validate stops");
     delete_topics(
         &app.bootstrap,
@@ -421,4 +471,243 @@ async fn an_idle_console_session_ends() {
         .expect("GET /v1/forms");
     assert_problem(response, 401).await;
     app.finish().await;
+}
+
+/// The same form id in both organisations (slang_words_and_answers_...).
+const FORM: &str = "household";
+
+/// A form with a slang action: words of `words` per `city`.
+fn slang_form(id: &str, title: &str) -> Value {
+    json!({
+        "id": id,
+        "title": title,
+        "questions": [
+            {"key": "city", "text": "City", "type": "single_choice",
+             "choices": [{"key": "pune", "text": "Pune"}, {"key": "delhi", "text": "Delhi"}]},
+            {"key": "words", "text": "How do you greet a friend?", "type": "text"}
+        ],
+        "slang": {"city_question": "city", "text_questions": ["words"]}
+    })
+}
+
+/// A response of [`slang_form`].
+fn answer(city: &str, words: &str) -> Value {
+    json!({"collector": {"id": "collector-1"}, "answers": {"city": city, "words": words}})
+}
+
+/// City -> [(word, answers)] of a words answer.
+fn words_of(body: &Value) -> Vec<(String, Vec<(String, u64)>)> {
+    body["cities"]
+        .as_array()
+        .map(|cities| {
+            cities
+                .iter()
+                .map(|c| {
+                    let words = c["words"]
+                        .as_array()
+                        .map(|ws| {
+                            ws.iter()
+                                .map(|w| {
+                                    (
+                                        w["word"].as_str().unwrap_or_default().to_owned(),
+                                        w["answers"].as_u64().unwrap_or_default(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (c["city"].as_str().unwrap_or_default().to_owned(), words)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slang_words_and_answers_reach_their_own_organisation_only_through_the_console_routes() {
+    let id = unique();
+    let (listener, search_url) = search_listener().await;
+    let app = spawn_gateway(GatewayOptions::default().arg("--console-slang-url", &search_url)).await;
+    let topics = RuntimeTopics {
+        bootstrap: app.bootstrap.clone(),
+        forms: app.topics.forms.clone(),
+        responses: app.topics.responses.clone(),
+        flags: app.topics.flags.clone(),
+        dlq: format!("test-{id}-slang-dlq"),
+        group: format!("test-{id}-slang"),
+        partitions: 6,
+    };
+    let slang = SlangProcess::start(topics.config(&[]), listener).await;
+
+    app.create_form_as(ACME_KEY, &slang_form(FORM, "Acme households"))
+        .await;
+    app.create_form_as(GLOBEX_KEY, &slang_form(FORM, "Globex households"))
+        .await;
+    app.create_form_as(ACME_KEY, &slang_form("acme-only", "Acme only"))
+        .await;
+    for (city, words) in [
+        ("pune", "kya scene hai bhai"),
+        ("pune", "bhai ekdum jhakaas"),
+        ("pune", "namaste"),
+        ("delhi", "kya haal hai yaar"),
+    ] {
+        let request = app
+            .acme(reqwest::Method::POST, &format!("/v1/forms/{FORM}/responses"))
+            .json(&answer(city, words));
+        let (status, body) = send_json(request).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let request = app
+        .globex(reqwest::Method::POST, &format!("/v1/forms/{FORM}/responses"))
+        .json(&answer("pune", "howdy partner"));
+    let (status, body) = send_json(request).await;
+    assert_eq!(status, 202, "{body}");
+
+    let words_path = format!("/console/api/slang/{FORM}/words/words");
+    let get = |key: &'static str, path: String| {
+        let request = app.as_key(key, reqwest::Method::GET, &path);
+        async move { anyhow::Ok(send_json(request).await) }
+    };
+    // Acme's words through the gateway, once slang has indexed all four answers.
+    let (status, acme_words) = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || get(ACME_KEY, words_path.clone()),
+        |(status, body)| *status == 200 && body["cities"].as_array().is_some_and(|c| c.len() == 2),
+    )
+    .await
+    .expect("polling the words");
+    assert_eq!(status, 200, "{acme_words}");
+    let acme = words_of(&acme_words);
+    assert_eq!(acme[0].0, "pune", "{acme_words}");
+    assert_eq!(acme[0].1[0], ("bhai".to_owned(), 2), "{acme_words}");
+    assert!(
+        acme.iter()
+            .all(|(_, words)| words.iter().all(|(w, _)| w != "howdy")),
+        "globex's words never reach acme: {acme_words}"
+    );
+
+    // The same through a console session (the key stays on the server).
+    let (cookie, _) = sign_in(&app, ACME_KEY).await;
+    let request = app
+        .client
+        .get(app.url(&format!(
+            "/console/api/slang/{FORM}/words/answers?q=bhai&city=pune"
+        )))
+        .header(reqwest::header::COOKIE, &cookie);
+    let (status, found) = send_json(request).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["total"], 2, "{found}");
+    let mut texts: Vec<&str> = found["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|hit| {
+            assert_eq!(hit["cities"], json!(["pune"]), "{hit}");
+            hit["text"].as_str().expect("a text")
+        })
+        .collect();
+    texts.sort_unstable();
+    assert_eq!(texts, ["bhai ekdum jhakaas", "kya scene hai bhai"]);
+    let request = app
+        .client
+        .get(app.url(&words_path))
+        .header(reqwest::header::COOKIE, &cookie);
+    assert_eq!(send_json(request).await, (200, acme_words.clone()));
+
+    // Globex: its own household shows its own words only.
+    let (status, globex_words) = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || get(GLOBEX_KEY, words_path.clone()),
+        |(status, body)| *status == 200 && !words_of(body).is_empty(),
+    )
+    .await
+    .expect("polling globex's words");
+    assert_eq!(status, 200, "{globex_words}");
+    assert_eq!(
+        words_of(&globex_words),
+        vec![(
+            "pune".to_owned(),
+            vec![("howdy".to_owned(), 1), ("partner".to_owned(), 1)]
+        )],
+        "{globex_words}"
+    );
+    // Acme's other form is the 404 every route gives globex for it, by key and by session.
+    let not_found = |response| assert_problem(response, 404);
+    let direct = not_found(
+        app.globex(reqwest::Method::GET, "/v1/forms/acme-only")
+            .send()
+            .await
+            .expect("GET /v1/forms/acme-only"),
+    )
+    .await;
+    let proxied = not_found(
+        app.globex(
+            reqwest::Method::GET,
+            "/console/api/slang/acme-only/words/words",
+        )
+        .send()
+        .await
+        .expect("the console route"),
+    )
+    .await;
+    assert_eq!(proxied, direct);
+    let (globex_cookie, _) = sign_in(&app, GLOBEX_KEY).await;
+    let by_session = app
+        .client
+        .get(app.url("/console/api/slang/acme-only/words/answers?q=bhai"))
+        .header(reqwest::header::COOKIE, &globex_cookie)
+        .send()
+        .await
+        .expect("the console route");
+    assert_eq!(not_found(by_session).await, direct);
+    // No key, no session: 401.
+    let anonymous = app
+        .client
+        .get(app.url(&words_path))
+        .send()
+        .await
+        .expect("the console route");
+    assert_problem(anonymous, 401).await;
+
+    // The search API's own problem, relayed: limit out of range.
+    let bad = app
+        .acme(reqwest::Method::GET, &format!("{words_path}?limit=0"))
+        .send()
+        .await
+        .expect("the console route");
+    let problem = assert_problem(bad, 422).await;
+    assert_eq!(field_problems(&problem), pairs(&[("/limit", "out_of_range")]));
+
+    // Slang down: a 503 problem for acme; globex still gets the gateway's own 404 for acme's form.
+    slang.stop().await;
+    let down = app
+        .acme(reqwest::Method::GET, &words_path)
+        .send()
+        .await
+        .expect("the console route");
+    let problem = assert_problem(down, 503).await;
+    assert_eq!(problem["type"], "/problems/slang-unavailable", "{problem}");
+    let still_hidden = app
+        .globex(
+            reqwest::Method::GET,
+            "/console/api/slang/acme-only/words/words",
+        )
+        .send()
+        .await
+        .expect("the console route");
+    assert_eq!(not_found(still_hidden).await, direct);
+    app.finish().await;
+
+    // A gateway without --console-slang-url says so.
+    let plain = spawn_app().await;
+    let unconfigured = plain
+        .acme(reqwest::Method::GET, &words_path)
+        .send()
+        .await
+        .expect("the console route");
+    let problem = assert_problem(unconfigured, 501).await;
+    assert_eq!(problem["type"], "/problems/slang-not-configured", "{problem}");
+    plain.finish().await;
 }
