@@ -527,7 +527,8 @@ fn words_of(body: &Value) -> Vec<(String, Vec<(String, u64)>)> {
 async fn slang_words_and_answers_reach_their_own_organisation_only_through_the_console_routes() {
     let id = unique();
     let (listener, search_url) = search_listener().await;
-    let app = spawn_gateway(GatewayOptions::default().arg("--console-slang-url", &search_url)).await;
+    let app =
+        spawn_gateway(GatewayOptions::default().arg("--console-slang-url", &search_url)).await;
     let topics = RuntimeTopics {
         bootstrap: app.bootstrap.clone(),
         forms: app.topics.forms.clone(),
@@ -552,13 +553,19 @@ async fn slang_words_and_answers_reach_their_own_organisation_only_through_the_c
         ("delhi", "kya haal hai yaar"),
     ] {
         let request = app
-            .acme(reqwest::Method::POST, &format!("/v1/forms/{FORM}/responses"))
+            .acme(
+                reqwest::Method::POST,
+                &format!("/v1/forms/{FORM}/responses"),
+            )
             .json(&answer(city, words));
         let (status, body) = send_json(request).await;
         assert_eq!(status, 202, "{body}");
     }
     let request = app
-        .globex(reqwest::Method::POST, &format!("/v1/forms/{FORM}/responses"))
+        .globex(
+            reqwest::Method::POST,
+            &format!("/v1/forms/{FORM}/responses"),
+        )
         .json(&answer("pune", "howdy partner"));
     let (status, body) = send_json(request).await;
     assert_eq!(status, 202, "{body}");
@@ -678,7 +685,10 @@ async fn slang_words_and_answers_reach_their_own_organisation_only_through_the_c
         .await
         .expect("the console route");
     let problem = assert_problem(bad, 422).await;
-    assert_eq!(field_problems(&problem), pairs(&[("/limit", "out_of_range")]));
+    assert_eq!(
+        field_problems(&problem),
+        pairs(&[("/limit", "out_of_range")])
+    );
 
     // Slang down: a 503 problem for acme; globex still gets the gateway's own 404 for acme's form.
     slang.stop().await;
@@ -708,6 +718,9 @@ async fn slang_words_and_answers_reach_their_own_organisation_only_through_the_c
         .await
         .expect("the console route");
     let problem = assert_problem(unconfigured, 501).await;
-    assert_eq!(problem["type"], "/problems/slang-not-configured", "{problem}");
+    assert_eq!(
+        problem["type"], "/problems/slang-not-configured",
+        "{problem}"
+    );
     plain.finish().await;
 }

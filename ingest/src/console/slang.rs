@@ -121,7 +121,12 @@ impl SlangParams {
 
 /// A problem of this proxy's own (the search API not configured, down, slow or answering
 /// something else than JSON).
-fn problem(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> Response {
+fn problem(
+    status: StatusCode,
+    kind: &'static str,
+    title: &'static str,
+    detail: String,
+) -> Response {
     let body = Problem {
         kind,
         title,
@@ -251,7 +256,7 @@ fn unreachable(error: reqwest::Error) -> Response {
 #[utoipa::path(get, path = "/console/api/slang/{form_id}/{question}/words", tag = "console",
     params(("form_id" = String, Path), ("question" = String, Path), SlangParams),
     responses(
-        (status = 200, description = "The search API's answer: `{form_id, question, cities: [{city, answers, words: [{word, count}]}]}`", content_type = "application/json"),
+        (status = 200, description = "The search API's answer: `{form_id, question, cities: [{city, answers, words: [{word, answers}], phrases}]}`", content_type = "application/json"),
         (status = 404, description = "Not the caller's form, or not an indexed question", body = Problem, content_type = PROBLEM_JSON),
         (status = 422, description = "A bad query parameter", body = Problem, content_type = PROBLEM_JSON),
         (status = 501, description = "No slang search API configured", body = Problem, content_type = PROBLEM_JSON),
@@ -273,7 +278,7 @@ pub(crate) async fn words(
 #[utoipa::path(get, path = "/console/api/slang/{form_id}/{question}/answers", tag = "console",
     params(("form_id" = String, Path), ("question" = String, Path), SlangParams),
     responses(
-        (status = 200, description = "The search API's answer: `{form_id, question, total, answers: [{response_id, city, text, ...}]}`", content_type = "application/json"),
+        (status = 200, description = "The search API's answer: `{form_id, question, next_offset, total, items: [{response_id, revision, cities, text, submitted_at, score}]}`", content_type = "application/json"),
         (status = 404, description = "Not the caller's form, or not an indexed question", body = Problem, content_type = PROBLEM_JSON),
         (status = 422, description = "A bad query parameter", body = Problem, content_type = PROBLEM_JSON),
         (status = 501, description = "No slang search API configured", body = Problem, content_type = PROBLEM_JSON),
@@ -296,12 +301,8 @@ mod tests {
 
     #[test]
     fn only_the_base_with_the_fixed_path_and_encoded_segments_is_requested() {
-        let search = SlangSearch::new(Some(
-            parse_base_url("http://slang:8090/").expect("a base"),
-        ));
-        let url = search
-            .url("a/../b?x", "q#1", "words")
-            .expect("a URL");
+        let search = SlangSearch::new(Some(parse_base_url("http://slang:8090/").expect("a base")));
+        let url = search.url("a/../b?x", "q#1", "words").expect("a URL");
         assert_eq!(
             url.as_str(),
             "http://slang:8090/v1/forms/a%2F..%2Fb%3Fx/slang/q%231/words"
