@@ -4,6 +4,7 @@
 //! Invariant: the processor is ready (its `/readyz` answers 200) before [`SlangProcess::start`]
 //! returns, and stops cleanly, with its index in a temporary directory deleted afterwards.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use formstream_runtime::RuntimeConfig;
@@ -18,8 +19,8 @@ pub struct SlangProcess {
     pub search_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
-    _index: tempfile::TempDir,
-    _keys: tempfile::TempPath,
+    /// The temporary index directory and keys file [`SlangProcess::start`] made, if it did.
+    _temporary: Option<(tempfile::TempDir, tempfile::TempPath)>,
 }
 
 /// A listener for a search API on a free local port, and its URL.
@@ -31,18 +32,32 @@ pub async fn search_listener() -> (TcpListener, String) {
 
 impl SlangProcess {
     /// Starts slang on `config` (its topics and group), serving its search API on `search` with
-    /// the test keys of acme and globex ([`crate::write_keys_file`]); waits until it is ready.
+    /// the test keys of acme and globex ([`crate::write_keys_file`]) and its index in a temporary
+    /// directory; waits until it is ready.
     pub async fn start(config: RuntimeConfig, search: TcpListener) -> SlangProcess {
+        let index = tempfile::tempdir().expect("a temporary index directory");
+        let keys = crate::write_keys_file().expect("the test keys file");
+        let mut process = Self::start_in(config, search, index.path(), &keys).await;
+        process._temporary = Some((index, keys));
+        process
+    }
+
+    /// [`Self::start`] with its index in `index_dir` (kept: a restart resumes it) and the API
+    /// keys of `keys`.
+    pub async fn start_in(
+        config: RuntimeConfig,
+        search: TcpListener,
+        index_dir: &Path,
+        keys: &Path,
+    ) -> SlangProcess {
         let search_url = format!("http://{}", search.local_addr().expect("an address"));
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let metrics_url = format!("http://{}", metrics.local_addr().expect("an address"));
-        let index = tempfile::tempdir().expect("a temporary index directory");
-        let keys = crate::write_keys_file().expect("the test keys file");
         let args = SlangArgs {
-            index_dir: index.path().to_owned(),
+            index_dir: index_dir.to_owned(),
             search_listen: "127.0.0.1:0".parse().expect("an address"),
             http: Default::default(),
-            api_keys_file: keys.to_path_buf(),
+            api_keys_file: keys.to_owned(),
             index_commit_interval: Duration::from_millis(200),
             index_commit_records: 100_000,
             writer_memory: 50_000_000,
@@ -77,8 +92,7 @@ impl SlangProcess {
             search_url,
             shutdown: Some(tx),
             handle: Some(handle),
-            _index: index,
-            _keys: keys,
+            _temporary: None,
         }
     }
 

@@ -8,18 +8,15 @@
 //! index rebuilds from the topic to the same answers, although the group has committed the end.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use formstream_runtime::RuntimeConfig;
 use formstream_schemas::fixtures;
 use formstream_schemas::{Form, FormVersion, QuestionType, Response, Slang};
-use formstream_slang::SlangArgs;
 use formstream_tests::runtime::*;
+use formstream_tests::slang::{SlangProcess, search_listener};
 use formstream_tests::{ACME_KEY, GLOBEX_KEY};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const FORM: &str = "slang-survey";
 
@@ -74,10 +71,8 @@ const FIXTURES: &[(&str, &[&str], &str)] = &[
 ];
 
 struct Slangd {
-    search: String,
+    process: SlangProcess,
     client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 fn keys_file(dir: &Path) -> PathBuf {
@@ -98,60 +93,20 @@ fn keys_file(dir: &Path) -> PathBuf {
 
 impl Slangd {
     async fn start(config: RuntimeConfig, index_dir: &Path, keys: &Path) -> Slangd {
-        let search = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let search_url = format!("http://{}", search.local_addr().expect("addr"));
-        let metrics_url = format!("http://{}", metrics.local_addr().expect("addr"));
-        let args = SlangArgs {
-            index_dir: index_dir.to_owned(),
-            search_listen: "127.0.0.1:0".parse().expect("addr"),
-            http: Default::default(),
-            api_keys_file: keys.to_owned(),
-            index_commit_interval: Duration::from_millis(200),
-            index_commit_records: 100_000,
-            writer_memory: 50_000_000,
-            index_batch_size: 64,
-        };
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(formstream_slang::run(
-            args,
-            config,
-            Some(search),
-            Some(metrics),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("a client");
-        let started = Instant::now();
-        loop {
-            assert!(!handle.is_finished(), "slang stopped before it was ready");
-            if let Ok(r) = client.get(format!("{metrics_url}/readyz")).send().await
-                && r.status() == 200
-            {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "not ready in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (search, _) = search_listener().await;
         Slangd {
-            search: search_url,
-            client,
-            shutdown: Some(tx),
-            handle: Some(handle),
+            process: SlangProcess::start_in(config, search, index_dir, keys).await,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("a client"),
         }
     }
 
     async fn get(&self, key: &str, path: &str) -> (u16, Value) {
         let response = self
             .client
-            .get(format!("{}{path}", self.search))
+            .get(format!("{}{path}", self.process.search_url))
             .bearer_auth(key)
             .send()
             .await
@@ -166,17 +121,8 @@ impl Slangd {
         body
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(30), handle)
-                .await
-                .expect("slang stops within 30 s")
-                .expect("no panic")
-                .expect("slang stops cleanly");
-        }
+    async fn stop(self) {
+        self.process.stop().await;
     }
 }
 

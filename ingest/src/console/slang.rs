@@ -1,4 +1,4 @@
-//! `GET /console/api/slang/{form_id}/{question}/words|answers`: the console's Slang page, through
+//! `GET /console/api/slang/{form_id}/{question}/{words|answers}`: the console's Slang page, through
 //! the gateway to the slang processor's search API (`--console-slang-url`), as the caller's
 //! organisation. The console session holds the organisation, not a key the browser could send to
 //! the search API itself, so the gateway forwards the key the session was opened with (kept on the
@@ -251,48 +251,34 @@ fn unreachable(error: reqwest::Error) -> Response {
     )
 }
 
-/// The top words and two-word phrases per city of one of the caller's forms' indexed text
-/// questions, from the slang search API (its `GET /v1/forms/{form_id}/slang/{question}/words`).
-#[utoipa::path(get, path = "/console/api/slang/{form_id}/{question}/words", tag = "console",
-    params(("form_id" = String, Path), ("question" = String, Path), SlangParams),
+/// What the console may ask the search API: its `words` (the top words and two-word phrases per
+/// city) or its `answers` (those matching `q`, with their city) of one of the caller's forms'
+/// indexed text questions (`GET /v1/forms/{form_id}/slang/{question}/words|answers` there).
+#[utoipa::path(get, path = "/console/api/slang/{form_id}/{question}/{what}", tag = "console",
+    params(("form_id" = String, Path), ("question" = String, Path),
+        ("what" = String, Path, description = "`words` (query: city, limit, cities) or `answers` (query: q, city, limit, offset)"),
+        SlangParams),
     responses(
-        (status = 200, description = "The search API's answer: `{form_id, question, cities: [{city, answers, words: [{word, answers}], phrases}]}`", content_type = "application/json"),
-        (status = 404, description = "Not the caller's form, or not an indexed question", body = Problem, content_type = PROBLEM_JSON),
+        (status = 200, description = "The search API's answer: for `words` `{form_id, question, cities: [{city, answers, words: [{word, answers}], phrases}]}`; for `answers` `{form_id, question, next_offset, total, items: [{response_id, revision, cities, text, submitted_at, score}]}`", content_type = "application/json"),
+        (status = 404, description = "Not the caller's form, not an indexed question, or `what` is neither `words` nor `answers`", body = Problem, content_type = PROBLEM_JSON),
         (status = 422, description = "A bad query parameter", body = Problem, content_type = PROBLEM_JSON),
         (status = 501, description = "No slang search API configured", body = Problem, content_type = PROBLEM_JSON),
         (status = 503, description = "The slang search API is down", body = Problem, content_type = PROBLEM_JSON),
         (status = 504, description = "The slang search API did not answer in time", body = Problem, content_type = PROBLEM_JSON),
     ))]
-pub(crate) async fn words(
+pub(crate) async fn search(
     State(state): State<AppState>,
     caller: Caller,
-    Path(path): Path<(String, String)>,
+    Path((form_id, question, what)): Path<(String, String, String)>,
     Query(params): Query<SlangParams>,
     parts: Parts,
 ) -> Result<Response, ApiError> {
-    forward(&state, &caller, &parts, path, &params, "words").await
-}
-
-/// The answers of one of the caller's forms' indexed text questions that match `q`, with their
-/// city, from the slang search API (its `GET /v1/forms/{form_id}/slang/{question}/answers`).
-#[utoipa::path(get, path = "/console/api/slang/{form_id}/{question}/answers", tag = "console",
-    params(("form_id" = String, Path), ("question" = String, Path), SlangParams),
-    responses(
-        (status = 200, description = "The search API's answer: `{form_id, question, next_offset, total, items: [{response_id, revision, cities, text, submitted_at, score}]}`", content_type = "application/json"),
-        (status = 404, description = "Not the caller's form, or not an indexed question", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "A bad query parameter", body = Problem, content_type = PROBLEM_JSON),
-        (status = 501, description = "No slang search API configured", body = Problem, content_type = PROBLEM_JSON),
-        (status = 503, description = "The slang search API is down", body = Problem, content_type = PROBLEM_JSON),
-        (status = 504, description = "The slang search API did not answer in time", body = Problem, content_type = PROBLEM_JSON),
-    ))]
-pub(crate) async fn answers(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(path): Path<(String, String)>,
-    Query(params): Query<SlangParams>,
-    parts: Parts,
-) -> Result<Response, ApiError> {
-    forward(&state, &caller, &parts, path, &params, "answers").await
+    let what = match what.as_str() {
+        "words" => "words",
+        "answers" => "answers",
+        _ => return Err(ApiError::NotFound("route")),
+    };
+    forward(&state, &caller, &parts, (form_id, question), &params, what).await
 }
 
 #[cfg(test)]

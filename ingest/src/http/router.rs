@@ -46,8 +46,7 @@ pub(crate) fn api() -> OpenApiRouter<AppState> {
             console::sign_out
         ))
         .routes(routes!(console::live::live))
-        .routes(routes!(console::slang::words))
-        .routes(routes!(console::slang::answers))
+        .routes(routes!(console::slang::search))
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
