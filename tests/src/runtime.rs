@@ -1480,3 +1480,17 @@ pub async fn dead_letter_and_redrive(
     })
     .await;
 }
+
+/// The runtime topics of a processor over `gateway`'s topics: a fresh group and dead-letter topic.
+pub fn processor_topics(gateway: &crate::TestGateway) -> RuntimeTopics {
+    let id = unique();
+    RuntimeTopics {
+        bootstrap: gateway.bootstrap.clone(),
+        forms: gateway.topics.forms.clone(),
+        responses: gateway.topics.responses.clone(),
+        flags: gateway.topics.flags.clone(),
+        dlq: format!("test-{id}-dlq"),
+        group: format!("test-{id}-group"),
+        partitions: gateway.config.topic_settings.responses_partitions,
+    }
+}

@@ -5,7 +5,7 @@
 //! returns, and stops cleanly, with its index in a temporary directory deleted afterwards.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use formstream_runtime::RuntimeConfig;
 use formstream_slang::SlangArgs;
@@ -74,20 +74,21 @@ impl SlangProcess {
             },
         ));
         let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            assert!(!handle.is_finished(), "slang stopped before it was ready");
-            if let Ok(r) = client.get(format!("{metrics_url}/readyz")).send().await
-                && r.status() == 200
-            {
-                break;
+        let (client, handle_ref, ready_url) = (&client, &handle, format!("{metrics_url}/readyz"));
+        let ready = crate::wait_until(Duration::from_secs(60), || {
+            let ready_url = ready_url.clone();
+            async move {
+                handle_ref.is_finished()
+                    || client
+                        .get(ready_url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "slang not ready in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        assert!(!handle.is_finished(), "slang stopped before it was ready");
+        assert!(ready, "slang not ready in 60 s");
         SlangProcess {
             search_url,
             shutdown: Some(tx),

@@ -32,7 +32,7 @@ use std::time::Duration;
 use formstream_runtime::redrive::RedriveTopics;
 use formstream_tests::runtime::{
     RuntimeTopics, committed_offsets_of, end_offsets_of, eventually, formstream_binary, journaled,
-    spawn_runtime,
+    processor_topics, spawn_runtime,
 };
 use formstream_tests::slang::{SlangProcess, search_listener};
 use formstream_tests::*;
@@ -525,19 +525,10 @@ fn words_of(body: &Value) -> Vec<(String, Vec<(String, u64)>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slang_words_and_answers_reach_their_own_organisation_only_through_the_console_routes() {
-    let id = unique();
     let (listener, search_url) = search_listener().await;
     let app =
         spawn_gateway(GatewayOptions::default().arg("--console-slang-url", &search_url)).await;
-    let topics = RuntimeTopics {
-        bootstrap: app.bootstrap.clone(),
-        forms: app.topics.forms.clone(),
-        responses: app.topics.responses.clone(),
-        flags: app.topics.flags.clone(),
-        dlq: format!("test-{id}-slang-dlq"),
-        group: format!("test-{id}-slang"),
-        partitions: 6,
-    };
+    let topics = processor_topics(&app);
     let slang = SlangProcess::start(topics.config(&[]), listener).await;
 
     app.create_form_as(ACME_KEY, &slang_form(FORM, "Acme households"))

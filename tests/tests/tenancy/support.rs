@@ -18,6 +18,7 @@ use formstream_sheets::local::LocalFiles;
 use formstream_sheets::sink::Sink;
 use formstream_sheets::{Sheets, SheetsArgs};
 use formstream_slang::{Slang, SlangIndex};
+pub use formstream_tests::runtime::processor_topics;
 use formstream_tests::runtime::{
     RunningRuntime, RuntimeTopics, committed_offsets, eventually, spawn_runtime,
 };
@@ -146,20 +147,6 @@ impl Running {
             .expect("the processor stops cleanly");
         let own: Vec<&str> = self.own.iter().map(String::as_str).collect();
         delete_topics(&self.topics.bootstrap, &own).await;
-    }
-}
-
-/// The runtime topics of a processor over `gateway`'s topics: a fresh group and dead-letter topic.
-pub fn processor_topics(gateway: &TestGateway) -> RuntimeTopics {
-    let id = unique();
-    RuntimeTopics {
-        bootstrap: gateway.bootstrap.clone(),
-        forms: gateway.topics.forms.clone(),
-        responses: gateway.topics.responses.clone(),
-        flags: gateway.topics.flags.clone(),
-        dlq: format!("test-{id}-dlq"),
-        group: format!("test-{id}-group"),
-        partitions: gateway.config.topic_settings.responses_partitions,
     }
 }
 
