@@ -124,61 +124,8 @@ pub async fn run(
     drop(records);
 
     // 2. Exactly one receipt per response with a phone (none for poison records).
-    let receipt_ref = regex::Regex::new(r"Ref (RC[0-9A-F]{10})\b")?;
-    let notice_ref = regex::Regex::new(r"Ref (FS[0-9A-F]{10}R[0-9]+)\b")?;
-    let mut receipts_by_ref: HashMap<&str, Vec<&Message>> = HashMap::new();
-    let mut notices_by_ref: HashMap<&str, Vec<&Message>> = HashMap::new();
-    let mut unclassified = 0usize;
-    for message in sources.messages {
-        if let Some(c) = receipt_ref.captures(&message.body) {
-            receipts_by_ref
-                .entry(c.get(1).map_or("", |m| m.as_str()))
-                .or_default()
-                .push(message);
-        } else if let Some(c) = notice_ref.captures(&message.body) {
-            notices_by_ref
-                .entry(c.get(1).map_or("", |m| m.as_str()))
-                .or_default()
-                .push(message);
-        } else {
-            unclassified += 1;
-        }
-    }
-    let (mut expected, mut found, mut missing, mut doubled, mut wrong_number) = (0, 0, 0, 0, 0);
-    let mut wanted_refs = HashSet::new();
-    for (i, latest) in latest.iter().enumerate() {
-        if latest.is_none() {
-            continue;
-        }
-        let p = workload.response(i);
-        let Some(phone) = &p.phone else { continue };
-        if p.poison.is_some() {
-            continue;
-        }
-        expected += 1;
-        let reference = formstream_notify::reference::short("RC", &identity(workload, &p));
-        let sent = receipts_by_ref.get(reference.as_str()).map_or(0, Vec::len);
-        found += sent.min(1);
-        missing += usize::from(sent == 0);
-        doubled += usize::from(sent > 1);
-        wrong_number += receipts_by_ref
-            .get(reference.as_str())
-            .map_or(0, |ms| ms.iter().filter(|m| &m.to != phone).count());
-        wanted_refs.insert(reference);
-    }
-    let unexpected: usize = receipts_by_ref
-        .iter()
-        .filter(|(r, _)| !wanted_refs.contains(**r))
-        .map(|(_, ms)| ms.len())
-        .sum();
-    checks.push(Check::new(
-        "exactly one receipt per response with a phone",
-        missing == 0 && doubled == 0 && unexpected == 0 && wrong_number == 0,
-        format!(
-            "{}; to a wrong number {wrong_number}; receipts for no such response (or a poison one) {unexpected}; messages that are neither receipt nor notification {unclassified}",
-            count_figures(expected, found, missing, doubled)
-        ),
-    ));
+    let messages = Messages::classify(workload, sources.messages)?;
+    checks.push(receipts(workload, &latest, &messages));
 
     // 3. Exactly one sheet row per response, holding its latest revision.
     let mut rows_of: HashMap<usize, Vec<&SheetRow>> = HashMap::new();
@@ -233,8 +180,8 @@ pub async fn run(
             .push(flag.status);
     }
     let (mut expected, mut found, mut missing, mut doubled, mut wrong) = (0, 0, 0, 0, 0);
-    let (mut flagged, mut notified, mut not_notified, mut notified_twice, mut notice_wrong_number) =
-        (0, 0, 0, 0, 0);
+    let (mut flagged, mut notified, mut not_notified, mut notified_twice) = (0, 0, 0, 0);
+    let (mut notice_wrong_number, mut notice_wrong_reference) = (0, 0);
     let mut wanted_notices = HashSet::new();
     for i in 0..workload.responses {
         for revision in [0, 1] {
@@ -261,20 +208,26 @@ pub async fn run(
                     "{}R{revision}",
                     formstream_notify::reference::short("FS", &identity(workload, &p))
                 );
-                let sent = notices_by_ref
-                    .get(reference.as_str())
+                let sent = messages
+                    .notices_of
+                    .get(&(p.response_id.as_str(), revision))
                     .map_or(&[][..], Vec::as_slice);
                 notified += usize::from(!sent.is_empty());
                 not_notified += usize::from(sent.is_empty());
                 notified_twice += usize::from(sent.len() > 1);
-                notice_wrong_number += sent.iter().filter(|m| m.to != p.collector_phone).count();
-                wanted_notices.insert(reference);
+                notice_wrong_number += sent
+                    .iter()
+                    .filter(|(m, _)| m.to != p.collector_phone)
+                    .count();
+                notice_wrong_reference += sent.iter().filter(|(_, r)| *r != reference).count();
+                wanted_notices.insert((p.response_id.clone(), revision));
             }
         }
     }
-    let stray_notices: usize = notices_by_ref
+    let stray_notices: usize = messages
+        .notices_of
         .iter()
-        .filter(|(r, _)| !wanted_notices.contains(**r))
+        .filter(|((id, revision), _)| !wanted_notices.contains(&((*id).to_owned(), *revision)))
         .map(|(_, ms)| ms.len())
         .sum();
     checks.push(Check::new(
@@ -288,9 +241,13 @@ pub async fn run(
     ));
     checks.push(Check::new(
         "one collector notification per flagged (response, revision)",
-        not_notified == 0 && notified_twice == 0 && stray_notices == 0 && notice_wrong_number == 0,
+        not_notified == 0
+            && notified_twice == 0
+            && stray_notices == 0
+            && notice_wrong_number == 0
+            && notice_wrong_reference == 0,
         format!(
-            "{}; to a wrong number {notice_wrong_number}; notifications of nothing flagged {stray_notices}",
+            "{}; to a wrong number {notice_wrong_number}; with a wrong reference {notice_wrong_reference}; notifications of nothing flagged {stray_notices}",
             count_figures(flagged, notified, not_notified, notified_twice)
         ),
     ));
@@ -510,6 +467,112 @@ async fn dead_letters(
     ))
 }
 
+/// The SMS the Twilio fake received, each matched to its response by what only that response's
+/// message holds: the respondent's name in a receipt, the response id and revision in a collector
+/// notification. Not by the reference: a reference is 40 bits of a hash, and at ~800k receipts
+/// two responses share one with odds of about 30 %. Each message's reference is kept, to be checked
+/// against the one its response must carry.
+struct Messages<'m> {
+    /// Receipts by planned response index, with their references.
+    receipts_of: HashMap<usize, Vec<(&'m Message, &'m str)>>,
+    /// Notifications by (response id, flagged revision), with their references.
+    notices_of: HashMap<(&'m str, i32), Vec<(&'m Message, &'m str)>>,
+    /// Receipts naming a respondent the workload does not have.
+    stray_receipts: usize,
+    /// Messages that are neither a receipt nor a notification.
+    unclassified: usize,
+}
+
+impl<'m> Messages<'m> {
+    fn classify(workload: &Workload, messages: &'m [Message]) -> anyhow::Result<Self> {
+        let receipt_of = regex::Regex::new(
+            r"Thank you Respondent ([0-9]+) for taking part .* Ref (RC[0-9A-F]{10})\b",
+        )?;
+        let notice_of = regex::Regex::new(
+            r#"^Response (\S+) \(.*?, rev ([0-9]+)\) flagged: .* Ref (FS[0-9A-F]{10}R[0-9]+)\b"#,
+        )?;
+        let mut receipts_of: HashMap<usize, Vec<(&Message, &str)>> = HashMap::new();
+        let mut notices_of: HashMap<(&str, i32), Vec<(&Message, &str)>> = HashMap::new();
+        let (mut unclassified, mut stray_receipts) = (0usize, 0usize);
+        for message in messages {
+            if let Some(c) = receipt_of.captures(&message.body) {
+                match c[1].parse::<usize>() {
+                    Ok(i) if i < workload.responses => receipts_of
+                        .entry(i)
+                        .or_default()
+                        .push((message, c.get(2).map_or("", |m| m.as_str()))),
+                    _ => stray_receipts += 1,
+                }
+            } else if let Some(c) = notice_of.captures(&message.body) {
+                let (Some(id), Some(reference)) = (c.get(1), c.get(3)) else {
+                    unclassified += 1;
+                    continue;
+                };
+                let revision = c[2].parse().unwrap_or(-1);
+                notices_of
+                    .entry((id.as_str(), revision))
+                    .or_default()
+                    .push((message, reference.as_str()));
+            } else {
+                unclassified += 1;
+            }
+        }
+        Ok(Messages {
+            receipts_of,
+            notices_of,
+            stray_receipts,
+            unclassified,
+        })
+    }
+}
+
+/// Exactly one receipt per response with a phone (none for poison ones), to its phone, with its
+/// reference.
+fn receipts(workload: &Workload, latest: &[Option<i32>], messages: &Messages<'_>) -> Check {
+    let (mut expected, mut found, mut missing, mut doubled) = (0, 0, 0, 0);
+    let (mut wrong_number, mut wrong_reference) = (0, 0);
+    let mut wanted = HashSet::new();
+    for (i, latest) in latest.iter().enumerate() {
+        if latest.is_none() {
+            continue;
+        }
+        let p = workload.response(i);
+        let Some(phone) = &p.phone else { continue };
+        if p.poison.is_some() {
+            continue;
+        }
+        expected += 1;
+        wanted.insert(i);
+        let reference = formstream_notify::reference::short("RC", &identity(workload, &p));
+        let sent = messages.receipts_of.get(&i).map_or(&[][..], Vec::as_slice);
+        found += usize::from(!sent.is_empty());
+        missing += usize::from(sent.is_empty());
+        doubled += usize::from(sent.len() > 1);
+        wrong_number += sent.iter().filter(|(m, _)| &m.to != phone).count();
+        wrong_reference += sent.iter().filter(|(_, r)| *r != reference).count();
+    }
+    let unexpected: usize = messages.stray_receipts
+        + messages
+            .receipts_of
+            .iter()
+            .filter(|(i, _)| !wanted.contains(*i))
+            .map(|(_, ms)| ms.len())
+            .sum::<usize>();
+    Check::new(
+        "exactly one receipt per response with a phone",
+        missing == 0
+            && doubled == 0
+            && unexpected == 0
+            && wrong_number == 0
+            && wrong_reference == 0,
+        format!(
+            "{}; to a wrong number {wrong_number}; with a wrong reference {wrong_reference}; receipts for no such response (or a poison one) {unexpected}; messages that are neither receipt nor notification {}",
+            count_figures(expected, found, missing, doubled),
+            messages.unclassified
+        ),
+    )
+}
+
 /// The identity key of planned response `p` (of the scenario's organisation): what receipt and
 /// notification references hash.
 fn identity(workload: &Workload, p: &Planned) -> String {
@@ -519,4 +582,120 @@ fn identity(workload: &Workload, p: &Planned) -> String {
         response_id: &p.response_id,
     }
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use formstream_schemas::{FlagStatus, ResponseFlag, TimestampMillis, Violation};
+
+    use super::*;
+
+    /// The receipt the workload's template renders for planned response `i`.
+    fn receipt(workload: &Workload, i: usize, reference: &str) -> Message {
+        let p = workload.response(i);
+        Message {
+            sid: format!("SM{i}"),
+            to: p.phone.clone().unwrap_or_default(),
+            body: format!(
+                "Thank you Respondent {i} for taking part in Form {}: 1234 per member a month. Ref {reference}",
+                p.form
+            ),
+            created_ms: 0,
+        }
+    }
+
+    fn receipts_wanted(workload: &Workload) -> Vec<usize> {
+        (0..workload.responses)
+            .filter(|&i| {
+                let p = workload.response(i);
+                p.phone.is_some() && p.poison.is_none()
+            })
+            .collect()
+    }
+
+    fn own_reference(workload: &Workload, i: usize) -> String {
+        formstream_notify::reference::short("RC", &identity(workload, &workload.response(i)))
+    }
+
+    #[test]
+    fn receipts_are_matched_by_respondent_so_a_shared_reference_is_no_double() {
+        let workload = Workload::new("checks-test", 7, 3, 200, 1.1);
+        let latest = vec![Some(0); workload.responses];
+        let wanted = receipts_wanted(&workload);
+        let (a, b) = (wanted[0], wanted[1]);
+        let mut sent: Vec<Message> = wanted
+            .iter()
+            .map(|&i| receipt(&workload, i, &own_reference(&workload, i)))
+            .collect();
+        let messages = Messages::classify(&workload, &sent).unwrap();
+        assert!(receipts(&workload, &latest, &messages).passed);
+
+        // Two responses whose references collide: what a 40-bit hash does at ~800k receipts,
+        // made here by giving b the reference of a. Only the wrong reference is a miss.
+        sent[1] = receipt(&workload, b, &own_reference(&workload, a));
+        let messages = Messages::classify(&workload, &sent).unwrap();
+        let check = receipts(&workload, &latest, &messages);
+        assert!(!check.passed);
+        assert!(check.figures.contains("doubled 0"), "{}", check.figures);
+        assert!(
+            check.figures.contains("with a wrong reference 1"),
+            "{}",
+            check.figures
+        );
+
+        // A real double and a receipt to another number are both misses.
+        sent[1] = receipt(&workload, b, &own_reference(&workload, b));
+        sent.push(receipt(&workload, a, &own_reference(&workload, a)));
+        let mut other = receipt(&workload, b, &own_reference(&workload, b));
+        other.to = "+919800000000".into();
+        sent.push(other);
+        let messages = Messages::classify(&workload, &sent).unwrap();
+        let check = receipts(&workload, &latest, &messages);
+        assert!(!check.passed);
+        assert!(check.figures.contains("doubled 2"), "{}", check.figures);
+        assert!(
+            check.figures.contains("to a wrong number 1"),
+            "{}",
+            check.figures
+        );
+    }
+
+    #[test]
+    fn notifications_are_matched_by_response_and_revision_as_the_collector_sms_says() {
+        let workload = Workload::new("checks-test", 7, 3, 50, 1.1);
+        let p = workload.response(3);
+        let flag = ResponseFlag {
+            response_id: p.response_id.clone(),
+            form_id: workload.form_id(p.form),
+            form_version: 1,
+            organisation: super::super::ORGANISATION.into(),
+            revision: 1,
+            collector_id: p.collector_id.clone(),
+            collector_phone: Some(p.collector_phone.clone()),
+            status: FlagStatus::Flagged,
+            violations: vec![Violation {
+                rule_id: "savings".into(),
+                message: "Savings cannot exceed income, rev 0) flagged: here".into(),
+                question_keys: vec!["savings".into()],
+                error: None,
+            }],
+            evaluated_at: TimestampMillis::default(),
+        };
+        let url = formstream_notify_collectors::message::correction_url("http://gw", &flag);
+        let body = formstream_notify_collectors::message::sms_body(&flag, "Form 3", &url);
+        let sent = [Message {
+            sid: "SM1".into(),
+            to: p.collector_phone.clone(),
+            body,
+            created_ms: 0,
+        }];
+        let messages = Messages::classify(&workload, &sent).unwrap();
+        assert_eq!(messages.unclassified, 0);
+        let notices = &messages.notices_of[&(p.response_id.as_str(), 1)];
+        assert_eq!(notices.len(), 1);
+        assert_eq!(
+            notices[0].1,
+            formstream_notify_collectors::message::reference(&flag)
+        );
+    }
 }
