@@ -48,6 +48,8 @@ pub struct Sources<'a> {
     pub rows: &'a [SheetRow],
     /// Base URL of the slang search API, and an API key of the forms' organisation.
     pub slang: &'a str,
+    /// Base URL of the gateway, whose `/v1/dead-letters` is the operator's list.
+    pub gateway: &'a str,
     pub api_key: &'a str,
 }
 
@@ -258,6 +260,7 @@ pub async fn run(
 
     // 6. Every poison record in its processor's dead-letter topic with a reason, nothing else.
     checks.push(dead_letters(workload, ledger, sources, &ids).await?);
+    checks.push(operator_dead_letters(workload, ledger, sources, &ids).await?);
     Ok(checks)
 }
 
@@ -462,6 +465,76 @@ async fn dead_letters(
             "poison records acknowledged {}, dead-lettered {}, missing {missing}; other dead letters {unexpected}; without a reason {without_reason}; dead-lettered twice (a crash before the commit) {copies}; by topic: {}; reasons: {reasons:?}",
             poison.len(),
             found.len(),
+            figures.join(", ")
+        ),
+    ))
+}
+
+/// What the operator sees: every processor's dead letters as the gateway lists them
+/// (`/v1/dead-letters/{processor}?status=all`, the list behind `formstream dlq list` and the
+/// console), page by page. A processor killed between writing a dead letter and committing its
+/// source offset writes it again; the list must still show each poison record exactly once.
+async fn operator_dead_letters(
+    workload: &Workload,
+    ledger: &Ledger,
+    sources: &Sources<'_>,
+    ids: &HashMap<String, usize>,
+) -> anyhow::Result<Check> {
+    let poison: HashSet<usize> = (0..workload.responses)
+        .filter(|&i| ledger.is_acked(i, 0) && workload.response(i).poison.is_some())
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let mut listed: HashMap<usize, usize> = HashMap::new();
+    let (mut others, mut figures) = (0usize, Vec::new());
+    for (processor, _) in sources.dead_letter_topics {
+        let mut after: Option<String> = None;
+        let mut count = 0usize;
+        loop {
+            let mut url =
+                reqwest::Url::parse(&format!("{}/v1/dead-letters/{processor}", sources.gateway))?;
+            url.query_pairs_mut()
+                .append_pair("status", "all")
+                .append_pair("limit", "500");
+            if let Some(after) = &after {
+                url.query_pairs_mut().append_pair("after", after);
+            }
+            let response = client.get(url).bearer_auth(sources.api_key).send().await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "listing {processor}'s dead letters: {}",
+                response.status()
+            );
+            let page: Value = response.json().await?;
+            for item in page["items"].as_array().into_iter().flatten() {
+                count += 1;
+                let index = item["record"]["response_id"]
+                    .as_str()
+                    .and_then(|id| ids.get(id).copied());
+                match index {
+                    Some(i) if poison.contains(&i) && processor == "receipts" => {
+                        *listed.entry(i).or_default() += 1;
+                    }
+                    _ => others += 1,
+                }
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        figures.push(format!("{processor} {count}"));
+    }
+    let missing = poison.iter().filter(|i| !listed.contains_key(i)).count();
+    let twice = listed.values().filter(|n| **n > 1).count();
+    Ok(Check::new(
+        "the operator's dead-letter list shows each poison record once",
+        missing == 0 && twice == 0 && others == 0,
+        format!(
+            "poison records {}, listed {}, missing {missing}, listed more than once {twice}; other dead letters listed {others}; listed per processor: {}",
+            poison.len(),
+            listed.len(),
             figures.join(", ")
         ),
     ))

@@ -544,6 +544,14 @@ async fn run_named(
             &scenario.partitions.to_string(),
             "--api-keys-file",
             &keys.display().to_string(),
+            // The operator's view of this run's dead letters (`/v1/dead-letters`), which the
+            // checks read to prove each poison record is listed once.
+            "--dead-letter-processors",
+            &PROCESSORS
+                .iter()
+                .map(|p| format!("{p}={}", names.dlq(p)))
+                .collect::<Vec<_>>()
+                .join(","),
         ]
         .map(str::to_owned),
     );
@@ -699,6 +707,7 @@ async fn run_named(
         messages: &messages,
         rows: &rows,
         slang: &format!("http://{}", wiring.slang_listen),
+        gateway: &gateway_url,
         api_key: API_KEY,
     };
     let mut checks = vec![drained];
