@@ -259,8 +259,12 @@ pub async fn run(
     checks.push(slang(workload, &latest, sources).await?);
 
     // 6. Every poison record in its processor's dead-letter topic with a reason, nothing else.
-    checks.push(dead_letters(workload, ledger, sources, &ids).await?);
-    checks.push(operator_dead_letters(workload, ledger, sources, &ids).await?);
+    // The acknowledged poison records: dead letters, each once in the operator's list.
+    let poison: HashSet<usize> = (0..workload.responses)
+        .filter(|&i| ledger.is_acked(i, 0) && workload.response(i).poison.is_some())
+        .collect();
+    checks.push(dead_letters(workload, &poison, sources, &ids).await?);
+    checks.push(operator_dead_letters(&poison, sources, &ids).await?);
     Ok(checks)
 }
 
@@ -396,13 +400,10 @@ fn answers_per_city(body: &Value) -> BTreeMap<String, u64> {
 
 async fn dead_letters(
     workload: &Workload,
-    ledger: &Ledger,
+    poison: &HashSet<usize>,
     sources: &Sources<'_>,
     ids: &HashMap<String, usize>,
 ) -> anyhow::Result<Check> {
-    let poison: HashSet<usize> = (0..workload.responses)
-        .filter(|&i| ledger.is_acked(i, 0) && workload.response(i).poison.is_some())
-        .collect();
     let codec = Codec::single_object();
     let mut figures = Vec::new();
     let (mut found, mut without_reason, mut unexpected) = (HashSet::new(), 0usize, 0usize);
@@ -475,14 +476,10 @@ async fn dead_letters(
 /// console), page by page. A processor killed between writing a dead letter and committing its
 /// source offset writes it again; the list must still show each poison record exactly once.
 async fn operator_dead_letters(
-    workload: &Workload,
-    ledger: &Ledger,
+    poison: &HashSet<usize>,
     sources: &Sources<'_>,
     ids: &HashMap<String, usize>,
 ) -> anyhow::Result<Check> {
-    let poison: HashSet<usize> = (0..workload.responses)
-        .filter(|&i| ledger.is_acked(i, 0) && workload.response(i).poison.is_some())
-        .collect();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
