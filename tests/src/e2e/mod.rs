@@ -67,19 +67,16 @@ impl BrokerControl {
         cmd
     }
 
-    /// The broker's JVM, for its CPU and memory.
-    fn pid(&self) -> Option<u32> {
+    /// The file holding the broker JVM's pid, for its CPU and memory: read at every sample, as
+    /// the broker restart gives it a new one.
+    fn pid_file(&self) -> PathBuf {
         let home = std::env::var("FORMSTREAM_KAFKA_HOME").unwrap_or_else(|_| {
             format!(
                 "{}/.cache/formstream/kafka",
                 std::env::var("HOME").unwrap_or_default()
             )
         });
-        std::fs::read_to_string(format!("{home}/instances/{}/kafka.pid", self.instance))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        PathBuf::from(format!("{home}/instances/{}/kafka.pid", self.instance))
     }
 }
 
@@ -647,13 +644,14 @@ async fn run_named(
     let first_post = std::time::SystemTime::now();
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let (stop_sampling, sampling_stopped) = tokio::sync::watch::channel(false);
-    let mut extra_pids = Vec::new();
-    if let Some(pid) = scenario.broker.as_ref().and_then(BrokerControl::pid) {
-        extra_pids.push(("broker".to_owned(), pid));
-    }
+    let pid_files: Vec<(String, PathBuf)> = scenario
+        .broker
+        .iter()
+        .map(|broker| ("broker".to_owned(), broker.pid_file()))
+        .collect();
     let sampler = tokio::spawn(sample::run(
         procs.clone(),
-        extra_pids,
+        pid_files,
         twilio_admin.clone(),
         sheets_admin.clone(),
         ledger.clone(),

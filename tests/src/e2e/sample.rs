@@ -7,6 +7,7 @@
 //! (killed, restarting) is marked down for that second, never given a made-up value.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,7 @@ fn metric(text: &str, name: &str) -> (f64, f64) {
 pub async fn sample(
     client: &reqwest::Client,
     procs: &Procs,
-    extra_pids: &[(String, u32)],
+    pid_files: &[(String, PathBuf)],
     twilio: &FakeAdmin,
     sheets: &FakeAdmin,
     acked: usize,
@@ -120,8 +121,11 @@ pub async fn sample(
         };
         sample.processors.insert(name.clone(), processor);
     }
-    for (name, pid) in extra_pids {
-        if let Some(u) = usage(*pid) {
+    for (name, file) in pid_files {
+        let pid = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        if let Some(u) = pid.and_then(usage) {
             sample.usage.insert(name.clone(), u);
         }
     }
@@ -147,7 +151,7 @@ pub fn ok_records(text: &str) -> f64 {
 #[allow(clippy::too_many_arguments)] // each is one source the sample reads
 pub async fn run(
     procs: Procs,
-    extra_pids: Vec<(String, u32)>,
+    pid_files: Vec<(String, PathBuf)>,
     twilio: FakeAdmin,
     sheets: FakeAdmin,
     ledger: Arc<super::load::Ledger>,
@@ -172,7 +176,7 @@ pub async fn run(
             .acked_total
             .load(std::sync::atomic::Ordering::Relaxed);
         let t = started.elapsed().as_secs_f64();
-        let sample = sample(&client, &procs, &extra_pids, &twilio, &sheets, acked, t).await;
+        let sample = sample(&client, &procs, &pid_files, &twilio, &sheets, acked, t).await;
         samples
             .lock()
             .unwrap_or_else(|p| p.into_inner())
