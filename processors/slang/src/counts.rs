@@ -6,8 +6,9 @@
 //! Invariants:
 //! - The counts are those of the index's last commit: the index adds an answer's
 //!   [`Contribution`] (and removes that of the answer it replaces) once the commit that holds it
-//!   has succeeded, never before; and on open it builds them from the stored answers, so they need
-//!   no storage of their own and cannot drift from the index across restarts.
+//!   has succeeded, never before. On open they come from the snapshot of that very commit
+//!   ([`crate::snapshot`]), or are built again from the stored answers: they cannot drift from the
+//!   index across restarts.
 //! - A word, or a two-word phrase, counts once per answer that uses it, in each city of that
 //!   answer (a multiple-choice city question may give several); an answer without a city counts
 //!   in none. A city's `answers` is its number of answers to the question.
@@ -45,6 +46,47 @@ impl Contribution {
     /// The question's key: see [`scope_key`].
     pub fn scope(&self) -> &str {
         &self.scope
+    }
+
+    /// The contribution in the binary form of [`crate::snapshot`]'s log.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.scope);
+        put_u64(out, self.cities.len() as u64);
+        for city in &self.cities {
+            put_str(out, city);
+        }
+        put_u64(out, self.words.len() as u64);
+        for word in &self.words {
+            put_str(out, word);
+        }
+        put_u64(out, self.pairs.len() as u64);
+        for &(a, b) in &self.pairs {
+            put_u64(out, (u64::from(a) << 32) | u64::from(b));
+        }
+    }
+
+    /// The next contribution [`Contribution::encode`] wrote in `input`, which moves past it.
+    pub fn decode(input: &mut &[u8]) -> Option<Contribution> {
+        let scope = get_str(input)?.to_owned();
+        let cities = (0..get_u64(input)?)
+            .map(|_| get_str(input).map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?;
+        let words = (0..get_u64(input)?)
+            .map(|_| get_str(input).map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?;
+        let known = |id: u64| (id < words.len() as u64).then_some(id as u32);
+        let pairs = (0..get_u64(input)?)
+            .map(|_| {
+                let pair = get_u64(input)?;
+                Some((known(pair >> 32)?, known(pair & u64::from(u32::MAX))?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Contribution {
+            scope,
+            cities,
+            words,
+            pairs,
+        })
     }
 
     /// The contribution of answer `text` to question `scope` (a [`scope_key`]) in `cities`.
@@ -329,6 +371,110 @@ impl Counts {
     }
 }
 
+impl Counts {
+    /// The counts in a compact binary form, for [`crate::snapshot`]: per question, its words
+    /// (their ids are their positions) and per city its answers, words and phrases. Rankings
+    /// are not written: [`Counts::decode`] ranks again.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.scopes.len() as u64);
+        for (key, scope) in &self.scopes {
+            put_str(out, key);
+            put_u64(out, scope.words.len() as u64);
+            for word in &scope.words {
+                put_str(out, word);
+            }
+            put_u64(out, scope.cities.len() as u64);
+            for (name, city) in &scope.cities {
+                put_str(out, name);
+                put_u64(out, city.answers);
+                put_u64(out, city.words.len() as u64);
+                for (&id, &n) in &city.words {
+                    put_u64(out, u64::from(id));
+                    put_u64(out, n);
+                }
+                put_u64(out, city.phrases.len() as u64);
+                for (&key, &n) in &city.phrases {
+                    put_u64(out, key);
+                    put_u64(out, n);
+                }
+            }
+        }
+    }
+
+    /// The counts [`Counts::encode`] wrote, ranked; `None` when `bytes` are not such counts (a
+    /// torn or foreign file: the caller rebuilds them from the index).
+    pub fn decode(mut bytes: &[u8]) -> Option<Counts> {
+        let input = &mut bytes;
+        let mut counts = Counts::default();
+        for _ in 0..get_u64(input)? {
+            let key = get_str(input)?.to_owned();
+            let mut scope = ScopeCounts::default();
+            let words = get_u64(input)?;
+            for _ in 0..words {
+                let word = get_str(input)?;
+                let id = scope.words.len() as u32;
+                scope.words.push(word.into());
+                scope.ids.insert(word.into(), id);
+            }
+            let known = |id: u64| (id < words).then_some(id as u32);
+            for _ in 0..get_u64(input)? {
+                let name: Box<str> = get_str(input)?.into();
+                let mut city = CityCounts {
+                    answers: get_u64(input)?,
+                    changed: true,
+                    ..CityCounts::default()
+                };
+                for _ in 0..get_u64(input)? {
+                    let id = known(get_u64(input)?)?;
+                    city.words.insert(id, get_u64(input)?);
+                }
+                for _ in 0..get_u64(input)? {
+                    let pair = get_u64(input)?;
+                    known(pair >> 32)?;
+                    known(pair & u64::from(u32::MAX))?;
+                    city.phrases.insert(pair, get_u64(input)?);
+                }
+                scope.cities.insert(name, city);
+            }
+            scope.reorder = true;
+            counts.changed.insert(key.clone());
+            counts.scopes.insert(key, scope);
+        }
+        if !input.is_empty() {
+            return None;
+        }
+        counts.refresh();
+        Some(counts)
+    }
+}
+
+pub(crate) fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+pub(crate) fn put_str(out: &mut Vec<u8>, text: &str) {
+    put_u64(out, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// The next little-endian u64 of `input`, which moves past it.
+pub(crate) fn get_u64(input: &mut &[u8]) -> Option<u64> {
+    let (head, rest) = input.split_first_chunk::<8>()?;
+    *input = rest;
+    Some(u64::from_le_bytes(*head))
+}
+
+/// The next string [`put_str`] wrote.
+pub(crate) fn get_str<'a>(input: &mut &'a [u8]) -> Option<&'a str> {
+    let len = usize::try_from(get_u64(input)?).ok()?;
+    if input.len() < len {
+        return None;
+    }
+    let (text, rest) = input.split_at(len);
+    *input = rest;
+    std::str::from_utf8(text).ok()
+}
+
 /// The `k` most answered cities, ties in name order.
 fn ranked_cities(cities: &Map<Box<str>, CityCounts>, k: usize) -> Vec<Box<str>> {
     let mut all: Vec<(&Box<str>, u64)> = cities.iter().map(|(n, c)| (n, c.answers)).collect();
@@ -464,6 +610,30 @@ mod tests {
         let top = counts.top(&scope, None, 10, 10);
         assert_eq!(top.len(), 2);
         assert!(top.iter().all(|c| words(c) == [("mast", 1)]));
+    }
+
+    #[test]
+    fn encoded_counts_decode_to_the_same_answers_and_damage_is_refused() {
+        let mut counts = Counts::default();
+        counts.apply(&answer("pune", "mast mast bhai"), Change::Add);
+        counts.apply(&answer("delhi", "bhai log"), Change::Add);
+        counts.apply(
+            &Contribution::new(scope_key("acme", "g", "q"), &["goa".into()], "susegad"),
+            Change::Add,
+        );
+        counts.refresh();
+        let mut bytes = Vec::new();
+        counts.encode(&mut bytes);
+        let decoded = Counts::decode(&bytes).expect("decoded");
+        for scope in [scope_key("acme", "f", "q"), scope_key("acme", "g", "q")] {
+            assert_eq!(
+                decoded.top(&scope, None, 10, 10),
+                counts.top(&scope, None, 10, 10)
+            );
+        }
+        assert!(Counts::decode(&bytes[..bytes.len() - 1]).is_none());
+        bytes.push(0);
+        assert!(Counts::decode(&bytes).is_none());
     }
 
     #[test]

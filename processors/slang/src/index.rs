@@ -12,14 +12,18 @@
 //! - A response is known by its whole identity, (organisation, form id, response id)
 //!   ([`ResponseKey`]): another organisation (or another form) reusing a response id is another
 //!   response, and can neither replace nor remove this one's documents and counts.
-//! - The word and phrase counts ([`Counts`]) are those of the last commit (see `counts`).
+//! - The word and phrase counts ([`Counts`]) are those of the last commit (see `counts`). Each
+//!   commit writes them to a [`crate::snapshot`] tagged with that commit; opening the index reads the
+//!   snapshot of its commit, or (none, or another commit's) rebuilds them from the stored answers.
 //! - Every response identity in the index or in the writer is in `known` (as a hash): a response
 //!   whose hash is not there is new, and needs no look-up in the index. Only corrections,
-//!   redeliveries and hash collisions take the look-up.
+//!   redeliveries and hash collisions take the look-up. On open it is read from the identity
+//!   field's terms (not the stored documents): a deleted document's term may linger until a
+//!   merge, which only costs its response a look-up.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -39,6 +43,7 @@ use tantivy::{
 use formstream_core::identity::ResponseKey;
 
 use crate::counts::{Change, Contribution, Counts, scope_key};
+use crate::snapshot::{Snapshots, Tag};
 use crate::tokenizer::{WORDS, WordTokenizer, words};
 
 /// Everything that can go wrong with the index; all of it is the index's (a disk, a corrupt
@@ -248,6 +253,11 @@ pub struct SlangIndex {
     committed: Mutex<Payload>,
     /// Records handled since the last commit (commit by size as well as by time).
     uncommitted: AtomicU64,
+    /// The index's directory, where each commit leaves its counts' [`crate::snapshot`];
+    /// `None` in memory.
+    dir: Option<PathBuf>,
+    /// The snapshot files of `dir`, as the last commit left them.
+    snapshots: Mutex<Option<Snapshots>>,
 }
 
 /// The bookkeeping of the writer's uncommitted additions.
@@ -289,26 +299,28 @@ impl SlangIndex {
             }
             other => other?,
         };
-        Self::with_index(index, fields, writer_memory)
+        Self::with_index(index, fields, writer_memory, Some(path.to_owned()))
     }
 
     /// An index in memory (tests and benchmarks of queries).
     pub fn in_memory(writer_memory: usize) -> Result<Self, IndexError> {
         let (schema, fields) = schema();
-        Self::with_index(Index::create_in_ram(schema), fields, writer_memory)
+        Self::with_index(Index::create_in_ram(schema), fields, writer_memory, None)
     }
 
     fn with_index(
         mut index: Index,
         fields: Fields,
         writer_memory: usize,
+        dir: Option<PathBuf>,
     ) -> Result<Self, IndexError> {
         // Tokenizers are not stored in the index: register them on every open.
         let tokenizers = TokenizerManager::default();
         tokenizers.register(WORDS, WordTokenizer);
         index.set_tokenizers(tokenizers);
-        let committed = match index.load_metas()?.payload {
-            Some(text) => serde_json::from_str(&text).map_err(IndexError::Payload)?,
+        let metas = index.load_metas()?;
+        let committed = match &metas.payload {
+            Some(text) => serde_json::from_str(text).map_err(IndexError::Payload)?,
             None => Payload::default(),
         };
         let writer = index.writer(writer_memory)?;
@@ -327,43 +339,75 @@ impl SlangIndex {
             finished: Mutex::new(committed.offsets.clone()),
             committed: Mutex::new(committed),
             uncommitted: AtomicU64::new(0),
+            dir,
+            snapshots: Mutex::new(None),
         };
-        slang.load()?;
+        slang.load(metas.opstamp, metas.payload.unwrap_or_default())?;
         Ok(slang)
     }
 
-    /// Builds the counts and the known ids from the committed index's stored answers.
-    fn load(&self) -> Result<(), IndexError> {
+    /// Loads the counts and the known ids of the committed index (its commit is `opstamp`,
+    /// with `payload`): the counts from that commit's snapshot, or else from the stored answers;
+    /// the ids from the identity terms.
+    fn load(&self, opstamp: u64, payload: String) -> Result<(), IndexError> {
         let started = Instant::now();
         let searcher = self.reader.searcher();
-        let mut counts = Counts::default();
+        let documents = searcher.num_docs();
+        let tag = Tag {
+            opstamp,
+            documents,
+            payload,
+        };
+        let snapshot = match &self.dir {
+            Some(dir) => {
+                let (snapshots, counts) = Snapshots::load(dir, &tag);
+                *self.snapshots.lock().map_err(|_| IndexError::Poisoned)? = Some(snapshots);
+                counts
+            }
+            None => None,
+        };
+        let from_snapshot = snapshot.is_some();
+        let counts = match snapshot {
+            Some(counts) => counts,
+            None => self.stored_counts(&searcher)?,
+        };
         let mut known = HashSet::default();
         for segment in searcher.segment_readers() {
-            // Documents are read in order: one cached block at a time is enough.
-            let store = segment.get_store_reader(1)?;
-            for doc in store.iter::<TantivyDocument>(segment.alive_bitset()) {
-                let doc = doc?;
-                if let Some(identity) = doc.get_first(self.fields.identity).and_then(|v| v.as_str())
-                {
+            let identities = segment.inverted_index(self.fields.identity)?;
+            let mut terms = identities.terms().stream()?;
+            while terms.advance() {
+                if let Ok(identity) = std::str::from_utf8(terms.key()) {
                     known.insert(id_hash(identity));
-                }
-                if let Some(contribution) = self.stored_contribution(&doc) {
-                    counts.apply(&contribution, Change::Add);
                 }
             }
         }
-        counts.refresh();
-        let documents = searcher.num_docs();
         let counts_mib = counts.estimated_bytes() / (1 << 20);
         *self.counts.write().map_err(|_| IndexError::Poisoned)? = counts;
         self.book.lock().map_err(|_| IndexError::Poisoned)?.known = known;
         tracing::info!(
             documents,
             counts_mib,
+            from_snapshot,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "Counted the words of the slang index."
+            "Loaded the word counts of the slang index."
         );
         Ok(())
+    }
+
+    /// The counts of the stored answers of the commit `searcher` sees: every document read.
+    fn stored_counts(&self, searcher: &Searcher) -> Result<Counts, IndexError> {
+        let mut counts = Counts::default();
+        for segment in searcher.segment_readers() {
+            // Documents are read in order: one cached block at a time is enough.
+            let store = segment.get_store_reader(1)?;
+            for doc in store.iter::<TantivyDocument>(segment.alive_bitset()) {
+                if let Some(contribution) = self.stored_contribution(&doc?) {
+                    counts.apply(&contribution, Change::Add);
+                }
+            }
+        }
+        counts.refresh();
+        Ok(counts)
     }
 
     /// The contribution of a stored document to the counts; `None` for a response's document
@@ -582,7 +626,7 @@ impl SlangIndex {
         let handled = self.uncommitted.swap(0, Ordering::Relaxed);
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&text);
-        prepared.commit()?;
+        let opstamp = prepared.commit()?;
         self.reader.reload()?;
         // Searchers now see these revisions: the look-up no longer needs them in memory, and the
         // counts take what they changed.
@@ -599,6 +643,22 @@ impl SlangIndex {
             counts.apply(contribution, *change);
         }
         counts.refresh();
+        // Under the counts' lock: snapshots are written in the order of their commits.
+        if let Some(snapshots) = self
+            .snapshots
+            .lock()
+            .map_err(|_| IndexError::Poisoned)?
+            .as_mut()
+        {
+            let tag = Tag {
+                opstamp,
+                documents: self.reader.searcher().num_docs(),
+                payload: text,
+            };
+            if let Err(error) = snapshots.record(&tag, &changes, &counts) {
+                tracing::warn!(%error, "Could not write the slang counts' snapshot; the next commit writes it whole.");
+            }
+        }
         drop(counts);
         if let Ok(mut committed) = self.committed.lock() {
             *committed = payload.clone();
@@ -609,6 +669,17 @@ impl SlangIndex {
             "Committed the slang index."
         );
         Ok(payload)
+    }
+
+    /// The tag of the last commit, as [`crate::snapshot`] names it.
+    #[cfg(test)]
+    fn tag(&self) -> Tag {
+        let metas = self.index.load_metas().expect("metas");
+        Tag {
+            opstamp: metas.opstamp,
+            documents: self.documents_count(),
+            payload: metas.payload.unwrap_or_default(),
+        }
     }
 
     /// An estimate of the memory the word counts take, in bytes.
@@ -956,6 +1027,81 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_serves_only_its_own_commit_and_a_damaged_one_is_rebuilt() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let log = dir.path().join(crate::snapshot::LOG);
+        let index = SlangIndex::open(dir.path(), 50_000_000).expect("an index");
+        index
+            .upsert(&[entry("1", 0, "pune", "mast bhai")])
+            .expect("indexed");
+        // The first commit writes the base, the next ones append to its log.
+        index.commit().expect("committed");
+        index
+            .upsert(&[
+                entry("1", 1, "delhi", "naya"),
+                entry("2", 0, "pune", "mast"),
+            ])
+            .expect("indexed");
+        index.commit().expect("committed");
+        let two_commits = std::fs::read(&log).expect("the log");
+        index
+            .upsert(&[entry("3", 0, "goa", "susegad bhai")])
+            .expect("indexed");
+        index.commit().expect("committed");
+        let three_commits = std::fs::read(&log).expect("the log");
+        assert!(
+            three_commits.len() > two_commits.len(),
+            "an entry per commit"
+        );
+        let expected = top(&index);
+        let tag = index.tag();
+        drop(index);
+        let reopened = SlangIndex::open(dir.path(), 50_000_000).expect("reopened");
+        assert_eq!(top(&reopened), expected, "the base and its log");
+        drop(reopened);
+        // A crash after the third commit, before its entry.
+        std::fs::write(&log, &two_commits).expect("written");
+        let reopened = SlangIndex::open(dir.path(), 50_000_000).expect("reopened");
+        assert_eq!(
+            top(&reopened),
+            expected,
+            "a log short of the commit is ignored"
+        );
+        drop(reopened);
+        // A torn entry of the right commit.
+        std::fs::write(&log, &three_commits[..three_commits.len() - 3]).expect("written");
+        let reopened = SlangIndex::open(dir.path(), 50_000_000).expect("reopened");
+        assert_eq!(top(&reopened), expected, "a torn entry is ignored");
+        drop(reopened);
+        // The snapshot of the commit is what the counts come from: a base of that commit with
+        // other counts shows them.
+        let mut other = Counts::default();
+        other.apply(
+            &Contribution::new(scope_key("acme", "f", "slang"), &["agra".into()], "wah"),
+            Change::Add,
+        );
+        let (mut snapshots, _) = Snapshots::load(
+            dir.path(),
+            &Tag {
+                opstamp: 0,
+                documents: 0,
+                payload: String::new(),
+            },
+        );
+        snapshots.record(&tag, &[], &other).expect("written");
+        let reopened = SlangIndex::open(dir.path(), 50_000_000).expect("reopened");
+        assert_eq!(
+            top(&reopened),
+            vec![(
+                "agra".to_owned(),
+                1,
+                vec![("wah".to_owned(), 1)],
+                Vec::new()
+            )]
+        );
+    }
+
+    #[test]
     fn the_same_response_id_elsewhere_never_replaces_an_answer() {
         let elsewhere = |organisation: &str, form_id: &str, revision: i32| {
             Entry::new(
@@ -1036,6 +1182,212 @@ mod tests {
         assert_eq!(
             index.search(other, "mast", None, 10, 0).expect("q").total,
             0
+        );
+    }
+}
+
+#[cfg(test)]
+mod crash_model {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn crashes_at_random_moments_keep_counts_equal_to_the_latest_revisions() {
+        let seed: u64 = std::env::var("SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let cities = ["a", "b", "c"];
+        // The topic: revision 0 of each response, and a correction of some a little later.
+        let mut log: Vec<Entry> = Vec::new();
+        for i in 0..6000 {
+            let city = cities[rng.random_range(0..3)];
+            let text = |rng: &mut rand::rngs::StdRng| format!("w{} x", rng.random_range(0..5));
+            let mut texts = Vec::new();
+            if rng.random_bool(0.8) {
+                texts.push(("slang".to_owned(), text(&mut rng)));
+            }
+            log.push(Entry::new(
+                "acme".into(),
+                "f".into(),
+                format!("{i}"),
+                0,
+                1,
+                vec![city.into()],
+                texts,
+            ));
+            if rng.random_bool(0.3) {
+                let at = log.len() - rng.random_range(0..50).min(log.len() - 1);
+                let correction = Entry::new(
+                    "acme".into(),
+                    "f".into(),
+                    format!("{i}"),
+                    1,
+                    1,
+                    vec![city.into()],
+                    vec![("slang".to_owned(), text(&mut rng))],
+                );
+                // Sometimes before its revision 0 (another partition's order).
+                log.insert(at, correction);
+            }
+        }
+        let mut latest: HashMap<String, &Entry> = HashMap::new();
+        for e in &log {
+            let keep = latest
+                .get(e.identity())
+                .is_none_or(|l| l.revision < e.revision);
+            if keep {
+                latest.insert(e.identity().to_owned(), e);
+            }
+        }
+        let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+        for e in latest.values() {
+            if !e.texts.is_empty() {
+                *expected.entry(e.cities[0].clone()).or_default() += 1;
+            }
+        }
+        let answers = |index: &SlangIndex| -> BTreeMap<String, u64> {
+            index
+                .top_words(SCOPE, None, 10, 1)
+                .expect("top")
+                .into_iter()
+                .map(|c| (c.city, c.answers))
+                .collect()
+        };
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut index = SlangIndex::open(dir.path(), 15_000_000).expect("an index");
+        let mut pos = 0usize;
+        let mut crashes = 0;
+        while pos < log.len() {
+            let n = rng.random_range(1..40).min(log.len() - pos);
+            index.upsert(&log[pos..pos + n]).expect("indexed");
+            pos += n;
+            index.finished_below("t", 0, pos as i64);
+            if rng.random_bool(0.2) {
+                index.commit().expect("committed");
+            }
+            if rng.random_bool(0.03) {
+                crashes += 1;
+                crash(index);
+                index = SlangIndex::open(dir.path(), 15_000_000).expect("reopened");
+                pos = index.start_offsets("t", &[0])[&0] as usize;
+                // Sometimes the record before the commit's offsets is read again too.
+                pos = pos.saturating_sub(rng.random_range(0..3));
+            }
+        }
+        index.commit().expect("committed");
+        assert!(crashes > 3);
+        assert_eq!(answers(&index), expected, "live");
+        crash(index);
+        let index = SlangIndex::open(dir.path(), 15_000_000).expect("reopened");
+        assert_eq!(answers(&index), expected, "reopened");
+    }
+
+    const SCOPE: Scope<'static> = Scope {
+        organisation: "acme",
+        form_id: "f",
+        question: "slang",
+    };
+
+    /// Drops the index without a commit, as a crash would; its merges end first, since an
+    /// index reopened in the same process would otherwise read files they delete (a killed
+    /// process merges nothing more).
+    fn crash(index: SlangIndex) {
+        let SlangIndex { writer, .. } = index;
+        writer
+            .into_inner()
+            .expect("a writer")
+            .wait_merging_threads()
+            .expect("merges ended");
+    }
+}
+
+/// How long opening an index of many responses takes, with its counts' snapshot and without
+/// (the full rebuild every open did before snapshots). A measurement, not a test: run with
+/// `SLANG_OPEN_RESPONSES=200000 cargo test --release -p formstream-slang --lib open_time -- --ignored --nocapture`.
+#[cfg(test)]
+mod open_time {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement: builds an index of SLANG_OPEN_RESPONSES responses"]
+    fn open_time_with_and_without_the_snapshot() {
+        let responses: usize = std::env::var("SLANG_OPEN_RESPONSES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(200_000);
+        let dir = tempfile::tempdir().expect("a directory");
+        let index = SlangIndex::open(dir.path(), 128_000_000).expect("an index");
+        let vocabulary: Vec<String> = (0..300).map(|i| format!("shabd{i}")).collect();
+        let cities = [
+            "pune", "latur", "nagpur", "thane", "satara", "nashik", "solapur", "kolhapur",
+        ];
+        let mut seed = 1u64;
+        let mut next = move |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n
+        };
+        for chunk in (0..responses).collect::<Vec<_>>().chunks(512) {
+            let entries: Vec<Entry> = chunk
+                .iter()
+                .map(|&i| {
+                    let mut sentence = |words: usize| {
+                        (0..words)
+                            .map(|_| vocabulary[next(vocabulary.len())].as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    let texts = vec![
+                        ("comments".to_owned(), sentence(8)),
+                        ("local_words".to_owned(), sentence(3)),
+                    ];
+                    Entry::new(
+                        "acme".into(),
+                        format!("form-{}", i % 200),
+                        format!("response-{i}"),
+                        0,
+                        1,
+                        vec![cities[i % cities.len()].to_owned()],
+                        texts,
+                    )
+                })
+                .collect();
+            index.upsert(&entries).expect("indexed");
+            // Commits as the processor makes them: a base, then log entries (and new bases).
+            if chunk[0] % 16_384 == 0 {
+                index.commit().expect("committed");
+            }
+        }
+        let started = Instant::now();
+        index.commit().expect("committed");
+        let commit = started.elapsed();
+        let log_bytes = std::fs::metadata(dir.path().join(crate::snapshot::LOG))
+            .expect("a log")
+            .len();
+        let documents = index.documents_count();
+        drop(index);
+        let timed = || {
+            let started = Instant::now();
+            let index = SlangIndex::open(dir.path(), 128_000_000).expect("reopened");
+            let elapsed = started.elapsed();
+            assert_eq!(index.documents_count(), documents);
+            elapsed
+        };
+        let with_snapshot: Vec<_> = (0..3).map(|_| timed()).collect();
+        let snapshot_bytes = std::fs::metadata(dir.path().join(crate::snapshot::BASE))
+            .expect("a snapshot")
+            .len();
+        let without: Vec<_> = (0..3)
+            .map(|_| {
+                std::fs::remove_file(dir.path().join(crate::snapshot::BASE)).ok();
+                timed()
+            })
+            .collect();
+        println!(
+            "responses {responses}, documents {documents}, snapshot {snapshot_bytes} bytes and log {log_bytes} bytes, last commit {commit:?}; open with the snapshot {with_snapshot:?}, without (rebuilt from the stored answers) {without:?}"
         );
     }
 }

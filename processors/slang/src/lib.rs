@@ -13,7 +13,8 @@
 //!
 //! Layout: [`tokenizer`] (words of any script), [`index`] (Tantivy: entries, commits, queries),
 //! [`counts`] (word and phrase counts of the committed index), [`processor`] (records to
-//! entries), [`api`] (HTTP), [`config`] (flags), [`action`] (its form action, `slang`: which
+//! entries), [`snapshot`] (the counts of the last commit, kept so that opening is quick), [`api`]
+//! (HTTP), [`config`] (flags), [`action`] (its form action, `slang`: which
 //! questions, checked when a form is saved).
 
 pub mod action;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod counts;
 pub mod index;
 pub mod processor;
+pub mod snapshot;
 pub mod tokenizer;
 
 use std::future::Future;
