@@ -2,7 +2,9 @@
 //! tests of the sheets exporter.
 //!
 //! It answers like the real service for the calls the exporter makes: `spreadsheets.create`,
-//! `spreadsheets.get`, `spreadsheets.batchUpdate` (`addSheet`, `appendDimension`),
+//! `spreadsheets.get`, `spreadsheets.batchUpdate` (`addSheet`, `appendDimension`, `updateCells`
+//! from a start coordinate, `appendCells`; atomic, and with `includeSpreadsheetInResponse`,
+//! `responseRanges` and `responseIncludeGridData` the cells of those ranges after the update),
 //! `values.append` (INSERT_ROWS: the grid grows by the rows appended), `values.batchUpdate`,
 //! `values.get` and `values.batchGet`, with Google's error bodies (`{"error": {code, message,
 //! status}}`). Cells live in memory per spreadsheet and tab; the cells-per-spreadsheet limit
@@ -916,6 +918,22 @@ fn write(
                     tab.grid_rows += length;
                 }
                 replies.push(json!({}));
+            } else if let Some((kind, cells)) = request
+                .get("updateCells")
+                .map(|r| ("updateCells", r))
+                .or_else(|| request.get("appendCells").map(|r| ("appendCells", r)))
+            {
+                let applied = match kind {
+                    "updateCells" => update_cells(&mut updated, cells),
+                    _ => append_cells(&mut updated, cells),
+                };
+                if let Err(message) = applied {
+                    return google_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("Invalid requests[{}].{kind}: {message}", replies.len()),
+                    );
+                }
+                replies.push(json!({}));
             } else {
                 return google_error(
                     StatusCode::BAD_REQUEST,
@@ -923,7 +941,11 @@ fn write(
                 );
             }
         }
-        json!({"spreadsheetId": id, "replies": replies})
+        let mut answer = json!({"spreadsheetId": id, "replies": replies});
+        if body.get("includeSpreadsheetInResponse") == Some(&Value::Bool(true)) {
+            answer["updatedSpreadsheet"] = spreadsheet_resource(&updated, body);
+        }
+        answer
     } else if segments.get(1).map(String::as_str) == Some("values:batchUpdate") {
         let mut total = 0u64;
         let mut responses = Vec::new();
@@ -1043,6 +1065,181 @@ fn write(
     }
     *sheet = updated;
     ok(answer)
+}
+
+/// A `CellData` as the value the fake keeps: `userEnteredValue`'s string, number or boolean; no
+/// value (the cell cleared) as an empty string. A formula is refused: the exporter never sends one.
+fn cell_of(data: &Value) -> Result<Value, String> {
+    let Some(value) = data.get("userEnteredValue") else {
+        return Ok(Value::from(""));
+    };
+    for kind in ["stringValue", "numberValue", "boolValue"] {
+        if let Some(v) = value.get(kind) {
+            return Ok(v.clone());
+        }
+    }
+    Err(format!("unsupported userEnteredValue {value}"))
+}
+
+/// The cells of `RowData`s.
+fn rows_of(rows: Option<&Value>) -> Result<Vec<Vec<Value>>, String> {
+    rows.and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|row| {
+            row.get("values")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(cell_of)
+                .collect()
+        })
+        .collect()
+}
+
+/// Google's `fields` rule for updateCells and appendCells: a mask naming what is written.
+fn check_fields(request: &Value) -> Result<(), String> {
+    match request.get("fields").and_then(Value::as_str) {
+        Some(fields)
+            if fields
+                .split(',')
+                .any(|f| f.trim() == "userEnteredValue" || f.trim() == "*") =>
+        {
+            Ok(())
+        }
+        Some(_) => Err("the fake only writes fields \"userEnteredValue\"".into()),
+        None => Err("At least one field must be specified in 'fields'.".into()),
+    }
+}
+
+fn grid_error(tab: &FakeTab, row: u64, column: u64) -> String {
+    format!(
+        "Range ({}!{}{}) exceeds grid limits. Max rows: {}, max columns: {}",
+        tab.title,
+        letters(column),
+        row,
+        tab.grid_rows,
+        tab.grid_columns
+    )
+}
+
+/// The tab `sheet_id` and the cells of `request`'s `rows`.
+fn grid_and_rows<'a>(
+    sheet: &'a mut FakeSpreadsheet,
+    sheet_id: i64,
+    request: &Value,
+) -> Result<(&'a mut FakeTab, Vec<Vec<Value>>), String> {
+    let rows = rows_of(request.get("rows"))?;
+    let tab = sheet
+        .tabs
+        .iter_mut()
+        .find(|t| t.sheet_id == sheet_id)
+        .ok_or_else(|| format!("No grid with id: {sheet_id}"))?;
+    Ok((tab, rows))
+}
+
+/// `updateCells` from a `start` coordinate: each row's cells written from there; every cell must
+/// be inside the grid.
+fn update_cells(sheet: &mut FakeSpreadsheet, request: &Value) -> Result<(), String> {
+    check_fields(request)?;
+    let start = request
+        .get("start")
+        .ok_or("the fake supports updateCells with a start coordinate only")?;
+    let sheet_id = start.get("sheetId").and_then(Value::as_i64).unwrap_or(0);
+    let row_index = start.get("rowIndex").and_then(Value::as_u64).unwrap_or(0);
+    let column_index = start
+        .get("columnIndex")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let (tab, rows) = grid_and_rows(sheet, sheet_id, request)?;
+    for (r, cells) in rows.into_iter().enumerate() {
+        let number = row_index + 1 + r as u64;
+        let last_column = column_index + cells.len() as u64;
+        if number > tab.grid_rows || last_column > tab.grid_columns {
+            return Err(grid_error(tab, number, last_column));
+        }
+        put_row(tab, number, column_index + 1, cells);
+    }
+    Ok(())
+}
+
+/// `appendCells`: the rows go after the last row with data, into the grid's empty rows first,
+/// then into rows inserted for them; their cells must fit the grid's columns.
+fn append_cells(sheet: &mut FakeSpreadsheet, request: &Value) -> Result<(), String> {
+    check_fields(request)?;
+    let sheet_id = request.get("sheetId").and_then(Value::as_i64).unwrap_or(0);
+    let (tab, rows) = grid_and_rows(sheet, sheet_id, request)?;
+    let first = tab.used_rows() as u64 + 1;
+    if let Some(wide) = rows.iter().find(|r| r.len() as u64 > tab.grid_columns) {
+        return Err(grid_error(tab, first, wide.len() as u64));
+    }
+    tab.grid_rows = tab.grid_rows.max(first - 1 + rows.len() as u64);
+    for (r, cells) in rows.into_iter().enumerate() {
+        put_row(tab, first + r as u64, 1, cells);
+    }
+    Ok(())
+}
+
+/// The `Spreadsheet` resource a batchUpdate answers with `includeSpreadsheetInResponse`: every
+/// tab's properties and, with `responseIncludeGridData`, the cells of each of `responseRanges`
+/// as `GridData` (rows of `CellData`, an empty cell as `{}`).
+fn spreadsheet_resource(sheet: &FakeSpreadsheet, body: &Value) -> Value {
+    let ranges: Vec<A1> = body
+        .get("responseRanges")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .map(parse_a1)
+        .collect();
+    let grid = body.get("responseIncludeGridData") == Some(&Value::Bool(true));
+    let sheets: Vec<Value> = sheet
+        .tabs
+        .iter()
+        .map(|tab| {
+            let mut resource = json!({"properties": tab_properties(tab)});
+            let data: Vec<Value> = ranges
+                .iter()
+                .filter(|a1| grid && a1.tab == tab.title)
+                .map(|a1| {
+                    let first_row = a1.first_row.unwrap_or(1).max(1);
+                    let last_row = a1.last_row.unwrap_or(tab.grid_rows).min(tab.grid_rows);
+                    let first_column = a1.first_column.unwrap_or(1).max(1);
+                    let last_column = a1.last_column.unwrap_or(tab.grid_columns);
+                    let row_data: Vec<Value> = (first_row..=last_row)
+                        .map(|number| {
+                            let row = tab.cells.get(number as usize - 1);
+                            let values: Vec<Value> = (first_column..=last_column)
+                                .map(|c| match row.and_then(|r| r.get(c as usize - 1)) {
+                                    Some(v) if !is_empty(v) => {
+                                        let kind = match v {
+                                            Value::Number(_) => "numberValue",
+                                            Value::Bool(_) => "boolValue",
+                                            _ => "stringValue",
+                                        };
+                                        json!({"userEnteredValue": {kind: v},
+                                                   "effectiveValue": {kind: v}})
+                                    }
+                                    _ => json!({}),
+                                })
+                                .collect();
+                            json!({"values": values})
+                        })
+                        .collect();
+                    json!({"startRow": first_row - 1, "startColumn": first_column - 1,
+                           "rowData": row_data})
+                })
+                .collect();
+            if !data.is_empty() {
+                resource["data"] = Value::Array(data);
+            }
+            resource
+        })
+        .collect();
+    json!({"spreadsheetId": sheet.id, "properties": {"title": sheet.title}, "sheets": sheets})
 }
 
 fn put_row(tab: &mut FakeTab, number: u64, first_column: u64, cells: Vec<Value>) {

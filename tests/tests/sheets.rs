@@ -195,6 +195,11 @@ struct OneForm {
 
 impl OneForm {
     async fn start(partitions: i32) -> Self {
+        Self::start_with_linger(partitions, "100ms").await
+    }
+
+    /// [`OneForm::start`] with `--sheets-linger` set to `linger`.
+    async fn start_with_linger(partitions: i32, linger: &str) -> Self {
         let fake = FakeSheets::start().await;
         let topics = RuntimeTopics::create(partitions).await;
         let producer = TestProducer::new(&topics);
@@ -207,11 +212,11 @@ impl OneForm {
                 vec![version(1, v1_questions(), Some(&sheet))],
             ))
             .await;
-        let runtime = start(
-            &topics,
-            &fast_google_flags(&fake, dir.path(), &format!("test-{}-ledger", unique())),
-        )
-        .await;
+        let mut flags = fast_google_flags(&fake, dir.path(), &format!("test-{}-ledger", unique()));
+        if let Some(at) = flags.iter().position(|f| f == "--sheets-linger") {
+            flags[at + 1] = linger.to_owned();
+        }
+        let runtime = start(&topics, &flags).await;
         OneForm {
             fake,
             topics,
@@ -788,5 +793,52 @@ async fn a_redriven_record_whose_row_is_written_writes_nothing() {
     assert_eq!(rows.len(), 2);
     assert_eq!(fake.rows(&sheet, "responses").len(), 3, "no second row");
     assert_eq!(fake.write_requests(), writes, "nothing written again");
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_of_corrections_and_new_rows_is_one_write() {
+    init_logs();
+    // A long linger: the records of each produce below leave in one flush.
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start_with_linger(1, "2s").await;
+    let first: Vec<(i32, Response)> = (0..10)
+        .map(|i| (0, simple(&a, &format!("r{i:02}"), 0)))
+        .collect();
+    producer.responses(&first).await;
+    wait_done(&topics, Duration::from_secs(60)).await;
+    let writes = fake.write_requests();
+
+    // Three corrections and twenty new responses, waiting together: one write carries them all.
+    let mut second: Vec<(i32, Response)> = (0..3)
+        .map(|i| (0, simple(&a, &format!("r{i:02}"), 1)))
+        .collect();
+    second.extend((10..30).map(|i| (0, simple(&a, &format!("r{i:02}"), 0))));
+    producer.responses(&second).await;
+    wait_done(&topics, Duration::from_secs(60)).await;
+    assert_eq!(
+        fake.write_requests() - writes,
+        1,
+        "one write request for the flush"
+    );
+    let rows = rows_by_id(&fake, std::slice::from_ref(&sheet));
+    assert_eq!(rows.len(), 30);
+    for i in 0..30 {
+        let expected = i64::from(i < 3);
+        assert_eq!(revision(&rows[&format!("r{i:02}")]), expected, "r{i:02}");
+    }
+    assert_eq!(
+        fake.rows(&sheet, "responses").len(),
+        31,
+        "no duplicate rows"
+    );
+    runtime.stop().await.expect("clean stop");
     topics.delete().await;
 }

@@ -7,6 +7,7 @@
 //! lost may have been applied ([`ApiError::is_ambiguous`]), which the caller settles by reading
 //! the sheet back before writing again. No token or key ever appears in an error.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,14 +86,6 @@ pub struct Tab {
     pub title: String,
     pub rows: u64,
     pub columns: u64,
-}
-
-/// Where an append landed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Appended {
-    /// 1-based row of the first appended row.
-    pub first_row: u64,
-    pub rows: u64,
 }
 
 /// 429s retried inside one call before the error goes up to the runtime.
@@ -315,55 +308,6 @@ impl SheetsApi {
             .collect())
     }
 
-    /// `values.append` of `rows` after the table in `range`, inserting rows (RAW: a text answer
-    /// starting with `=` stays text, never a formula).
-    pub async fn append(
-        &self,
-        spreadsheet_id: &str,
-        range: &str,
-        rows: &[&[Value]],
-    ) -> Result<Appended, ApiError> {
-        let mut url = self.url(&[spreadsheet_id, "values", &format!("{range}:append")])?;
-        url.query_pairs_mut()
-            .append_pair("valueInputOption", "RAW")
-            .append_pair("insertDataOption", "INSERT_ROWS")
-            .append_pair("includeValuesInResponse", "false");
-        let body = json!({"range": range, "majorDimension": "ROWS", "values": rows});
-        let answer = self
-            .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
-            .await?;
-        let updated = answer
-            .pointer("/updates/updatedRange")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let (first_row, last_row) = rows_of_range(updated).ok_or_else(|| {
-            ApiError::Unavailable(format!(
-                "an append answer without a usable updatedRange: {updated:?}"
-            ))
-        })?;
-        Ok(Appended {
-            first_row,
-            rows: last_row + 1 - first_row,
-        })
-    }
-
-    /// `values.batchUpdate`: each (range, rows) written in place, atomically.
-    pub async fn update_values(
-        &self,
-        spreadsheet_id: &str,
-        data: &[(String, Vec<Vec<Value>>)],
-    ) -> Result<(), ApiError> {
-        let url = self.url(&[spreadsheet_id, "values:batchUpdate"])?;
-        let data: Vec<Value> = data
-            .iter()
-            .map(|(range, rows)| json!({"range": range, "majorDimension": "ROWS", "values": rows}))
-            .collect();
-        let body = json!({"valueInputOption": "RAW", "data": data});
-        self.call(Kind::Write, reqwest::Method::POST, url, Some(&body))
-            .await
-            .map(|_| ())
-    }
-
     /// `spreadsheets.batchUpdate` (addSheet, appendDimension, ...): the replies.
     pub async fn batch_update(
         &self,
@@ -380,6 +324,49 @@ impl SheetsApi {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// `spreadsheets.batchUpdate` of `requests` (applied atomically: all or none) that also
+    /// answers the cells of `checks` (A1 ranges of one column of one tab) as they are after the
+    /// update (`includeSpreadsheetInResponse` with `responseRanges`): row number to value (an
+    /// empty cell as an empty string). This is how one write both appends (`appendCells`, whose
+    /// reply is empty) and learns where the rows went.
+    pub async fn update_and_check(
+        &self,
+        spreadsheet_id: &str,
+        requests: Vec<Value>,
+        checks: &[String],
+    ) -> Result<HashMap<u64, Value>, ApiError> {
+        let url = self.url(&[&format!("{spreadsheet_id}:batchUpdate")])?;
+        let body = json!({
+            "requests": requests,
+            "includeSpreadsheetInResponse": true,
+            "responseRanges": checks,
+            "responseIncludeGridData": true,
+        });
+        let answer = self
+            .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
+            .await?;
+        let sheets = answer
+            .pointer("/updatedSpreadsheet/sheets")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                ApiError::Unavailable("a batchUpdate answer without the spreadsheet".into())
+            })?;
+        let mut cells = HashMap::new();
+        for data in sheets
+            .iter()
+            .filter_map(|s| s.get("data").and_then(Value::as_array))
+            .flatten()
+        {
+            let start = data.get("startRow").and_then(Value::as_u64).unwrap_or(0);
+            let rows = data.get("rowData").and_then(Value::as_array);
+            for (i, row) in rows.into_iter().flatten().enumerate() {
+                let cell = row.pointer("/values/0").map_or(Value::from(""), cell_value);
+                cells.insert(start + i as u64 + 1, cell);
+            }
+        }
+        Ok(cells)
     }
 
     /// Adds a tab `title` of `columns` columns and one row; its sheet id.
@@ -400,21 +387,6 @@ impl SheetsApi {
             .first()
             .and_then(|r| tab_of(r.pointer("/addSheet/properties")?))
             .ok_or_else(|| ApiError::Unavailable("an addSheet answer without the new tab".into()))
-    }
-
-    /// Widens a tab's grid to `columns` (new questions), before a wider header is written.
-    pub async fn widen(
-        &self,
-        spreadsheet_id: &str,
-        sheet_id: i64,
-        by: u64,
-    ) -> Result<(), ApiError> {
-        self.batch_update(
-            spreadsheet_id,
-            vec![json!({"appendDimension": {"sheetId": sheet_id, "dimension": "COLUMNS", "length": by}})],
-        )
-        .await
-        .map(|_| ())
     }
 
     /// `spreadsheets.create` with one tab `tab` of `columns` columns and one row: the new
@@ -444,6 +416,42 @@ impl SheetsApi {
     }
 }
 
+/// A cell as `updateCells`/`appendCells` write it (`fields: "userEnteredValue"`): strings
+/// as `stringValue` (never a formula, like RAW), numbers and booleans as such; an empty
+/// string or null as no value, which clears the cell.
+pub fn cell_data(value: &Value) -> Value {
+    match value {
+        Value::String(s) if s.is_empty() => json!({}),
+        Value::String(s) => json!({"userEnteredValue": {"stringValue": s}}),
+        Value::Number(n) => json!({"userEnteredValue": {"numberValue": n}}),
+        Value::Bool(b) => json!({"userEnteredValue": {"boolValue": b}}),
+        Value::Null => json!({}),
+        other => json!({"userEnteredValue": {"stringValue": other.to_string()}}),
+    }
+}
+
+/// A `CellData` of an answer back as a value (an empty cell as an empty string).
+fn cell_value(cell: &Value) -> Value {
+    let Some(value) = cell
+        .get("userEnteredValue")
+        .or_else(|| cell.get("effectiveValue"))
+    else {
+        return Value::from("");
+    };
+    value
+        .get("stringValue")
+        .or_else(|| value.get("numberValue"))
+        .or_else(|| value.get("boolValue"))
+        .cloned()
+        .unwrap_or_else(|| Value::from(""))
+}
+
+/// Bytes a row adds to a `spreadsheets.batchUpdate` body as `RowData`: its values plus the
+/// `{"userEnteredValue":{"stringValue":...}}` around each.
+pub fn row_data_bytes(row: &[Value]) -> usize {
+    crate::layout::row_bytes(row) + 12 + 40 * row.len()
+}
+
 fn tab_of(properties: &Value) -> Option<Tab> {
     Some(Tab {
         sheet_id: properties
@@ -460,22 +468,6 @@ fn tab_of(properties: &Value) -> Option<Tab> {
             .and_then(Value::as_u64)
             .unwrap_or(0),
     })
-}
-
-/// The first and last rows of an A1 range such as `responses!A5:K7` or `'My tab'!A5`.
-pub fn rows_of_range(range: &str) -> Option<(u64, u64)> {
-    let cells = range.rsplit_once('!').map_or(range, |(_, cells)| cells);
-    let mut ends = cells.split(':').map(|cell| {
-        cell.trim_start_matches(|c: char| c.is_ascii_alphabetic())
-            .parse::<u64>()
-            .ok()
-    });
-    let first = ends.next()??;
-    let last = match ends.next() {
-        Some(last) => last?,
-        None => first,
-    };
-    (first >= 1 && last >= first).then_some((first, last))
 }
 
 /// The A1 letters of 1-based column `n` (1 → A, 27 → AA).
@@ -500,9 +492,6 @@ mod tests {
         assert_eq!(column_letters(26), "Z");
         assert_eq!(column_letters(27), "AA");
         assert_eq!(column_letters(18_278), "ZZZ");
-        assert_eq!(rows_of_range("responses!A5:K7"), Some((5, 7)));
-        assert_eq!(rows_of_range("'my tab'!A12"), Some((12, 12)));
-        assert_eq!(rows_of_range("responses!A:K"), None);
     }
 
     #[test]

@@ -8,7 +8,14 @@
 //!   part are read back (`values.batchGet` of `A:B`). That read-back is the index: which response
 //!   has which row, at which revision.
 //! - A response not in the index is appended; one in it at a lower revision is rewritten in place
-//!   (`values.batchUpdate` of its row); one at the same or a higher revision is already done.
+//!   at its row; one at the same or a higher revision is already done.
+//! - One write per flush: everything a flush does to one spreadsheet (widen the grid for new
+//!   questions, rewrite the header, `updateCells` of the corrections at their rows, one
+//!   `appendCells` of the new rows) is one `spreadsheets.batchUpdate`, which Google applies
+//!   atomically, so that a flush costs one write of the per-minute quota (more only past
+//!   `--sheets-max-request-bytes` or across parts). Its answer carries the response-id cells of
+//!   the rows it meant to write (`responseRanges`): a row not where it was meant (another writer
+//!   appended meanwhile) marks the index stale, and the rest of the flush waits for a read-back.
 //! - An append is not idempotent. If its answer is lost (a timeout, a 5xx, a crash before the
 //!   offset commit), the rows may be in the sheet: the index is marked stale, and the retry (or
 //!   the next owner of the partition, after a crash) reads the sheet back first, finds them, and
@@ -23,19 +30,19 @@
 //! with the header repeated.
 //!
 //! Residual risk, stated: two instances writing the same form at once (a rebalance while an
-//! append is in flight on the old owner) can append a row twice; the append's answer then lands
-//! on an unexpected row, which is logged and makes the index reload.
+//! append is in flight on the old owner) can append a row twice; the write's answer then shows
+//! another response at a row it meant, which is logged and makes the index reload.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use formstream_core::identity::FormKey;
 use formstream_runtime::{Entry, Ledger};
 use formstream_schemas::Form;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::api::{ApiError, SheetsApi, Tab, column_letters};
-use crate::layout::{Layout, row_bytes};
+use crate::api::{ApiError, SheetsApi, Tab, cell_data, row_data_bytes};
+use crate::layout::Layout;
 use crate::sink::{Pending, newest_form};
 
 /// The tab every part writes to.
@@ -73,8 +80,14 @@ impl Part {
             return 0;
         }
         let columns = self.grid_columns.max(width).max(1);
-        // INSERT_ROWS grows the grid by the rows appended.
-        (limit.saturating_sub(self.other_cells) / columns).saturating_sub(self.grid_rows)
+        // `appendCells` fills the grid's empty rows below the data first, then inserts rows.
+        let rows = (limit.saturating_sub(self.other_cells) / columns).max(self.grid_rows);
+        rows.saturating_sub(self.rows)
+    }
+
+    /// Whether widening the grid to `width` columns would pass `limit` cells.
+    fn needs_widening_past(&self, width: u64, limit: u64) -> bool {
+        self.grid_columns < width && self.other_cells + self.grid_rows * width > limit
     }
 }
 
@@ -191,10 +204,17 @@ impl Google {
                 None => appends.push(i),
             }
         }
-        self.update_rows(&mut book, &form, &layout, rows, &updates, &mut results)
-            .await;
-        self.append_rows(&mut book, key, &form, &layout, rows, &appends, &mut results)
-            .await;
+        self.flush(
+            &mut book,
+            key,
+            &form,
+            &layout,
+            rows,
+            &updates,
+            &appends,
+            &mut results,
+        )
+        .await;
         results
     }
 
@@ -293,225 +313,300 @@ impl Google {
         Ok(())
     }
 
-    /// Rewrites rows in place with their newer revision, one `values.batchUpdate` per part and
-    /// per ~2 MB.
-    async fn update_rows(
+    /// Writes the corrections and the new rows of one flush: per part, one
+    /// `spreadsheets.batchUpdate` carrying everything that part needs (its columns widened, its
+    /// header rewritten, the corrections as `updateCells` at their rows, the new rows as one
+    /// `appendCells`), so that a flush of a form in one spreadsheet costs one write of the quota
+    /// (more only past `--sheets-max-request-bytes` or at a rollover).
+    #[allow(clippy::too_many_arguments)]
+    async fn flush(
         &self,
         book: &mut Book,
-        _form: &Form,
+        key: &FormKey,
+        form: &Form,
         layout: &Layout,
         rows: &[Pending],
         updates: &[usize],
+        appends: &[usize],
         results: &mut [Result<(), ApiError>],
     ) {
-        let mut by_part: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut by_part: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for &i in updates {
             if let Some(slot) = book.index.get(&rows[i].response.response_id) {
                 by_part.entry(slot.part).or_default().push(i);
             }
         }
-        for (part, indices) in by_part {
-            let width = layout.width() as u64;
-            if let Err(error) = self.fit_header(&mut book.parts[part], layout).await {
-                for &i in &indices {
-                    results[i] = Err(error.clone());
-                }
-                continue;
-            }
-            let columns = book.parts[part].grid_columns.min(width).max(1) as usize;
-            let mut start = 0;
-            while start < indices.len() {
-                let mut data = Vec::new();
-                let mut bytes = 0;
-                let mut end = start;
-                while end < indices.len() && (end == start || bytes < self.max_request_bytes) {
-                    let i = indices[end];
-                    let Some(slot) = book.index.get(&rows[i].response.response_id) else {
-                        end += 1;
-                        continue;
-                    };
-                    let mut cells = layout.row(&rows[i].response);
-                    cells.truncate(columns);
-                    bytes += row_bytes(&cells) + 40;
-                    data.push((row_range(slot.row, columns as u64), vec![cells]));
-                    end += 1;
-                }
-                let chunk = &indices[start..end];
-                let spreadsheet_id = book.parts[part].spreadsheet_id.clone();
-                match self.api.update_values(&spreadsheet_id, &data).await {
-                    Ok(()) => {
-                        for &i in chunk {
-                            let response = &rows[i].response;
-                            if let Some(slot) = book.index.get_mut(&response.response_id) {
-                                slot.revision = response.revision;
-                            }
-                            tracing::debug!(response_id = %response.response_id, revision = response.revision, "Row updated in place.");
-                        }
-                    }
-                    Err(error) => {
-                        // Updates are idempotent: a retry rewrites the same cells.
-                        for &i in chunk {
-                            results[i] = Err(error.clone());
-                        }
-                    }
-                }
-                start = end;
-            }
-        }
-    }
-
-    /// Appends new rows to the last part, rolling over to a new part when it is full.
-    #[allow(clippy::too_many_arguments)]
-    async fn append_rows(
-        &self,
-        book: &mut Book,
-        key: &FormKey,
-        form: &Form,
-        layout: &Layout,
-        rows: &[Pending],
-        appends: &[usize],
-        results: &mut [Result<(), ApiError>],
-    ) {
         let width = layout.width() as u64;
         let mut start = 0;
         while start < appends.len() {
-            let outcome = self
-                .append_chunk(book, key, form, layout, rows, &appends[start..], width)
-                .await;
-            match outcome {
-                Ok(written) => start += written,
+            if book.stale {
+                fail_all(results, &appends[start..], &by_part, &moved());
+                return;
+            }
+            let part = match self.part_with_room(book, key, form, width).await {
+                Ok(part) => part,
                 Err(error) => {
-                    for &i in &appends[start..] {
-                        results[i] = Err(error.clone());
-                    }
+                    fail_all(results, &appends[start..], &by_part, &error);
                     return;
+                }
+            };
+            let corrections = by_part.remove(&part).unwrap_or_default();
+            let mut taken_updates = 0;
+            loop {
+                if book.stale {
+                    let rest = BTreeMap::from([(part, corrections[taken_updates..].to_vec())]);
+                    fail_all(results, &appends[start..], &rest, &moved());
+                    fail_all(results, &[], &by_part, &moved());
+                    return;
+                }
+                let outcome = self
+                    .send(
+                        book,
+                        key,
+                        part,
+                        layout,
+                        rows,
+                        &corrections[taken_updates..],
+                        &appends[start..],
+                    )
+                    .await;
+                match outcome {
+                    Ok((updated, appended)) => {
+                        taken_updates += updated;
+                        start += appended;
+                        if updated == 0 && appended == 0 {
+                            // The part filled up: the rest goes to the next one.
+                            break;
+                        }
+                        if taken_updates == corrections.len() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        let rest = BTreeMap::from([(part, corrections[taken_updates..].to_vec())]);
+                        fail_all(results, &appends[start..], &rest, &error);
+                        fail_all(results, &[], &by_part, &error);
+                        return;
+                    }
+                }
+            }
+            if taken_updates < corrections.len() {
+                by_part.insert(part, corrections[taken_updates..].to_vec());
+            }
+        }
+        for (part, corrections) in by_part {
+            let mut taken = 0;
+            while taken < corrections.len() {
+                if book.stale {
+                    for &i in &corrections[taken..] {
+                        results[i] = Err(moved());
+                    }
+                    break;
+                }
+                match self
+                    .send(book, key, part, layout, rows, &corrections[taken..], &[])
+                    .await
+                {
+                    Ok((0, _)) => break,
+                    Ok((updated, _)) => taken += updated,
+                    Err(error) => {
+                        for &i in &corrections[taken..] {
+                            results[i] = Err(error.clone());
+                        }
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// One append (or the preparation of a new part): how many of `pending` it wrote.
-    #[allow(clippy::too_many_arguments)]
-    async fn append_chunk(
+    /// The last part, when it has room for a row of `width` cells; otherwise a new part.
+    async fn part_with_room(
         &self,
         book: &mut Book,
         key: &FormKey,
         form: &Form,
-        layout: &Layout,
-        rows: &[Pending],
-        pending: &[usize],
         width: u64,
     ) -> Result<usize, ApiError> {
         let header_rows = |part: &Part| u64::from(part.rows == 0);
-        let needs_new_part = match book.parts.last() {
-            None => true,
-            Some(part) => part.room(width, self.cell_limit) <= header_rows(part),
-        };
-        if needs_new_part {
-            self.new_part(book, key, form, width).await?;
-            if book
-                .parts
-                .last()
-                .is_some_and(|p| p.room(width, self.cell_limit) <= 1)
-            {
-                return Err(ApiError::Rejected {
-                    status: 0,
-                    detail: format!(
-                        "--sheets-cell-limit {} leaves no room for one row of {width} cells",
-                        self.cell_limit
-                    ),
-                });
-            }
-            return Ok(0);
+        if let Some(part) = book.parts.last()
+            && part.room(width, self.cell_limit) > header_rows(part)
+            && !part.needs_widening_past(width, self.cell_limit)
+        {
+            return Ok(book.parts.len() - 1);
         }
-        let Some(part_number) = book.parts.len().checked_sub(1) else {
-            return Ok(0);
-        };
+        self.new_part(book, key, form, width).await?;
+        if book
+            .parts
+            .last()
+            .is_none_or(|p| p.room(width, self.cell_limit) <= 1)
+        {
+            return Err(ApiError::Rejected {
+                status: 0,
+                detail: format!(
+                    "--sheets-cell-limit {} leaves no room for one row of {width} cells",
+                    self.cell_limit
+                ),
+            });
+        }
+        Ok(book.parts.len() - 1)
+    }
+
+    /// One `spreadsheets.batchUpdate` on part `part_number`: as many of `updates` (rows in this
+    /// part) and then of `appends` as fit in one request and in the part; how many of each it
+    /// wrote. Nothing is sent when nothing fits.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        book: &mut Book,
+        key: &FormKey,
+        part_number: usize,
+        layout: &Layout,
+        rows: &[Pending],
+        updates: &[usize],
+        appends: &[usize],
+    ) -> Result<(usize, usize), ApiError> {
+        let width = layout.width() as u64;
         let part = &mut book.parts[part_number];
-        if part.grid_columns < width {
-            self.widen(part, width).await?;
-            if part.full {
-                return Ok(0);
+        let sheet_id = part.sheet_id;
+        let mut requests: Vec<Value> = Vec::new();
+        let mut bytes = 0usize;
+        // New questions: widen the grid, unless that would pass the cell limit (then the part
+        // is full, and its corrections keep the columns there are).
+        let mut columns = part.grid_columns;
+        if columns < width {
+            if part.needs_widening_past(width, self.cell_limit) {
+                part.full = true;
+            } else {
+                requests.push(json!({"appendDimension": {"sheetId": sheet_id,
+                    "dimension": "COLUMNS", "length": width - columns}}));
+                columns = width;
             }
         }
-        if part.rows > 0 && part.header_width < width {
-            self.fit_header(part, layout).await?;
+        let columns_used = columns.min(width).max(1) as usize;
+        let header_now = part.rows > 0 && part.header_width < width && columns >= width;
+        if header_now {
+            let header = layout.header();
+            bytes += row_data_bytes(&header);
+            requests.push(update_cells(sheet_id, 1, &header));
         }
-        let room = part.room(width, self.cell_limit) - header_rows(part);
-        let mut values: Vec<Vec<Value>> = Vec::new();
-        if part.rows == 0 {
-            values.push(layout.header());
-        }
-        let mut bytes = values.first().map_or(0, |h| row_bytes(h));
-        let mut taken = 0usize;
-        for &i in pending {
-            if taken as u64 >= room || (taken > 0 && bytes >= self.max_request_bytes) {
-                break;
-            }
-            let cells = layout.row(&rows[i].response);
-            let size = row_bytes(&cells);
-            if taken > 0 && bytes + size > self.max_request_bytes {
+        let mut taken_updates = 0usize;
+        let mut checks: Vec<String> = Vec::new();
+        let mut expected_ids: Vec<(u64, &str)> = Vec::new();
+        for &i in updates {
+            let response = &rows[i].response;
+            let Some(slot) = book.index.get(&response.response_id) else {
+                taken_updates += 1;
+                continue;
+            };
+            let mut cells = layout.row(response);
+            cells.truncate(columns_used);
+            let size = row_data_bytes(&cells) + 80;
+            if taken_updates > 0 && bytes + size > self.max_request_bytes {
                 break;
             }
             bytes += size;
-            values.push(cells);
-            taken += 1;
+            requests.push(update_cells(sheet_id, slot.row, &cells));
+            expected_ids.push((slot.row, response.response_id.as_str()));
+            checks.push(format!("{TAB}!A{row}:A{row}", row = slot.row));
+            taken_updates += 1;
         }
-        let refs: Vec<&[Value]> = values.iter().map(Vec::as_slice).collect();
-        let range = format!("{TAB}!A1:{}1", column_letters(width));
-        let spreadsheet_id = part.spreadsheet_id.clone();
-        let expected = part.rows + 1;
-        let appended = match self.api.append(&spreadsheet_id, &range, &refs).await {
-            Ok(appended) => appended,
-            Err(error) => {
-                if error.is_ambiguous() || error.is_cell_limit() || error.is_grid_limit() {
-                    // The rows may be there (or the accounting was off): read back first.
-                    book.stale = true;
-                }
-                if error.is_cell_limit() {
-                    part.full = true;
-                    tracing::warn!(
-                        organisation = %key.organisation,
-                        form_id = %key.form_id,
-                        spreadsheet_id,
-                        "Google says the spreadsheet is at its cell limit; continuing in a new one."
-                    );
-                    return Err(ApiError::Throttled {
-                        status: 400,
-                        retry_after: None,
-                        detail: error.to_string(),
-                    });
-                }
-                if error.is_grid_limit() {
-                    // Someone resized the tab: read its grid back and try again.
-                    return Err(ApiError::Throttled {
-                        status: 400,
-                        retry_after: None,
-                        detail: error.to_string(),
-                    });
-                }
-                return Err(error);
+        let part = &book.parts[part_number];
+        let header_rows = u64::from(part.rows == 0);
+        let room = part
+            .room(width, self.cell_limit)
+            .saturating_sub(header_rows);
+        let mut values: Vec<Vec<Value>> = Vec::new();
+        let mut taken_appends = 0usize;
+        if !part.full && room > 0 && taken_updates == updates.len() {
+            if header_rows == 1 && !appends.is_empty() {
+                let header = layout.header();
+                bytes += row_data_bytes(&header);
+                values.push(header);
             }
+            for &i in appends {
+                if taken_appends as u64 >= room {
+                    break;
+                }
+                let cells = layout.row(&rows[i].response);
+                let size = row_data_bytes(&cells);
+                let first = taken_appends == 0 && taken_updates == 0;
+                if !first && bytes + size > self.max_request_bytes {
+                    break;
+                }
+                bytes += size;
+                values.push(cells);
+                taken_appends += 1;
+            }
+            if taken_appends == 0 {
+                values.clear();
+            }
+        }
+        let first_row = part.rows + 1;
+        if !values.is_empty() {
+            let data: Vec<Value> = values
+                .iter()
+                .map(|cells| json!({"values": cells.iter().map(cell_data).collect::<Vec<_>>()}))
+                .collect();
+            requests.push(json!({"appendCells": {"sheetId": sheet_id, "rows": data,
+                "fields": "userEnteredValue"}}));
+            let last = first_row + values.len() as u64 - 1;
+            let first_data_row = first_row + header_rows;
+            for (k, &i) in appends[..taken_appends].iter().enumerate() {
+                expected_ids.push((
+                    first_data_row + k as u64,
+                    rows[i].response.response_id.as_str(),
+                ));
+            }
+            checks.push(format!("{TAB}!A{first_data_row}:A{last}"));
+        }
+        if checks.is_empty() {
+            // Nothing to write here (a full part, or only corrections of rows not indexed).
+            return Ok((taken_updates, 0));
+        }
+        // The response ids the write leaves at the rows it meant (each correction's row and the
+        // appended ones): with `appendCells`, the answer is the only way to see where rows went.
+        let spreadsheet_id = part.spreadsheet_id.clone();
+        let landed = match self
+            .api
+            .update_and_check(&spreadsheet_id, requests, &checks)
+            .await
+        {
+            Ok(landed) => landed,
+            Err(error) => return Err(self.write_failed(book, key, part_number, error)),
         };
-        if appended.first_row != expected {
+        let mismatched = expected_ids
+            .iter()
+            .find(|(row, id)| landed.get(row).and_then(Value::as_str) != Some(*id));
+        if let Some((row, id)) = mismatched {
             tracing::warn!(
                 organisation = %key.organisation,
                 form_id = %key.form_id,
                 spreadsheet_id,
-                expected,
-                landed = appended.first_row,
-                "An append landed on an unexpected row (another writer?); reading the sheet back before the next write."
+                row,
+                response_id = %id,
+                "A row is not where it was written (another writer?); reading the sheet back before the next write."
             );
             book.stale = true;
         }
         let part = &mut book.parts[part_number];
-        part.rows = appended.first_row + appended.rows - 1;
-        part.grid_rows += appended.rows;
-        if part.header_width < width && values.len() > taken {
+        part.grid_columns = columns;
+        if header_now || (!values.is_empty() && header_rows == 1) {
             part.header_width = width;
         }
-        let first_data_row = appended.first_row + (values.len() - taken) as u64;
-        for (k, &i) in pending[..taken].iter().enumerate() {
+        if !values.is_empty() {
+            part.rows = first_row + values.len() as u64 - 1;
+            part.grid_rows = part.grid_rows.max(part.rows);
+        }
+        for &i in &updates[..taken_updates] {
+            let response = &rows[i].response;
+            if let Some(slot) = book.index.get_mut(&response.response_id) {
+                slot.revision = response.revision;
+                tracing::debug!(response_id = %response.response_id, revision = response.revision, "Row updated in place.");
+            }
+        }
+        let first_data_row = first_row + header_rows;
+        for (k, &i) in appends[..taken_appends].iter().enumerate() {
             let response = &rows[i].response;
             book.index.insert(
                 response.response_id.clone(),
@@ -526,54 +621,46 @@ impl Google {
             organisation = %key.organisation,
             form_id = %key.form_id,
             spreadsheet_id,
-            rows = taken,
+            updated = taken_updates,
+            appended = taken_appends,
             first_row = first_data_row,
-            "Rows appended."
+            "Rows written."
         );
-        Ok(taken)
+        Ok((taken_updates, taken_appends))
     }
 
-    /// Widens the tab and rewrites the header when the layout has new columns.
-    async fn fit_header(&self, part: &mut Part, layout: &Layout) -> Result<(), ApiError> {
-        let width = layout.width() as u64;
-        if part.header_width >= width || part.rows == 0 {
-            return Ok(());
+    /// What a failed write means for the book: its outcome unknown (read back first), or the
+    /// part at Google's cell limit (new rows go to a new part), or the grid not as we thought.
+    fn write_failed(
+        &self,
+        book: &mut Book,
+        key: &FormKey,
+        part_number: usize,
+        error: ApiError,
+    ) -> ApiError {
+        if error.is_ambiguous() || error.is_cell_limit() || error.is_grid_limit() {
+            // The rows may be there (or the accounting was off): read back first.
+            book.stale = true;
         }
-        if part.grid_columns < width {
-            self.widen(part, width).await?;
-            if part.grid_columns < width {
-                return Ok(());
-            }
-        }
-        self.api
-            .update_values(
-                &part.spreadsheet_id,
-                &[(row_range(1, width), vec![layout.header()])],
-            )
-            .await?;
-        part.header_width = width;
-        Ok(())
-    }
-
-    /// Widens the tab's grid to `width` columns (`appendDimension`), unless that would pass the
-    /// cell limit: then the part is full, and its rows keep the columns there are.
-    async fn widen(&self, part: &mut Part, width: u64) -> Result<(), ApiError> {
-        if part.grid_columns >= width {
-            return Ok(());
-        }
-        if part.other_cells + part.grid_rows * width > self.cell_limit {
+        if error.is_cell_limit() {
+            let part = &mut book.parts[part_number];
             part.full = true;
-            return Ok(());
+            tracing::warn!(
+                organisation = %key.organisation,
+                form_id = %key.form_id,
+                spreadsheet_id = %part.spreadsheet_id,
+                "Google says the spreadsheet is at its cell limit; continuing in a new one."
+            );
         }
-        self.api
-            .widen(
-                &part.spreadsheet_id,
-                part.sheet_id,
-                width - part.grid_columns,
-            )
-            .await?;
-        part.grid_columns = width;
-        Ok(())
+        if error.is_cell_limit() || error.is_grid_limit() {
+            // Retried: after the read-back, the rows go where there is room.
+            return ApiError::Throttled {
+                status: 400,
+                retry_after: None,
+                detail: error.to_string(),
+            };
+        }
+        error
     }
 
     /// Creates the next part, recording it in the ledger before (attempted) and after (done).
@@ -643,9 +730,32 @@ fn part_of(
     }
 }
 
-/// `responses!A<row>:<last column><row>`.
-fn row_range(row: u64, width: u64) -> String {
-    format!("{TAB}!A{row}:{}{row}", column_letters(width.max(1)))
+/// An `updateCells` of one row (1-based `row`) from column A: `fields` says every cell's value
+/// is replaced, an empty one cleared.
+fn update_cells(sheet_id: i64, row: u64, cells: &[Value]) -> Value {
+    json!({"updateCells": {
+        "start": {"sheetId": sheet_id, "rowIndex": row - 1, "columnIndex": 0},
+        "rows": [{"values": cells.iter().map(cell_data).collect::<Vec<_>>()}],
+        "fields": "userEnteredValue",
+    }})
+}
+
+/// The rows of a flush after a write found rows where it did not expect them: retried once the
+/// sheet is read back, so that no correction goes to a row that may hold another response.
+fn moved() -> ApiError {
+    ApiError::Unavailable("rows of the sheet moved (another writer?); reading it back".into())
+}
+
+/// Answers `error` to every row in `appends` and in `by_part`.
+fn fail_all(
+    results: &mut [Result<(), ApiError>],
+    appends: &[usize],
+    by_part: &BTreeMap<usize, Vec<usize>>,
+    error: &ApiError,
+) {
+    for &i in appends.iter().chain(by_part.values().flatten()) {
+        results[i] = Err(error.clone());
+    }
 }
 
 fn revision_of(value: &Value) -> Option<i32> {
