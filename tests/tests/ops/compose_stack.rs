@@ -591,11 +591,39 @@ async fn the_offline_stack_serves_a_form_end_to_end() {
         },
     )
     .await;
+    // 9. The console's Live page reads every started processor's circuit from its /metrics
+    // (FORMSTREAM_CONSOLE_PROCESSOR_METRICS), none of them `unknown`.
+    let live = stack.url(stack.gateway, "/console/api/live");
+    eventually(
+        EFFECT_DEADLINE,
+        "the console's Live page knows every processor's circuit",
+        || async {
+            let (status, body) = get(&http, &live).await?;
+            let processors = body["processors"].as_array().cloned().unwrap_or_default();
+            let name = |p: &Value| p["processor"].as_str().unwrap_or_default().to_owned();
+            let listed: BTreeSet<String> = processors.iter().map(name).collect();
+            let unknown: Vec<String> = processors
+                .iter()
+                .filter(|p| p["circuit"] == "unknown")
+                .map(name)
+                .collect();
+            if status == 200
+                && !listed.is_empty()
+                && listed.is_subset(&expected)
+                && unknown.is_empty()
+            {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        },
+    )
+    .await;
     eprintln!(
         "compose_stack: done {:.0?} after the start",
         started.elapsed()
     );
-    // 9. Drop takes the stack down (`docker-compose down --volumes`) and removes the image.
+    // 10. Drop takes the stack down (`docker-compose down --volumes`) and removes the image.
 }
 
 /// The `sh` block of docs/operations.md's "Without a registry" section.
