@@ -42,6 +42,10 @@ pub enum ApiError {
         "Google refused access to the spreadsheet (is it shared with the exporter's service account?): {0}"
     )]
     Forbidden(String),
+    /// The ledger of created spreadsheets (a Kafka topic) did not answer: the exporter's own
+    /// trouble (the broker restarting, say), retried, and no spreadsheet's fault.
+    #[error("the ledger of spreadsheets: {0}")]
+    Ledger(String),
     /// Any other 4xx: the request can never succeed as it is.
     #[error("the Sheets API refused the request ({status}): {detail}")]
     Rejected { status: u16, detail: String },
@@ -71,6 +75,19 @@ impl ApiError {
         match self {
             ApiError::Throttled { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+
+    /// Whether the failure is one spreadsheet's own (it refuses access, it is at its cell
+    /// limit, it fails or times out), so that only its rows wait; the others (the per-minute
+    /// quota, which is the whole project's; the credentials; the ledger) concern every
+    /// spreadsheet alike, and holding them per spreadsheet would open one circuit per form,
+    /// each closed only by a probe of its own under the read quota.
+    pub fn is_the_spreadsheets(&self) -> bool {
+        match self {
+            ApiError::Forbidden(_) | ApiError::Unavailable(_) | ApiError::Rejected { .. } => true,
+            ApiError::Throttled { status, .. } => *status != 429,
+            ApiError::Auth(_) | ApiError::Ledger(_) => false,
         }
     }
 

@@ -229,9 +229,10 @@ impl Google {
                 (Home::Named(id), 1) => Some(id.clone()),
                 _ => {
                     let entry_key = ledger_key(key, &book.home, number);
-                    self.ledger.sync_key(&entry_key).await.map_err(|e| {
-                        ApiError::Unavailable(format!("the ledger of spreadsheets: {e}"))
-                    })?;
+                    self.ledger
+                        .sync_key(&entry_key)
+                        .await
+                        .map_err(|e| ApiError::Ledger(e.to_string()))?;
                     match self.ledger.get(&entry_key) {
                         Some(Entry::Done { detail, .. }) => Some(detail),
                         _ => None,
@@ -708,7 +709,7 @@ impl Google {
 }
 
 fn ledger_error(error: formstream_runtime::LedgerError) -> ApiError {
-    ApiError::Unavailable(format!("the ledger of spreadsheets: {error}"))
+    ApiError::Ledger(error.to_string())
 }
 
 fn part_of(

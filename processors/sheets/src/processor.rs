@@ -176,7 +176,7 @@ impl Processor for Sheets {
         };
         self.batcher.submit(pending).await.map_err(|error| {
             tracing::warn!(response_id = %response.response_id, revision = response.revision, error = %error, "Row not written.");
-            failure(error).at(SPREADSHEET)
+            failure(error)
         })
     }
 
@@ -218,16 +218,59 @@ impl Processor for Sheets {
     }
 }
 
-/// The API's outcomes as the runtime's.
+/// The API's outcomes as the runtime's: a spreadsheet's own failure counts against its circuit;
+/// one that concerns every spreadsheet (a 429 of the project's quota, the credentials, the
+/// ledger) against the processor's one circuit, which one probe closes for all.
 pub fn failure(error: ApiError) -> Failure {
     if error.is_permanent() {
         return Failure::permanent(error);
     }
-    if matches!(error, ApiError::Forbidden(_)) {
-        return Failure::forbidden(error);
+    let own = error.is_the_spreadsheets();
+    let failure = if matches!(error, ApiError::Forbidden(_)) {
+        Failure::forbidden(error)
+    } else {
+        match error.retry_after() {
+            Some(after) => Failure::retry_after(error, after),
+            None => Failure::retriable(error),
+        }
+    };
+    if own {
+        failure.at(SPREADSHEET)
+    } else {
+        failure
     }
-    match error.retry_after() {
-        Some(after) => Failure::retry_after(error, after),
-        None => Failure::retriable(error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_spreadsheets_own_failures_count_against_its_circuit() {
+        let quota = ApiError::Throttled {
+            status: 429,
+            retry_after: None,
+            detail: "Quota exceeded".into(),
+        };
+        assert_eq!(failure(quota).target(), None);
+        assert_eq!(
+            failure(ApiError::Ledger("broker down".into())).target(),
+            None
+        );
+        assert_eq!(failure(ApiError::Auth("revoked".into())).target(), None);
+        assert_eq!(
+            failure(ApiError::Forbidden("not shared".into())).target(),
+            Some(SPREADSHEET)
+        );
+        let failing = ApiError::Throttled {
+            status: 503,
+            retry_after: None,
+            detail: String::new(),
+        };
+        assert_eq!(failure(failing).target(), Some(SPREADSHEET));
+        assert_eq!(
+            failure(ApiError::Unavailable("timed out".into())).target(),
+            Some(SPREADSHEET)
+        );
     }
 }
