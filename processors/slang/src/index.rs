@@ -1391,3 +1391,81 @@ mod open_time {
         );
     }
 }
+
+/// An audit of an index directory left by a run (the processor stopped or killed): documents
+/// of one response at two revisions, two documents of one (response, question), and whether the
+/// counts it opens with (its saved snapshot, when it has one) equal those of its stored answers.
+/// A diagnostic, not a test: run with
+/// `SLANG_AUDIT_DIR=<index dir> cargo test -p formstream-slang --lib audit -- --ignored --nocapture`.
+#[cfg(test)]
+mod audit {
+    use super::*;
+
+    #[test]
+    #[ignore = "a diagnostic of the index in SLANG_AUDIT_DIR"]
+    fn audit_an_index_directory() {
+        let Ok(dir) = std::env::var("SLANG_AUDIT_DIR") else {
+            panic!("set SLANG_AUDIT_DIR to an index directory (a copy: opening may merge)");
+        };
+        let index = SlangIndex::open(Path::new(&dir), 64_000_000).expect("the index");
+        let searcher = index.reader.searcher();
+        let f = index.fields;
+        // (identity, scope) -> revisions of its documents; identity -> revisions.
+        let mut answers: HashMap<(String, String), Vec<i64>> = HashMap::new();
+        let mut revisions: HashMap<String, HashSet<i64>> = HashMap::new();
+        for segment in searcher.segment_readers() {
+            let store = segment.get_store_reader(1).expect("a store");
+            for doc in store.iter::<TantivyDocument>(segment.alive_bitset()) {
+                let doc = doc.expect("a document");
+                let text = |field| {
+                    doc.get_first(field)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let revision = doc
+                    .get_first(f.revision)
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(-1);
+                revisions
+                    .entry(text(f.identity))
+                    .or_default()
+                    .insert(revision);
+                answers
+                    .entry((text(f.identity), text(f.scope)))
+                    .or_default()
+                    .push(revision);
+            }
+        }
+        let mixed: Vec<_> = revisions.iter().filter(|(_, r)| r.len() > 1).collect();
+        let doubled: Vec<_> = answers.iter().filter(|(_, r)| r.len() > 1).collect();
+        println!(
+            "documents {}, responses {}, at two revisions or more {} (first {:?}), answers doubled {} (first {:?})",
+            searcher.num_docs(),
+            revisions.len(),
+            mixed.len(),
+            mixed.iter().take(5).collect::<Vec<_>>(),
+            doubled.len(),
+            doubled.iter().take(5).collect::<Vec<_>>()
+        );
+        let stored = index.stored_counts(&searcher).expect("counts");
+        let opened = index.counts.read().expect("counts");
+        let scopes: HashSet<&String> = answers.keys().map(|(_, scope)| scope).collect();
+        let mut differ = 0;
+        for scope in scopes.into_iter().filter(|s| !s.is_empty()) {
+            let per_city = |counts: &Counts| -> BTreeMap<String, u64> {
+                counts
+                    .top(scope, None, usize::MAX, 0)
+                    .into_iter()
+                    .map(|c| (c.city, c.answers))
+                    .collect()
+            };
+            let (a, b) = (per_city(&stored), per_city(&opened));
+            if a != b {
+                differ += 1;
+                println!("{scope:?}: stored answers {a:?}, counts opened with {b:?}");
+            }
+        }
+        println!("questions whose opened counts differ from the stored answers: {differ}");
+    }
+}
