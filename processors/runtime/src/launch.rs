@@ -47,17 +47,18 @@ pub trait Launch: 'static {
 
 /// Runs the processor `open` builds, for one that must open something asynchronously before it
 /// can run (a ledger catching up with its topic) and may be shut down meanwhile (`open` then
-/// gives `None`). `open` gets the runtime's configuration and a shutdown signal of its own.
+/// gives `None`). `open` gets the runtime's configuration and a shutdown signal of its own; it
+/// runs while the runtime gets ready ([`crate::run_opening`]), not before.
 pub async fn open_and_run<P, F>(
     runtime: RuntimeConfig,
     shutdown: Shutdown,
     open: impl FnOnce(RuntimeConfig, Shutdown) -> F,
 ) -> anyhow::Result<()>
 where
-    P: Processor,
+    P: Processor + Launch,
     F: Future<Output = anyhow::Result<Option<P>>>,
 {
-    // One signal, two listeners: the opening step and then the runtime.
+    // One signal, two listeners: the opening step and the runtime.
     let (stop, stopped) = watch::channel(false);
     let signal = tokio::spawn(async move {
         shutdown.await;
@@ -68,11 +69,15 @@ where
             let _ = stopped.wait_for(|s| *s).await;
         })
     };
-    let outcome = match open(runtime.clone(), listener(stopped.clone())).await {
-        Ok(Some(processor)) => crate::run(processor, runtime, None, listener(stopped)).await,
-        Ok(None) => Ok(()),
-        Err(error) => Err(error),
-    };
+    let opening = open(runtime.clone(), listener(stopped.clone()));
+    let outcome = crate::run_opening(
+        P::NAME.to_owned(),
+        opening,
+        runtime,
+        None,
+        listener(stopped),
+    )
+    .await;
     signal.abort();
     outcome
 }

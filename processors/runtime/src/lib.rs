@@ -83,45 +83,33 @@ pub async fn run<P: Processor>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let name = processor.name().to_owned();
-    let topic = source_topic(&processor.source(), &config);
+    run_opening(
+        name,
+        async move { Ok(Some(processor)) },
+        config,
+        metrics_listener,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] for the processor named `name` that `open` builds (a ledger catching up with its
+/// topic, say; `Ok(None)` when it was shut down meanwhile). The processor is opened while the
+/// runtime gets ready, not before: the dead-letter topic's checks, the forms view's load and the
+/// transactional producer's start (which fences a crashed predecessor's open transaction) all
+/// run at once, so that a restarted processor's first effect waits for the slowest of them
+/// rather than their sum. Nothing is consumed before every one of them is done.
+pub async fn run_opening<P: Processor>(
+    name: String,
+    open: impl Future<Output = anyhow::Result<Option<P>>>,
+    config: RuntimeConfig,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let group = config.group_id(&name);
     let dlq_topic = config.dlq_topic(&name);
     let metrics = Metrics::new(&name);
-    for collector in processor.metrics() {
-        metrics.register(collector)?;
-    }
     let codec = formstream_core::codec(&config.registry)?;
-
-    if config.create_dlq_topic {
-        let retention = config.dlq_retention_ms.to_string();
-        let spec = TopicSpec {
-            name: dlq_topic.clone(),
-            partitions: config.dlq_partitions,
-            replication_factor: config.dlq_replication_factor,
-            config: vec![("retention.ms", retention)],
-        };
-        let outcomes = ensure_topics(&config.kafka, &[spec], Duration::from_secs(30))
-            .await
-            .context("creating the dead-letter topic")?;
-        // A topic created by an earlier version (which kept dead letters forever) takes the
-        // configured retention too: dead letters hold personal data.
-        if outcomes
-            .iter()
-            .any(|(_, outcome)| matches!(outcome, TopicOutcome::Existed { .. }))
-            && ensure_retention(
-                &config.kafka,
-                &dlq_topic,
-                config.dlq_retention_ms,
-                Duration::from_secs(30),
-            )
-            .await
-            .context("setting the dead-letter topic's retention")?
-        {
-            tracing::info!(topic = %dlq_topic, retention_ms = config.dlq_retention_ms, "Dead-letter topic retention set.");
-        }
-    }
-    let dead_letters = DeadLetters::new(&config.kafka, dlq_topic.clone(), name.clone())?;
-    let companion = redrive_companion(&config, &topic, &dlq_topic).await?;
 
     // Health endpoints first, so that an orchestrator sees the process while it catches up.
     let ready = Arc::new(AtomicBool::new(false));
@@ -156,32 +144,63 @@ pub async fn run<P: Processor>(
     };
     tokio::pin!(shutdown);
     tracing::info!(processor = %name, "Waiting for the forms view to catch up.");
-    loop {
-        if view.is_ready() {
-            break;
-        }
-        tokio::select! {
-            _ = &mut shutdown => {
-                let _ = stop_view.send(true);
-                let _ = stop_http.send(true);
-                let _ = (&mut follower).await;
-                let _ = http.await;
+    let view_loaded = async {
+        loop {
+            if view.is_ready() {
                 return Ok(());
             }
-            // The view's consumer could not start (e.g. a bad -X property): say so and stop,
-            // rather than wait for ever.
-            ended = &mut follower => {
-                let _ = stop_http.send(true);
-                let _ = http.await;
-                return match ended {
-                    Ok(Err(error)) => Err(anyhow::Error::new(error).context("the forms view could not be loaded")),
-                    Ok(Ok(())) => Err(anyhow::anyhow!("the forms view stopped before it was loaded")),
-                    Err(error) => Err(anyhow::Error::new(error).context("the forms view task failed")),
-                };
+            tokio::select! {
+                // The view's consumer could not start (e.g. a bad -X property): say so and stop,
+                // rather than wait for ever.
+                ended = &mut follower => {
+                    return match ended {
+                        Ok(Err(error)) => Err(anyhow::Error::new(error).context("the forms view could not be loaded")),
+                        Ok(Ok(())) => Err(anyhow::anyhow!("the forms view stopped before it was loaded")),
+                        Err(error) => Err(anyhow::Error::new(error).context("the forms view task failed")),
+                    };
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+    };
+    let opened = async {
+        let Some(processor) = open.await? else {
+            return Ok(None);
+        };
+        let topic = source_topic(&processor.source(), &config);
+        let (companion, transactor) = tokio::try_join!(
+            redrive_companion(&config, &topic, &dlq_topic),
+            start_transactions(&config, &name, processor.transactional()),
+        )?;
+        anyhow::Ok(Some((processor, topic, companion, transactor)))
+    };
+    let setup = async {
+        tokio::try_join!(
+            view_loaded,
+            dead_letter_topic(&config, &dlq_topic, &name),
+            opened
+        )
+    };
+    let outcome = tokio::select! {
+        _ = &mut shutdown => Ok(None),
+        outcome = setup => outcome.map(Some),
+    };
+    let (processor, topic, companion, transactor, dead_letters) = match outcome {
+        Ok(Some(((), dead_letters, Some((processor, topic, companion, transactor))))) => {
+            (processor, topic, companion, transactor, dead_letters)
+        }
+        stopped => {
+            let _ = stop_view.send(true);
+            let _ = stop_http.send(true);
+            let _ = follower.await;
+            let _ = http.await;
+            return stopped.map(|_| ());
+        }
+    };
+    for collector in processor.metrics() {
+        metrics.register(collector)?;
     }
+    let transactional = transactor.is_some();
 
     let tunables = [
         ("client.id", format!("formstream-{name}")),
@@ -206,20 +225,6 @@ pub async fn run<P: Processor>(
         // Partition ends for the lag metrics come from librdkafka's statistics.
         ("statistics.interval.ms", "1000".to_owned()),
     ];
-    let transactional = processor.transactional();
-    let transactor = if transactional {
-        // One transactional id per instance: fencing of zombies comes from the consumer group's
-        // generation (KIP-447), so ids need not follow partitions.
-        let kafka = config.kafka.clone();
-        let id = config.transactional_id(&name);
-        let transactor = tokio::task::spawn_blocking(move || Transactor::new(&kafka, &id))
-            .await
-            .context("starting the transactional producer")?
-            .context("initialising Kafka transactions")?;
-        Some(Arc::new(transactor))
-    } else {
-        None
-    };
     // The processor's own start offsets are asked on every assignment (see `RuntimeContext`).
     let processor = Arc::new(processor);
     let hook = processor.clone();
@@ -277,6 +282,69 @@ pub async fn run<P: Processor>(
     let _ = http.await;
     tracing::info!(processor = %name, "Processor stopped.");
     outcome
+}
+
+/// Creates the dead-letter topic (with its retention) when the runtime is to, and its producer.
+async fn dead_letter_topic(
+    config: &RuntimeConfig,
+    dlq_topic: &str,
+    name: &str,
+) -> anyhow::Result<DeadLetters> {
+    if config.create_dlq_topic {
+        let retention = config.dlq_retention_ms.to_string();
+        let spec = TopicSpec {
+            name: dlq_topic.to_owned(),
+            partitions: config.dlq_partitions,
+            replication_factor: config.dlq_replication_factor,
+            config: vec![("retention.ms", retention)],
+        };
+        let outcomes = ensure_topics(&config.kafka, &[spec], Duration::from_secs(30))
+            .await
+            .context("creating the dead-letter topic")?;
+        // A topic created by an earlier version (which kept dead letters forever) takes the
+        // configured retention too: dead letters hold personal data.
+        if outcomes
+            .iter()
+            .any(|(_, outcome)| matches!(outcome, TopicOutcome::Existed { .. }))
+            && ensure_retention(
+                &config.kafka,
+                dlq_topic,
+                config.dlq_retention_ms,
+                Duration::from_secs(30),
+            )
+            .await
+            .context("setting the dead-letter topic's retention")?
+        {
+            tracing::info!(topic = %dlq_topic, retention_ms = config.dlq_retention_ms, "Dead-letter topic retention set.");
+        }
+    }
+    Ok(DeadLetters::new(
+        &config.kafka,
+        dlq_topic.to_owned(),
+        name.to_owned(),
+    )?)
+}
+
+/// The transactional producer of a processor that publishes records (none otherwise). Its
+/// `init_transactions` fences a crashed predecessor under the same transactional id: the broker
+/// aborts that one's open transaction and bumps the epoch, so that it can never commit.
+async fn start_transactions(
+    config: &RuntimeConfig,
+    name: &str,
+    transactional: bool,
+) -> anyhow::Result<Option<Arc<Transactor>>> {
+    if !transactional {
+        return Ok(None);
+    }
+    // One transactional id per instance: fencing of zombies comes from the consumer group's
+    // generation (KIP-447), so ids need not follow partitions.
+    let kafka = config.kafka.clone();
+    let id = config.transactional_id(name);
+    let transactor = tokio::task::spawn_blocking(move || Transactor::new(&kafka, &id))
+        .await
+        .context("starting the transactional producer")?
+        .context("initialising Kafka transactions")?;
+    Ok(Some(Arc::new(transactor)))
 }
 
 /// The re-drive topic of `dlq_topic`, consumed beside `source` (see [`redrive`]): created (or
