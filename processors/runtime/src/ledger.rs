@@ -48,8 +48,9 @@ use formstream_core::config::KafkaArgs;
 use formstream_core::follow::{Followed, TopicFollower};
 use formstream_core::kafka::{client_config_with, partition_count};
 use formstream_core::topics::{TopicSpec, ensure_topics};
+use futures::FutureExt;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -133,15 +134,50 @@ impl Entry {
         matches!(self, Entry::Done { .. })
     }
 
-    /// The entry to keep when `self` is held and `other` arrives; see the module invariants.
-    fn merge(self, other: Entry) -> Entry {
-        match (&self, &other) {
-            (Entry::Done { .. }, _) => self,
-            (_, Entry::Done { .. }) => other,
-            (Entry::Attempted { at: held, .. }, Entry::Attempted { at: new, .. }) => {
-                if new >= held { other } else { self }
-            }
+    /// Whether `self`, arriving, replaces `held` (see the module invariants): `Done` is terminal
+    /// and beats `Attempted`; of two `Attempted`, the later (or equal) `at` wins.
+    fn supersedes(&self, held: &Entry) -> bool {
+        match (held, self) {
+            (Entry::Done { .. }, _) => false,
+            (_, Entry::Done { .. }) => true,
+            (Entry::Attempted { at: held, .. }, Entry::Attempted { at: new, .. }) => new >= held,
         }
+    }
+}
+
+/// An entry as JSON, flat: read straight into its fields (serde reads an internally tagged enum
+/// through a buffer of its whole content, several times slower, and start-up reads every entry).
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum State {
+    Attempted,
+    Done,
+}
+
+#[derive(Deserialize)]
+struct WireEntry {
+    state: State,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    reference: Option<String>,
+    detail: Option<String>,
+}
+
+impl Entry {
+    /// The entry `payload` holds (JSON as [`Entry`] serialises it).
+    fn decode(payload: &[u8]) -> Result<Entry, serde_json::Error> {
+        let wire: WireEntry = serde_json::from_slice(payload)?;
+        let missing = |field| <serde_json::Error as serde::de::Error>::missing_field(field);
+        Ok(match wire.state {
+            State::Attempted => Entry::Attempted {
+                at: wire.at,
+                reference: wire.reference.ok_or_else(|| missing("reference"))?,
+            },
+            State::Done => Entry::Done {
+                at: wire.at,
+                detail: wire.detail.ok_or_else(|| missing("detail"))?,
+            },
+        })
     }
 }
 
@@ -165,7 +201,8 @@ pub enum LedgerError {
 /// The follower's view, shared with the task that reads the topic.
 #[derive(Default)]
 struct View {
-    entries: HashMap<String, Entry>,
+    /// foldhash: every entry of the topic is hashed at start-up (a million and more).
+    entries: HashMap<String, Entry, foldhash::fast::RandomState>,
     /// Per partition, the offset after the last record read: the view holds everything below it.
     positions: HashMap<i32, i64>,
     caught_up: bool,
@@ -180,14 +217,40 @@ impl View {
             None => {
                 self.entries.remove(&key);
             }
-            Some(entry) => {
-                let merged = match self.entries.remove(&key) {
-                    Some(held) => held.merge(entry),
-                    None => entry,
-                };
-                self.entries.insert(key, merged);
-            }
+            Some(entry) => match self.entries.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut held) => {
+                    if entry.supersedes(held.get()) {
+                        held.insert(entry);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(vacant) => {
+                    vacant.insert(entry);
+                }
+            },
         }
+    }
+
+    /// Applies one record of the topic and moves its partition's position past it.
+    fn read(&mut self, message: &BorrowedMessage<'_>) {
+        let partition = message.partition();
+        let offset = message.offset();
+        let key = message.key().map(String::from_utf8_lossy);
+        let entry = message.payload().map(Entry::decode);
+        match (key, entry) {
+            (Some(key), None) => self.apply(key.into_owned(), None),
+            (Some(key), Some(Ok(entry))) => self.apply(key.into_owned(), Some(entry)),
+            // Not written by this module; nothing to learn from it, but say so: a lost
+            // entry could mean a repeated effect.
+            (key, entry) => tracing::error!(
+                topic = message.topic(),
+                partition,
+                offset,
+                has_key = key.is_some(),
+                error = ?entry.and_then(Result::err).map(|e| e.to_string()),
+                "Ledger record that is not a ledger entry; ignored."
+            ),
+        }
+        self.positions.insert(partition, offset + 1);
     }
 }
 
@@ -473,6 +536,16 @@ fn partition_for(key: &str, partitions: i32) -> i32 {
     (hash % partitions.max(1) as u32) as i32
 }
 
+/// Records of the topic applied under one lock of the view, at most.
+const BATCH: usize = 4096;
+
+fn read_followed(view: &mut View, followed: Followed<'_>) {
+    match followed {
+        Followed::CaughtUp => view.caught_up = true,
+        Followed::Record(message) => view.read(&message),
+    }
+}
+
 /// Reads the ledger topic into the view until `shutdown` completes or the ledger is dropped.
 async fn follow(
     mut follower: TopicFollower,
@@ -481,37 +554,32 @@ async fn follow(
     shared: Arc<Shared>,
 ) {
     tokio::pin!(shutdown);
-    loop {
+    'following: loop {
         let next = tokio::select! {
             _ = &mut shutdown => None,
             next = follower.next(&mut stopped) => next,
         };
-        match next {
-            None => break,
-            Some(Followed::CaughtUp) => {
-                shared.view().caught_up = true;
-            }
-            Some(Followed::Record(message)) => {
-                let partition = message.partition();
-                let offset = message.offset();
-                let key = message.key().map(String::from_utf8_lossy);
-                let entry = message.payload().map(serde_json::from_slice::<Entry>);
-                let mut view = shared.view();
-                match (key, entry) {
-                    (Some(key), None) => view.apply(key.into_owned(), None),
-                    (Some(key), Some(Ok(entry))) => view.apply(key.into_owned(), Some(entry)),
-                    // Not written by this module; nothing to learn from it, but say so: a lost
-                    // entry could mean a repeated effect.
-                    (key, entry) => tracing::error!(
-                        topic = message.topic(),
-                        partition,
-                        offset,
-                        has_key = key.is_some(),
-                        error = ?entry.and_then(Result::err).map(|e| e.to_string()),
-                        "Ledger record that is not a ledger entry; ignored."
-                    ),
+        let Some(first) = next else {
+            break;
+        };
+        {
+            let mut view = shared.view();
+            read_followed(&mut view, first);
+            // What the consumer has already fetched is applied under the same lock, and the
+            // waiters are woken once for all of it: at start-up the whole topic comes in bulk,
+            // and a wake-up per record (the opening waits for the view to catch up) cost more
+            // than the records themselves. A batch ends as soon as nothing more is at hand, so
+            // a waiter never waits for more than what has arrived.
+            for _ in 1..BATCH {
+                match follower.next(&mut stopped).now_or_never() {
+                    Some(Some(followed)) => read_followed(&mut view, followed),
+                    Some(None) => {
+                        drop(view);
+                        shared.progress.notify_waiters();
+                        break 'following;
+                    }
+                    None => break,
                 }
-                view.positions.insert(partition, offset + 1);
             }
         }
         shared.progress.notify_waiters();
@@ -591,6 +659,31 @@ mod tests {
         let json = serde_json::to_value(attempted(0, "FSABC")).unwrap();
         assert_eq!(json["state"], "attempted");
         assert_eq!(json["reference"], "FSABC");
+    }
+
+    #[test]
+    fn entries_decode_as_serde_reads_them() {
+        for entry in [done(1_700_000_000, "SM0123"), attempted(12, "FSABC")] {
+            let json = serde_json::to_vec(&entry).unwrap();
+            assert_eq!(Entry::decode(&json).unwrap(), entry);
+        }
+        // Fields it does not know are ignored, as serde's own reading does; a missing one fails.
+        let extra = br#"{"state":"done","at":"2023-11-14T22:13:20Z","detail":"SM1","by":"x"}"#;
+        assert_eq!(Entry::decode(extra).unwrap(), done(1_700_000_000, "SM1"));
+        for bad in [
+            &br#"{"state":"done","at":"2023-11-14T22:13:20Z"}"#[..],
+            br#"{"state":"attempted","at":"2023-11-14T22:13:20Z","detail":"SM1"}"#,
+            br#"{"state":"gone","at":"2023-11-14T22:13:20Z","detail":"SM1"}"#,
+            br#"{"state":"done","at":"yesterday","detail":"SM1"}"#,
+            b"not json",
+        ] {
+            assert!(
+                Entry::decode(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(serde_json::from_slice::<Entry>(bad).is_err());
+        }
     }
 
     #[test]
