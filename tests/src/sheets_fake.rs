@@ -2,7 +2,8 @@
 //! tests of the sheets exporter.
 //!
 //! It answers like the real service for the calls the exporter makes: `spreadsheets.create`,
-//! `spreadsheets.get`, `spreadsheets.batchUpdate` (`addSheet`, `appendDimension`, `updateCells`
+//! `spreadsheets.get` (with `ranges` and `includeGridData`, their cells; a range of a tab that
+//! does not exist is a 400), `spreadsheets.batchUpdate` (`addSheet`, `appendDimension`, `updateCells`
 //! from a start coordinate, `appendCells`; atomic, and with `includeSpreadsheetInResponse`,
 //! `responseRanges` and `responseIncludeGridData` the cells of those ranges after the update),
 //! `values.append` (INSERT_ROWS: the grid grows by the rows appended), `values.batchUpdate`,
@@ -714,14 +715,26 @@ fn read(shared: &Shared, segments: &[String], query: &[(String, String)]) -> Res
     };
     let ranges: Vec<String> = match segments.get(1).map(String::as_str) {
         None => {
-            let sheets: Vec<Value> = sheet
-                .tabs
+            // spreadsheets.get; with `ranges` and `includeGridData`, their cells too.
+            let ranges: Vec<&String> = query
                 .iter()
-                .map(|t| json!({"properties": tab_properties(t)}))
+                .filter(|(k, _)| k == "ranges")
+                .map(|(_, v)| v)
                 .collect();
-            return ok(
-                json!({"spreadsheetId": sheet.id, "properties": {"title": sheet.title}, "sheets": sheets}),
-            );
+            if let Some(range) = ranges
+                .iter()
+                .find(|r| sheet.tab(&parse_a1(r).tab).is_none())
+            {
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Unable to parse range: {range}"),
+                );
+            }
+            let grid = query
+                .iter()
+                .any(|(k, v)| k == "includeGridData" && v == "true");
+            let body = json!({"responseRanges": ranges, "responseIncludeGridData": grid});
+            return ok(spreadsheet_resource(sheet, &body));
         }
         Some("values:batchGet") => query
             .iter()
@@ -1229,6 +1242,14 @@ fn spreadsheet_resource(sheet: &FakeSpreadsheet, body: &Value) -> Value {
                             json!({"values": values})
                         })
                         .collect();
+                    let mut row_data = row_data;
+                    while row_data.last().is_some_and(|row| {
+                        row["values"]
+                            .as_array()
+                            .is_some_and(|cells| cells.iter().all(|c| c == &json!({})))
+                    }) {
+                        row_data.pop();
+                    }
                     json!({"startRow": first_row - 1, "startColumn": first_column - 1,
                            "rowData": row_data})
                 })

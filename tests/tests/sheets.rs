@@ -842,3 +842,33 @@ async fn a_flush_of_corrections_and_new_rows_is_one_write() {
     runtime.stop().await.expect("clean stop");
     topics.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_started_exporters_first_write_neither_lingers_nor_reads_twice() {
+    init_logs();
+    // A linger far longer than the wait below: only a first flush that does not linger meets it.
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start_with_linger(1, "60s").await;
+    // The spreadsheet has the tab already (as after an earlier run).
+    fake.add_tab(&sheet, "responses");
+    let reads = fake.read_requests();
+    producer.responses(&[(0, simple(&a, "r1", 0))]).await;
+    wait_done(&topics, Duration::from_secs(30)).await;
+    assert_eq!(fake.rows(&sheet, "responses").len(), 2);
+    // The read-back before the first write: the tabs and the id, revision and header cells in
+    // one read of the quota.
+    assert_eq!(
+        fake.read_requests() - reads,
+        1,
+        "reads before the first write"
+    );
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}

@@ -285,44 +285,82 @@ impl SheetsApi {
             .unwrap_or_default())
     }
 
-    /// `values.batchGet`: the rows of each range (trailing empty rows and cells trimmed, as
-    /// Google does), unformatted (numbers as numbers).
-    pub async fn batch_get(
+    /// One `spreadsheets.get` of the tabs' properties and, with `includeGridData`, the cells of
+    /// `ranges` of tab `tab` (each as rows of values from column A, trailing empty rows
+    /// trimmed): a read-back in one read of the quota instead of a `spreadsheets.get` and a
+    /// `values.batchGet`. `None` when the spreadsheet has no tab `tab` (Google cannot parse the
+    /// ranges: 400).
+    pub async fn tabs_and_cells(
         &self,
         spreadsheet_id: &str,
-        ranges: &[String],
-    ) -> Result<Vec<Vec<Vec<Value>>>, ApiError> {
-        let mut url = self.url(&[spreadsheet_id, "values:batchGet"])?;
+        tab: &str,
+        ranges: &[&str],
+    ) -> Result<Option<(Vec<Tab>, Vec<Vec<Vec<Value>>>)>, ApiError> {
+        let mut url = self.url(&[spreadsheet_id])?;
         {
             let mut query = url.query_pairs_mut();
             for range in ranges {
-                query.append_pair("ranges", range);
+                query.append_pair("ranges", &format!("{tab}!{range}"));
             }
-            query
-                .append_pair("majorDimension", "ROWS")
-                .append_pair("valueRenderOption", "UNFORMATTED_VALUE");
+            query.append_pair("includeGridData", "true").append_pair(
+                "fields",
+                "sheets(properties(sheetId,title,gridProperties(rowCount,columnCount)),data(startRow,rowData(values(userEnteredValue))))",
+            );
         }
-        let answer = self
-            .call(Kind::Read, reqwest::Method::GET, url, None)
-            .await?;
-        let ranges = answer
-            .get("valueRanges")
+        let answer = match self.call(Kind::Read, reqwest::Method::GET, url, None).await {
+            Ok(answer) => answer,
+            Err(ApiError::Rejected {
+                status: 400,
+                detail,
+            }) if detail.contains("Unable to parse range") => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        let sheets = answer
+            .get("sheets")
             .and_then(Value::as_array)
-            .cloned()
+            .map(Vec::as_slice)
             .unwrap_or_default();
-        Ok(ranges
+        let tabs = sheets
             .iter()
-            .map(|r| {
-                r.get("values")
+            .filter_map(|s| tab_of(s.get("properties")?))
+            .collect();
+        let data = sheets
+            .iter()
+            .find(|s| s.pointer("/properties/title").and_then(Value::as_str) == Some(tab))
+            .and_then(|s| s.get("data"))
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let cells = data
+            .iter()
+            .map(|grid| {
+                let start = grid.get("startRow").and_then(Value::as_u64).unwrap_or(0) as usize;
+                let mut rows: Vec<Vec<Value>> = vec![Vec::new(); start];
+                for row in grid
+                    .get("rowData")
                     .and_then(Value::as_array)
-                    .map(|rows| {
-                        rows.iter()
-                            .map(|row| row.as_array().cloned().unwrap_or_default())
-                            .collect()
-                    })
+                    .map(Vec::as_slice)
                     .unwrap_or_default()
+                {
+                    let mut values: Vec<Value> = row
+                        .get("values")
+                        .and_then(Value::as_array)
+                        .map(|cells| cells.iter().map(cell_value).collect())
+                        .unwrap_or_default();
+                    while values.last().is_some_and(|c| c.as_str() == Some("")) {
+                        values.pop();
+                    }
+                    rows.push(values);
+                }
+                while rows.last().is_some_and(Vec::is_empty) {
+                    rows.pop();
+                }
+                rows
             })
-            .collect())
+            .collect();
+        Ok(Some((tabs, cells)))
     }
 
     /// `spreadsheets.batchUpdate` (addSheet, appendDimension, ...): the replies.

@@ -9,7 +9,8 @@
 //! and a quiet form's in one small one. The runtime's `--max-in-flight` bounds how many rows wait.
 //!
 //! Which form next: one whose oldest row has waited `--sheets-max-wait` (fairness), else the form
-//! with the most bytes waiting among those whose oldest row has lingered (throughput). A form is
+//! with the most bytes waiting among those whose oldest row has lingered (throughput). The first
+//! flush after start does not linger (a restarted exporter's first effect comes at once). A form is
 //! written by one flush at a time, so its rows are never written by two calls at once.
 //!
 //! Invariant: every submitted row gets exactly one answer, the outcome of the write that carried
@@ -54,6 +55,9 @@ pub struct BatchSettings {
 
 pub struct Batcher {
     queues: Mutex<HashMap<FormKey, Queue>>,
+    /// No flush picked yet since start: the first one goes without lingering, so that a
+    /// restarted exporter's first row is written as soon as it can be (one small write, once).
+    first: std::sync::atomic::AtomicBool,
     wake: Notify,
     settings: BatchSettings,
 }
@@ -62,6 +66,7 @@ impl Batcher {
     pub fn new(settings: BatchSettings) -> Arc<Self> {
         Arc::new(Batcher {
             queues: Mutex::new(HashMap::new()),
+            first: std::sync::atomic::AtomicBool::new(true),
             wake: Notify::new(),
             settings,
         })
@@ -103,6 +108,7 @@ impl Batcher {
         let mut overdue: Option<(&FormKey, Instant)> = None;
         let mut fullest: Option<(&FormKey, usize)> = None;
         let mut next = now + Duration::from_secs(1);
+        let first = self.first.load(std::sync::atomic::Ordering::Acquire);
         for (form, queue) in queues.iter() {
             let Some(oldest) = queue.rows.first().map(|w| w.since) else {
                 continue;
@@ -113,7 +119,8 @@ impl Batcher {
             if now.duration_since(oldest) >= s.max_wait && overdue.is_none_or(|(_, t)| oldest < t) {
                 overdue = Some((form, oldest));
             }
-            let ready = now.duration_since(oldest) >= s.linger || queue.bytes >= s.max_bytes;
+            let ready =
+                first || now.duration_since(oldest) >= s.linger || queue.bytes >= s.max_bytes;
             if ready && fullest.is_none_or(|(_, b)| queue.bytes > b) {
                 fullest = Some((form, queue.bytes));
             }
@@ -129,6 +136,8 @@ impl Batcher {
         };
         queue.busy = true;
         queue.bytes = 0;
+        self.first
+            .store(false, std::sync::atomic::Ordering::Release);
         Ok((form, std::mem::take(&mut queue.rows)))
     }
 

@@ -5,7 +5,7 @@
 //! - Before a form's first write after start, and again whenever a record comes from a newer
 //!   assignment of its partition (the partition may have been processed elsewhere meanwhile),
 //!   or after a write whose outcome is unknown, the response-id and revision columns of every
-//!   part are read back (`values.batchGet` of `A:B`). That read-back is the index: which response
+//!   part are read back (one `spreadsheets.get` with `includeGridData` of `A:B` and the header). That read-back is the index: which response
 //!   has which row, at which revision.
 //! - A response not in the index is appended; one in it at a lower revision is rewritten in place
 //!   at its row; one at the same or a higher revision is already done.
@@ -240,7 +240,11 @@ impl Google {
                 }
             };
             let Some(id) = id else { break };
-            let tabs = self.api.tabs(&id).await?;
+            // One read: the tabs and the response-id, revision and header cells.
+            let (tabs, mut read) = match self.api.tabs_and_cells(&id, TAB, &["A:B", "1:1"]).await? {
+                Some((tabs, cells)) => (tabs, cells.into_iter()),
+                None => (self.api.tabs(&id).await?, Vec::new().into_iter()),
+            };
             let (tab, other_cells) = match tabs.iter().find(|t| t.title == TAB) {
                 Some(tab) => (
                     tab.clone(),
@@ -254,11 +258,6 @@ impl Google {
                     (self.api.add_tab(&id, TAB, 4).await?, others)
                 }
             };
-            let mut read = self
-                .api
-                .batch_get(&id, &[format!("{TAB}!A:B"), format!("{TAB}!1:1")])
-                .await?
-                .into_iter();
             let ids = read.next().unwrap_or_default();
             let header = read.next().unwrap_or_default();
             let part = book.parts.len();
