@@ -872,3 +872,41 @@ async fn a_started_exporters_first_write_neither_lingers_nor_reads_twice() {
     runtime.stop().await.expect("clean stop");
     topics.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quota_used_up_for_seconds_is_waited_out_without_failing_a_row() {
+    init_logs();
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start(1).await;
+    fake.add_tab(&sheet, "responses");
+    // Every write is answered 429 (Retry-After: 1) for a while: more 429s than a few retries.
+    fake.set_exhausted(true);
+    let items: Vec<(i32, Response)> = (0..20)
+        .map(|i| (0, simple(&a, &format!("r{i:02}"), 0)))
+        .collect();
+    producer.responses(&items).await;
+    eventually(Duration::from_secs(60), "eight writes throttled", || {
+        let throttled = fake.throttled();
+        async move { throttled >= 8 }
+    })
+    .await;
+    fake.set_exhausted(false);
+    wait_done(&topics, Duration::from_secs(60)).await;
+    assert_eq!(rows_by_id(&fake, std::slice::from_ref(&sheet)).len(), 20);
+    let retried = runtime
+        .metric(
+            "formstream_processor_records_total",
+            &[("outcome", "retried")],
+        )
+        .await;
+    assert_eq!(retried, 0.0, "no row failed while the quota was used up");
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}

@@ -105,8 +105,13 @@ pub struct Tab {
     pub columns: u64,
 }
 
-/// 429s retried inside one call before the error goes up to the runtime.
-const THROTTLED_RETRIES: u32 = 3;
+/// How long one call keeps retrying 429s before the error goes up to the runtime: Google's quota
+/// is per minute, so a minute of 429s is the quota used up elsewhere, not a passing excess.
+const THROTTLED_FOR: Duration = Duration::from_secs(60);
+
+/// The longest wait between two tries of a throttled call without a `Retry-After`: short, so that
+/// the call goes through soon after the quota frees up.
+const THROTTLED_WAIT_MAX: Duration = Duration::from_secs(4);
 
 /// A rate limiter of `per_minute` calls, spread evenly (a burst of one) with 2 % to spare: Google
 /// counts quota per minute, and an even spread a little below the quota never exceeds it in any
@@ -175,9 +180,10 @@ impl SheetsApi {
         Ok(url)
     }
 
-    /// One call, with 429s absorbed here: Google applied nothing, so waiting (its `Retry-After`,
-    /// or 1, 2, 4 s) and sending again is safe, and it keeps one throttled call from failing every
-    /// row of its batch (which would open the runtime's circuit for a routine quota hiccup).
+    /// One call, with 429s absorbed here for up to [`THROTTLED_FOR`]: Google applied nothing, so
+    /// waiting (its `Retry-After`, or 1, 2, 4, 4... s) and sending again is safe, and it keeps a
+    /// throttled call from failing every row of its batch (which would open the runtime's circuit,
+    /// whose probes back off up to `--probe-max`, for a quota that frees up within the minute).
     async fn call(
         &self,
         kind: Kind,
@@ -186,6 +192,7 @@ impl SheetsApi {
         body: Option<&Value>,
     ) -> Result<Value, ApiError> {
         let mut attempt = 0u32;
+        let mut waited = Duration::ZERO;
         loop {
             let outcome = self
                 .call_once(&kind, method.clone(), url.clone(), body)
@@ -195,10 +202,12 @@ impl SheetsApi {
                     status: 429,
                     retry_after,
                     ..
-                }) if attempt < THROTTLED_RETRIES => {
-                    let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
+                }) if waited < THROTTLED_FOR => {
+                    let backoff = Duration::from_secs(1 << attempt.min(8)).min(THROTTLED_WAIT_MAX);
+                    let wait = retry_after.unwrap_or(backoff);
                     tracing::debug!(?wait, attempt, "The Sheets API throttled a call; waiting.");
                     tokio::time::sleep(wait).await;
+                    waited += wait;
                     attempt += 1;
                 }
                 other => return other,
