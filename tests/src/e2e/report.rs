@@ -105,7 +105,7 @@ pub fn write(
     )?;
     writeln!(
         md,
-        "Load: {} responses to {} forms (Zipf {}), offered at {:.0}/s in batches of {}; {} partitions. Twilio fake {} ms per create, receipts at {} segments/s; Sheets fake {} ms per call, {} writes per minute.\n",
+        "Load: {} responses to {} forms (Zipf {}), offered at {:.0}/s in batches of {}; {} partitions. Twilio fake {} ms per create, receipts at {} segments/s; receipts and notify-collectors probe Twilio at most every 5 s (`--probe-max 5s`) while their circuit is open; Sheets fake {} ms per call, {} writes per minute.\n",
         outcome.responses,
         outcome.forms,
         scenario.zipf,
