@@ -19,7 +19,7 @@
 # topics and stops its broker.
 #
 # Environment (all optional): BENCH_PROFILE (release | dev), BENCH_RESPONSES (1000000),
-# BENCH_FORMS (200), BENCH_RATE (2000 responses/s offered), BENCH_KILLS (3 per processor),
+# BENCH_FORMS (200), BENCH_RATE (2200 responses/s offered), BENCH_KILLS (3 per processor),
 # BENCH_TWILIO_OUTAGE (120s), BENCH_CI=1 (the CI size: 20,000 responses, one kill each, a 15 s
 # outage, no broker restart), BENCH_KAFKA_PORT (29092), BENCH_KAFKA_CONTROLLER_PORT (29093),
 # BENCH_PROMETHEUS=0 (skip Prometheus), BENCH_REPORT_DIR (bench/ : E2E.md there, plots in e2e/).

@@ -171,14 +171,22 @@ impl Scenario {
         Scenario {
             responses: 1_000_000,
             forms: 200,
-            rate: 2_000.0,
+            // Between two bounds of the targets: receipts cannot finish before ~520 s (799k
+            // receipts at 2,000/s plus the 2-minute outage), which must stay within 1.25 x the
+            // ingest time (so ingest >= ~420 s); sheets needs about one write per form plus the
+            // bytes past 2 MB per request after the last response (~250 writes at 60 a minute),
+            // which must end within 720 s (so ingest <= ~470 s). 2,200/s ingests in ~460 s.
+            rate: 2_200.0,
             batch: 500,
             partitions: 12,
             kills_per_processor: 3,
             twilio_outage: Duration::from_secs(120),
             sheets_429: Some(Duration::from_secs(60)),
             broker: Some(broker),
-            sheets_in_flight: 400_000,
+            // Every row waiting since its form's last write must fit, or the exporter stops
+            // reading and the drain after the ingest takes more rounds of writes over the 200
+            // forms: ~6.5 KB per waiting row, ~4.5 GB at most, on a 24 GiB machine.
+            sheets_in_flight: 700_000,
             drain_deadline: Duration::from_secs(900),
             solo_records: Some(200_000),
             ..Scenario::ci(bootstrap, dir, formstream, fake_twilio, fake_sheets)
