@@ -697,21 +697,20 @@ mod tests {
             .iter()
             .map(|&i| receipt(&workload, i, &own_reference(&workload, i)))
             .collect();
-        let messages = Messages::classify(&workload, &sent).unwrap();
-        assert!(receipts(&workload, &latest, &messages).passed);
+        let check = |sent: &[Message]| {
+            let messages = Messages::classify(&workload, sent).unwrap();
+            receipts(&workload, &latest, &messages)
+        };
+        assert!(check(&sent).passed);
 
         // Two responses whose references collide: what a 40-bit hash does at ~800k receipts,
         // made here by giving b the reference of a. Only the wrong reference is a miss.
         sent[1] = receipt(&workload, b, &own_reference(&workload, a));
-        let messages = Messages::classify(&workload, &sent).unwrap();
-        let check = receipts(&workload, &latest, &messages);
-        assert!(!check.passed);
-        assert!(check.figures.contains("doubled 0"), "{}", check.figures);
-        assert!(
-            check.figures.contains("with a wrong reference 1"),
-            "{}",
-            check.figures
-        );
+        let collided = check(&sent);
+        assert!(!collided.passed);
+        for figure in ["doubled 0", "with a wrong reference 1"] {
+            assert!(collided.figures.contains(figure), "{}", collided.figures);
+        }
 
         // A real double and a receipt to another number are both misses.
         sent[1] = receipt(&workload, b, &own_reference(&workload, b));
@@ -719,15 +718,11 @@ mod tests {
         let mut other = receipt(&workload, b, &own_reference(&workload, b));
         other.to = "+919800000000".into();
         sent.push(other);
-        let messages = Messages::classify(&workload, &sent).unwrap();
-        let check = receipts(&workload, &latest, &messages);
-        assert!(!check.passed);
-        assert!(check.figures.contains("doubled 2"), "{}", check.figures);
-        assert!(
-            check.figures.contains("to a wrong number 1"),
-            "{}",
-            check.figures
-        );
+        let doubled = check(&sent);
+        assert!(!doubled.passed);
+        for figure in ["doubled 2", "to a wrong number 1"] {
+            assert!(doubled.figures.contains(figure), "{}", doubled.figures);
+        }
     }
 
     #[test]
