@@ -53,6 +53,14 @@ start() {
   mkdir -p "$RUN_DIR" "$DATA"
   local pid
   if ! pid="$(our_pid)"; then
+    # A pid file no daemon of ours holds (dockerd killed, or the machine restarted and its pid
+    # now belongs to another process) makes dockerd refuse to start: "pid file found".
+    if [[ -f "$PID_FILE" ]]; then
+      log "removing the stale pid file $PID_FILE (pid $(cat "$PID_FILE" 2>/dev/null) is no dockerd on $SOCKET)"
+      rm -f "$PID_FILE"
+    fi
+    # dockerd's bind mount of the host's network namespace outlives a killed daemon.
+    umount "$RUN_DIR/exec/netns/default" 2>/dev/null || true
     local args=(--host "unix://$SOCKET" --data-root "$DATA" --exec-root "$RUN_DIR/exec"
                 --pidfile "$PID_FILE" --bridge=none --iptables=false --ip-masq=false)
     [[ -n "$DRIVER" ]] && args+=(--storage-driver "$DRIVER")
