@@ -67,6 +67,15 @@ pub struct GatewayConfig {
     #[arg(long, env = "FORMSTREAM_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub produce_timeout: Duration,
 
+    /// Longest librdkafka keeps delivering a response's record (its message.timeout.ms) after
+    /// the client got its 503 at --produce-timeout. Meanwhile the response id stays claimed: a
+    /// retry is answered 503 until Kafka has answered, then 202 without publishing again (or it
+    /// is published, if Kafka refused the record). Forms are never delivered after their 503.
+    // Kafka's own delivery.timeout.ms: longer than a broker restart or a leader election, so a
+    // record the broker wrote but could not acknowledge in time is never published twice.
+    #[arg(long, env = "FORMSTREAM_DELIVERY_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
     /// Retry-After, in seconds, sent with a 503.
     #[arg(long, env = "FORMSTREAM_RETRY_AFTER_SECS", default_value_t = 5)]
     pub retry_after_secs: u64,

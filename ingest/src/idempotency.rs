@@ -1,16 +1,17 @@
 //! Recognising a retried submission: the same organisation, response id and revision, with the
 //! same content (form included).
 //!
-//! Invariant: while a key is remembered, at most one content is ever published for it by this
-//! instance: a different content gets a conflict, even while the first is still in flight. It is a
-//! cache, bounded and per instance; downstream effects are idempotent per (response id, revision)
-//! whatever it forgets.
+//! Invariants: while a key is remembered, at most one content is ever published for it by this
+//! instance: a different content gets a conflict, even while the first is still in flight. A key
+//! whose record Kafka has not answered yet is never forgotten, and is never published again until
+//! Kafka answered. Answered keys are a cache, bounded and per instance; downstream effects are
+//! idempotent per (response id, revision) whatever it forgets.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use quick_cache::sync::{Cache, DefaultLifecycle, EntryAction, EntryResult};
-use quick_cache::{DefaultHashBuilder, OptionsBuilder, UnitWeighter};
+use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 use uuid::Uuid;
 
 /// Who submitted which revision of which response. Scoped by organisation, so that one
@@ -40,8 +41,9 @@ pub enum Claim<A> {
     Fresh,
     /// The same content was accepted already: answer this without publishing.
     Repeat(A),
-    /// The same content is being published by another request: publishing it again is a harmless
-    /// duplicate, so go ahead (without completing or releasing the key).
+    /// The same content is being published by another request, and Kafka has not answered for it
+    /// yet: ask the client to retry later. Publishing it again would write it twice if the first
+    /// record lands (a broker that wrote it but could not answer in time).
     InFlight,
     /// Other content holds the key.
     Conflict,
@@ -53,12 +55,26 @@ pub enum Claim<A> {
 /// a single LRU behind one mutex cost several times more, in contention and in the cache misses
 /// of relinking its list.
 ///
-/// A new entry sits in the cache's cold part until it is used again (its answer, here) or pushed
-/// out. quick_cache gives that part 3 % of the capacity by default: a claim whose answer took a
-/// while (a slow broker) would be forgotten after 3,000 newer ones, and a conflicting content
-/// could then be published for its key. Half the capacity keeps it for 50,000.
+/// A claim still waiting for Kafka weighs nothing, which quick_cache keeps out of eviction: it
+/// stays until its record is answered (a broker restart may take minutes), and its number is
+/// bounded by the records the producer holds. An answered entry weighs one, and sits in the
+/// cache's cold part until it is used again (a retry) or pushed out; half the capacity for the
+/// hot part keeps the cold part large.
 pub struct Submissions<A> {
-    entries: Cache<Key, Entry<A>>,
+    entries: Cache<Key, Entry<A>, PendingWeighsNothing>,
+}
+
+/// The weight of an entry: none while it waits for Kafka (so that it is never evicted), else one.
+#[derive(Debug, Clone, Copy)]
+struct PendingWeighsNothing;
+
+impl<A> Weighter<Key, Entry<A>> for PendingWeighsNothing {
+    fn weight(&self, _key: &Key, entry: &Entry<A>) -> u64 {
+        match entry {
+            Entry::Pending(_) => 0,
+            Entry::Accepted(..) => 1,
+        }
+    }
 }
 
 /// The part of the capacity for entries used more than once (answered claims).
@@ -75,13 +91,19 @@ impl<A: Clone> Submissions<A> {
             .map(|options| {
                 Cache::with_options(
                     options,
-                    UnitWeighter,
+                    PendingWeighsNothing,
                     DefaultHashBuilder::default(),
                     DefaultLifecycle::default(),
                 )
             })
             // Only for options out of their range, which these are not.
-            .unwrap_or_else(|_| Cache::new(items));
+            .unwrap_or_else(|_| {
+                Cache::with_weighter(
+                    items,
+                    u64::try_from(items).unwrap_or(u64::MAX),
+                    PendingWeighsNothing,
+                )
+            });
         Submissions { entries }
     }
 
@@ -109,19 +131,12 @@ impl<A: Clone> Submissions<A> {
         }
     }
 
-    /// Records the answer of a `Fresh` claim that Kafka acknowledged.
+    /// Records the answer of a `Fresh` claim that Kafka acknowledged. Only the claim's owner calls
+    /// this, so what it replaces is its own pending entry. A plain insert, rather than a change in
+    /// place: quick_cache evicts on an insert that takes it past its capacity, never on a change
+    /// of weight in place, so answered entries would otherwise pile up without bound.
     pub fn accepted(&self, key: Key, digest: Digest, answer: A) {
-        let mut answer = Some(answer);
-        let held = self.entries.entry(&key, None, |_, held| {
-            if let Some(answer) = answer.take() {
-                *held = Entry::Accepted(digest, answer);
-            }
-            EntryAction::Retain(())
-        });
-        // Evicted while in flight: remembered again.
-        if let (EntryResult::Vacant(slot), Some(answer)) = (held, answer) {
-            let _ = slot.insert(Entry::Accepted(digest, answer));
-        }
+        self.entries.insert(key, Entry::Accepted(digest, answer));
     }
 
     /// Forgets a `Fresh` claim whose publish failed, so that a retry can try again.
@@ -196,19 +211,29 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_is_remembered_even_after_its_claim_was_evicted() {
+    fn a_claim_waiting_for_kafka_is_never_evicted_and_its_answer_is_kept() {
         let cache = cache();
         // A full cache first: a claim made then is new, and goes where new entries are evicted.
         for revision in 1..=64 {
             cache.claim(&key("b", revision), &[2; 32]);
+            cache.accepted(key("b", revision), [2; 32], "answer");
         }
         assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Fresh);
-        for revision in 65..=128 {
+        // Sixty times the capacity of answered claims later (a long broker restart)...
+        for revision in 65..=1_000 {
             cache.claim(&key("b", revision), &[2; 32]);
+            cache.accepted(key("b", revision), [2; 32], "answer");
         }
-        assert!(cache.entries.peek(&key("a", 0)).is_none(), "evicted");
+        // ...a retry still waits rather than publishing it a second time.
+        assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::InFlight);
+        assert_eq!(cache.claim(&key("a", 0), &[2; 32]), Claim::Conflict);
         cache.accepted(key("a", 0), [1; 32], "answer");
         assert_eq!(cache.claim(&key("a", 0), &[1; 32]), Claim::Repeat("answer"));
+        assert!(
+            cache.entries.weight() <= 16,
+            "answered entries stay within the capacity: {}",
+            cache.entries.weight()
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The gateway's durable Kafka producer.
 //!
 //! Invariant: `Publisher::publish` and `Publisher::publish_batch` report a record `Ok` only after
-//! the broker acknowledged it with acks=all on an idempotent producer, and return within
-//! `produce_timeout` (plus scheduling) either way.
+//! the broker acknowledged it with acks=all on an idempotent producer, and return within their
+//! answer timeout (plus scheduling) either way. A record not answered by then stays with
+//! librdkafka, which keeps delivering it for the delivery timeout, and its `OnSettled` hook hears
+//! Kafka's final answer whenever it comes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -148,13 +150,17 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A producer whose callers wait at most `timeout` for Kafka's answer, while librdkafka keeps
+    /// delivering each record for `delivery_timeout` (at least `timeout`).
     pub fn new(
         kafka: &KafkaArgs,
         linger_ms: u64,
         timeout: Duration,
+        delivery_timeout: Duration,
         metrics: Metrics,
     ) -> Result<Self, KafkaError> {
         let timeout_ms = timeout.as_millis().max(1).to_string();
+        let delivery_ms = delivery_timeout.max(timeout).as_millis().max(1).to_string();
         let tunables = [
             ("linger.ms", linger_ms.to_string()),
             ("compression.type", "lz4".to_owned()),
@@ -167,10 +173,12 @@ impl Publisher {
             // Idempotence implies acks=all, retries and per-partition ordering: promise 1.
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            // librdkafka gives up on a record after this, so it does not deliver minutes after the
-            // client was told 503 (it may still land shortly after; the client's retry with the
-            // same response id is then a harmless duplicate).
-            .set("message.timeout.ms", &timeout_ms)
+            // librdkafka gives up on a record only after this (Kafka's delivery.timeout.ms). Giving
+            // up sooner than a broker restart takes is what doubles records: a request the broker
+            // wrote but could not answer is reported failed, and the client's retry writes it
+            // again. Until then the record's outcome is still to come, however the caller was
+            // answered.
+            .set("message.timeout.ms", &delivery_ms)
             .set("request.timeout.ms", &timeout_ms)
             .create_with_context(DeliveryContext)?;
         Ok(Publisher {
@@ -245,8 +253,8 @@ impl Publisher {
                 acks.settle(index, Err(error));
             }
         }
-        // librdkafka reports every queued record within message.timeout.ms (= `timeout`); this
-        // bound only guards against a report that never comes (a producer being dropped).
+        // The caller's answer is bounded; a record unsettled by then is reported as a timeout
+        // here, and librdkafka goes on delivering it (`on_settled` hears how that ends).
         let _ = tokio::time::timeout(self.timeout, acks.all_settled()).await;
         let outcomes: Vec<Result<Delivered, PublishError>> = acks
             .outcomes
@@ -350,8 +358,9 @@ mod tests {
             bootstrap: "127.0.0.1:9".into(),
             properties: Vec::new(),
         };
-        let publisher = Publisher::new(&kafka, 1, Duration::from_millis(500), Metrics::new())
-            .expect("producer");
+        let timeout = Duration::from_millis(500);
+        let publisher =
+            Publisher::new(&kafka, 1, timeout, timeout, Metrics::new()).expect("producer");
         let record = Record {
             key: "k",
             payload: b"v",

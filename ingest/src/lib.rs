@@ -77,9 +77,20 @@ pub async fn run(
         &config.kafka,
         config.linger_ms,
         config.produce_timeout,
+        config.delivery_timeout,
         metrics.clone(),
     )
     .context("creating the Kafka producer")?;
+    // Forms have no retry key: one answered 503 must not land minutes later (a retried update
+    // would then add a second version), so their producer gives up when the caller is answered.
+    let form_publisher = Publisher::new(
+        &config.kafka,
+        config.linger_ms,
+        config.produce_timeout,
+        config.produce_timeout,
+        metrics.clone(),
+    )
+    .context("creating the Kafka producer of forms")?;
     let form_encoder = codec.encoder::<Form>(&config.topics.forms_topic).await?;
     let response_encoder = codec
         .encoder::<Response>(&config.topics.responses_topic)
@@ -118,6 +129,7 @@ pub async fn run(
             &config.dead_letter_processors,
         ),
         publisher: publisher.clone(),
+        form_publisher: form_publisher.clone(),
         forms_topic: config.topics.forms_topic.clone(),
         responses_topic: config.topics.responses_topic.clone(),
         form_encoder,
@@ -168,8 +180,10 @@ pub async fn run(
     }
 
     let _ = stop_view.send(true);
-    let flushed = tokio::task::spawn_blocking(move || publisher.flush(drain)).await?;
-    if let Err(error) = flushed {
+    let flushed =
+        tokio::task::spawn_blocking(move || [publisher.flush(drain), form_publisher.flush(drain)])
+            .await?;
+    for error in flushed.into_iter().filter_map(Result::err) {
         tracing::warn!(%error, "Producer flush did not complete.");
     }
     for (view, follower) in [("forms", follower), ("flags", flags_follower)] {

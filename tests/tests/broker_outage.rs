@@ -5,9 +5,10 @@
 //! `deploy/local/kafka.sh`) is stopped while clients keep submitting, so the shared broker and the
 //! other tests are not disturbed.
 //!
-//! Invariant proved here: while Kafka is away the gateway answers 503 with Retry-After within a
-//! bounded time and never 2xx; once Kafka is back it accepts again; and every response that got a
-//! 2xx is on the topic, where the gateway said.
+//! Invariants proved here: while Kafka is away the gateway answers 503 with Retry-After within a
+//! bounded time and never 2xx; once Kafka is back it accepts again; every response that got a
+//! 2xx is on the topic, where the gateway said; and a response retried while the broker holds its
+//! record unanswered is on the topic once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -82,10 +83,38 @@ impl PrivateBroker {
     async fn stop(&self) {
         self.run("stop").await;
     }
+
+    /// Freezes the broker process (SIGSTOP): connections stay open and what clients send waits,
+    /// unanswered, in its sockets (a long GC pause, a frozen VM).
+    fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker run again (SIGCONT): it then handles what waited in its sockets.
+    fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid_file = self.dir.join("kafka.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()));
+        let status = std::process::Command::new("kill")
+            .args([signal, pid.trim()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill {signal} {}: {e}", pid.trim()));
+        assert!(status.success(), "kill {signal} {}: {status}", pid.trim());
+    }
 }
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
+        // A broker a failed test left frozen would ignore its SIGTERM.
+        let _ = std::fs::read_to_string(self.dir.join("kafka.pid")).map(|pid| {
+            std::process::Command::new("kill")
+                .args(["-CONT", pid.trim()])
+                .status()
+        });
         match self
             .script("stop")
             .stdout(Stdio::null())
@@ -190,8 +219,8 @@ async fn submit_until_stopped(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_broker_gets_503_with_retry_after_and_nothing_acknowledged_is_lost() {
+/// A private broker, started, and a gateway on it answering within `produce_timeout`.
+async fn broker_and_gateway(produce_timeout: Duration) -> (PrivateBroker, TestGateway) {
     let broker = PrivateBroker::new();
     broker.start().await;
     let app = spawn_gateway(
@@ -202,11 +231,17 @@ async fn a_stopped_broker_gets_503_with_retry_after_and_nothing_acknowledged_is_
         }
         .arg(
             "--produce-timeout",
-            format!("{}ms", PRODUCE_TIMEOUT.as_millis()),
+            format!("{}ms", produce_timeout.as_millis()),
         )
         .arg("--retry-after-secs", 1),
     )
     .await;
+    (broker, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_broker_gets_503_with_retry_after_and_nothing_acknowledged_is_lost() {
+    let (broker, app) = broker_and_gateway(PRODUCE_TIMEOUT).await;
     let form = app.create_typical_form().await;
 
     let log: Log = Arc::default();
@@ -378,6 +413,107 @@ async fn a_stopped_broker_gets_503_with_retry_after_and_nothing_acknowledged_is_
         outcomes.iter().filter(|o| o.status == 503).count(),
         landed.len(),
     );
+
+    app.stop().await.expect("the gateway stops cleanly");
+    drop(broker);
+}
+
+/// Posts `items` as one batch; returns the HTTP status and each item's status (none for a batch
+/// answered as a whole).
+async fn post_batch(app: &TestGateway, items: &[Value]) -> (u16, Vec<u16>) {
+    let answer = app
+        .acme(Method::POST, "/v1/responses/batch")
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .expect("POST batch");
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    let items = body["results"]
+        .as_array()
+        .map(|results| {
+            results
+                .iter()
+                .map(|r| r["status"].as_u64().map_or(0, |s| s as u16))
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, items)
+}
+
+/// The broker is frozen right after the gateway sent it a batch's records: it holds them in its
+/// socket, unanswered. The client is told 503 and sends the batch again, as any client does, while
+/// the broker is still frozen. Once the broker runs again it writes what it held, and every
+/// response of the batch must be on the topic once: a gateway that gave up on the first records
+/// and published the retry wrote each of them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_retried_while_the_broker_holds_its_records_unanswered_is_published_once() {
+    let (broker, app) = broker_and_gateway(Duration::from_secs(1)).await;
+    let form = app.create_typical_form().await;
+    let item = |name: String, income: usize| {
+        json!({"form_id": form, "response_id": uuid::Uuid::new_v4().to_string(),
+               "collector": {"id": "c"}, "answers": {"name": name, "income": income}})
+    };
+    // Connected to every partition's leader first, so that the frozen broker receives the batch.
+    let warm: Vec<Value> = (0..30).map(|i| item(format!("Warm {i}"), i)).collect();
+    let (status, statuses) = post_batch(&app, &warm).await;
+    assert!(
+        status == 207 && statuses.iter().all(|s| *s == 202),
+        "{status} {statuses:?}"
+    );
+
+    let items: Vec<Value> = (0..20).map(|i| item(format!("Frozen {i}"), i)).collect();
+    broker.pause();
+    let (status, _) = post_batch(&app, &items).await;
+    assert_eq!(status, 503, "no item is acknowledged by a frozen broker");
+    for attempt in 0..3 {
+        let (status, _) = post_batch(&app, &items).await;
+        assert_eq!(
+            status, 503,
+            "retry {attempt}: still not acknowledged while the broker is frozen"
+        );
+    }
+    broker.resume();
+    let last = Mutex::new((0, Vec::new()));
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            let (status, statuses) = post_batch(&app, &items).await;
+            let acknowledged = status == 207
+                && statuses.len() == items.len()
+                && statuses.iter().all(|s| *s == 202);
+            *last.lock().expect("last answer") = (status, statuses);
+            acknowledged
+        })
+        .await,
+        "once the broker runs again, a retry of the batch is acknowledged: {:?}",
+        last.lock().expect("last answer")
+    );
+
+    let expected = warm.len() + items.len();
+    let landed = read_responses(
+        &broker.bootstrap(),
+        &app.topics.responses,
+        expected,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("reading the private broker's responses topic");
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for record in &landed {
+        *copies
+            .entry(record.response.response_id.as_str())
+            .or_default() += 1;
+    }
+    let frozen: Vec<(&str, usize)> = items
+        .iter()
+        .filter_map(|i| i["response_id"].as_str())
+        .map(|id| (id, copies.get(id).copied().unwrap_or(0)))
+        .collect();
+    assert!(
+        frozen.iter().all(|(_, n)| *n == 1),
+        "every response of the retried batch is on the topic once: {frozen:?}"
+    );
+    assert_eq!(landed.len(), expected, "nothing else is on the topic");
 
     app.stop().await.expect("the gateway stops cleanly");
     drop(broker);

@@ -180,7 +180,7 @@ async fn publish_form(state: &AppState, form: Form) -> Result<FormView, ApiError
         .map_err(|e| ApiError::Internal(e.into()))?;
     state
         .inner
-        .publisher
+        .form_publisher
         .publish(
             &state.inner.forms_topic,
             &FormKey::of(&form).to_string(),

@@ -2,10 +2,11 @@
 //! response (checks and encoding, then Kafka's answer) that batches share.
 //!
 //! Invariant: a response is answered 202 only after Kafka acknowledged its record; a retry of a
-//! submission this instance accepted is answered without publishing again, and conflicting
-//! content for one (organisation, response id, revision) is never published twice.
+//! submission this instance accepted is answered without publishing again, a retry of one whose
+//! record Kafka has not answered yet is answered 503 without publishing, and conflicting content
+//! for one (organisation, response id, revision) is never published twice.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -197,8 +198,7 @@ pub(crate) struct Ready {
     pub(crate) form_version: i32,
     pub(crate) payload: Vec<u8>,
     /// The retry-cache key this submission claimed (`Claim::Fresh`), completed or released as
-    /// Kafka answers for its record ([`settle_claims`]). `None` when it has no client-supplied id,
-    /// or when another request owns the key (`Claim::InFlight`).
+    /// Kafka answers for its record ([`settle_claims`]). `None` when it has no client-supplied id.
     pub(crate) owned: Option<(Key, Digest)>,
 }
 
@@ -225,7 +225,7 @@ pub(crate) struct Claimed {
 /// claimed nothing) as Kafka answers for each: an acknowledged record's answer is remembered for
 /// its retries, a refused one's key is released so that a retry can publish it. This runs on
 /// librdkafka's thread, whether or not the request still waits: a client that went away
-/// mid-publish must not leave its key claimed forever, which would publish every retry again.
+/// mid-publish must not leave its key claimed forever, which would answer every retry 503.
 pub(crate) fn settle_claims(
     submissions: &Arc<Submissions<RetryCacheEntry>>,
     claims: Vec<Option<Claimed>>,
@@ -233,14 +233,38 @@ pub(crate) fn settle_claims(
     if claims.iter().all(Option::is_none) {
         return None;
     }
-    let submissions = submissions.clone();
+    let settling = Settling {
+        submissions: submissions.clone(),
+        claims: Mutex::new(claims),
+    };
     Some(Box::new(move |index, outcome| {
-        let Some(Some(claimed)) = claims.get(index) else {
+        settling.settle(index, outcome);
+    }))
+}
+
+/// The claims of one publish, each settled once, by Kafka's answer for its record.
+///
+/// Invariant: a claim no answer settled (its record was never queued: the publish was dropped
+/// first) is released when this is dropped, so that no key stays claimed without a record.
+struct Settling {
+    submissions: Arc<Submissions<RetryCacheEntry>>,
+    claims: Mutex<Vec<Option<Claimed>>>,
+}
+
+impl Settling {
+    fn settle(&self, index: usize, outcome: &Result<Delivered, PublishError>) {
+        let claimed = self
+            .claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(index)
+            .and_then(Option::take);
+        let Some(claimed) = claimed else {
             return;
         };
         match outcome {
-            Ok(delivered) => submissions.accepted(
-                claimed.key.clone(),
+            Ok(delivered) => self.submissions.accepted(
+                claimed.key,
                 claimed.digest,
                 RetryCacheEntry {
                     form_version: claimed.form_version,
@@ -248,9 +272,21 @@ pub(crate) fn settle_claims(
                     offset: delivered.offset,
                 },
             ),
-            Err(_) => submissions.release(&claimed.key, &claimed.digest),
+            Err(_) => self.submissions.release(&claimed.key, &claimed.digest),
         }
-    }))
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        let claims = self
+            .claims
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for claimed in claims.drain(..).flatten() {
+            self.submissions.release(&claimed.key, &claimed.digest);
+        }
+    }
 }
 
 /// What the first, synchronous half of accepting a response decided.
@@ -316,7 +352,17 @@ pub(crate) fn prepare(
                     key.response_id
                 )));
             }
-            Claim::InFlight => {}
+            Claim::InFlight => {
+                inner.metrics.response(ResponseOutcome::Unavailable);
+                return Err(ApiError::Unavailable {
+                    retry_after_secs: inner.retry_after_secs,
+                    cause: format!(
+                        "response {} revision {revision} is still being published: Kafka has not \
+                         answered for its record yet",
+                        key.response_id
+                    ),
+                });
+            }
             Claim::Fresh => owned = Some((key, digest)),
         }
     }

@@ -38,7 +38,10 @@ pub struct Inner {
     pub flags: Arc<FlagsView>,
     /// The processors' dead letters, for `/v1/dead-letters`.
     pub dead_letters: DeadLetters,
+    /// Responses' producer: a record goes on being delivered after its caller's 503.
     pub publisher: Publisher,
+    /// Forms' producer: a record is given up when its caller is answered.
+    pub form_publisher: Publisher,
     pub forms_topic: String,
     pub responses_topic: String,
     pub form_encoder: Encoder<Form>,
