@@ -20,7 +20,9 @@
 //!   repartitioned): `Done` is terminal and beats `Attempted`; of two `Attempted`, the later `at`
 //!   wins. So the local view never goes back from `Done` to `Attempted`.
 //! - After [`Ledger::sync_key`] returns `Ok`, the view holds every entry of that key that Kafka had
-//!   acknowledged when the call started.
+//!   acknowledged when the call started. The partitions' ends it waits for are read by one task
+//!   for all callers at once ([`answer_ends`]): a caller's end comes from a request sent after
+//!   the caller asked, so it is at least the end at the time of the call.
 //!
 //! Why every instance reads the whole topic: the runtime moves source partitions between instances
 //! at any rebalance, without telling the processor, and a record may come back on any instance (a
@@ -56,7 +58,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// How long a metadata or watermark request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -277,6 +279,9 @@ struct Inner {
     shared: Arc<Shared>,
     write_timeout: Duration,
     sync_timeout: Duration,
+    /// Requests for partitions' ends, to the task that reads them ([`answer_ends`]); it ends
+    /// when this is dropped.
+    ends: mpsc::UnboundedSender<EndRequest>,
     /// Dropped with the last clone of the ledger, which stops the follower task.
     _stop: watch::Sender<bool>,
 }
@@ -361,6 +366,8 @@ impl Ledger {
             progress: Notify::new(),
         });
         tokio::spawn(follow(follower, stopped, shutdown, shared.clone()));
+        let (ends, requests) = mpsc::unbounded_channel();
+        tokio::spawn(answer_ends(producer.clone(), topic.clone(), requests));
         let ledger = Ledger {
             inner: Arc::new(Inner {
                 topic,
@@ -371,6 +378,7 @@ impl Ledger {
                 // Far above a healthy follower's lag (milliseconds), below the runtime's retry
                 // budget: a stuck view costs a retry, not a guess.
                 sync_timeout: Duration::from_secs(15),
+                ends,
                 _stop: stop,
             }),
         };
@@ -449,23 +457,24 @@ impl Ledger {
     }
 
     async fn sync_partitions(&self, partitions: Vec<i32>) -> Result<(), LedgerError> {
-        let producer = self.inner.producer.clone();
-        let topic = self.inner.topic.clone();
-        // fetch_watermarks blocks on the network.
-        let ends = tokio::task::spawn_blocking(move || {
-            partitions
-                .into_iter()
-                .map(|partition| {
-                    producer
-                        .client()
-                        .fetch_watermarks(&topic, partition, Timeout::After(METADATA_TIMEOUT))
-                        .map(|(_, high)| (partition, high))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|_| LedgerError::Stopped)?
-        .map_err(LedgerError::Watermarks)?;
+        // Every request is sent before any answer is awaited: they join the same reading.
+        let mut answers = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let (reply, answer) = oneshot::channel();
+            self.inner
+                .ends
+                .send(EndRequest { partition, reply })
+                .map_err(|_| LedgerError::Stopped)?;
+            answers.push((partition, answer));
+        }
+        let mut ends = Vec::with_capacity(answers.len());
+        for (partition, answer) in answers {
+            let end = answer
+                .await
+                .map_err(|_| LedgerError::Stopped)?
+                .map_err(LedgerError::Watermarks)?;
+            ends.push((partition, end));
+        }
         // The ledger's producer is idempotent, never transactional, and the newest record of a
         // partition sits in its active segment, which compaction never touches: the record just
         // below the high watermark exists and the follower will read it. So "position >= high"
@@ -523,6 +532,58 @@ impl Ledger {
     /// another partition than its earlier ones; the merge rule keeps that correct.
     fn partition_of(&self, key: &str) -> i32 {
         partition_for(key, self.inner.partitions)
+    }
+}
+
+/// A caller of [`Ledger::sync_key`] asking for the end (high watermark) of `partition`.
+struct EndRequest {
+    partition: i32,
+    reply: oneshot::Sender<Result<i64, KafkaError>>,
+}
+
+/// Answers the requests for partitions' ends until the ledger is dropped. Each round takes every
+/// request waiting, reads the end of each partition they name once, and answers them all: every
+/// request of a round was sent before its reading started, so each caller gets an end at least as
+/// recent as the topic's when it asked. With hundreds of records in flight, one reading serves
+/// dozens of them, where a reading per record (a blocking thread and a broker round trip each)
+/// cost the receipts processor more CPU than anything else it does per record.
+async fn answer_ends(
+    producer: FutureProducer,
+    topic: String,
+    mut requests: mpsc::UnboundedReceiver<EndRequest>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut round = vec![first];
+        while let Ok(request) = requests.try_recv() {
+            round.push(request);
+        }
+        let mut partitions: Vec<i32> = round.iter().map(|r| r.partition).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let producer = producer.clone();
+        let topic = topic.clone();
+        // fetch_watermarks blocks on the network.
+        let read = tokio::task::spawn_blocking(move || {
+            partitions
+                .into_iter()
+                .map(|partition| {
+                    let end = producer
+                        .client()
+                        .fetch_watermarks(&topic, partition, Timeout::After(METADATA_TIMEOUT))
+                        .map(|(_, high)| high);
+                    (partition, end)
+                })
+                .collect::<HashMap<i32, Result<i64, KafkaError>>>()
+        })
+        .await;
+        // A panicked reading drops the round's replies: its callers see the ledger stopped.
+        let Ok(ends) = read else { continue };
+        for request in round {
+            if let Some(end) = ends.get(&request.partition) {
+                // The caller may have given up (its record was cancelled); nothing to do.
+                let _ = request.reply.send(end.clone());
+            }
+        }
     }
 }
 
