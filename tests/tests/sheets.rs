@@ -910,3 +910,80 @@ async fn a_quota_used_up_for_seconds_is_waited_out_without_failing_a_row() {
     runtime.stop().await.expect("clean stop");
     topics.delete().await;
 }
+
+/// Rows of 40,000 earlier responses (ids `old-NNNNNN`, revision 0) under the header of
+/// [`v1_questions`], as an earlier run of the exporter left them.
+fn earlier_rows(count: usize) -> Vec<Vec<Value>> {
+    let header = [
+        "Response ID",
+        "Revision",
+        "Submitted at",
+        "Collector",
+        "Respondent name",
+    ];
+    let mut rows = vec![header.iter().map(|h| Value::from(*h)).collect()];
+    rows.extend((0..count).map(|i| {
+        vec![
+            Value::from(format!("old-{i:06}")),
+            Value::from(0),
+            Value::from("2025-11-24T16:00:00Z"),
+            Value::from("collector-7"),
+            Value::from(format!("name {i}")),
+        ]
+    }));
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_started_exporter_reads_a_big_sheet_back_once_and_appends_only_new_rows() {
+    init_logs();
+    const EARLIER: usize = 40_000;
+    let fake = FakeSheets::start().await;
+    let topics = RuntimeTopics::create(1).await;
+    let producer = TestProducer::new(&topics);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let form_id = format!("a{}", unique());
+    let sheet = fake.create_spreadsheet("A");
+    fake.add_tab(&sheet, "responses");
+    fake.fill_tab(&sheet, "responses", earlier_rows(EARLIER));
+    producer
+        .form(&form(
+            &form_id,
+            vec![version(1, v1_questions(), Some(&sheet))],
+        ))
+        .await;
+    // Already written by the earlier run (same revision), and one new response.
+    producer
+        .responses(&[
+            (0, simple(&form_id, "old-000007", 0)),
+            (0, simple(&form_id, "r-new", 0)),
+        ])
+        .await;
+    // Google's answer time; a timeout as in production, so that a slow answer is not retried.
+    fake.set_latency(Duration::from_millis(200));
+    let mut flags = fast_google_flags(&fake, dir.path(), &format!("test-{}-ledger", unique()));
+    let at = flags
+        .iter()
+        .position(|f| f == "--sheets-timeout")
+        .expect("a timeout flag");
+    flags[at + 1] = "60s".to_owned();
+    let reads = fake.read_requests();
+    let started = std::time::Instant::now();
+    let runtime = start(&topics, &flags).await;
+    eventually(Duration::from_secs(60), "the new row written", || {
+        let rows = fake.data_rows("responses");
+        async move { rows > EARLIER }
+    })
+    .await;
+    eprintln!(
+        "first write {:.2} s after the exporter's start",
+        started.elapsed().as_secs_f64()
+    );
+    wait_done(&topics, Duration::from_secs(30)).await;
+    let rows = rows_by_id(&fake, std::slice::from_ref(&sheet));
+    assert_eq!(rows.len(), EARLIER + 1, "only the new response appended");
+    assert!(rows.contains_key("r-new"));
+    assert_eq!(fake.read_requests() - reads, 1, "one read-back");
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}
