@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use formstream_runtime::http::HttpError;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::auth::TokenSource;
@@ -184,13 +186,13 @@ impl SheetsApi {
     /// waiting (its `Retry-After`, or 1, 2, 4, 4... s) and sending again is safe, and it keeps a
     /// throttled call from failing every row of its batch (which would open the runtime's circuit,
     /// whose probes back off up to `--probe-max`, for a quota that frees up within the minute).
-    async fn call(
+    async fn call<T: DeserializeOwned>(
         &self,
         kind: Kind,
         method: reqwest::Method,
         url: url::Url,
         body: Option<&Value>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<T, ApiError> {
         let mut attempt = 0u32;
         let mut waited = Duration::ZERO;
         loop {
@@ -215,13 +217,13 @@ impl SheetsApi {
         }
     }
 
-    async fn call_once(
+    async fn call_once<T: DeserializeOwned>(
         &self,
         kind: &Kind,
         method: reqwest::Method,
         url: url::Url,
         body: Option<&Value>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<T, ApiError> {
         match kind {
             Kind::Read => self.reads.until_ready().await,
             Kind::Write => self.writes.until_ready().await,
@@ -279,7 +281,7 @@ impl SheetsApi {
             "fields",
             "sheets.properties(sheetId,title,gridProperties(rowCount,columnCount))",
         );
-        let answer = self
+        let answer: Value = self
             .call(Kind::Read, reqwest::Method::GET, url, None)
             .await?;
         Ok(answer
@@ -316,7 +318,10 @@ impl SheetsApi {
                 "sheets(properties(sheetId,title,gridProperties(rowCount,columnCount)),data(startRow,rowData(values(userEnteredValue))))",
             );
         }
-        let answer = match self.call(Kind::Read, reqwest::Method::GET, url, None).await {
+        // Parsed straight into the few fields read (a read-back of tens of thousands of rows is
+        // megabytes of JSON: no tree of maps per cell).
+        let answer: GridAnswer = match self.call(Kind::Read, reqwest::Method::GET, url, None).await
+        {
             Ok(answer) => answer,
             Err(ApiError::Rejected {
                 status: 400,
@@ -326,38 +331,24 @@ impl SheetsApi {
             }
             Err(error) => return Err(error),
         };
-        let sheets = answer
-            .get("sheets")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let tabs = sheets
+        let tabs = answer
+            .sheets
             .iter()
-            .filter_map(|s| tab_of(s.get("properties")?))
+            .filter_map(|s| tab_of(&s.properties))
             .collect();
-        let data = sheets
-            .iter()
-            .find(|s| s.pointer("/properties/title").and_then(Value::as_str) == Some(tab))
-            .and_then(|s| s.get("data"))
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
+        let data = answer
+            .sheets
+            .into_iter()
+            .find(|s| s.properties.get("title").and_then(Value::as_str) == Some(tab))
+            .map(|s| s.data)
             .unwrap_or_default();
         let cells = data
-            .iter()
+            .into_iter()
             .map(|grid| {
-                let start = grid.get("startRow").and_then(Value::as_u64).unwrap_or(0) as usize;
-                let mut rows: Vec<Vec<Value>> = vec![Vec::new(); start];
-                for row in grid
-                    .get("rowData")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                {
-                    let mut values: Vec<Value> = row
-                        .get("values")
-                        .and_then(Value::as_array)
-                        .map(|cells| cells.iter().map(cell_value).collect())
-                        .unwrap_or_default();
+                let mut rows: Vec<Vec<Value>> = vec![Vec::new(); grid.start_row];
+                for row in grid.row_data {
+                    let mut values: Vec<Value> =
+                        row.values.into_iter().map(CellData::into_value).collect();
                     while values.last().is_some_and(|c| c.as_str() == Some("")) {
                         values.pop();
                     }
@@ -380,7 +371,7 @@ impl SheetsApi {
     ) -> Result<Vec<Value>, ApiError> {
         let url = self.url(&[&format!("{spreadsheet_id}:batchUpdate")])?;
         let body = json!({"requests": requests});
-        let answer = self
+        let answer: Value = self
             .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
             .await?;
         Ok(answer
@@ -408,7 +399,7 @@ impl SheetsApi {
             "responseRanges": checks,
             "responseIncludeGridData": true,
         });
-        let answer = self
+        let answer: Value = self
             .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
             .await?;
         let sheets = answer
@@ -466,7 +457,7 @@ impl SheetsApi {
             "properties": {"title": title},
             "sheets": [{"properties": {"title": tab, "gridProperties": {"rowCount": 1, "columnCount": columns}}}]
         });
-        let answer = self
+        let answer: Value = self
             .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
             .await?;
         let id = answer.get("spreadsheetId").and_then(Value::as_str);
@@ -476,6 +467,76 @@ impl SheetsApi {
             _ => Err(ApiError::Unavailable(
                 "a create answer without the spreadsheet's id and tab".into(),
             )),
+        }
+    }
+}
+
+/// The parts of a `spreadsheets.get` answer with `includeGridData` that a read-back uses.
+#[derive(Deserialize)]
+struct GridAnswer {
+    #[serde(default)]
+    sheets: Vec<GridSheet>,
+}
+
+#[derive(Deserialize)]
+struct GridSheet {
+    #[serde(default)]
+    properties: Value,
+    #[serde(default)]
+    data: Vec<GridData>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GridData {
+    #[serde(default)]
+    start_row: usize,
+    #[serde(default)]
+    row_data: Vec<RowData>,
+}
+
+#[derive(Deserialize)]
+struct RowData {
+    #[serde(default)]
+    values: Vec<CellData>,
+}
+
+/// A `CellData`: its value as entered, else as shown.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CellData {
+    user_entered_value: Option<ExtendedValue>,
+    effective_value: Option<ExtendedValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExtendedValue {
+    string_value: Option<String>,
+    number_value: Option<serde_json::Number>,
+    bool_value: Option<bool>,
+}
+
+impl CellData {
+    /// The cell as a value, as [`cell_value`] reads one (an empty cell as an empty string).
+    fn into_value(self) -> Value {
+        let Some(value) = self.user_entered_value.or(self.effective_value) else {
+            return Value::from("");
+        };
+        match value {
+            ExtendedValue {
+                string_value: Some(s),
+                ..
+            } => Value::String(s),
+            ExtendedValue {
+                number_value: Some(n),
+                ..
+            } => Value::Number(n),
+            ExtendedValue {
+                bool_value: Some(b),
+                ..
+            } => Value::Bool(b),
+            _ => Value::from(""),
         }
     }
 }
