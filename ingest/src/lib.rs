@@ -180,10 +180,12 @@ pub async fn run(
     }
 
     let _ = stop_view.send(true);
-    let flushed =
-        tokio::task::spawn_blocking(move || [publisher.flush(drain), form_publisher.flush(drain)])
-            .await?;
-    for error in flushed.into_iter().filter_map(Result::err) {
+    // Both at once, so that the two together stay within the shutdown timeout.
+    let (responses, forms) = tokio::join!(
+        tokio::task::spawn_blocking(move || publisher.flush(drain)),
+        tokio::task::spawn_blocking(move || form_publisher.flush(drain)),
+    );
+    for error in [responses?, forms?].into_iter().filter_map(Result::err) {
         tracing::warn!(%error, "Producer flush did not complete.");
     }
     for (view, follower) in [("forms", follower), ("flags", flags_follower)] {
