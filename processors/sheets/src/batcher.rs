@@ -8,15 +8,28 @@
 //! queue keeps growing, so a busy form's rows leave in a few large appends (one call per ~2 MB)
 //! and a quiet form's in one small one. The runtime's `--max-in-flight` bounds how many rows wait.
 //!
-//! Which form next: one whose oldest row has waited `--sheets-max-wait` (fairness), else the form
-//! with the most bytes waiting among those whose oldest row has lingered (throughput). The first
-//! flush after start does not linger (a restarted exporter's first effect comes at once). A form is
-//! written by one flush at a time, so its rows are never written by two calls at once.
+//! Which form next, and how much of it: a pick takes the form's oldest rows up to
+//! `--sheets-max-request-bytes` (by estimate), so that every pick is about one write of the quota
+//! and no form, however much it has waiting, holds the quota for more than one write at a time.
+//! - A form with a full request waiting ("full") and a form whose oldest row has waited
+//!   `--sheets-max-wait` ("overdue", the oldest first) take turns when both exist: full writes
+//!   carry the most rows per write of the quota, so that a busy form never falls behind while the
+//!   quota is spent on small writes, and overdue ones get at least every other write, so that no
+//!   organisation's busy forms can starve another's quiet ones.
+//! - Else a full form, else an overdue one, else the form with the most bytes among those whose
+//!   oldest row has lingered `--sheets-linger`.
+//! - The first pick after start does not linger and takes the form with the fewest bytes waiting:
+//!   a restarted exporter's first effect comes at once, from the form likely the quickest to read
+//!   back and write.
+//!
+//! A form is written by one flush at a time, so its rows are never written by two calls at once,
+//! and its rows leave in the order they came.
 //!
 //! Invariant: every submitted row gets exactly one answer, the outcome of the write that carried
 //! it; a row is never answered `Ok` before its write succeeded.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +70,9 @@ pub struct Batcher {
     queues: Mutex<HashMap<FormKey, Queue>>,
     /// No flush picked yet since start: the first one goes without lingering, so that a
     /// restarted exporter's first row is written as soon as it can be (one small write, once).
-    first: std::sync::atomic::AtomicBool,
+    first: AtomicBool,
+    /// The last pick was a full form's: an overdue form goes next, if any waits.
+    last_full: AtomicBool,
     wake: Notify,
     settings: BatchSettings,
 }
@@ -66,7 +81,8 @@ impl Batcher {
     pub fn new(settings: BatchSettings) -> Arc<Self> {
         Arc::new(Batcher {
             queues: Mutex::new(HashMap::new()),
-            first: std::sync::atomic::AtomicBool::new(true),
+            first: AtomicBool::new(true),
+            last_full: AtomicBool::new(false),
             wake: Notify::new(),
             settings,
         })
@@ -101,14 +117,17 @@ impl Batcher {
         })
     }
 
-    /// The form to write next, its rows taken (and the form marked busy); or when to look again.
+    /// The form to write next, its oldest rows taken (and the form marked busy); or when to look
+    /// again.
     fn pick(&self, now: Instant) -> Result<(FormKey, Vec<Waiting>), Instant> {
         let mut queues = self.queues();
         let s = self.settings;
+        let first = self.first.load(Ordering::Acquire);
         let mut overdue: Option<(&FormKey, Instant)> = None;
+        let mut full: Option<(&FormKey, usize)> = None;
         let mut fullest: Option<(&FormKey, usize)> = None;
+        let mut smallest: Option<(&FormKey, usize)> = None;
         let mut next = now + Duration::from_secs(1);
-        let first = self.first.load(std::sync::atomic::Ordering::Acquire);
         for (form, queue) in queues.iter() {
             let Some(oldest) = queue.rows.first().map(|w| w.since) else {
                 continue;
@@ -119,26 +138,55 @@ impl Batcher {
             if now.duration_since(oldest) >= s.max_wait && overdue.is_none_or(|(_, t)| oldest < t) {
                 overdue = Some((form, oldest));
             }
-            let ready =
-                first || now.duration_since(oldest) >= s.linger || queue.bytes >= s.max_bytes;
-            if ready && fullest.is_none_or(|(_, b)| queue.bytes > b) {
-                fullest = Some((form, queue.bytes));
+            if queue.bytes >= s.max_bytes && full.is_none_or(|(_, b)| queue.bytes > b) {
+                full = Some((form, queue.bytes));
             }
-            if !ready {
+            if smallest.is_none_or(|(_, b)| queue.bytes < b) {
+                smallest = Some((form, queue.bytes));
+            }
+            if now.duration_since(oldest) >= s.linger
+                && fullest.is_none_or(|(_, b)| queue.bytes > b)
+            {
+                fullest = Some((form, queue.bytes));
+            } else if queue.bytes < s.max_bytes {
                 next = next.min(oldest + s.linger);
             }
         }
-        let Some(form) = overdue.map(|(f, _)| f).or(fullest.map(|(f, _)| f)).cloned() else {
+        // Whether the pick is a full form's, for the turns of full and overdue forms.
+        let (choice, by_full) = if first {
+            (smallest.map(|(f, _)| f), false)
+        } else {
+            match (full, overdue) {
+                (Some((f, _)), Some((o, _))) if self.last_full.load(Ordering::Acquire) => {
+                    (Some(o), f == o)
+                }
+                (Some((f, _)), _) => (Some(f), true),
+                (None, Some((o, _))) => (Some(o), false),
+                (None, None) => (fullest.map(|(f, _)| f), false),
+            }
+        };
+        let Some(form) = choice.cloned() else {
             return Err(next);
         };
         let Some(queue) = queues.get_mut(&form) else {
             return Err(next);
         };
+        // The oldest rows, up to one request's bytes (at least one row).
+        let mut count = 0;
+        let mut taken_bytes = 0usize;
+        for waiting in &queue.rows {
+            if count > 0 && taken_bytes + waiting.bytes > s.max_bytes {
+                break;
+            }
+            taken_bytes += waiting.bytes;
+            count += 1;
+        }
+        let rows: Vec<Waiting> = queue.rows.drain(..count).collect();
+        queue.bytes -= taken_bytes;
         queue.busy = true;
-        queue.bytes = 0;
-        self.first
-            .store(false, std::sync::atomic::Ordering::Release);
-        Ok((form, std::mem::take(&mut queue.rows)))
+        self.first.store(false, Ordering::Release);
+        self.last_full.store(by_full, Ordering::Release);
+        Ok((form, rows))
     }
 
     fn done(&self, form: &FormKey) {
@@ -192,8 +240,9 @@ impl Batcher {
     }
 }
 
-/// A row's request bytes, estimated before its layout is known (the sink measures exactly when it
-/// splits a batch into requests).
+/// A row's bytes as bare values (about what the values API carries), estimated before its layout
+/// is known: what a pick measures against `--sheets-max-request-bytes`. The sink measures each
+/// request exactly when it builds it, and splits one that would be bigger.
 fn estimate(pending: &Pending) -> usize {
     let response = &pending.response;
     80 + response.response_id.len()
@@ -206,4 +255,119 @@ fn estimate(pending: &Pending) -> usize {
                     + a.choices.iter().map(|c| c.len() + 2).sum::<usize>()
             })
             .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use formstream_schemas::fixtures::{self, text_answer};
+
+    const MAX: usize = 10_000;
+
+    fn batcher() -> Arc<Batcher> {
+        Batcher::new(BatchSettings {
+            linger: Duration::from_secs(1),
+            max_wait: Duration::from_secs(60),
+            max_bytes: MAX,
+        })
+    }
+
+    /// Queues `rows` rows of about `bytes` each for `form`, submitted at `since`.
+    fn queue(batcher: &Batcher, form: &str, rows: usize, bytes: usize, since: Instant) {
+        let form_def = Arc::new(fixtures::form("acme", form, Vec::new()));
+        let mut queues = batcher.queues();
+        let queue = queues.entry(FormKey::new("acme", form)).or_default();
+        for i in 0..rows {
+            let response =
+                fixtures::response(form, &format!("{form}-{i}"), vec![text_answer("q", "x")]);
+            let (reply, _) = oneshot::channel();
+            queue.bytes += bytes;
+            queue.rows.push(Waiting {
+                pending: Pending {
+                    response,
+                    form: form_def.clone(),
+                    assignment: 1,
+                },
+                bytes,
+                since,
+                reply,
+            });
+        }
+    }
+
+    /// Picks, then marks the form written; returns its id and the rows taken.
+    fn pick(batcher: &Batcher, now: Instant) -> Option<(String, usize)> {
+        let (form, rows) = batcher.pick(now).ok()?;
+        batcher.done(&form);
+        Some((form.form_id.to_string(), rows.len()))
+    }
+
+    #[test]
+    fn a_pick_takes_one_request_of_the_oldest_rows_however_much_waits() {
+        let b = batcher();
+        let t0 = Instant::now();
+        b.first.store(false, Ordering::Release);
+        // 10 requests' worth waiting: each pick takes one request of it.
+        queue(&b, "busy", 1_000, 100, t0);
+        let now = t0 + Duration::from_secs(2);
+        assert_eq!(pick(&b, now), Some(("busy".into(), 100)));
+        assert_eq!(pick(&b, now), Some(("busy".into(), 100)));
+        let queues = b.queues();
+        let left = &queues[&FormKey::new("acme", "busy")];
+        assert_eq!((left.rows.len(), left.bytes), (800, 80_000));
+        assert_eq!(left.rows[0].pending.response.response_id, "busy-200");
+    }
+
+    #[test]
+    fn full_and_overdue_forms_take_turns() {
+        let b = batcher();
+        let t0 = Instant::now();
+        b.first.store(false, Ordering::Release);
+        let now = t0 + Duration::from_secs(120);
+        // Two busy forms with many requests waiting (recent rows), three quiet overdue ones.
+        queue(&b, "busy-1", 500, 100, now - Duration::from_secs(2));
+        queue(&b, "busy-2", 390, 100, now - Duration::from_secs(2));
+        for (k, form) in ["quiet-1", "quiet-2", "quiet-3"].iter().enumerate() {
+            queue(&b, form, 3, 100, t0 + Duration::from_secs(k as u64));
+        }
+        let picks: Vec<String> = (0..8)
+            .filter_map(|_| pick(&b, now))
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                "busy-1", "quiet-1", "busy-1", "quiet-2", "busy-2", "quiet-3", "busy-1", "busy-2"
+            ]
+        );
+    }
+
+    #[test]
+    fn overdue_forms_go_before_lingered_small_ones_and_small_ones_wait_their_linger() {
+        let b = batcher();
+        let t0 = Instant::now();
+        b.first.store(false, Ordering::Release);
+        queue(&b, "fresh", 50, 100, t0 + Duration::from_millis(61_500));
+        queue(&b, "lingered", 60, 100, t0 + Duration::from_secs(30));
+        queue(&b, "overdue", 2, 100, t0);
+        let now = t0 + Duration::from_secs(62);
+        assert_eq!(pick(&b, now), Some(("overdue".into(), 2)));
+        assert_eq!(pick(&b, now), Some(("lingered".into(), 60)));
+        // "fresh" has not lingered yet: look again when it has.
+        match b.pick(now) {
+            Err(next) => assert_eq!(next, t0 + Duration::from_millis(62_500)),
+            Ok((form, _)) => panic!("{} picked before its linger", form.form_id),
+        }
+    }
+
+    #[test]
+    fn the_first_pick_after_start_takes_the_smallest_form_at_once() {
+        let b = batcher();
+        let now = Instant::now();
+        queue(&b, "busy", 90, 100, now);
+        queue(&b, "quiet", 2, 100, now);
+        assert_eq!(pick(&b, now), Some(("quiet".into(), 2)));
+        // Later picks linger.
+        assert!(b.pick(now).is_err());
+    }
 }
