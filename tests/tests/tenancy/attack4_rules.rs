@@ -301,13 +301,30 @@ async fn late_rule_evaluations_of_many_forms_are_bounded_per_instance() {
         .await
         .expect("the validate processor");
     let runtime = spawn_runtime(validate, config).await;
-    let long = "x".repeat(300_000);
+    // The first response's evaluation runs on in the one slot for seconds (twice the usual answer)
+    // after its deadline; the other two are published only once it does, so that they ask for
+    // the slot while it is held, however the machine's load staggers their arrival.
     let items: Vec<(i32, Response)> = forms
         .iter()
         .enumerate()
-        .map(|(i, form)| (i as i32, response(form, &format!("g{i}"), long.clone())))
+        .map(|(i, form)| {
+            let long = "x".repeat(if i == 0 { 600_000 } else { 300_000 });
+            (i as i32, response(form, &format!("g{i}"), long))
+        })
         .collect();
-    producer.responses(&items).await;
+    producer.responses(&items[..1]).await;
+    eventually(
+        Duration::from_secs(30),
+        "the first evaluation given up at its deadline, running on",
+        || async {
+            runtime
+                .metric(ABANDONED, &[("outcome", "past_deadline")])
+                .await
+                >= 1.0
+        },
+    )
+    .await;
+    producer.responses(&items[1..]).await;
     let flags = flags_on_topic(&topics, items.len()).await;
     // Counted before each flag was published, so there by now.
     let metrics = runtime.metrics().await;
