@@ -22,7 +22,9 @@
 # BENCH_FORMS (200), BENCH_RATE (2200 responses/s offered), BENCH_KILLS (3 per processor),
 # BENCH_TWILIO_OUTAGE (120s), BENCH_CI=1 (the CI size: 20,000 responses, one kill each, a 15 s
 # outage, no broker restart), BENCH_KAFKA_PORT (29092), BENCH_KAFKA_CONTROLLER_PORT (29093),
-# BENCH_PROMETHEUS=0 (skip Prometheus), BENCH_REPORT_DIR (bench/ : E2E.md there, plots in e2e/).
+# BENCH_PROMETHEUS=0 (skip Prometheus), BENCH_REPORT_DIR (bench/ : E2E.md there, plots in e2e/),
+# BENCH_KEEP_LOGS=1 (keep every process's logs after a passing run too, e.g. to see why a
+# restart's first effect came late).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,7 +52,13 @@ cleanup() {
   [[ -n "$prom_pid" ]] && kill "$prom_pid" 2>/dev/null || true
   "$KAFKA" destroy >&2 || true
   # A failed run keeps its logs (each process's, per life) for the post-mortem.
-  if [[ "$status" == 0 ]]; then rm -rf "$WORK"; else echo "e2e: logs kept in $WORK/run/logs" >&2; fi
+  if [[ "$status" == 0 && "${BENCH_KEEP_LOGS:-0}" != 1 ]]; then
+    rm -rf "$WORK"
+  else
+    # The slang indexes of a passing run are only disk.
+    if [[ "$status" == 0 ]]; then rm -rf "$WORK/run/"*slang-index; fi
+    echo "e2e: logs kept in $WORK/run/logs" >&2
+  fi
 }
 trap cleanup EXIT
 
