@@ -8,14 +8,19 @@
 //! queue keeps growing, so a busy form's rows leave in a few large appends (one call per ~2 MB)
 //! and a quiet form's in one small one. The runtime's `--max-in-flight` bounds how many rows wait.
 //!
-//! Which form next, and how much of it: a pick takes the form's oldest rows up to
-//! `--sheets-max-request-bytes` (by estimate), so that every pick is about one write of the quota
-//! and no form, however much it has waiting, holds the quota for more than one write at a time.
-//! - A form with a full request waiting ("full") and a form whose oldest row has waited
-//!   `--sheets-max-wait` ("overdue", the oldest first) take turns when both exist: full writes
-//!   carry the most rows per write of the quota, so that a busy form never falls behind while the
-//!   quota is spent on small writes, and overdue ones get at least every other write, so that no
-//!   organisation's busy forms can starve another's quiet ones.
+//! Which form next, and how much of it: every pick is one request's worth of rows, so that it
+//! costs one write of the quota and no form, however much it has waiting, holds the quota for
+//! more than one write at a time. Each row is measured exactly as the sink will send it, both as
+//! bare values (the values API's `append`) and as `CellData` (in a `spreadsheets.batchUpdate`).
+//! - A form with a full request of new rows waiting ("full"; measured as values) and a form whose
+//!   oldest row has waited `--sheets-max-wait` ("overdue", the oldest first) take turns when both
+//!   exist: full writes carry the most rows per write of the quota, so that a busy form never falls
+//!   behind while the quota goes to small writes, and overdue ones get at least every other write,
+//!   so that no organisation's busy forms can starve another's quiet ones.
+//! - A full pick takes the form's oldest new rows (revision 0) up to one values request, leaving its
+//!   corrections (later revisions) in the queue: appends alone go as one values `append`, where a
+//!   correction in the same write would need a second call. Every other pick takes the oldest rows,
+//!   corrections included, up to one `spreadsheets.batchUpdate` (measured as `CellData`).
 //! - Else a full form, else an overdue one, else the form with the most bytes among those whose
 //!   oldest row has lingered `--sheets-linger`.
 //! - The first pick after start does not linger and takes the form with the fewest bytes waiting:
@@ -36,7 +41,8 @@ use std::time::{Duration, Instant};
 use formstream_core::identity::FormKey;
 use tokio::sync::{Notify, Semaphore, oneshot};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, row_data_bytes};
+use crate::layout::{Layout, row_bytes};
 use crate::sink::{Pending, Sink};
 
 /// Forms written at once. The rate limiter serialises the calls themselves; two flushes let one
@@ -46,7 +52,10 @@ const CONCURRENT_FLUSHES: usize = 2;
 
 struct Waiting {
     pending: Pending,
+    /// The row as `CellData` in a `spreadsheets.batchUpdate`.
     bytes: usize,
+    /// The row as bare values in a values `append`; `None` for a correction (revision above 0).
+    new_bytes: Option<usize>,
     since: Instant,
     reply: oneshot::Sender<Result<(), ApiError>>,
 }
@@ -55,6 +64,8 @@ struct Waiting {
 struct Queue {
     rows: Vec<Waiting>,
     bytes: usize,
+    /// The new rows' bytes as values.
+    new_bytes: usize,
     busy: bool,
 }
 
@@ -95,16 +106,18 @@ impl Batcher {
     /// Queues one row and waits for the outcome of the write that carries it.
     pub async fn submit(&self, pending: Pending) -> Result<(), ApiError> {
         let (reply, answer) = oneshot::channel();
-        let bytes = estimate(&pending);
+        let (bytes, new_bytes) = measure(&pending);
         {
             let mut queues = self.queues();
             let queue = queues
                 .entry(FormKey::of_response(&pending.response))
                 .or_default();
             queue.bytes += bytes;
+            queue.new_bytes += new_bytes.unwrap_or(0);
             queue.rows.push(Waiting {
                 pending,
                 bytes,
+                new_bytes,
                 since: Instant::now(),
                 reply,
             });
@@ -122,6 +135,7 @@ impl Batcher {
     fn pick(&self, now: Instant) -> Result<(FormKey, Vec<Waiting>), Instant> {
         let mut queues = self.queues();
         let s = self.settings;
+        let budget = request_budget(s.max_bytes);
         let first = self.first.load(Ordering::Acquire);
         let mut overdue: Option<(&FormKey, Instant)> = None;
         let mut full: Option<(&FormKey, usize)> = None;
@@ -138,8 +152,8 @@ impl Batcher {
             if now.duration_since(oldest) >= s.max_wait && overdue.is_none_or(|(_, t)| oldest < t) {
                 overdue = Some((form, oldest));
             }
-            if queue.bytes >= s.max_bytes && full.is_none_or(|(_, b)| queue.bytes > b) {
-                full = Some((form, queue.bytes));
+            if queue.new_bytes >= budget && full.is_none_or(|(_, b)| queue.new_bytes > b) {
+                full = Some((form, queue.new_bytes));
             }
             if smallest.is_none_or(|(_, b)| queue.bytes < b) {
                 smallest = Some((form, queue.bytes));
@@ -148,7 +162,7 @@ impl Batcher {
                 && fullest.is_none_or(|(_, b)| queue.bytes > b)
             {
                 fullest = Some((form, queue.bytes));
-            } else if queue.bytes < s.max_bytes {
+            } else if queue.new_bytes < budget {
                 next = next.min(oldest + s.linger);
             }
         }
@@ -171,18 +185,33 @@ impl Batcher {
         let Some(queue) = queues.get_mut(&form) else {
             return Err(next);
         };
-        // The oldest rows, up to one request's bytes (at least one row).
-        let mut count = 0;
-        let mut taken_bytes = 0usize;
-        for waiting in &queue.rows {
-            if count > 0 && taken_bytes + waiting.bytes > s.max_bytes {
+        // One request of the oldest rows (at least one): new rows alone, as values, for a full
+        // pick; else any rows, as `CellData`.
+        let measure = |w: &Waiting| if by_full { w.new_bytes } else { Some(w.bytes) };
+        let mut taken = vec![false; queue.rows.len()];
+        let mut total = 0usize;
+        for (i, waiting) in queue.rows.iter().enumerate() {
+            let Some(size) = measure(waiting) else {
+                continue;
+            };
+            if total > 0 && total + size > budget {
                 break;
             }
-            taken_bytes += waiting.bytes;
-            count += 1;
+            total += size;
+            taken[i] = true;
         }
-        let rows: Vec<Waiting> = queue.rows.drain(..count).collect();
-        queue.bytes -= taken_bytes;
+        let mut rows = Vec::new();
+        let mut left = Vec::with_capacity(queue.rows.len());
+        for (waiting, taken) in std::mem::take(&mut queue.rows).into_iter().zip(taken) {
+            if taken {
+                queue.bytes -= waiting.bytes;
+                queue.new_bytes -= waiting.new_bytes.unwrap_or(0);
+                rows.push(waiting);
+            } else {
+                left.push(waiting);
+            }
+        }
+        queue.rows = left;
         queue.busy = true;
         self.first.store(false, Ordering::Release);
         self.last_full.store(by_full, Ordering::Release);
@@ -240,21 +269,20 @@ impl Batcher {
     }
 }
 
-/// A row's bytes as bare values (about what the values API carries), estimated before its layout
-/// is known: what a pick measures against `--sheets-max-request-bytes`. The sink measures each
-/// request exactly when it builds it, and splits one that would be bigger.
-fn estimate(pending: &Pending) -> usize {
-    let response = &pending.response;
-    80 + response.response_id.len()
-        + response.collector.id.len()
-        + response
-            .answers
-            .iter()
-            .map(|a| {
-                4 + a.text.as_ref().map_or(8, String::len)
-                    + a.choices.iter().map(|c| c.len() + 2).sum::<usize>()
-            })
-            .sum::<usize>()
+/// The rows' bytes one pick takes: `--sheets-max-request-bytes` less 2 % for what a request
+/// carries besides them (its JSON frame, the header row of a new part, each correction's range,
+/// cells of columns a newer version of the form adds), so that a pick is one request, never one
+/// and a sliver.
+fn request_budget(max_bytes: usize) -> usize {
+    max_bytes - max_bytes / 50
+}
+
+/// A row's bytes as the sink sends it (its cells in the layout of the row's form): as `CellData`,
+/// and, for a new row (revision 0), as bare values.
+fn measure(pending: &Pending) -> (usize, Option<usize>) {
+    let row = Layout::of(&pending.form).row(&pending.response);
+    let new = (pending.response.revision == 0).then(|| row_bytes(&row));
+    (row_data_bytes(&row), new)
 }
 
 #[cfg(test)]
@@ -272,16 +300,33 @@ mod tests {
         })
     }
 
-    /// Queues `rows` rows of about `bytes` each for `form`, submitted at `since`.
+    /// Queues `rows` new rows of `bytes` each (as values and as `CellData` alike) for `form`,
+    /// submitted at `since`.
     fn queue(batcher: &Batcher, form: &str, rows: usize, bytes: usize, since: Instant) {
+        queue_revisions(batcher, form, rows, bytes, since, 0);
+    }
+
+    /// Queues `rows` rows at `revision` (above 0: corrections) of `bytes` each.
+    fn queue_revisions(
+        batcher: &Batcher,
+        form: &str,
+        rows: usize,
+        bytes: usize,
+        since: Instant,
+        revision: i32,
+    ) {
         let form_def = Arc::new(fixtures::form("acme", form, Vec::new()));
         let mut queues = batcher.queues();
         let queue = queues.entry(FormKey::new("acme", form)).or_default();
-        for i in 0..rows {
-            let response =
+        let first = queue.rows.len();
+        for i in first..first + rows {
+            let mut response =
                 fixtures::response(form, &format!("{form}-{i}"), vec![text_answer("q", "x")]);
+            response.revision = revision;
+            let new_bytes = (revision == 0).then_some(bytes);
             let (reply, _) = oneshot::channel();
             queue.bytes += bytes;
+            queue.new_bytes += new_bytes.unwrap_or(0);
             queue.rows.push(Waiting {
                 pending: Pending {
                     response,
@@ -289,6 +334,7 @@ mod tests {
                     assignment: 1,
                 },
                 bytes,
+                new_bytes,
                 since,
                 reply,
             });
@@ -307,15 +353,15 @@ mod tests {
         let b = batcher();
         let t0 = Instant::now();
         b.first.store(false, Ordering::Release);
-        // 10 requests' worth waiting: each pick takes one request of it.
+        // 10 requests' worth waiting: each pick takes one request of it (less the 2 % margin).
         queue(&b, "busy", 1_000, 100, t0);
         let now = t0 + Duration::from_secs(2);
-        assert_eq!(pick(&b, now), Some(("busy".into(), 100)));
-        assert_eq!(pick(&b, now), Some(("busy".into(), 100)));
+        assert_eq!(pick(&b, now), Some(("busy".into(), 98)));
+        assert_eq!(pick(&b, now), Some(("busy".into(), 98)));
         let queues = b.queues();
         let left = &queues[&FormKey::new("acme", "busy")];
-        assert_eq!((left.rows.len(), left.bytes), (800, 80_000));
-        assert_eq!(left.rows[0].pending.response.response_id, "busy-200");
+        assert_eq!((left.rows.len(), left.bytes), (804, 80_400));
+        assert_eq!(left.rows[0].pending.response.response_id, "busy-196");
     }
 
     #[test]
@@ -369,5 +415,45 @@ mod tests {
         assert_eq!(pick(&b, now), Some(("quiet".into(), 2)));
         // Later picks linger.
         assert!(b.pick(now).is_err());
+    }
+
+    #[test]
+    fn a_full_pick_takes_new_rows_alone_and_leaves_corrections_for_a_mixed_write() {
+        let b = batcher();
+        let t0 = Instant::now();
+        b.first.store(false, Ordering::Release);
+        // Oldest first: 3 corrections, then 150 new rows (a full request and a half).
+        queue_revisions(&b, "busy", 3, 100, t0, 2);
+        queue(&b, "busy", 150, 100, t0 + Duration::from_secs(1));
+        let now = t0 + Duration::from_secs(3);
+        let (form, rows) = b.pick(now).expect("a full pick");
+        b.done(&form);
+        assert_eq!(rows.len(), 98);
+        assert!(rows.iter().all(|w| w.pending.response.revision == 0));
+        // Not full any more: the oldest rows, corrections first, as one mixed write.
+        let (form, rows) = b.pick(now).expect("a lingered pick");
+        b.done(&form);
+        let revisions: Vec<i32> = rows.iter().map(|w| w.pending.response.revision).collect();
+        assert_eq!(revisions.len(), 55);
+        assert_eq!(&revisions[..4], &[2, 2, 2, 0]);
+        assert!(b.queues().is_empty());
+    }
+
+    #[test]
+    fn a_row_is_measured_as_the_sink_sends_it_and_a_correction_only_as_cell_data() {
+        let form = Arc::new(fixtures::form("acme", "f", Vec::new()));
+        let mut response = fixtures::response("f", "r-1", vec![text_answer("q", "x")]);
+        let row = Layout::of(&form).row(&response);
+        let pending = |response: &formstream_schemas::Response| Pending {
+            response: response.clone(),
+            form: form.clone(),
+            assignment: 1,
+        };
+        assert_eq!(
+            measure(&pending(&response)),
+            (row_data_bytes(&row), Some(row_bytes(&row)))
+        );
+        response.revision = 1;
+        assert_eq!(measure(&pending(&response)), (row_data_bytes(&row), None));
     }
 }
