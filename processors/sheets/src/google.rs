@@ -9,13 +9,23 @@
 //!   has which row, at which revision.
 //! - A response not in the index is appended; one in it at a lower revision is rewritten in place
 //!   at its row; one at the same or a higher revision is already done.
-//! - One write per flush: everything a flush does to one spreadsheet (widen the grid for new
-//!   questions, rewrite the header, `updateCells` of the corrections at their rows, one
-//!   `appendCells` of the new rows) is one `spreadsheets.batchUpdate`, which Google applies
-//!   atomically, so that a flush costs one write of the per-minute quota (more only past
-//!   `--sheets-max-request-bytes` or across parts). Its answer carries the response-id cells of
-//!   the rows it meant to write (`responseRanges`): a row not where it was meant (another writer
-//!   appended meanwhile) marks the index stale, and the rest of the flush waits for a read-back.
+//! - As few writes per flush as the bytes allow (the per-minute write quota is what bounds a
+//!   busy form). New rows alone (no correction, no header to rewrite, no column to add) go by
+//!   `values.append` with `valueInputOption=RAW`: each cell a bare JSON value, about half the
+//!   bytes of a `CellData`, and a string never parsed (an answer `=IMPORTXML(...)` stays text).
+//!   Everything else a flush does to one spreadsheet (widen the grid for new questions, rewrite
+//!   the header, `updateCells` of the corrections at their rows, and as many new rows as fit as
+//!   one `appendCells`) is one `spreadsheets.batchUpdate`, which Google applies atomically; the
+//!   new rows that do not fit follow by `values.append`. So a flush costs one write (more only
+//!   past `--sheets-max-request-bytes`, measured as sent, or across parts), never more than
+//!   with `appendCells` alone.
+//! - Every write learns where its rows went: a `batchUpdate` from the response-id cells of the
+//!   rows it meant to write (`responseRanges`), a `values.append` from its `updatedRange`. A row
+//!   not where it was meant (another writer appended meanwhile) marks the index stale, and the
+//!   rest of the flush waits for a read-back. `values.append` uses `insertDataOption=OVERWRITE`:
+//!   like `appendCells`, it fills the grid's empty rows below the data before adding rows, which
+//!   is what `Part::room` counts against the cell limit (`INSERT_ROWS` would add a row for
+//!   each row even where the grid has empty ones).
 //! - An append is not idempotent. If its answer is lost (a timeout, a 5xx, a crash before the
 //!   offset commit), the rows may be in the sheet: the index is marked stale, and the retry (or
 //!   the next owner of the partition, after a crash) reads the sheet back first, finds them, and
@@ -42,11 +52,23 @@ use formstream_schemas::Form;
 use serde_json::{Value, json};
 
 use crate::api::{ApiError, SheetsApi, Tab, cell_data, row_data_bytes};
-use crate::layout::Layout;
+use crate::layout::{Layout, row_bytes};
 use crate::sink::{Pending, newest_form};
 
 /// The tab every part writes to.
 pub const TAB: &str = "responses";
+
+/// Bytes of a `spreadsheets.batchUpdate` body besides its rows, at most: the body's own fields,
+/// an `appendDimension`, the `appendCells` around the new rows and their `responseRanges` entry.
+const BATCH_UPDATE_BYTES: usize = 320;
+
+/// Bytes of one `updateCells` besides its row's `RowData`, at most, with its `responseRanges`
+/// entry.
+const UPDATE_CELLS_BYTES: usize = 170;
+
+/// Bytes of a `values.append` body besides its rows: `{"majorDimension":"ROWS","values":[]}`
+/// (each row's [`row_bytes`] counts a comma after it).
+const VALUES_APPEND_BYTES: usize = 36;
 
 /// Where a form's first part is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -452,11 +474,124 @@ impl Google {
         Ok(book.parts.len() - 1)
     }
 
-    /// One `spreadsheets.batchUpdate` on part `part_number`: as many of `updates` (rows in this
-    /// part) and then of `appends` as fit in one request and in the part; how many of each it
-    /// wrote. Nothing is sent when nothing fits.
+    /// One write on part `part_number`: as many of `updates` (rows in this part) and then of
+    /// `appends` as fit in one request and in the part; how many of each it wrote. Nothing is
+    /// sent when nothing fits. New rows alone (no correction, no header to rewrite, no column to
+    /// add) go by `values.append` ([`Google::append_values`]), everything else by one
+    /// `spreadsheets.batchUpdate` ([`Google::update_and_append`]).
     #[allow(clippy::too_many_arguments)]
     async fn send(
+        &self,
+        book: &mut Book,
+        key: &FormKey,
+        part_number: usize,
+        layout: &Layout,
+        rows: &[Pending],
+        updates: &[usize],
+        appends: &[usize],
+    ) -> Result<(usize, usize), ApiError> {
+        let width = layout.width() as u64;
+        let part = &book.parts[part_number];
+        let header_rewrite = part.rows > 0 && part.header_width < width;
+        if updates.is_empty() && part.grid_columns >= width && !header_rewrite {
+            let appended = self
+                .append_values(book, key, part_number, layout, rows, appends)
+                .await?;
+            return Ok((0, appended));
+        }
+        self.update_and_append(book, key, part_number, layout, rows, updates, appends)
+            .await
+    }
+
+    /// One `values.append` (RAW) on part `part_number` of as many of `appends` as fit in one
+    /// request (measured as the bare values it sends) and in the part, with the header first
+    /// when the part has no row yet; how many it wrote. Its answer says where the rows went: not
+    /// at the row the index expected (another writer appended meanwhile) marks the index stale,
+    /// as a lost answer does (the retry reads the sheet back first, so no row is added twice).
+    async fn append_values(
+        &self,
+        book: &mut Book,
+        key: &FormKey,
+        part_number: usize,
+        layout: &Layout,
+        rows: &[Pending],
+        appends: &[usize],
+    ) -> Result<usize, ApiError> {
+        let width = layout.width() as u64;
+        let part = &book.parts[part_number];
+        let header_rows = u64::from(part.rows == 0);
+        let room = part
+            .room(width, self.cell_limit)
+            .saturating_sub(header_rows);
+        let mut values: Vec<Vec<Value>> = Vec::new();
+        let mut bytes = VALUES_APPEND_BYTES;
+        if header_rows == 1 {
+            let header = layout.header();
+            bytes += row_bytes(&header);
+            values.push(header);
+        }
+        let mut taken = 0usize;
+        for &i in appends {
+            if taken as u64 >= room {
+                break;
+            }
+            let cells = layout.row(&rows[i].response);
+            let size = row_bytes(&cells);
+            if taken > 0 && bytes + size > self.max_request_bytes {
+                break;
+            }
+            bytes += size;
+            values.push(cells);
+            taken += 1;
+        }
+        if taken == 0 {
+            // A full part: the rows go to the next one.
+            return Ok(0);
+        }
+        let first_row = part.rows + 1;
+        let spreadsheet_id = part.spreadsheet_id.clone();
+        let landed = match self.api.append_values(&spreadsheet_id, TAB, &values).await {
+            Ok(landed) => landed,
+            Err(error) => return Err(self.write_failed(book, key, part_number, error)),
+        };
+        if landed.first_row != first_row || landed.rows != values.len() as u64 {
+            tracing::warn!(
+                organisation = %key.organisation,
+                form_id = %key.form_id,
+                spreadsheet_id,
+                expected_row = first_row,
+                row = landed.first_row,
+                rows = landed.rows,
+                "Rows are not where they were appended (another writer?); reading the sheet back before the next write."
+            );
+            book.stale = true;
+        }
+        let part = &mut book.parts[part_number];
+        if header_rows == 1 {
+            part.header_width = width;
+        }
+        part.rows = first_row + values.len() as u64 - 1;
+        part.grid_rows = part.grid_rows.max(part.rows);
+        let first_data_row = first_row + header_rows;
+        index_appended(book, part_number, first_data_row, rows, &appends[..taken]);
+        tracing::info!(
+            organisation = %key.organisation,
+            form_id = %key.form_id,
+            spreadsheet_id,
+            appended = taken,
+            first_row = first_data_row,
+            bytes,
+            "Rows appended."
+        );
+        Ok(taken)
+    }
+
+    /// One `spreadsheets.batchUpdate` on part `part_number`: the grid widened for new
+    /// questions, the header rewritten, as many of `updates` (rows in this part) as `updateCells`
+    /// and then of `appends` as one `appendCells` as fit in one request and in the part; how many
+    /// of each it wrote. Nothing is sent when nothing fits.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_and_append(
         &self,
         book: &mut Book,
         key: &FormKey,
@@ -470,7 +605,7 @@ impl Google {
         let part = &mut book.parts[part_number];
         let sheet_id = part.sheet_id;
         let mut requests: Vec<Value> = Vec::new();
-        let mut bytes = 0usize;
+        let mut bytes = BATCH_UPDATE_BYTES;
         // New questions: widen the grid, unless that would pass the cell limit (then the part
         // is full, and its corrections keep the columns there are).
         let mut columns = part.grid_columns;
@@ -487,7 +622,7 @@ impl Google {
         let header_now = part.rows > 0 && part.header_width < width && columns >= width;
         if header_now {
             let header = layout.header();
-            bytes += row_data_bytes(&header);
+            bytes += row_data_bytes(&header) + UPDATE_CELLS_BYTES;
             requests.push(update_cells(sheet_id, 1, &header));
         }
         let mut taken_updates = 0usize;
@@ -501,7 +636,7 @@ impl Google {
             };
             let mut cells = layout.row(response);
             cells.truncate(columns_used);
-            let size = row_data_bytes(&cells) + 80;
+            let size = row_data_bytes(&cells) + UPDATE_CELLS_BYTES;
             if taken_updates > 0 && bytes + size > self.max_request_bytes {
                 break;
             }
@@ -606,17 +741,13 @@ impl Google {
             }
         }
         let first_data_row = first_row + header_rows;
-        for (k, &i) in appends[..taken_appends].iter().enumerate() {
-            let response = &rows[i].response;
-            book.index.insert(
-                response.response_id.clone(),
-                Slot {
-                    part: part_number,
-                    row: first_data_row + k as u64,
-                    revision: response.revision,
-                },
-            );
-        }
+        index_appended(
+            book,
+            part_number,
+            first_data_row,
+            rows,
+            &appends[..taken_appends],
+        );
         tracing::info!(
             organisation = %key.organisation,
             form_id = %key.form_id,
@@ -727,6 +858,27 @@ fn part_of(
         other_cells,
         header_width,
         full: false,
+    }
+}
+
+/// Records `appends`, written from row `first_row` of part `part`, in the index.
+fn index_appended(
+    book: &mut Book,
+    part: usize,
+    first_row: u64,
+    rows: &[Pending],
+    appends: &[usize],
+) {
+    for (k, &i) in appends.iter().enumerate() {
+        let response = &rows[i].response;
+        book.index.insert(
+            response.response_id.clone(),
+            Slot {
+                part,
+                row: first_row + k as u64,
+                revision: response.revision,
+            },
+        );
     }
 }
 

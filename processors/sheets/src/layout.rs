@@ -138,10 +138,20 @@ pub fn row_bytes(row: &[Value]) -> usize {
     2 + row
         .iter()
         .map(|v| match v {
-            Value::String(s) => s.len() + 3 + s.chars().filter(|c| matches!(c, '"' | '\\')).count(),
+            Value::String(s) => s.len() + 3 + s.chars().map(escape_bytes).sum::<usize>(),
             other => other.to_string().len() + 1,
         })
         .sum::<usize>()
+}
+
+/// Bytes JSON adds to escape `c` in a string: `\"`, `\\`, `\n` and the like one, other
+/// control characters (`\u0001`) five.
+fn escape_bytes(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 1,
+        c if c < ' ' => 5,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +235,11 @@ mod tests {
         assert_eq!(
             row_bytes(&row),
             serde_json::to_string(&row).unwrap().len() + 1
+        );
+        let escaped = vec![Value::from("a \"quote\", a \\, a line\nand a \u{1} bell")];
+        assert_eq!(
+            row_bytes(&escaped),
+            serde_json::to_string(&escaped).unwrap().len() + 1
         );
     }
 }
