@@ -24,7 +24,8 @@
 # outage, no broker restart), BENCH_KAFKA_PORT (29092), BENCH_KAFKA_CONTROLLER_PORT (29093),
 # BENCH_PROMETHEUS=0 (skip Prometheus), BENCH_REPORT_DIR (bench/ : E2E.md there, plots in e2e/),
 # BENCH_KEEP_LOGS=1 (keep every process's logs after a passing run too, e.g. to see why a
-# restart's first effect came late).
+# restart's first effect came late), BENCH_LOG (every process's log filter, FORMSTREAM_LOG's
+# syntax; info by default).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

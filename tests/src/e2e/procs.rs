@@ -187,7 +187,11 @@ fn start(
     die_with_parent(&mut command);
     command
         .args(args)
-        .env("FORMSTREAM_LOG", "info")
+        // BENCH_LOG (bench/e2e.sh) sets every process's log filter, e.g. for a post-mortem.
+        .env(
+            "FORMSTREAM_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
