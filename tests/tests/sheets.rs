@@ -822,6 +822,40 @@ async fn a_redriven_record_whose_row_is_written_writes_nothing() {
     topics.delete().await;
 }
 
+/// Publishes `items` and waits until they are done; the write requests they cost.
+async fn writes_for(
+    fake: &FakeSheets,
+    topics: &RuntimeTopics,
+    producer: &TestProducer,
+    items: &[(i32, Response)],
+) -> usize {
+    let writes = fake.write_requests();
+    producer.responses(items).await;
+    wait_done(topics, Duration::from_secs(60)).await;
+    fake.write_requests() - writes
+}
+
+/// Rows `r00`..`r{count-1}` are in `sheet` once each (under the header), those in `corrected`
+/// at revision 1 and the others at revision 0.
+fn assert_rows_at_revisions(
+    fake: &FakeSheets,
+    sheet: &str,
+    count: usize,
+    corrected: std::ops::Range<usize>,
+) {
+    let rows = rows_by_id(fake, &[sheet.to_owned()]);
+    assert_eq!(rows.len(), count);
+    for i in 0..count {
+        let expected = i64::from(corrected.contains(&i));
+        assert_eq!(revision(&rows[&format!("r{i:02}")]), expected, "r{i:02}");
+    }
+    assert_eq!(
+        fake.rows(sheet, "responses").len(),
+        count + 1,
+        "no duplicate rows"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flush_of_corrections_and_new_rows_is_one_write() {
     init_logs();
@@ -838,33 +872,48 @@ async fn a_flush_of_corrections_and_new_rows_is_one_write() {
     let first: Vec<(i32, Response)> = (0..10)
         .map(|i| (0, simple(&a, &format!("r{i:02}"), 0)))
         .collect();
-    producer.responses(&first).await;
-    wait_done(&topics, Duration::from_secs(60)).await;
-    let writes = fake.write_requests();
+    writes_for(&fake, &topics, &producer, &first).await;
 
     // Three corrections and twenty new responses, waiting together: one write carries them all.
     let mut second: Vec<(i32, Response)> = (0..3)
         .map(|i| (0, simple(&a, &format!("r{i:02}"), 1)))
         .collect();
     second.extend((10..30).map(|i| (0, simple(&a, &format!("r{i:02}"), 0))));
-    producer.responses(&second).await;
-    wait_done(&topics, Duration::from_secs(60)).await;
+    let writes = writes_for(&fake, &topics, &producer, &second).await;
+    assert_eq!(writes, 1, "one write request for the flush");
+    assert_rows_at_revisions(&fake, &sheet, 30, 0..3);
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_correction_that_comes_while_its_first_revision_waits_goes_in_the_same_write() {
+    init_logs();
+    // A long linger: the records produced together below wait together.
+    let OneForm {
+        fake,
+        topics,
+        producer,
+        form: a,
+        sheet,
+        runtime,
+        ..
+    } = OneForm::start_with_linger(1, "2s").await;
+    // A first row and its write (a restarted exporter's first write does not linger).
+    writes_for(&fake, &topics, &producer, &[(0, simple(&a, "r00", 0))]).await;
+
+    // Ten new responses and, behind them in the partition, corrections of three of them: the
+    // corrections reach the exporter while their first revisions still wait for the write.
+    let mut items: Vec<(i32, Response)> = (1..11)
+        .map(|i| (0, simple(&a, &format!("r{i:02}"), 0)))
+        .collect();
+    items.extend((1..4).map(|i| (0, simple(&a, &format!("r{i:02}"), 1))));
+    let writes = writes_for(&fake, &topics, &producer, &items).await;
     assert_eq!(
-        fake.write_requests() - writes,
-        1,
-        "one write request for the flush"
+        writes, 1,
+        "one write for the rows and their corrections, not a second one for the corrections"
     );
-    let rows = rows_by_id(&fake, std::slice::from_ref(&sheet));
-    assert_eq!(rows.len(), 30);
-    for i in 0..30 {
-        let expected = i64::from(i < 3);
-        assert_eq!(revision(&rows[&format!("r{i:02}")]), expected, "r{i:02}");
-    }
-    assert_eq!(
-        fake.rows(&sheet, "responses").len(),
-        31,
-        "no duplicate rows"
-    );
+    assert_rows_at_revisions(&fake, &sheet, 11, 1..4);
     runtime.stop().await.expect("clean stop");
     topics.delete().await;
 }

@@ -267,6 +267,16 @@ pub trait Processor: Send + Sync + 'static {
         record: &Record<Self::Value>,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
+    /// Whether the revisions of one response are handled one at a time, in offset order (the
+    /// default: each waits until the one before it succeeded). A processor whose effect keeps the
+    /// highest revision whatever order they come in (the sheets exporter: a row is replaced only
+    /// by a higher revision) can say no: a correction then reaches it while the revision before
+    /// it still waits on its target, and both can go in one call. Records are still committed in
+    /// offset order.
+    fn orders_revisions(&self) -> bool {
+        true
+    }
+
     /// Most records per call to [`Processor::handle_batch`]; 1 (the default) means one at a time.
     fn batch_size(&self) -> usize {
         1

@@ -33,7 +33,7 @@
 //! Invariant: every submitted row gets exactly one answer, the outcome of the write that carried
 //! it; a row is never answered `Ok` before its write succeeded.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,16 +57,87 @@ struct Waiting {
     /// The row as bare values in a values `append`; `None` for a correction (revision above 0).
     new_bytes: Option<usize>,
     since: Instant,
-    reply: oneshot::Sender<Result<(), ApiError>>,
+    /// The records this row answers: its own, and those of the other revisions of its response
+    /// that came while it waited (the sheet ends at the highest of them either way).
+    replies: Vec<oneshot::Sender<Result<(), ApiError>>>,
 }
 
 #[derive(Default)]
 struct Queue {
-    rows: Vec<Waiting>,
+    /// The waiting rows, by arrival.
+    rows: BTreeMap<u64, Waiting>,
+    /// Where each waiting response is in `rows`: one row per response.
+    ids: HashMap<String, u64>,
+    arrivals: u64,
     bytes: usize,
     /// The new rows' bytes as values.
     new_bytes: usize,
     busy: bool,
+}
+
+impl Queue {
+    /// Adds a revision of a response (`bytes` as `CellData`, `values` as bare values). A response
+    /// already waiting keeps its place and its age and answers this record too, holding the
+    /// higher of the two revisions: a correction that comes while its first revision waits for
+    /// the quota goes in the same write, instead of a write of its own after it.
+    fn add(
+        &mut self,
+        pending: Pending,
+        bytes: usize,
+        values: usize,
+        now: Instant,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    ) {
+        let held = self
+            .ids
+            .get(pending.response.response_id.as_str())
+            .and_then(|arrival| self.rows.get_mut(arrival));
+        if let Some(held) = held {
+            if pending.response.revision > held.pending.response.revision {
+                // A row that was new is still new: it has not been written.
+                let new_bytes = held.new_bytes.map(|_| values);
+                self.bytes = self.bytes - held.bytes + bytes;
+                self.new_bytes =
+                    self.new_bytes - held.new_bytes.unwrap_or(0) + new_bytes.unwrap_or(0);
+                held.pending = pending;
+                held.bytes = bytes;
+                held.new_bytes = new_bytes;
+            }
+            held.replies.push(reply);
+            return;
+        }
+        let new_bytes = (pending.response.revision == 0).then_some(values);
+        self.bytes += bytes;
+        self.new_bytes += new_bytes.unwrap_or(0);
+        self.arrivals += 1;
+        self.ids
+            .insert(pending.response.response_id.clone(), self.arrivals);
+        self.rows.insert(
+            self.arrivals,
+            Waiting {
+                pending,
+                bytes,
+                new_bytes,
+                since: now,
+                replies: vec![reply],
+            },
+        );
+    }
+
+    /// Takes the rows at `arrivals` out of the queue.
+    fn take(&mut self, arrivals: &[u64]) -> Vec<Waiting> {
+        let mut taken = Vec::with_capacity(arrivals.len());
+        for arrival in arrivals {
+            if let Some(waiting) = self.rows.remove(arrival) {
+                self.ids
+                    .remove(waiting.pending.response.response_id.as_str());
+                self.bytes -= waiting.bytes;
+                self.new_bytes -= waiting.new_bytes.unwrap_or(0);
+                taken.push(waiting);
+            }
+        }
+        taken
+    }
 }
 
 /// The batcher's settings.
@@ -106,22 +177,11 @@ impl Batcher {
     /// Queues one row and waits for the outcome of the write that carries it.
     pub async fn submit(&self, pending: Pending) -> Result<(), ApiError> {
         let (reply, answer) = oneshot::channel();
-        let (bytes, new_bytes) = measure(&pending);
-        {
-            let mut queues = self.queues();
-            let queue = queues
-                .entry(FormKey::of_response(&pending.response))
-                .or_default();
-            queue.bytes += bytes;
-            queue.new_bytes += new_bytes.unwrap_or(0);
-            queue.rows.push(Waiting {
-                pending,
-                bytes,
-                new_bytes,
-                since: Instant::now(),
-                reply,
-            });
-        }
+        let (bytes, values) = measure(&pending);
+        self.queues()
+            .entry(FormKey::of_response(&pending.response))
+            .or_default()
+            .add(pending, bytes, values, Instant::now(), reply);
         self.wake.notify_one();
         answer.await.unwrap_or_else(|_| {
             Err(ApiError::Unavailable(
@@ -143,7 +203,7 @@ impl Batcher {
         let mut smallest: Option<(&FormKey, usize)> = None;
         let mut next = now + Duration::from_secs(1);
         for (form, queue) in queues.iter() {
-            let Some(oldest) = queue.rows.first().map(|w| w.since) else {
+            let Some(oldest) = queue.rows.first_key_value().map(|(_, w)| w.since) else {
                 continue;
             };
             if queue.busy {
@@ -188,9 +248,9 @@ impl Batcher {
         // One request of the oldest rows (at least one): new rows alone, as values, for a full
         // pick; else any rows, as `CellData`.
         let measure = |w: &Waiting| if by_full { w.new_bytes } else { Some(w.bytes) };
-        let mut taken = vec![false; queue.rows.len()];
+        let mut taken = Vec::new();
         let mut total = 0usize;
-        for (i, waiting) in queue.rows.iter().enumerate() {
+        for (arrival, waiting) in &queue.rows {
             let Some(size) = measure(waiting) else {
                 continue;
             };
@@ -198,20 +258,9 @@ impl Batcher {
                 break;
             }
             total += size;
-            taken[i] = true;
+            taken.push(*arrival);
         }
-        let mut rows = Vec::new();
-        let mut left = Vec::with_capacity(queue.rows.len());
-        for (waiting, taken) in std::mem::take(&mut queue.rows).into_iter().zip(taken) {
-            if taken {
-                queue.bytes -= waiting.bytes;
-                queue.new_bytes -= waiting.new_bytes.unwrap_or(0);
-                rows.push(waiting);
-            } else {
-                left.push(waiting);
-            }
-        }
-        queue.rows = left;
+        let rows = queue.take(&taken);
         queue.busy = true;
         self.first.store(false, Ordering::Release);
         self.last_full.store(by_full, Ordering::Release);
@@ -260,7 +309,9 @@ impl Batcher {
                     let result = results.next().unwrap_or_else(|| {
                         Err(ApiError::Unavailable("no outcome for the row".into()))
                     });
-                    let _ = waiting.reply.send(result);
+                    for reply in waiting.replies {
+                        let _ = reply.send(result.clone());
+                    }
                 }
                 batcher.done(&form);
                 drop(permit);
@@ -278,11 +329,10 @@ fn request_budget(max_bytes: usize) -> usize {
 }
 
 /// A row's bytes as the sink sends it (its cells in the layout of the row's form): as `CellData`,
-/// and, for a new row (revision 0), as bare values.
-fn measure(pending: &Pending) -> (usize, Option<usize>) {
+/// and as bare values.
+fn measure(pending: &Pending) -> (usize, usize) {
     let row = Layout::of(&pending.form).row(&pending.response);
-    let new = (pending.response.revision == 0).then(|| row_bytes(&row));
-    (row_data_bytes(&row), new)
+    (row_data_bytes(&row), row_bytes(&row))
 }
 
 #[cfg(test)]
@@ -323,21 +373,12 @@ mod tests {
             let mut response =
                 fixtures::response(form, &format!("{form}-{i}"), vec![text_answer("q", "x")]);
             response.revision = revision;
-            let new_bytes = (revision == 0).then_some(bytes);
-            let (reply, _) = oneshot::channel();
-            queue.bytes += bytes;
-            queue.new_bytes += new_bytes.unwrap_or(0);
-            queue.rows.push(Waiting {
-                pending: Pending {
-                    response,
-                    form: form_def.clone(),
-                    assignment: 1,
-                },
-                bytes,
-                new_bytes,
-                since,
-                reply,
-            });
+            let pending = Pending {
+                response,
+                form: form_def.clone(),
+                assignment: 1,
+            };
+            queue.add(pending, bytes, bytes, since, oneshot::channel().0);
         }
     }
 
@@ -361,7 +402,11 @@ mod tests {
         let queues = b.queues();
         let left = &queues[&FormKey::new("acme", "busy")];
         assert_eq!((left.rows.len(), left.bytes), (804, 80_400));
-        assert_eq!(left.rows[0].pending.response.response_id, "busy-196");
+        let oldest = left.rows.first_key_value().map(|(_, w)| w);
+        assert_eq!(
+            oldest.map(|w| w.pending.response.response_id.as_str()),
+            Some("busy-196")
+        );
     }
 
     #[test]
@@ -440,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn a_row_is_measured_as_the_sink_sends_it_and_a_correction_only_as_cell_data() {
+    fn a_row_is_measured_as_the_sink_sends_it_whatever_its_revision() {
         let form = Arc::new(fixtures::form("acme", "f", Vec::new()));
         let mut response = fixtures::response("f", "r-1", vec![text_answer("q", "x")]);
         let row = Layout::of(&form).row(&response);
@@ -451,9 +496,64 @@ mod tests {
         };
         assert_eq!(
             measure(&pending(&response)),
-            (row_data_bytes(&row), Some(row_bytes(&row)))
+            (row_data_bytes(&row), row_bytes(&row))
         );
         response.revision = 1;
-        assert_eq!(measure(&pending(&response)), (row_data_bytes(&row), None));
+        assert_eq!(
+            measure(&pending(&response)),
+            (row_data_bytes(&row), row_bytes(&row))
+        );
+    }
+
+    #[tokio::test]
+    async fn revisions_of_a_waiting_response_share_its_row_and_its_write() {
+        let form = Arc::new(fixtures::form("acme", "f", Vec::new()));
+        let pending = |id: &str, revision: i32| {
+            let mut response = fixtures::response("f", id, vec![text_answer("q", "x")]);
+            response.revision = revision;
+            Pending {
+                response,
+                form: form.clone(),
+                assignment: 1,
+            }
+        };
+        let t0 = Instant::now();
+        let mut queue = Queue::default();
+        let (first, first_answer) = oneshot::channel();
+        queue.add(pending("a", 0), 100, 50, t0, first);
+        queue.add(pending("b", 0), 100, 50, t0, oneshot::channel().0);
+        // A correction of "a" while its first revision waits, then a late redelivery of it.
+        let (second, second_answer) = oneshot::channel();
+        queue.add(
+            pending("a", 2),
+            120,
+            60,
+            t0 + Duration::from_secs(5),
+            second,
+        );
+        let (late, late_answer) = oneshot::channel();
+        queue.add(pending("a", 1), 110, 55, t0 + Duration::from_secs(6), late);
+        assert_eq!(queue.rows.len(), 2, "one row per response");
+        let (_, a) = queue.rows.first_key_value().expect("a waits");
+        assert_eq!(
+            (a.pending.response.revision, a.since, a.replies.len()),
+            (2, t0, 3),
+            "the highest revision, in the first one's place and age, answering all three"
+        );
+        // Still new (never written): measured as values for a full pick.
+        assert_eq!((queue.bytes, queue.new_bytes), (220, 110));
+        let rows = queue.take(&[1]);
+        assert_eq!(queue.ids.len(), 1);
+        for waiting in rows {
+            for reply in waiting.replies {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        for answer in [first_answer, second_answer, late_answer] {
+            assert!(matches!(answer.await, Ok(Ok(()))));
+        }
+        // Once taken (being written), a new revision waits for the next write.
+        queue.add(pending("a", 3), 100, 50, t0, oneshot::channel().0);
+        assert_eq!(queue.rows.len(), 2);
     }
 }

@@ -148,6 +148,13 @@ impl Processor for Sheets {
         NAME
     }
 
+    /// A row is replaced only by a higher revision (in either target), so revisions need not
+    /// wait for each other: a correction joins its first revision's row while that waits for the
+    /// quota ([`crate::batcher`]), where ordered it would cost a write of its own after it.
+    fn orders_revisions(&self) -> bool {
+        false
+    }
+
     async fn handle(&self, record: &Record<Response>) -> Result<(), Failure> {
         let response = &record.value;
         let form = record

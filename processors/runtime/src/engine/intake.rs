@@ -1,5 +1,6 @@
 //! Intake: a record fetched from the consumer becomes a job, copied out of librdkafka once and
-//! given its ordering key.
+//! given its ordering key (none for a processor that does not order revisions,
+//! [`Processor::orders_revisions`]).
 //!
 //! Invariant: two records get the same ordering key exactly when they carry the same
 //! `response_id` header ([`ORDERING_HEADER`]) and the same `organisation` header
@@ -59,6 +60,7 @@ impl<P: Processor> Engine<P> {
             partition: message.partition(),
         };
         let hasher = &self.key_hasher;
+        let ordered = self.ordered;
         // The record outlives librdkafka's copy (it is handed to a lane): copied out once, and
         // only when it is admitted.
         let mut copy = || {
@@ -69,7 +71,11 @@ impl<P: Processor> Engine<P> {
                     .flat_map(|h| h.iter())
                     .map(|header| (header.key, header.value.unwrap_or_default()))
             });
-            let key = ordering_key(hasher, &raw);
+            let key = if ordered {
+                ordering_key(hasher, &raw)
+            } else {
+                None
+            };
             (raw, key)
         };
         let admission = match self.partitions.lock() {

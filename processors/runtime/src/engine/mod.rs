@@ -99,6 +99,8 @@ pub struct Engine<P: Processor> {
     /// Hashes ordering keys for the partitions' [`crate::keyed::KeyedQueue`]s, with a
     /// per-process random seed.
     key_hasher: foldhash::fast::RandomState,
+    /// [`Processor::orders_revisions`]: records get ordering keys.
+    ordered: bool,
     circuit_rx: watch::Receiver<CircuitState>,
     /// Stopped intake and paused partitions.
     backpressure: Backpressure,
@@ -146,6 +148,7 @@ impl<P: Processor> Engine<P> {
             processor.batch_size(),
             processor.batch_linger(),
         );
+        let ordered = processor.orders_revisions();
         let worker = Arc::new(WorkerContext {
             processor,
             decoder: codec.decoder(),
@@ -170,6 +173,7 @@ impl<P: Processor> Engine<P> {
             reports_tx,
             reports,
             key_hasher: foldhash::fast::RandomState::default(),
+            ordered,
             circuit_rx,
             backpressure: Backpressure::default(),
             moved: PartitionSet::default(),
