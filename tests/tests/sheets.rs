@@ -919,6 +919,58 @@ async fn a_correction_that_comes_while_its_first_revision_waits_goes_in_the_same
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forms_spreadsheet_is_created_as_soon_as_it_has_rows_which_wait_their_turn() {
+    init_logs();
+    let fake = FakeSheets::start().await;
+    let topics = RuntimeTopics::create(1).await;
+    let producer = TestProducer::new(&topics);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b) = (format!("a{}", unique()), format!("b{}", unique()));
+    for id in [&a, &b] {
+        let questions = vec![question("name", "Name", QuestionType::Text, &[])];
+        producer
+            .form(&form(id, vec![version(1, questions, None)]))
+            .await;
+    }
+    // Rows linger a minute: only the first write after start, and creates, go before.
+    let mut flags = fast_google_flags(&fake, dir.path(), &format!("test-{}-ledger", unique()));
+    if let Some(at) = flags.iter().position(|f| f == "--sheets-linger") {
+        flags[at + 1] = "60s".to_owned();
+    }
+    let runtime = start(&topics, &flags).await;
+    writes_for(&fake, &topics, &producer, &[(0, simple(&a, "a1", 0))]).await;
+    let title = |id: &str| format!("Household survey (formstream {id})");
+    let of = |id: &str| {
+        fake.spreadsheets()
+            .into_iter()
+            .find(|sheet| sheet.title == title(id))
+    };
+    assert!(of(&a).is_some(), "the first write created a's spreadsheet");
+
+    let items: Vec<(i32, Response)> = (1..4)
+        .map(|i| (0, simple(&b, &format!("b{i}"), 0)))
+        .collect();
+    producer.responses(&items).await;
+    eventually(
+        Duration::from_secs(30),
+        "b's spreadsheet created while its rows linger",
+        || {
+            let created = of(&b).is_some();
+            async move { created }
+        },
+    )
+    .await;
+    let sheet = of(&b).expect("b's spreadsheet");
+    assert!(
+        fake.rows(&sheet.id, "responses").is_empty(),
+        "no row of b written yet"
+    );
+    assert_eq!(fake.spreadsheets().len(), 2);
+    runtime.stop().await.expect("clean stop");
+    topics.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_started_exporters_first_write_neither_lingers_nor_reads_twice() {
     init_logs();
     // A linger far longer than the wait below: only a first flush that does not linger meets it.

@@ -21,6 +21,11 @@
 //!   corrections (later revisions) in the queue: appends alone go as one values `append`, where a
 //!   correction in the same write would need a second call. Every other pick takes the oldest rows,
 //!   corrections included, up to one `spreadsheets.batchUpdate` (measured as `CellData`).
+//! - A form whose spreadsheet the exporter must create gets it created, alone, in the turns full
+//!   requests leave, before any overdue form's rows: every form needs that write once, and made
+//!   early it lets the form's rows later go in writes of their own (otherwise a quiet form's first
+//!   visit costs the create and a small write of rows, and its rows keep coming, so that small
+//!   write never spares the last one). The rows wait their turn as any others.
 //! - Else a full form, else an overdue one, else the form with the most bytes among those whose
 //!   oldest row has lingered `--sheets-linger`.
 //! - The first pick after start does not linger and takes the form with the fewest bytes waiting:
@@ -33,7 +38,7 @@
 //! Invariant: every submitted row gets exactly one answer, the outcome of the write that carried
 //! it; a row is never answered `Ok` before its write succeeded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -148,6 +153,15 @@ pub struct BatchSettings {
     pub max_bytes: usize,
 }
 
+/// What the batcher does next.
+enum Pick {
+    /// Write these rows of the form (one request's worth).
+    Rows(FormKey, Vec<Waiting>),
+    /// Create the form's first spreadsheet, writing none of its rows (one of them given for the
+    /// form's definition and partition assignment).
+    Create(FormKey, Pending),
+}
+
 pub struct Batcher {
     queues: Mutex<HashMap<FormKey, Queue>>,
     /// No flush picked yet since start: the first one goes without lingering, so that a
@@ -155,6 +169,8 @@ pub struct Batcher {
     first: AtomicBool,
     /// The last pick was a full form's: an overdue form goes next, if any waits.
     last_full: AtomicBool,
+    /// Forms known to have their spreadsheet (or whose creation is left to their writes).
+    with_spreadsheet: Mutex<HashSet<FormKey>>,
     wake: Notify,
     settings: BatchSettings,
 }
@@ -165,6 +181,7 @@ impl Batcher {
             queues: Mutex::new(HashMap::new()),
             first: AtomicBool::new(true),
             last_full: AtomicBool::new(false),
+            with_spreadsheet: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             settings,
         })
@@ -190,9 +207,13 @@ impl Batcher {
         })
     }
 
-    /// The form to write next, its oldest rows taken (and the form marked busy); or when to look
-    /// again.
-    fn pick(&self, now: Instant) -> Result<(FormKey, Vec<Waiting>), Instant> {
+    /// What to do next (the form marked busy meanwhile); or when to look again.
+    /// `needs_spreadsheet` says whether a form's first spreadsheet is still to be created.
+    fn pick(
+        &self,
+        now: Instant,
+        needs_spreadsheet: impl Fn(&FormKey, &Pending) -> bool,
+    ) -> Result<Pick, Instant> {
         let mut queues = self.queues();
         let s = self.settings;
         let budget = request_budget(s.max_bytes);
@@ -226,14 +247,38 @@ impl Batcher {
                 next = next.min(oldest + s.linger);
             }
         }
+        let last_full = self.last_full.load(Ordering::Acquire);
+        // A full request goes first unless the last pick was one: creates and overdue forms
+        // take the other turns.
+        if !first && (full.is_none() || last_full) {
+            // The forms still without their spreadsheet, most waiting first; one known to have
+            // it is not asked about again.
+            let mut waiting: Vec<(Instant, FormKey, Pending)> = queues
+                .iter()
+                .filter(|(form, queue)| !queue.busy && !self.has_spreadsheet(form))
+                .filter_map(|(form, queue)| {
+                    let (_, oldest) = queue.rows.first_key_value()?;
+                    Some((oldest.since, form.clone(), oldest.pending.clone()))
+                })
+                .collect();
+            waiting.sort_by_key(|(since, _, _)| *since);
+            for (_, form, sample) in waiting {
+                if needs_spreadsheet(&form, &sample) {
+                    if let Some(queue) = queues.get_mut(&form) {
+                        queue.busy = true;
+                    }
+                    self.last_full.store(false, Ordering::Release);
+                    return Ok(Pick::Create(form, sample));
+                }
+                self.spreadsheets_known(&form);
+            }
+        }
         // Whether the pick is a full form's, for the turns of full and overdue forms.
         let (choice, by_full) = if first {
             (smallest.map(|(f, _)| f), false)
         } else {
             match (full, overdue) {
-                (Some((f, _)), Some((o, _))) if self.last_full.load(Ordering::Acquire) => {
-                    (Some(o), f == o)
-                }
+                (Some((f, _)), Some((o, _))) if last_full => (Some(o), f == o),
                 (Some((f, _)), _) => (Some(f), true),
                 (None, Some((o, _))) => (Some(o), false),
                 (None, None) => (fullest.map(|(f, _)| f), false),
@@ -264,7 +309,21 @@ impl Batcher {
         queue.busy = true;
         self.first.store(false, Ordering::Release);
         self.last_full.store(by_full, Ordering::Release);
-        Ok((form, rows))
+        Ok(Pick::Rows(form, rows))
+    }
+
+    fn has_spreadsheet(&self, form: &FormKey) -> bool {
+        self.with_spreadsheet
+            .lock()
+            .is_ok_and(|known| known.contains(form))
+    }
+
+    /// The form has its spreadsheet (or its creation is left to its writes): never a create pick
+    /// again.
+    fn spreadsheets_known(&self, form: &FormKey) {
+        if let Ok(mut known) = self.with_spreadsheet.lock() {
+            known.insert(form.clone());
+        }
     }
 
     fn done(&self, form: &FormKey) {
@@ -286,8 +345,10 @@ impl Batcher {
             let Ok(permit) = flushes.clone().acquire_owned().await else {
                 return;
             };
-            let (form, rows) = loop {
-                match self.pick(Instant::now()) {
+            let picked = loop {
+                match self.pick(Instant::now(), |form, sample| {
+                    sink.needs_spreadsheet(form, &sample.form)
+                }) {
                     Ok(picked) => break picked,
                     Err(next) => {
                         tokio::select! {
@@ -299,23 +360,34 @@ impl Batcher {
             };
             let batcher = self.clone();
             let sink = sink.clone();
-            tokio::spawn(async move {
-                let pending: Vec<Pending> = rows.iter().map(|w| w.pending.clone()).collect();
-                let bytes: usize = rows.iter().map(|w| w.bytes).sum();
-                tracing::debug!(organisation = %form.organisation, form_id = %form.form_id, rows = pending.len(), bytes, "Writing a batch.");
-                let results = sink.write(&form, &pending).await;
-                let mut results = results.into_iter();
-                for waiting in rows {
-                    let result = results.next().unwrap_or_else(|| {
-                        Err(ApiError::Unavailable("no outcome for the row".into()))
-                    });
-                    for reply in waiting.replies {
-                        let _ = reply.send(result.clone());
+            match picked {
+                Pick::Create(form, sample) => tokio::spawn(async move {
+                    // Done or not, never again from here: a write creates it if need be.
+                    if let Err(error) = sink.prepare(&form, &sample).await {
+                        tracing::warn!(organisation = %form.organisation, form_id = %form.form_id, %error, "Could not create the form's spreadsheet ahead of its rows; its first write will.");
                     }
-                }
-                batcher.done(&form);
-                drop(permit);
-            });
+                    batcher.spreadsheets_known(&form);
+                    batcher.done(&form);
+                    drop(permit);
+                }),
+                Pick::Rows(form, rows) => tokio::spawn(async move {
+                    let pending: Vec<Pending> = rows.iter().map(|w| w.pending.clone()).collect();
+                    let bytes: usize = rows.iter().map(|w| w.bytes).sum();
+                    tracing::debug!(organisation = %form.organisation, form_id = %form.form_id, rows = pending.len(), bytes, "Writing a batch.");
+                    let results = sink.write(&form, &pending).await;
+                    let mut results = results.into_iter();
+                    for waiting in rows {
+                        let result = results.next().unwrap_or_else(|| {
+                            Err(ApiError::Unavailable("no outcome for the row".into()))
+                        });
+                        for reply in waiting.replies {
+                            let _ = reply.send(result.clone());
+                        }
+                    }
+                    batcher.done(&form);
+                    drop(permit);
+                }),
+            };
         }
     }
 }
@@ -384,9 +456,16 @@ mod tests {
 
     /// Picks, then marks the form written; returns its id and the rows taken.
     fn pick(batcher: &Batcher, now: Instant) -> Option<(String, usize)> {
-        let (form, rows) = batcher.pick(now).ok()?;
+        let (form, rows) = rows_of(batcher.pick(now, |_, _| false).ok()?);
         batcher.done(&form);
         Some((form.form_id.to_string(), rows.len()))
+    }
+
+    fn rows_of(pick: Pick) -> (FormKey, Vec<Waiting>) {
+        match pick {
+            Pick::Rows(form, rows) => (form, rows),
+            Pick::Create(form, _) => panic!("a create of {}", form.form_id),
+        }
     }
 
     #[test]
@@ -445,7 +524,7 @@ mod tests {
         assert_eq!(pick(&b, now), Some(("overdue".into(), 2)));
         assert_eq!(pick(&b, now), Some(("lingered".into(), 60)));
         // "fresh" has not lingered yet: look again when it has.
-        match b.pick(now) {
+        match b.pick(now, |_, _| false).map(rows_of) {
             Err(next) => assert_eq!(next, t0 + Duration::from_millis(62_500)),
             Ok((form, _)) => panic!("{} picked before its linger", form.form_id),
         }
@@ -459,7 +538,7 @@ mod tests {
         queue(&b, "quiet", 2, 100, now);
         assert_eq!(pick(&b, now), Some(("quiet".into(), 2)));
         // Later picks linger.
-        assert!(b.pick(now).is_err());
+        assert!(b.pick(now, |_, _| false).is_err());
     }
 
     #[test]
@@ -471,12 +550,12 @@ mod tests {
         queue_revisions(&b, "busy", 3, 100, t0, 2);
         queue(&b, "busy", 150, 100, t0 + Duration::from_secs(1));
         let now = t0 + Duration::from_secs(3);
-        let (form, rows) = b.pick(now).expect("a full pick");
+        let (form, rows) = rows_of(b.pick(now, |_, _| false).expect("a full pick"));
         b.done(&form);
         assert_eq!(rows.len(), 98);
         assert!(rows.iter().all(|w| w.pending.response.revision == 0));
         // Not full any more: the oldest rows, corrections first, as one mixed write.
-        let (form, rows) = b.pick(now).expect("a lingered pick");
+        let (form, rows) = rows_of(b.pick(now, |_, _| false).expect("a lingered pick"));
         b.done(&form);
         let revisions: Vec<i32> = rows.iter().map(|w| w.pending.response.revision).collect();
         assert_eq!(revisions.len(), 55);
@@ -555,5 +634,64 @@ mod tests {
         // Once taken (being written), a new revision waits for the next write.
         queue.add(pending("a", 3), 100, 50, t0, oneshot::channel().0);
         assert_eq!(queue.rows.len(), 2);
+    }
+
+    #[test]
+    fn spreadsheets_are_created_ahead_of_rows_in_the_turns_full_requests_leave() {
+        let b = batcher();
+        let t0 = Instant::now();
+        b.first.store(false, Ordering::Release);
+        let now = t0 + Duration::from_secs(120);
+        queue(&b, "busy", 300, 100, now - Duration::from_secs(2));
+        queue(&b, "quiet-1", 3, 100, t0);
+        queue(&b, "quiet-2", 3, 100, t0 + Duration::from_secs(1));
+        queue(&b, "quiet-3", 3, 100, t0 + Duration::from_secs(2));
+        // quiet-1 and quiet-2 have no spreadsheet yet; quiet-3 and busy have theirs.
+        let asked = Mutex::new(Vec::new());
+        let needs = |form: &FormKey, _: &Pending| {
+            asked.lock().expect("asked").push(form.form_id.clone());
+            form.form_id.as_str() < "quiet-3" && form.form_id.starts_with("quiet")
+        };
+        let mut picks = Vec::new();
+        for _ in 0..6 {
+            let picked = b.pick(now, needs).expect("a pick");
+            let (form, what) = match picked {
+                Pick::Create(form, sample) => {
+                    assert_eq!(sample.response.response_id, format!("{}-0", form.form_id));
+                    b.spreadsheets_known(&form);
+                    (form, "create".to_owned())
+                }
+                Pick::Rows(form, rows) => {
+                    let what = format!("{} rows", rows.len());
+                    (form, what)
+                }
+            };
+            b.done(&form);
+            picks.push(format!("{} {what}", form.form_id));
+        }
+        assert_eq!(
+            picks,
+            [
+                "busy 98 rows",
+                "quiet-1 create",
+                "busy 98 rows",
+                "quiet-2 create",
+                "busy 98 rows",
+                // No create left: the overdue forms' turns, the oldest first.
+                "quiet-1 3 rows",
+            ]
+        );
+        // A form known to have its spreadsheet is asked about once.
+        let asked = asked.into_inner().expect("asked");
+        assert_eq!(
+            asked.iter().filter(|f| *f == "quiet-3").count(),
+            1,
+            "{asked:?}"
+        );
+        assert_eq!(
+            asked.iter().filter(|f| *f == "busy").count(),
+            1,
+            "{asked:?}"
+        );
     }
 }

@@ -195,23 +195,15 @@ impl Google {
         let Some(form) = newest_form(rows).cloned() else {
             return Vec::new();
         };
-        let home = match form.current().and_then(|v| v.sheets.as_ref()) {
-            Some(sheets) => match &sheets.spreadsheet_id {
-                Some(id) => Home::Named(id.clone()),
-                None => Home::Created,
-            },
-            // The processor only queues forms with a sheets action.
-            None => return rows.iter().map(|_| Ok(())).collect(),
+        // The processor only queues forms with a sheets action.
+        let Some(home) = home_of(&form) else {
+            return rows.iter().map(|_| Ok(())).collect();
         };
         let book = self.book(key, &home);
         let mut book = book.lock().await;
         let assignment = rows.iter().map(|p| p.assignment).max().unwrap_or(0);
-        if book.stale || book.read_for.is_none_or(|read| read < assignment) {
-            if let Err(error) = self.read_back(&mut book, key).await {
-                return rows.iter().map(|_| Err(error.clone())).collect();
-            }
-            book.read_for = Some(assignment);
-            book.stale = false;
+        if let Err(error) = self.read_back_for(&mut book, key, assignment).await {
+            return rows.iter().map(|_| Err(error.clone())).collect();
         }
         let layout = Layout::of(&form);
         let mut results: Vec<Result<(), ApiError>> = rows.iter().map(|_| Ok(())).collect();
@@ -239,6 +231,69 @@ impl Google {
         )
         .await;
         results
+    }
+
+    /// Reads the form's parts back unless the book is current for `assignment`.
+    async fn read_back_for(
+        &self,
+        book: &mut Book,
+        key: &FormKey,
+        assignment: u64,
+    ) -> Result<(), ApiError> {
+        if book.stale || book.read_for.is_none_or(|read| read < assignment) {
+            self.read_back(book, key).await?;
+            book.read_for = Some(assignment);
+            book.stale = false;
+        }
+        Ok(())
+    }
+
+    /// Whether the form's first spreadsheet is still to be created by the exporter, as far as
+    /// this instance knows without asking anyone (its book, else the ledger's view): a cheap
+    /// guess for the batcher, which [`Google::prepare`] checks.
+    pub fn needs_spreadsheet(&self, key: &FormKey, form: &Form) -> bool {
+        if home_of(form) != Some(Home::Created) {
+            return false;
+        }
+        let book = self
+            .books
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(book) = book {
+            // Being written: the write creates it if need be.
+            let Ok(book) = book.try_lock() else {
+                return false;
+            };
+            if book.read_for.is_some() && book.home == Home::Created {
+                return book.parts.is_empty();
+            }
+        }
+        !matches!(
+            self.ledger.get(&ledger_key(key, &Home::Created, 1)),
+            Some(Entry::Done { .. })
+        )
+    }
+
+    /// Creates the form's first spreadsheet if it has none yet (reading its parts back first, as
+    /// a write would), and writes no row: a create is a write of the quota that every form
+    /// needs once, which the batcher spends while the quota has room, so that the form's rows
+    /// later cost only their own writes.
+    pub async fn prepare(&self, key: &FormKey, pending: &Pending) -> Result<(), ApiError> {
+        let form = pending.form.clone();
+        let Some(home) = home_of(&form) else {
+            return Ok(());
+        };
+        let book = self.book(key, &home);
+        let mut book = book.lock().await;
+        self.read_back_for(&mut book, key, pending.assignment)
+            .await?;
+        if book.parts.is_empty() {
+            let width = Layout::of(&form).width() as u64;
+            self.new_part(&mut book, key, &form, width).await?;
+        }
+        Ok(())
     }
 
     /// Reads every part of the form back: its tab (added if missing), its header width and its
@@ -923,6 +978,15 @@ fn revision_of(value: &Value) -> Option<i32> {
 /// `sheets/<organisation>/<form id>/created/part/<n>` for the spreadsheets the exporter creates,
 /// so that every created spreadsheet is recorded with the organisation it belongs to, and two
 /// organisations' forms of the same id never continue in each other's.
+/// Where the form's rows go, by its newest version; `None` without a sheets action.
+fn home_of(form: &Form) -> Option<Home> {
+    let sheets = form.current()?.sheets.as_ref()?;
+    Some(match &sheets.spreadsheet_id {
+        Some(id) => Home::Named(id.clone()),
+        None => Home::Created,
+    })
+}
+
 fn ledger_key(form: &FormKey, home: &Home, number: usize) -> String {
     match home {
         Home::Named(id) => format!("sheets/{form}/{id}/part/{number}"),

@@ -42,6 +42,23 @@ impl Sink {
         }
     }
 
+    /// Whether the form's first spreadsheet is still to be created (a cheap guess; see
+    /// [`Google::needs_spreadsheet`]). Local files never wait for one.
+    pub fn needs_spreadsheet(&self, form: &FormKey, definition: &Form) -> bool {
+        match self {
+            Sink::Google(google) => google.needs_spreadsheet(form, definition),
+            Sink::Local(_) => false,
+        }
+    }
+
+    /// Creates the form's first spreadsheet if it has none, writing no row ([`Google::prepare`]).
+    pub async fn prepare(&self, form: &FormKey, pending: &Pending) -> Result<(), ApiError> {
+        match self {
+            Sink::Google(google) => google.prepare(form, pending).await,
+            Sink::Local(_) => Ok(()),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Sink::Google(_) => "google",
