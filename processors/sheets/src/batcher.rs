@@ -22,7 +22,7 @@
 //!   correction in the same write would need a second call. Every other pick takes the oldest rows,
 //!   corrections included, up to one `spreadsheets.batchUpdate` (measured as `CellData`).
 //! - A form whose spreadsheet the exporter must create gets it created, alone, in the turns full
-//!   requests leave, before any overdue form's rows: every form needs that write once, and made
+//!   requests leave, taking turns with overdue forms' rows: every form needs that write once, and made
 //!   early it lets the form's rows later go in writes of their own (otherwise a quiet form's first
 //!   visit costs the create and a small write of rows, and its rows keep coming, so that small
 //!   write never spares the last one). The rows wait their turn as any others.
@@ -169,6 +169,8 @@ pub struct Batcher {
     first: AtomicBool,
     /// The last pick was a full form's: an overdue form goes next, if any waits.
     last_full: AtomicBool,
+    /// The last pick that was not a full form's was a create: an overdue form goes next, if any.
+    last_create: AtomicBool,
     /// Forms known to have their spreadsheet (or whose creation is left to their writes).
     with_spreadsheet: Mutex<HashSet<FormKey>>,
     wake: Notify,
@@ -181,6 +183,7 @@ impl Batcher {
             queues: Mutex::new(HashMap::new()),
             first: AtomicBool::new(true),
             last_full: AtomicBool::new(false),
+            last_create: AtomicBool::new(false),
             with_spreadsheet: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             settings,
@@ -248,9 +251,11 @@ impl Batcher {
             }
         }
         let last_full = self.last_full.load(Ordering::Acquire);
-        // A full request goes first unless the last pick was one: creates and overdue forms
-        // take the other turns.
-        if !first && (full.is_none() || last_full) {
+        let last_create = self.last_create.load(Ordering::Acquire);
+        // A full request goes first unless the last pick was one; creates and overdue forms
+        // take the other turns, in turn when both wait, so that no organisation's new forms can
+        // hold back another's waiting rows.
+        if !first && (full.is_none() || last_full) && (overdue.is_none() || !last_create) {
             // The forms still without their spreadsheet, most waiting first; one known to have
             // it is not asked about again.
             let mut waiting: Vec<(Instant, FormKey, Pending)> = queues
@@ -268,6 +273,7 @@ impl Batcher {
                         queue.busy = true;
                     }
                     self.last_full.store(false, Ordering::Release);
+                    self.last_create.store(true, Ordering::Release);
                     return Ok(Pick::Create(form, sample));
                 }
                 self.spreadsheets_known(&form);
@@ -309,6 +315,9 @@ impl Batcher {
         queue.busy = true;
         self.first.store(false, Ordering::Release);
         self.last_full.store(by_full, Ordering::Release);
+        if !by_full {
+            self.last_create.store(false, Ordering::Release);
+        }
         Ok(Pick::Rows(form, rows))
     }
 
@@ -637,7 +646,7 @@ mod tests {
     }
 
     #[test]
-    fn spreadsheets_are_created_ahead_of_rows_in_the_turns_full_requests_leave() {
+    fn spreadsheets_are_created_in_turns_with_overdue_rows_between_full_requests() {
         let b = batcher();
         let t0 = Instant::now();
         b.first.store(false, Ordering::Release);
@@ -653,7 +662,7 @@ mod tests {
             form.form_id.as_str() < "quiet-3" && form.form_id.starts_with("quiet")
         };
         let mut picks = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..8 {
             let picked = b.pick(now, needs).expect("a pick");
             let (form, what) = match picked {
                 Pick::Create(form, sample) => {
@@ -675,10 +684,13 @@ mod tests {
                 "busy 98 rows",
                 "quiet-1 create",
                 "busy 98 rows",
-                "quiet-2 create",
-                "busy 98 rows",
-                // No create left: the overdue forms' turns, the oldest first.
+                // Creates and overdue rows take turns between full requests.
                 "quiet-1 3 rows",
+                "busy 98 rows",
+                "quiet-2 create",
+                "quiet-2 3 rows",
+                // No create left: the overdue forms' turns.
+                "quiet-3 3 rows",
             ]
         );
         // A form known to have its spreadsheet is asked about once.
