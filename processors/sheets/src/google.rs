@@ -974,10 +974,6 @@ fn revision_of(value: &Value) -> Option<i32> {
     }
 }
 
-/// The ledger key of part `number` of a form's chain from `home`:
-/// `sheets/<organisation>/<form id>/created/part/<n>` for the spreadsheets the exporter creates,
-/// so that every created spreadsheet is recorded with the organisation it belongs to, and two
-/// organisations' forms of the same id never continue in each other's.
 /// Where the form's rows go, by its newest version; `None` without a sheets action.
 fn home_of(form: &Form) -> Option<Home> {
     let sheets = form.current()?.sheets.as_ref()?;
@@ -987,6 +983,10 @@ fn home_of(form: &Form) -> Option<Home> {
     })
 }
 
+/// The ledger key of part `number` of a form's chain from `home`:
+/// `sheets/<organisation>/<form id>/created/part/<n>` for the spreadsheets the exporter creates,
+/// so that every created spreadsheet is recorded with the organisation it belongs to, and two
+/// organisations' forms of the same id never continue in each other's.
 fn ledger_key(form: &FormKey, home: &Home, number: usize) -> String {
     match home {
         Home::Named(id) => format!("sheets/{form}/{id}/part/{number}"),
