@@ -173,6 +173,8 @@ pub struct Batcher {
     last_create: AtomicBool,
     /// Forms known to have their spreadsheet (or whose creation is left to their writes).
     with_spreadsheet: Mutex<HashSet<FormKey>>,
+    /// Each form version's layout (by its number of versions), for measuring rows.
+    layouts: Mutex<HashMap<(FormKey, usize), Arc<Layout>>>,
     wake: Notify,
     settings: BatchSettings,
 }
@@ -185,6 +187,7 @@ impl Batcher {
             last_full: AtomicBool::new(false),
             last_create: AtomicBool::new(false),
             with_spreadsheet: Mutex::new(HashSet::new()),
+            layouts: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             settings,
         })
@@ -197,7 +200,7 @@ impl Batcher {
     /// Queues one row and waits for the outcome of the write that carries it.
     pub async fn submit(&self, pending: Pending) -> Result<(), ApiError> {
         let (reply, answer) = oneshot::channel();
-        let (bytes, values) = measure(&pending);
+        let (bytes, values) = measure(&self.layout_of(&pending), &pending);
         self.queues()
             .entry(FormKey::of_response(&pending.response))
             .or_default()
@@ -208,6 +211,20 @@ impl Batcher {
                 "the exporter stopped before writing the row".into(),
             ))
         })
+    }
+
+    /// The layout of the row's form (as of its versions), built once per form version rather than
+    /// once per row: it copies every question's text and choices.
+    fn layout_of(&self, pending: &Pending) -> Arc<Layout> {
+        let key = (
+            FormKey::of_response(&pending.response),
+            pending.form.versions.len(),
+        );
+        let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
+        layouts
+            .entry(key)
+            .or_insert_with(|| Arc::new(Layout::of(&pending.form)))
+            .clone()
     }
 
     /// What to do next (the form marked busy meanwhile); or when to look again.
@@ -409,10 +426,10 @@ fn request_budget(max_bytes: usize) -> usize {
     max_bytes - max_bytes / 50
 }
 
-/// A row's bytes as the sink sends it (its cells in the layout of the row's form): as `CellData`,
-/// and as bare values.
-fn measure(pending: &Pending) -> (usize, usize) {
-    let row = Layout::of(&pending.form).row(&pending.response);
+/// A row's bytes as the sink sends it (its cells in `layout`, its form's): as `CellData`, and as
+/// bare values.
+fn measure(layout: &Layout, pending: &Pending) -> (usize, usize) {
+    let row = layout.row(&pending.response);
     (row_data_bytes(&row), row_bytes(&row))
 }
 
@@ -583,12 +600,12 @@ mod tests {
             assignment: 1,
         };
         assert_eq!(
-            measure(&pending(&response)),
+            measure(&Layout::of(&form), &pending(&response)),
             (row_data_bytes(&row), row_bytes(&row))
         );
         response.revision = 1;
         assert_eq!(
-            measure(&pending(&response)),
+            measure(&Layout::of(&form), &pending(&response)),
             (row_data_bytes(&row), row_bytes(&row))
         );
     }
